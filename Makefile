@@ -1,0 +1,63 @@
+# paperlab: the two commands are `make book` and `make test`; both set up .venv first.
+# Every install is constrained by constraints.txt (torch==2.13.0 and the full lock), so nothing pulls a
+# CUDA build of torch on a CPU machine.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.paperlab-installed
+PIP    := $(BIN)/python -m pip
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: all venv book book-offline test lint unit chapters content-check bench lab lock clean clean-cache
+
+all: test
+
+venv: $(STAMP)
+
+# Re-run only when the dependency definitions change (idempotent, skipped when up to date).
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --constraint constraints.txt --editable '.[book,dev]'
+	@mkdir -p $(VENV)/share/jupyter/lab/settings
+	@cp tools/jupyterlab-overrides.json $(VENV)/share/jupyter/lab/settings/overrides.json
+	@touch $(STAMP)
+
+## The book: execute every chapter (cached) and render _build/html/index.html.
+book: $(STAMP)
+	$(BIN)/python tools/book.py html
+
+## The tests: lint, unit tests, every chapter in the fast profile (nbmake), MyST content check.
+test: lint unit chapters content-check
+
+lint: $(STAMP)
+	$(BIN)/ruff check src kernels tests tools
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest -q --durations=10
+
+chapters: $(STAMP)
+	$(BIN)/python tools/book.py convert .nbtest
+	PAPERLAB_PROFILE=fast PAPERLAB_PROGRESS=0 $(BIN)/python -m pytest -q --nbmake --nbmake-timeout=300 \
+		--durations=0 -p no:cacheprovider .nbtest
+
+content-check: $(STAMP)
+	$(BIN)/python tools/book.py check
+
+bench: $(STAMP)
+	$(BIN)/python -m paperlab.bench
+
+## Open the chapters in JupyterLab (Jupytext opens the .md files as notebooks).
+lab: $(STAMP)
+	$(BIN)/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root,) book/
+
+## Regenerate the lock file from the current venv (after changing pyproject.toml's pins).
+lock: $(STAMP)
+	@{ sed -n '1,4p' constraints.txt; $(PIP) freeze --exclude-editable | grep -vE '^(torch|pip|setuptools)=='; } \
+		> constraints.txt.new && mv constraints.txt.new constraints.txt
+
+clean-cache:
+	rm -rf .cache/paperlab $${PAPERLAB_CACHE:+"$$PAPERLAB_CACHE"}
+
+clean:
+	rm -rf _build .nbtest .pytest_cache .ruff_cache

@@ -1,0 +1,95 @@
+"""The registry of the book's experiments, for ``python -m paperlab`` and for the chapters.
+
+Each chapter's package module defines one :class:`Experiment` (a name, a config per profile, and a
+``run(config, device=None) -> dict`` returning JSON-able results) and registers it in :data:`REGISTRY`
+by import path, so listing experiments imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from paperlab.config import PROFILES, check_profile
+
+# name -> ("module:attribute", one-line summary)
+REGISTRY: dict[str, tuple[str, str]] = {
+    "toolkit": (
+        "paperlab.toolkit:EXPERIMENT",
+        "Train the tiny GPT on the synthetic grammar corpus; loss curve, entropy bound, samples (chapter 1).",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One chapter's headline run: ``run(configs[profile], device=...)`` returns JSON-able results."""
+
+    name: str
+    chapter: str
+    configs: dict[str, Any]
+    run: Callable[..., dict]
+
+    def __post_init__(self) -> None:
+        missing = [p for p in PROFILES if p not in self.configs]
+        if missing:
+            raise ValueError(f"experiment {self.name!r} has no config for profile(s) {missing}")
+
+    def config(self, profile: str) -> Any:
+        return self.configs[check_profile(profile)]
+
+
+def names() -> list[str]:
+    return sorted(REGISTRY)
+
+
+def get(name: str) -> Experiment:
+    """The registered experiment called ``name`` (imported on demand)."""
+    if name not in REGISTRY:
+        raise KeyError(f"unknown experiment {name!r}; known experiments: {', '.join(names())}")
+    target, _ = REGISTRY[name]
+    module_name, attribute = target.split(":")
+    return getattr(importlib.import_module(module_name), attribute)
+
+
+def override(config: Any, assignments: list[str]) -> Any:
+    """Apply ``field=value`` (or ``outer.inner=value``) assignments to a (nested) dataclass config.
+
+    Values are parsed as JSON when possible (``3``, ``1e-3``, ``true``, ``[1, 2]``), else kept as
+    strings; a value must have the type of the field's current value (ints are accepted for floats).
+    """
+    for assignment in assignments:
+        if "=" not in assignment:
+            raise ValueError(f"override {assignment!r} is not of the form field=value")
+        path, raw = assignment.split("=", 1)
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        config = _replace_path(config, path.strip().split("."), value, path)
+    return config
+
+
+def _replace_path(config: Any, parts: list[str], value: Any, full: str) -> Any:
+    if not (dataclasses.is_dataclass(config) and not isinstance(config, type)):
+        raise ValueError(f"cannot set {full!r}: {type(config).__name__} is not a config dataclass")
+    fields = {f.name for f in dataclasses.fields(config)}
+    head = parts[0]
+    if head not in fields:
+        raise ValueError(f"unknown config field {head!r} in {full!r}; fields: {', '.join(sorted(fields))}")
+    current = getattr(config, head)
+    if len(parts) > 1:
+        return dataclasses.replace(config, **{head: _replace_path(current, parts[1:], value, full)})
+    if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    elif isinstance(current, tuple) and isinstance(value, list):
+        value = tuple(value)
+    if current is not None and type(value) is not type(current):
+        raise ValueError(
+            f"{full} must be a {type(current).__name__} (current value {current!r}), got {value!r}"
+        )
+    return dataclasses.replace(config, **{head: value})
