@@ -1,0 +1,221 @@
+"""Kernel benchmarks, measured against this machine's own limits.
+
+    python -m paperlab.bench                       # every benchmark, full shapes
+    python -m paperlab.bench rmsnorm --quick       # one benchmark, small shapes (seconds)
+    python -m paperlab.bench --json --device cpu   # one JSON object per line
+
+Each run first measures two machine limits in the same process, as rows of bench ``machine``: copy
+bandwidth (``memcpy``: a large tensor copy, bytes read + written, in GB/s) and float32 matmul throughput
+(``matmul``: a square matmul, 2 n^3 flops, in GFLOP/s). Every kernel row then reports its time, its
+speedup over the PyTorch reference, and what it achieved (GB/s for memory-bound kernels, GFLOP/s for
+compute-bound ones) as a fraction of the matching limit. Implementations are timed interleaved: each
+repeat runs every implementation once, in rotating order, so that clock and thermal drift hit all of
+them alike; warm-up calls (compilation included) are not timed; the reported time is the median over
+repeats; CUDA is synchronised around every measurement.
+
+Adding a benchmark (about 20 lines): create ``src/paperlab/bench/<name>.py``. Every module in this
+package whose name does not start with ``_`` is imported on first use, and :func:`register` adds it::
+
+    import torch
+
+    from paperlab.bench import Context, Row, register
+    from paperlab_kernels import sae  # your kernel module
+
+    @register("sae", "TopK SAE encoder: reference vs kernels")
+    def bench_sae(ctx: Context) -> list[Row]:
+        n, d, k = (256, 512, 32) if ctx.quick else (4096, 2048, 64)
+        x = torch.randn(n, d, device=ctx.device)
+        fns = {impl: (lambda impl=impl: sae.topk_encode(x, k, impl=impl)) for impl in ctx.impls}
+        times = ctx.time(fns)  # {impl: ms}, interleaved, median
+        return ctx.rows("sae", "encode", f"{n}x{d}", times, bytes_moved=x.numel() * 4 * 2)
+
+``ctx.impls`` lists the implementations that make sense on ``ctx.device`` (``reference`` first, then
+``numba`` on CPU or ``triton`` on CUDA; the Triton interpreter is never timed). Give ``bytes_moved`` for a
+memory-bound kernel or ``flops`` for a compute-bound one; ``ctx.rows`` fills in speedup and fractions.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import pkgutil
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+from paperlab_kernels._dispatch import available_impls
+
+__all__ = ["Benchmark", "Context", "Row", "register", "registry", "measure_machine", "time_interleaved"]
+
+
+@dataclass
+class Row:
+    """One line of the results table (and one JSON object with ``--json``)."""
+
+    bench: str
+    op: str
+    shape: str
+    impl: str
+    ms: float
+    speedup: float | None = None  # reference ms / this ms
+    gbps: float | None = None  # bytes moved / time
+    gflops: float | None = None  # flops / time
+    fraction: float | None = None  # of the machine limit (copy bandwidth or matmul throughput)
+    device: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Benchmark:
+    name: str
+    description: str
+    fn: Callable[[Context], list[Row]]
+
+
+_REGISTRY: dict[str, Benchmark] = {}
+_LOADED = False
+
+
+def register(name: str, description: str) -> Callable:
+    """Decorator: register ``fn(ctx) -> list[Row]`` as benchmark ``name``."""
+
+    def deco(fn: Callable[[Context], list[Row]]) -> Callable[[Context], list[Row]]:
+        if name in _REGISTRY and _REGISTRY[name].fn is not fn:
+            raise ValueError(f"benchmark {name!r} is registered twice")
+        _REGISTRY[name] = Benchmark(name, description, fn)
+        return fn
+
+    return deco
+
+
+def registry() -> dict[str, Benchmark]:
+    """All benchmarks, by name (imports every module of this package once)."""
+    global _LOADED
+    if not _LOADED:
+        for module in pkgutil.iter_modules(__path__):
+            if not module.name.startswith("_"):
+                importlib.import_module(f"{__name__}.{module.name}")
+        _LOADED = True
+    return dict(sorted(_REGISTRY.items()))
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_interleaved(
+    fns: dict[str, Callable[[], object]],
+    device: torch.device,
+    *,
+    repeats: int = 20,
+    warmup: int = 2,
+    min_sample_s: float = 0.02,
+) -> dict[str, float]:
+    """Median milliseconds per call of each function, timed round-robin.
+
+    After ``warmup`` untimed calls of each, every function gets an inner loop count such that one timed
+    sample lasts about ``min_sample_s`` (so that fast GPU kernels are not lost in launch and timer noise);
+    then ``repeats`` rounds each time every function once, in an order that rotates from round to round.
+    """
+    names = list(fns)
+    for _ in range(warmup):
+        for name in names:
+            fns[name]()
+        _synchronize(device)
+    inner = {}
+    for name in names:
+        _synchronize(device)
+        t0 = time.perf_counter()
+        fns[name]()
+        _synchronize(device)
+        inner[name] = max(1, min(10_000, math.ceil(min_sample_s / max(time.perf_counter() - t0, 1e-9))))
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        k = r % len(names)
+        for name in names[k:] + names[:k]:
+            fn, n = fns[name], inner[name]
+            _synchronize(device)
+            t0 = time.perf_counter()
+            for _ in range(n):
+                fn()
+            _synchronize(device)
+            samples[name].append((time.perf_counter() - t0) / n)
+    return {name: 1e3 * statistics.median(s) for name, s in samples.items()}
+
+
+@dataclass
+class Context:
+    """What a benchmark needs: where to run, how big, the machine limits, and timing helpers."""
+
+    device: torch.device
+    quick: bool = False
+    repeats: int = 20
+    limits: dict[str, float] = field(default_factory=dict)  # {"gbps": copy GB/s, "gflops": matmul GFLOP/s}
+
+    @property
+    def impls(self) -> list[str]:
+        """Implementations worth timing on this device, ``"reference"`` first."""
+        return available_impls(self.device)
+
+    def time(self, fns: dict[str, Callable[[], object]], **kwargs) -> dict[str, float]:
+        kwargs.setdefault("repeats", self.repeats)
+        kwargs.setdefault("min_sample_s", 0.005 if self.quick else 0.02)
+        return time_interleaved(fns, self.device, **kwargs)
+
+    def rows(
+        self,
+        bench: str,
+        op: str,
+        shape: str,
+        times: dict[str, float],
+        *,
+        bytes_moved: float | None = None,
+        flops: float | None = None,
+        baseline: str = "reference",
+    ) -> list[Row]:
+        """Rows for ``times`` ({impl: ms}), with speedup over ``baseline`` and the achieved rate as a
+        fraction of the machine limit (copy bandwidth for ``bytes_moved``, matmul for ``flops``)."""
+        out = []
+        for impl, ms in times.items():
+            row = Row(bench, op, shape, impl, ms, device=str(self.device))
+            if baseline in times:
+                row.speedup = times[baseline] / ms
+            if bytes_moved is not None:
+                row.gbps = bytes_moved / (ms * 1e-3) / 1e9
+                if self.limits.get("gbps"):
+                    row.fraction = row.gbps / self.limits["gbps"]
+            if flops is not None:
+                row.gflops = flops / (ms * 1e-3) / 1e9
+                if self.limits.get("gflops") and bytes_moved is None:
+                    row.fraction = row.gflops / self.limits["gflops"]
+            out.append(row)
+        return out
+
+
+def measure_machine(ctx: Context) -> list[Row]:
+    """Copy bandwidth and fp32 matmul throughput of ``ctx.device``; fills ``ctx.limits``; returns 2 rows."""
+    dev = ctx.device
+    cuda = dev.type == "cuda"
+    mib = (256 if ctx.quick else 1024) if cuda else (64 if ctx.quick else 256)
+    src = torch.empty(mib * 2**20 // 4, dtype=torch.float32, device=dev).uniform_()
+    dst = torch.empty_like(src)
+    copy_ms = ctx.time({"memcpy": lambda: dst.copy_(src)})["memcpy"]
+    n = (2048 if ctx.quick else 8192) if cuda else (1024 if ctx.quick else 2048)
+    a = torch.randn(n, n, device=dev)
+    b = torch.randn(n, n, device=dev)
+    c = torch.empty(n, n, device=dev)
+    mm_ms = ctx.time({"matmul": lambda: torch.mm(a, b, out=c)})["matmul"]
+    gbps = 2 * mib * 2**20 / (copy_ms * 1e-3) / 1e9  # read + write
+    gflops = 2 * n**3 / (mm_ms * 1e-3) / 1e9
+    ctx.limits.update(gbps=gbps, gflops=gflops)
+    tf32 = " tf32" if cuda and torch.backends.cuda.matmul.allow_tf32 else ""
+    return [
+        Row("machine", "copy", f"{mib} MiB", "memcpy", copy_ms, gbps=gbps, fraction=1.0, device=str(dev)),
+        Row("machine", "matmul", f"{n}x{n}x{n} fp32{tf32}", "matmul", mm_ms, gflops=gflops, fraction=1.0,
+            device=str(dev)),
+    ]

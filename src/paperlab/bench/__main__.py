@@ -1,0 +1,92 @@
+"""``python -m paperlab.bench [NAME ...] [--quick] [--json] [--device cuda|cpu]``.
+
+See :mod:`paperlab.bench` for what is measured and how to add a benchmark.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+
+from paperlab.bench import Context, Row, measure_machine, registry
+
+
+def build_parser() -> argparse.ArgumentParser:
+    names = registry()
+    parser = argparse.ArgumentParser(
+        prog="python -m paperlab.bench",
+        description="Time the reference and the kernels, interleaved, against this machine's limits.",
+        epilog="benchmarks:\n" + "\n".join(f"  {b.name:<12} {b.description}" for b in names.values()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("names", nargs="*", metavar="NAME", help="benchmarks to run (default: all)")
+    parser.add_argument("--quick", action="store_true", help="small shapes and few repeats (seconds)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object per row")
+    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed rounds (default: 5 quick, 20 full)")
+    return parser
+
+
+def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
+    return "-" if value is None else f"{value:{spec}}{suffix}"
+
+
+def format_table(rows: list[Row]) -> str:
+    header = ["bench", "op", "shape", "impl", "ms", "speedup", "achieved", "of limit"]
+    lines = []
+    for r in rows:
+        achieved = _fmt(r.gbps, ".1f", " GB/s") if r.gbps is not None else _fmt(r.gflops, ".1f", " GFLOP/s")
+        fraction = _fmt(None if r.fraction is None else 100 * r.fraction, ".0f", "%")
+        lines.append([r.bench, r.op, r.shape, r.impl, _fmt(r.ms, ".3f"), _fmt(r.speedup, ".2f", "x"),
+                      achieved, fraction])
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *lines)]
+    right = {4, 5, 6, 7}
+    fmt = lambda cells: "  ".join(c.rjust(w) if i in right else c.ljust(w)
+                                  for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+    return "\n".join([fmt(header), fmt(["-" * w for w in widths]), *map(fmt, lines)])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    benches = registry()
+    unknown = [name for name in args.names if name not in benches]
+    if unknown:
+        bad = ", ".join(map(repr, unknown))
+        parser.error(f"unknown benchmark(s) {bad}; valid names: {', '.join(benches)}")
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda requested but CUDA is not available")
+    if device.type not in ("cpu", "cuda"):
+        parser.error(f"--device must be cuda or cpu, got {args.device!r}")
+    repeats = args.repeats or (5 if args.quick else 20)
+    if repeats < 1:
+        parser.error(f"--repeats must be >= 1, got {repeats}")
+    ctx = Context(device=device, quick=args.quick, repeats=repeats)
+
+    def emit(rows: list[Row]) -> None:
+        if args.json:
+            for row in rows:
+                print(json.dumps(row.to_dict()), flush=True)
+
+    rows = measure_machine(ctx)
+    emit(rows)
+    for name in args.names or list(benches):
+        new = benches[name].fn(ctx)
+        emit(new)
+        rows += new
+    if not args.json:
+        if device.type == "cuda":
+            name = torch.cuda.get_device_name(device)
+        else:
+            name = f"CPU, {torch.get_num_threads()} threads"
+        print(f"device: {device} ({name}); torch {torch.__version__}; median of {repeats} interleaved rounds")
+        print(format_table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

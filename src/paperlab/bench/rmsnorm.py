@@ -1,0 +1,63 @@
+"""RMSNorm benchmark: reference, ``torch.nn.functional.rms_norm`` and the fused kernels.
+
+Memory bound, so rows report effective bandwidth from the ideal traffic (each element read and written
+once): forward ``2 n d`` elements, forward + backward ``5 n d`` (forward, then read ``x`` and ``dy``,
+write ``dx``), quantised forward ``n d`` elements in plus ``n d`` int8 bytes out. A tensor that fits in
+the CPU's caches can beat the copy "limit", which is measured on a much larger buffer.
+"""
+
+from __future__ import annotations
+
+import torch
+from paperlab_kernels import rmsnorm as kernels
+
+from paperlab.bench import Context, Row, register
+
+_DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+def _cases(ctx: Context) -> list[tuple[int, int, torch.dtype]]:
+    if ctx.device.type == "cuda":
+        if ctx.quick:
+            return [(4096, 2048, torch.bfloat16)]
+        return [(4096, 2048, torch.float32), (4096, 2048, torch.bfloat16), (16384, 4096, torch.bfloat16)]
+    return [(4096, 1024, torch.float32)] if ctx.quick else [(4096, 2048, torch.float32)]
+
+
+def _norm(impl: str, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    if impl == "torch":  # PyTorch's own RMSNorm, for comparison
+        return torch.nn.functional.rms_norm(x, (x.shape[-1],), w, eps=1e-6)
+    return kernels.rms_norm(x, w, 1e-6, impl=impl)
+
+
+def _bench_case(ctx: Context, n: int, d: int, dtype: torch.dtype) -> list[Row]:
+    g = torch.Generator(device=ctx.device).manual_seed(0)
+    x = torch.randn(n, d, device=ctx.device, generator=g).to(dtype)
+    w = (1 + 0.1 * torch.randn(d, device=ctx.device, generator=g)).to(dtype)
+    dy = torch.randn(n, d, device=ctx.device, generator=g).to(dtype)
+    xg, wg = x.clone().requires_grad_(), w.clone().requires_grad_()
+    shape = f"{n}x{d} {_DTYPE_NAMES.get(dtype, str(dtype))}"
+    b = x.element_size()
+    impls = [*ctx.impls[:1], "torch", *ctx.impls[1:]]
+
+    def fwd(impl):
+        with torch.no_grad():
+            return _norm(impl, x, w)
+
+    def fwd_bwd(impl):
+        return torch.autograd.grad(_norm(impl, xg, wg), (xg, wg), dy)
+
+    def quant(impl):
+        return kernels.rms_norm_quant(x, w, impl=impl)
+
+    time = lambda fn, names: ctx.time({impl: (lambda impl=impl: fn(impl)) for impl in names})
+    return [
+        *ctx.rows("rmsnorm", "fwd", shape, time(fwd, impls), bytes_moved=2 * n * d * b + d * b),
+        *ctx.rows("rmsnorm", "fwd+bwd", shape, time(fwd_bwd, impls), bytes_moved=5 * n * d * b + 2 * d * b),
+        *ctx.rows("rmsnorm", "quant", shape, time(quant, ctx.impls), bytes_moved=n * d * (b + 1) + 4 * n),
+    ]
+
+
+@register("rmsnorm", "fused RMSNorm (+ int8 absmax quantisation): forward, forward+backward, quant")
+def bench_rmsnorm(ctx: Context) -> list[Row]:
+    return [row for n, d, dtype in _cases(ctx) for row in _bench_case(ctx, n, d, dtype)]
