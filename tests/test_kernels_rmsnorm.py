@@ -13,6 +13,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from paperlab_kernels import _dispatch
 from paperlab_kernels import rmsnorm as R
 

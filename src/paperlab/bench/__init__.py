@@ -45,6 +45,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import torch
+
 from paperlab_kernels._dispatch import available_impls
 
 __all__ = ["Benchmark", "Context", "Row", "register", "registry", "measure_machine", "time_interleaved"]

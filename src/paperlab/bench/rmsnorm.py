@@ -9,9 +9,9 @@ the CPU's caches can beat the copy "limit", which is measured on a much larger b
 from __future__ import annotations
 
 import torch
-from paperlab_kernels import rmsnorm as kernels
 
 from paperlab.bench import Context, Row, register
+from paperlab_kernels import rmsnorm as kernels
 
 _DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
