@@ -164,7 +164,8 @@ def render_offline(root: Path, chapters, parts, executed: dict[str, Path], out: 
         if i + 1 < len(order):
             links.append((f"{titles[order[i + 1]]} →", f"{order[i + 1]}.html"))
         body = body.replace("</head>", STYLE + "</head>", 1)
-        body = re.sub(r"(<body[^>]*>)", lambda m: m.group(1) + _nav(links), body, count=1)
+        nav = _nav(links)
+        body = re.sub(r"(<body[^>]*>)", lambda m, nav=nav: m.group(1) + nav, body, count=1)
         (out / f"{stem}.html").write_text(body)
 
     project = config["project"]
@@ -178,7 +179,8 @@ def render_offline(root: Path, chapters, parts, executed: dict[str, Path], out: 
         ) + "</ol>")
     index = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(project['title'])}</title>{STYLE}
-<style>body {{ font-family: system-ui, sans-serif; max-width: 48em; margin: 2em auto; line-height: 1.5; }}</style>
+<style>body {{ font-family: system-ui, sans-serif; max-width: 48em; margin: 2em auto;
+ line-height: 1.5; }}</style>
 </head><body>
 <h1>{html.escape(project['title'])}</h1>
 <p>{html.escape(project.get('description', ''))}</p>

@@ -1,0 +1,201 @@
+"""The toolkit chapter's experiment: train the tiny GPT on the synthetic grammar and compare its loss
+with the entropy of the source.
+
+The corpus comes from :class:`paperlab.data.Grammar`, whose exact entropy per token is known, so the
+validation loss has a floor to be measured against: ``loss >= H_token`` for any model. The experiment
+
+1. samples ``n_sentences`` sentences, splits them into train and validation sets, fits a word-level
+   tokenizer on the training sentences and concatenates each set into one token stream;
+2. trains a :class:`paperlab.nn.GPT` with :func:`paperlab.train.train` on random windows of the stream
+   (next-token cross-entropy), evaluating the validation loss every ``eval_every`` steps;
+3. scores whole validation sentences with :func:`paperlab.nn.sequence_logprob`, given only the previous
+   sentence's end ("."), which is the quantity the entropy floor bounds.
+
+The trained weights and the histories are stored in the artifact cache (:func:`paperlab.cache.cached`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import torch
+
+from paperlab import cache
+from paperlab.config import pick
+from paperlab.data import Grammar, GrammarConfig, lm_batches, split_train_val
+from paperlab.experiments import Experiment
+from paperlab.nn import GPT, GPTConfig, count_parameters, generate, sequence_logprob
+from paperlab.tokenizers import WordTokenizer
+from paperlab.train import TrainConfig, TrainResult, auto_device, train
+
+
+@dataclass(frozen=True)
+class ToolkitConfig:
+    """Everything that determines the trained model (and so its cache key)."""
+
+    grammar: GrammarConfig = field(default_factory=GrammarConfig)
+    n_sentences: int = 20_000
+    val_fraction: float = 0.1
+    context_length: int = 64
+    d_model: int = 128
+    n_layers: int = 2
+    n_heads: int = 4
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=1000, batch_size=32))
+    eval_windows: int = 64  # validation windows per evaluation
+    data_seed: int = 0
+
+
+CONFIGS = {
+    "fast": ToolkitConfig(
+        n_sentences=3_000, context_length=32, d_model=64, n_layers=2, n_heads=4,
+        train=TrainConfig(steps=300, batch_size=16, lr=3e-3, warmup_steps=30, eval_every=100, seed=0),
+        eval_windows=32,
+    ),
+    "full": ToolkitConfig(
+        n_sentences=20_000, context_length=64, d_model=128, n_layers=2, n_heads=4,
+        train=TrainConfig(steps=1200, batch_size=32, lr=2e-3, warmup_steps=60, eval_every=100, seed=0),
+        eval_windows=128,
+    ),
+}
+
+
+def config_for(profile: str | None = None) -> ToolkitConfig:
+    """The config of the current (or given) profile."""
+    return pick(CONFIGS, profile)
+
+
+@dataclass
+class Corpus:
+    """The grammar, its sentences split into train/val, the tokenizer and the two token streams."""
+
+    grammar: Grammar
+    train_sentences: list[str]
+    val_sentences: list[str]
+    tokenizer: WordTokenizer
+
+    @cached_property
+    def train_ids(self) -> torch.Tensor:
+        return self.encode_stream(self.train_sentences)
+
+    @cached_property
+    def val_ids(self) -> torch.Tensor:
+        return self.encode_stream(self.val_sentences)
+
+    @property
+    def end_id(self) -> int:
+        """The id of ".", which ends every sentence (and so also marks where the next one starts)."""
+        return self.tokenizer.encode(".")[0]
+
+    def encode_stream(self, sentences: list[str]) -> torch.Tensor:
+        """All sentences' tokens, concatenated: (n_tokens,) int64."""
+        return torch.tensor([i for s in sentences for i in self.tokenizer.encode(s)], dtype=torch.long)
+
+
+def build_corpus(config: ToolkitConfig) -> Corpus:
+    """Deterministic from ``config`` (grammar seed and data seed): cheap to rebuild, so never cached."""
+    grammar = Grammar(config.grammar)
+    sentences = [s.text for s in grammar.sample(config.n_sentences, seed=config.data_seed)]
+    train_sentences, val_sentences = split_train_val(sentences, config.val_fraction, seed=config.data_seed)
+    tokenizer = WordTokenizer.fit(train_sentences)
+    return Corpus(grammar, train_sentences, val_sentences, tokenizer)
+
+
+def make_model(config: ToolkitConfig, vocab_size: int) -> GPT:
+    return GPT(GPTConfig(vocab_size=vocab_size, context_length=config.context_length,
+                         d_model=config.d_model, n_layers=config.n_layers, n_heads=config.n_heads))
+
+
+@torch.no_grad()
+def window_loss(model: GPT, ids: torch.Tensor, config: ToolkitConfig, n_windows: int,
+                seed: int = 1234) -> float:
+    """Mean next-token loss (nats/token) over ``n_windows`` fixed random windows of a token stream."""
+    device = next(model.parameters()).device
+    generator = torch.Generator().manual_seed(seed)
+    x, y = lm_batches(ids, n_windows, config.context_length, generator)
+    return model.loss(x.to(device), y.to(device)).item()
+
+
+@torch.no_grad()
+def sentence_loss(model: GPT, corpus: Corpus, sentences: list[str], batch_size: int = 256) -> float:
+    """Nats per token of whole sentences, each given only the preceding "." (the sentence boundary).
+
+    ``-sum_s log p_model(s | ".") / sum_s len(s)``: the same ratio as the grammar's entropy per token,
+    so the two are directly comparable (the model can only be worse: cross-entropy >= entropy).
+    """
+    total_logprob, total_tokens = 0.0, 0
+    for start in range(0, len(sentences), batch_size):
+        batch = [corpus.tokenizer.encode(s) for s in sentences[start:start + batch_size]]
+        logprob = sequence_logprob(model, [[corpus.end_id]] * len(batch), batch)
+        total_logprob += logprob.sum().item()
+        total_tokens += sum(len(b) for b in batch)
+    return -total_logprob / total_tokens
+
+
+def train_model(config: ToolkitConfig, device: str | torch.device | None = None) -> dict:
+    """Train the GPT of ``config``; returns its weights (on the CPU) and training history."""
+    device = auto_device(device)
+    corpus = build_corpus(config)
+    train_ids = corpus.train_ids.to(device)
+    model = make_model(config, corpus.tokenizer.vocab_size).to(device)
+
+    def get_batch(step: int, rank: int, world_size: int):
+        # A fixed seed per (step, rank): reproducible, and each data-parallel replica sees other windows.
+        generator = torch.Generator().manual_seed(config.train.seed * 1_000_003 + step * 101 + rank)
+        return lm_batches(train_ids, config.train.batch_size, config.context_length, generator)
+
+    def eval_fn(model: GPT) -> dict:
+        return {"val_loss": window_loss(model, corpus.val_ids, config, config.eval_windows)}
+
+    result = train(model, get_batch, lambda m, batch: m.loss(*batch), config.train,
+                   eval_fn=eval_fn, device=device, desc="toolkit GPT")
+    return {
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "history": result.to_dict(),
+    }
+
+
+def load_trained(config: ToolkitConfig,
+                 device: str | torch.device | None = None) -> tuple[GPT, Corpus, TrainResult]:
+    """The trained model (from the cache, training it first if needed), its corpus and its history."""
+    artifact = cache.cached("toolkit-gpt", config, lambda: train_model(config, device),
+                            seed=config.train.seed)
+    corpus = build_corpus(config)
+    model = make_model(config, corpus.tokenizer.vocab_size)
+    model.load_state_dict(artifact["state_dict"])
+    model.to(auto_device(device)).eval()
+    return model, corpus, TrainResult.from_dict(artifact["history"])
+
+
+def run(config: ToolkitConfig, device: str | torch.device | None = None, n_samples: int = 6) -> dict:
+    """Train (or load) the model and measure it; returns JSON-able results."""
+    model, corpus, history = load_trained(config, device)
+    entropy = corpus.grammar.exact_entropy_per_token()
+    n_val = min(len(corpus.val_sentences), 2_000)
+    generator = torch.Generator(device=next(model.parameters()).device).manual_seed(0)
+    samples = generate(model, [[corpus.end_id]] * n_samples, max_new_tokens=config.context_length - 1,
+                       temperature=1.0, eos_id=corpus.end_id, generator=generator)
+    sampled_text = [corpus.tokenizer.decode(s) for s in samples]
+    return {
+        "n_parameters": count_parameters(model),
+        "vocab_size": corpus.tokenizer.vocab_size,
+        "train_tokens": corpus.train_ids.numel(),
+        "entropy_per_token": entropy,
+        "final_val_window_loss": history.evals[-1]["val_loss"],
+        "val_sentence_loss": sentence_loss(model, corpus, corpus.val_sentences[:n_val]),
+        "unigram_entropy": unigram_entropy(corpus.train_ids),
+        "samples": sampled_text,
+        "samples_in_grammar": sum(corpus.grammar.logprob_of_text(t) > float("-inf") for t in sampled_text),
+        "train_seconds": history.seconds,
+        "history": {"steps": history.steps, "loss": history.loss, "evals": history.evals},
+    }
+
+
+def unigram_entropy(ids: torch.Tensor) -> float:
+    """Entropy (nats) of the token frequencies: the loss of the best model that ignores context."""
+    counts = torch.bincount(ids).double()
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * p.log()).sum())
+
+
+EXPERIMENT = Experiment(name="toolkit", chapter="book/01-toolkit.md", configs=CONFIGS, run=run)
