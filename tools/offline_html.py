@@ -19,6 +19,7 @@ import copy
 import html
 import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import nbformat
@@ -127,6 +128,34 @@ def prepare(notebook, stem: str, labels: dict[str, tuple[str, str]]):
     return notebook
 
 
+MATHJAX_VERSION = "2.7.9"  # the MathJax 2 API nbconvert's template configures
+MATHJAX_PARTS = ("MathJax.js", "LICENSE", "config", "extensions", "jax/input/TeX", "jax/element",
+                 "jax/output/CommonHTML", "fonts/HTML-CSS/TeX/woff")
+
+
+def vendor_mathjax(root: Path, out: Path) -> str | None:
+    """Copy MathJax (from the npm registry, cached in _build/vendor) into the site, so that equations
+    render without the web; returns its URL relative to the pages, or None (then the CDN is used)."""
+    vendor = root / "_build" / "vendor"
+    package = vendor / "node_modules" / "mathjax"
+    if not (package / "MathJax.js").is_file():
+        try:
+            subprocess.run(["npm", "install", "--no-save", "--no-audit", "--no-fund", "--prefix", str(vendor),
+                            f"mathjax@{MATHJAX_VERSION}"], check=True, capture_output=True, timeout=300)
+        except (OSError, subprocess.SubprocessError):
+            print("MathJax could not be installed from npm: equations need the web (MathJax CDN) to render")
+            return None
+    target = out / "_static" / "mathjax"
+    for part in MATHJAX_PARTS:
+        source = package / part
+        if source.is_dir():
+            shutil.copytree(source, target / part)
+        else:
+            target.mkdir(parents=True, exist_ok=True)
+            shutil.copy(source, target / part)
+    return "_static/mathjax/MathJax.js?config=TeX-AMS_CHTML-full,Safe"
+
+
 def _nav(links: list[tuple[str, str]]) -> str:
     items = "".join(f'<a href="{html.escape(href)}">{html.escape(text)}</a>' for text, href in links)
     note = '<span class="note">offline rendering (nbconvert)</span>'
@@ -146,6 +175,9 @@ def render_offline(root: Path, chapters, parts, executed: dict[str, Path], out: 
         labels.update(collect_labels(stem, notebook))
 
     exporter = HTMLExporter(template_name="lab", exclude_input_prompt=True, exclude_output_prompt=True)
+    mathjax_url = vendor_mathjax(root, out)
+    if mathjax_url:
+        exporter.mathjax_url = mathjax_url
     remover = TagRemovePreprocessor(
         remove_cell_tags={"remove-cell"},
         remove_input_tags={"hide-input", "remove-input"},
