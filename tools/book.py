@@ -199,8 +199,17 @@ def try_jupyter_book_site(executed: dict[str, Path]) -> bool:
     if stage.exists():
         shutil.rmtree(stage)
     (stage / "book").mkdir(parents=True)
+    import nbformat
+
     for stem, path in executed.items():
-        shutil.copy(path, stage / "book" / f"{stem}.ipynb")
+        # mystmd reads a notebook's front matter from a leading Markdown cell, not from its metadata.
+        notebook = nbformat.read(path, as_version=4)
+        notebook.metadata.pop("jupytext", None)
+        front = {k: notebook.metadata.pop(k) for k in ("title", "subtitle") if k in notebook.metadata}
+        if front:
+            header = "---\n" + yaml.safe_dump(front, sort_keys=False) + "---"
+            notebook.cells.insert(0, nbformat.v4.new_markdown_cell(header))
+        nbformat.write(notebook, stage / "book" / f"{stem}.ipynb")
     config = read_config()
 
     def retarget(entries):
