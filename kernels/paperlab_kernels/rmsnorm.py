@@ -367,7 +367,7 @@ def _triton_forward(x2: torch.Tensor, weight: torch.Tensor | None, eps: float, m
     q = torch.empty((n, d), dtype=torch.int8, device=dev) if mode == _QUANT else None
     scale = torch.empty(n, dtype=torch.float32, device=dev) if mode == _QUANT else None
     if n > 0:
-        # Unused pointer arguments get a placeholder; the MODE / HAS_WEIGHT branches never touch them.
+        # Unused pointer arguments get a stand-in tensor; the MODE / HAS_WEIGHT branches never touch them.
         _forward_triton_kernel[(n,)](
             x2, weight if weight is not None else x2,
             y if y is not None else rstd, q if q is not None else rstd,

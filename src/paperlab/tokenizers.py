@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -26,7 +27,7 @@ __all__ = ["SPECIAL_TOKENS", "Tokenizer", "CharTokenizer", "WordTokenizer"]
 SPECIAL_TOKENS: tuple[str, ...] = ("<pad>", "<bos>", "<eos>", "<unk>")
 
 
-class Tokenizer:
+class Tokenizer(ABC):
     """Base class: a vocabulary ``tokens`` (id -> piece) whose first entries are :data:`SPECIAL_TOKENS`.
 
     Subclasses define how text splits into pieces (``_split``) and how pieces join back (``_join``).
@@ -56,11 +57,13 @@ class Tokenizer:
         self.token_to_id: dict[str, int] = {t: i for i, t in enumerate(tokens)}
 
     # ------------------------------------------------------------------ splitting, defined by subclasses
+    @abstractmethod
     def _split(self, text: str) -> list[str]:
-        raise NotImplementedError
+        """Text -> the pieces that map to tokens."""
 
+    @abstractmethod
     def _join(self, pieces: list[str]) -> str:
-        raise NotImplementedError
+        """Pieces -> text (the inverse of ``_split`` for well-formed text)."""
 
     def _config(self) -> dict[str, Any]:
         """Extra constructor arguments saved with the vocabulary."""
