@@ -22,6 +22,11 @@ REGISTRY: dict[str, tuple[str, str]] = {
         "paperlab.toolkit:EXPERIMENT",
         "Train the tiny GPT on the synthetic grammar corpus; loss curve, entropy bound, samples (chapter 1).",
     ),
+    "matmulfree": (
+        "paperlab.matmulfree.experiments:EXPERIMENT",
+        "MatMul-free LM (ternary BitLinear + MLGRU) vs Transformer++: loss vs size, LR sweep, ternary "
+        "attention, packed memory, add-only inference.",
+    ),
 }
 
 

@@ -1,0 +1,237 @@
+r"""The MLGRU recurrence of the MatMul-free LM (Zhu et al., 2024): an element-wise gated linear scan.
+
+For forget gates ``f: (batch, seq, d)`` in (0, 1) and candidates ``c: (batch, seq, d)``, with ``h_0 = 0``,
+
+.. math::
+
+    h_t = f_t \odot h_{t-1} + (1 - f_t) \odot c_t .
+
+There is no hidden-to-hidden matrix: each of the ``batch * d`` channels is an independent scalar
+recurrence. The backward pass runs the same recurrence in reverse. With ``g_t = \partial L / \partial h_t``
+from above and ``\delta_t`` the total gradient reaching ``h_t``,
+
+.. math::
+
+    \delta_t = g_t + f_{t+1} \odot \delta_{t+1}, \qquad
+    \partial L/\partial f_t = \delta_t \odot (h_{t-1} - c_t), \qquad
+    \partial L/\partial c_t = \delta_t \odot (1 - f_t).
+
+Operations: :func:`mlgru_scan` (dispatcher), :func:`mlgru_scan_reference` (a PyTorch loop over time,
+differentiated by autograd), :func:`mlgru_scan_numba` and :func:`mlgru_scan_triton` (forward and backward
+kernels inside a ``torch.autograd.Function``; the backward reads the saved ``h`` and recomputes nothing else).
+
+What bounds the speed: **memory traffic**. Per element the forward reads ``f`` and ``c`` and writes ``h``
+(3 flops against 12 bytes in float32); the backward reads ``f, c, h, g`` and writes two gradients. The
+sequential dependence is only along ``seq``; the ``batch * d`` channels run in parallel (prange rows on the
+CPU, one program per block of channels on the GPU), each walking its sequence once.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ._dispatch import (
+    HAS_NUMBA,
+    HAS_TRITON,
+    check_floating,
+    cpu_numpy,
+    require_numba,
+    require_triton,
+    select_impl,
+)
+
+__all__ = ["mlgru_scan", "mlgru_scan_reference", "mlgru_scan_numba", "mlgru_scan_triton"]
+
+
+def _check(f: torch.Tensor, c: torch.Tensor) -> None:
+    check_floating("f", f)
+    check_floating("c", c)
+    if f.dim() != 3:
+        raise ValueError(f"f must have shape (batch, seq, d), got {tuple(f.shape)}")
+    if f.shape != c.shape:
+        raise ValueError(f"c must have the shape of f {tuple(f.shape)}, got {tuple(c.shape)}")
+    if f.device != c.device:
+        raise ValueError(f"c must be on the device of f ({f.device}), got {c.device}")
+
+
+def mlgru_scan_reference(f: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """``h_t = f_t h_{t-1} + (1 - f_t) c_t`` by a Python loop over time (autograd differentiates it).
+
+    f, c: (batch, seq, d) -> h: (batch, seq, d).
+    """
+    _check(f, c)
+    h = torch.zeros_like(f[:, 0])
+    out = []
+    for t in range(f.shape[1]):
+        h = f[:, t] * h + (1 - f[:, t]) * c[:, t]
+        out.append(h)
+    return torch.stack(out, dim=1) if out else torch.zeros_like(f)
+
+
+# ======================================================================================= numba
+if HAS_NUMBA:
+    from numba import njit, prange
+
+    @njit(parallel=True, cache=True)
+    def _forward_numba_kernel(f, c, h):  # pragma: no cover - jitted
+        """f, c, h: (rows, seq) float32, one channel per row (rows = batch * d, time contiguous)."""
+        rows, seq = f.shape
+        for i in prange(rows):
+            state = np.float32(0.0)
+            for t in range(seq):
+                state = f[i, t] * state + (np.float32(1.0) - f[i, t]) * c[i, t]
+                h[i, t] = state
+
+    @njit(parallel=True, cache=True)
+    def _backward_numba_kernel(f, c, h, g, df, dc):  # pragma: no cover - jitted
+        rows, seq = f.shape
+        for i in prange(rows):
+            delta = np.float32(0.0)
+            for t in range(seq - 1, -1, -1):
+                delta = g[i, t] + delta  # delta already carries f_{t+1} * delta_{t+1}
+                previous = h[i, t - 1] if t > 0 else np.float32(0.0)
+                df[i, t] = delta * (previous - c[i, t])
+                dc[i, t] = delta * (np.float32(1.0) - f[i, t])
+                delta = delta * f[i, t]
+
+
+def _channels_last_to_rows(t: torch.Tensor) -> torch.Tensor:
+    """(batch, seq, d) -> (batch * d, seq), contiguous: each row one channel's sequence."""
+    return t.transpose(1, 2).reshape(-1, t.shape[1]).contiguous()
+
+
+def _rows_to_channels_last(rows: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    batch, seq, d = shape
+    return rows.view(batch, d, seq).transpose(1, 2)
+
+
+def _numba_forward(f, c):
+    shape = f.shape
+    fr, cr = _channels_last_to_rows(f.float()), _channels_last_to_rows(c.float())
+    hr = torch.empty_like(fr)
+    if fr.numel():
+        _forward_numba_kernel(fr.numpy(), cr.numpy(), hr.numpy())
+    return _rows_to_channels_last(hr, shape), (fr, cr, hr)
+
+
+def _numba_backward(saved, g):
+    fr, cr, hr = saved
+    gr = _channels_last_to_rows(g.float())
+    dfr, dcr = torch.empty_like(fr), torch.empty_like(fr)
+    if fr.numel():
+        _backward_numba_kernel(fr.numpy(), cr.numpy(), hr.numpy(), cpu_numpy(gr, torch.float32),
+                               dfr.numpy(), dcr.numpy())
+    return dfr, dcr
+
+
+# ====================================================================================== triton
+if HAS_TRITON:
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _forward_triton_kernel(F, C, H, seq, d, BLOCK: tl.constexpr):
+        """Program (batch b, channel block): walks t = 0..seq-1 keeping h in registers.
+        Layout (batch, seq, d)."""
+        b = tl.program_id(0).to(tl.int64)
+        cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        mask = cols < d
+        state = tl.zeros([BLOCK], dtype=tl.float32)
+        base = b * seq * d
+        for t in range(seq):
+            offset = base + t * d + cols
+            f = tl.load(F + offset, mask=mask, other=0.0).to(tl.float32)
+            c = tl.load(C + offset, mask=mask, other=0.0).to(tl.float32)
+            state = f * state + (1.0 - f) * c
+            tl.store(H + offset, state, mask=mask)
+
+    @triton.jit
+    def _backward_triton_kernel(F, C, H, G, DF, DC, seq, d, BLOCK: tl.constexpr):
+        b = tl.program_id(0).to(tl.int64)
+        cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        mask = cols < d
+        delta = tl.zeros([BLOCK], dtype=tl.float32)
+        base = b * seq * d
+        for step in range(seq):
+            t = seq - 1 - step
+            offset = base + t * d + cols
+            f = tl.load(F + offset, mask=mask, other=0.0).to(tl.float32)
+            c = tl.load(C + offset, mask=mask, other=0.0).to(tl.float32)
+            g = tl.load(G + offset, mask=mask, other=0.0).to(tl.float32)
+            has_previous = (cols * 0 + t) > 0  # a block-shaped mask: h_0 = 0 before the first step
+            previous = tl.load(H + offset - d, mask=mask & has_previous, other=0.0).to(tl.float32)
+            delta = g + delta
+            tl.store(DF + offset, delta * (previous - c), mask=mask)
+            tl.store(DC + offset, delta * (1.0 - f), mask=mask)
+            delta = delta * f
+
+
+def _triton_block(d: int) -> int:
+    return min(256, triton.next_power_of_2(max(d, 1)))
+
+
+def _triton_forward(f, c):
+    fc, cc = f.float().contiguous(), c.float().contiguous()
+    batch, seq, d = fc.shape
+    h = torch.empty_like(fc)
+    if fc.numel():
+        block = _triton_block(d)
+        _forward_triton_kernel[(batch, triton.cdiv(d, block))](fc, cc, h, seq, d, BLOCK=block)
+    return h, (fc, cc, h)
+
+
+def _triton_backward(saved, g):
+    fc, cc, h = saved
+    batch, seq, d = fc.shape
+    gc = g.float().contiguous()
+    df, dc = torch.empty_like(fc), torch.empty_like(fc)
+    if fc.numel():
+        block = _triton_block(d)
+        _backward_triton_kernel[(batch, triton.cdiv(d, block))](fc, cc, h, gc, df, dc, seq, d, BLOCK=block)
+    return df, dc
+
+
+class _ScanFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, f, c, backend):
+        forward, backward = backend
+        h, saved = forward(f, c)
+        ctx.save_for_backward(*saved)
+        ctx.backward_fn, ctx.shape, ctx.dtype = backward, f.shape, f.dtype
+        return h.to(f.dtype)
+
+    @staticmethod
+    def backward(ctx, g):
+        saved = ctx.saved_tensors
+        df, dc = ctx.backward_fn(saved, g)
+        if df.dim() == 2:  # numba rows layout
+            df, dc = (_rows_to_channels_last(t, ctx.shape) for t in (df, dc))
+        return df.to(ctx.dtype), dc.to(ctx.dtype), None
+
+
+def mlgru_scan_numba(f: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """Numba forward and backward kernels (CPU tensors), float32 inside. Shapes as the reference."""
+    _check(f, c)
+    require_numba(f)
+    return _ScanFunction.apply(f, c, (_numba_forward, _numba_backward))
+
+
+def mlgru_scan_triton(f: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """Triton forward and backward kernels (CUDA tensors or the interpreter), float32 inside."""
+    _check(f, c)
+    require_triton(f)
+    return _ScanFunction.apply(f, c, (_triton_forward, _triton_backward))
+
+
+_SCAN = {"reference": mlgru_scan_reference, "numba": mlgru_scan_numba, "triton": mlgru_scan_triton}
+
+
+def mlgru_scan(f: torch.Tensor, c: torch.Tensor, *, impl: str = "auto") -> torch.Tensor:
+    """``h_t = f_t h_{t-1} + (1 - f_t) c_t``, ``h_0 = 0``, differentiable w.r.t. ``f`` and ``c``.
+
+    f, c: (batch, seq, d) floating -> h: (batch, seq, d) in f.dtype. ``impl``: "auto" (Triton on CUDA,
+    Numba on CPU), "reference", "numba", "triton".
+    """
+    _check(f, c)
+    return _SCAN[select_impl(impl, f)](f, c)

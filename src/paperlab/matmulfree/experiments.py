@@ -1,0 +1,252 @@
+"""The MatMul-free chapter's experiments, on the toolkit's grammar corpus (known entropy floor).
+
+Every training run is one :class:`RunConfig` and one cache entry (:func:`paperlab.cache.cached`), so the
+scaling study, the learning-rate sweep and the attention ablation share runs whose settings coincide.
+Model families (``kind``):
+
+- ``"transformer"``: the toolkit GPT (Transformer++: RoPE, SwiGLU, RMSNorm), full precision;
+- ``"matmulfree"``: the MatMul-free LM (ternary BitLinear, MLGRU, GLU);
+- ``"fp"``: the same architecture without quantisation;
+- ``"ternary_attention"``: the MatMul-free LM with MLGRU replaced by attention with ternary projections.
+
+Tiny models train faster on one thread than on two busy cores (thread start-up dominates), so runs use
+one thread and restore the previous setting afterwards.
+
+Training FLOPs are estimated as ``6 N D`` (Kaplan et al., 2020): ``N`` non-embedding parameters (the LM
+head included), ``D`` training tokens; for ternary layers these "FLOPs" are mostly additions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from paperlab import cache, toolkit
+from paperlab.config import pick
+from paperlab.data import lm_batches
+from paperlab.experiments import Experiment
+from paperlab.matmulfree.model import MatMulFreeConfig, MatMulFreeLM
+from paperlab.matmulfree.packed import pack_model, weight_bytes
+from paperlab.nn import GPT, GPTConfig, count_parameters, generate
+from paperlab.train import TrainConfig, TrainResult, auto_device, train
+
+__all__ = ["RunConfig", "MatMulFreeExperimentConfig", "CONFIGS", "config_for", "make_model", "train_run",
+           "load_run", "run", "EXPERIMENT", "KINDS"]
+
+KINDS = ("transformer", "matmulfree", "fp", "ternary_attention")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One training run: everything that determines its result (and so its cache key)."""
+
+    kind: str
+    d_model: int
+    lr: float
+    corpus: toolkit.ToolkitConfig
+    n_layers: int = 2
+    n_heads: int = 4
+    steps: int = 300
+    batch_size: int = 16
+    warmup_steps: int = 30
+    eval_every: int = 50
+    eval_windows: int = 64
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"RunConfig.kind must be one of {KINDS}, got {self.kind!r}")
+
+
+@dataclass(frozen=True)
+class MatMulFreeExperimentConfig:
+    """The chapter's settings for one profile."""
+
+    corpus: toolkit.ToolkitConfig = field(default_factory=toolkit.ToolkitConfig)
+    sizes: tuple[int, ...] = (32, 48, 64)  # d_model of the scaling study
+    n_layers: int = 2
+    steps: int = 300
+    batch_size: int = 16
+    sweep_d_model: int = 48
+    sweep_lrs: tuple[float, ...] = (1e-3, 3e-3, 1e-2, 3e-2)
+    eval_every: int = 50
+    eval_windows: int = 64
+    n_prompts: int = 8  # greedy generations compared packed vs float
+    seed: int = 0
+
+    def run_config(self, kind: str, d_model: int, lr: float) -> RunConfig:
+        return RunConfig(kind=kind, d_model=d_model, lr=lr,
+                         corpus=self.corpus, n_layers=self.n_layers, steps=self.steps,
+                         batch_size=self.batch_size, warmup_steps=max(1, self.steps // 10),
+                         eval_every=self.eval_every, eval_windows=self.eval_windows, seed=self.seed)
+
+
+_FAST_CORPUS = dataclasses.replace(toolkit.CONFIGS["fast"], context_length=32)
+_FULL_CORPUS = dataclasses.replace(toolkit.CONFIGS["full"], context_length=32)
+
+CONFIGS = {
+    "fast": MatMulFreeExperimentConfig(
+        corpus=_FAST_CORPUS, sizes=(16, 32, 48), steps=60, batch_size=8, sweep_d_model=32,
+        sweep_lrs=(3e-3, 3e-2), eval_every=30, eval_windows=16, n_prompts=4,
+    ),
+    "full": MatMulFreeExperimentConfig(
+        corpus=_FULL_CORPUS, sizes=(32, 48, 64), steps=300, batch_size=16, sweep_d_model=48,
+        sweep_lrs=(1e-3, 3e-3, 1e-2, 3e-2, 1e-1), eval_every=50, eval_windows=64, n_prompts=8,
+    ),
+}
+
+
+def config_for(profile: str | None = None) -> MatMulFreeExperimentConfig:
+    """The config of the current (or given) profile."""
+    return pick(CONFIGS, profile)
+
+
+@contextlib.contextmanager
+def _one_thread():
+    """Run tiny models single-threaded (torch and Numba), restoring the previous thread counts."""
+    previous = torch.get_num_threads()
+    try:
+        import numba
+
+        previous_numba = numba.get_num_threads()
+        numba.set_num_threads(1)
+    except ImportError:  # pragma: no cover
+        numba, previous_numba = None, None
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+        if numba is not None:
+            numba.set_num_threads(previous_numba)
+
+
+def make_model(run: RunConfig, vocab_size: int) -> torch.nn.Module:
+    """The model of ``run.kind`` at width ``run.d_model``."""
+    common = dict(vocab_size=vocab_size, context_length=run.corpus.context_length, d_model=run.d_model,
+                  n_layers=run.n_layers, n_heads=run.n_heads)
+    if run.kind == "transformer":
+        return GPT(GPTConfig(**common))
+    mixer = "attention" if run.kind == "ternary_attention" else "mlgru"
+    return MatMulFreeLM(MatMulFreeConfig(**common, quantise=run.kind != "fp", token_mixer=mixer))
+
+
+def _train(run: RunConfig, device) -> dict:
+    device = auto_device(device)
+    corpus = toolkit.build_corpus(run.corpus)
+    train_ids = corpus.train_ids.to(device)
+    torch.manual_seed(run.seed)
+    model = make_model(run, corpus.tokenizer.vocab_size).to(device)
+    config = TrainConfig(steps=run.steps, batch_size=run.batch_size, lr=run.lr, warmup_steps=run.warmup_steps,
+                         eval_every=run.eval_every, seed=run.seed, log_every=max(1, run.steps // 30))
+
+    def get_batch(step, rank, world_size):
+        generator = torch.Generator().manual_seed(run.seed * 1_000_003 + step * 101 + rank)
+        return lm_batches(train_ids, run.batch_size, run.corpus.context_length, generator)
+
+    def eval_fn(m):
+        return {"val_loss": toolkit.window_loss(m, corpus.val_ids, run.corpus, run.eval_windows)}
+
+    with _one_thread():
+        result = train(model, get_batch, lambda m, b: m.loss(*b), config, eval_fn=eval_fn, device=device,
+                       desc=f"{run.kind} d={run.d_model} lr={run.lr:g}")
+    n_params = count_parameters(model)
+    n_non_embedding = n_params - model.token_embedding.weight.numel()
+    if run.kind == "transformer":  # tied head: the head's matmul still costs compute
+        n_non_embedding += model.token_embedding.weight.numel()
+    return {
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "history": result.to_dict(),
+        "n_parameters": n_params,
+        "n_non_embedding": n_non_embedding,
+        "tokens": result.tokens_seen,
+        "flops": 6.0 * n_non_embedding * result.tokens_seen,
+        "final_val_loss": result.evals[-1]["val_loss"],
+    }
+
+
+def train_run(run: RunConfig, device=None) -> dict:
+    """Train (or load from the cache) one run; returns weights, history and summary numbers."""
+    return cache.cached("matmulfree-run", run, lambda: _train(run, device), seed=run.seed)
+
+
+def load_run(run: RunConfig, device=None) -> tuple[torch.nn.Module, toolkit.Corpus, dict]:
+    """The trained model of ``run`` (eval mode), its corpus, and the cached result."""
+    result = train_run(run, device)
+    corpus = toolkit.build_corpus(run.corpus)
+    model = make_model(run, corpus.tokenizer.vocab_size)
+    model.load_state_dict(result["state_dict"])
+    return model.to(auto_device(device)).eval(), corpus, result
+
+
+def _summary(run: RunConfig, result: dict) -> dict:
+    history = TrainResult.from_dict(result["history"])
+    eval_steps, val = history.eval_history("val_loss")
+    return {"kind": run.kind, "d_model": run.d_model, "lr": run.lr,
+            "n_parameters": result["n_parameters"], "n_non_embedding": result["n_non_embedding"],
+            "flops": result["flops"], "tokens": result["tokens"], "final_val_loss": result["final_val_loss"],
+            "steps": history.steps, "train_loss": history.loss, "eval_steps": eval_steps, "val_loss": val,
+            "train_seconds": history.seconds}
+
+
+def add_only_check(model: torch.nn.Module, corpus: toolkit.Corpus, n_prompts: int,
+                   max_new_tokens: int) -> dict:
+    """Greedy generation through the packed (add-only) model vs the dequantised float model."""
+    packed = pack_model(model)
+    prompts = [corpus.tokenizer.encode(s)[:3] for s in corpus.val_sentences[:n_prompts]]
+    with _one_thread():
+        t0 = time.perf_counter()
+        float_tokens = generate(model, prompts, max_new_tokens, greedy=True)
+        t1 = time.perf_counter()
+        packed_tokens = generate(packed, prompts, max_new_tokens, greedy=True)
+        t2 = time.perf_counter()
+        x = torch.randint(0, corpus.tokenizer.vocab_size, (4, model.config.context_length))
+        with torch.no_grad():
+            logit_gap = (model(x) - packed(x)).abs().max().item()
+    resident_float = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    resident_packed = sum(t.numel() * t.element_size() for t in packed.state_dict().values())
+    return {
+        "prompts": prompts, "float_tokens": float_tokens, "packed_tokens": packed_tokens,
+        "n_equal": sum(a == b for a, b in zip(float_tokens, packed_tokens)), "n_prompts": len(prompts),
+        "float_text": [corpus.tokenizer.decode(p + t) for p, t in zip(prompts, float_tokens)],
+        "max_logit_difference": logit_gap,
+        "float_seconds": t1 - t0, "packed_seconds": t2 - t1,
+        "resident_bytes_float": resident_float, "resident_bytes_packed": resident_packed,
+    }
+
+
+
+def run(config: MatMulFreeExperimentConfig, device=None) -> dict:
+    """All of the chapter's results (JSON-able).
+
+    The learning-rate sweep comes first, at ``sweep_d_model``; every other run of a family then uses the
+    sweep's best learning rate for it (the fp variant and ternary attention take the MatMul-free LM's), so
+    the size comparison is not decided by a learning rate that suits one family only.
+    """
+    sweep = [_summary(r, train_run(r, device)) for kind in ("transformer", "matmulfree")
+             for r in [config.run_config(kind, config.sweep_d_model, lr) for lr in config.sweep_lrs]]
+    best_lr = {kind: min((r for r in sweep if r["kind"] == kind), key=lambda r: r["final_val_loss"])["lr"]
+               for kind in ("transformer", "matmulfree")}
+    best_lr["fp"] = best_lr["ternary_attention"] = best_lr["matmulfree"]
+    scaling = [_summary(r, train_run(r, device)) for kind in ("transformer", "matmulfree", "fp")
+               for r in [config.run_config(kind, d, best_lr[kind]) for d in config.sizes]]
+    ablation = [_summary(r, train_run(r, device)) for r in
+                [config.run_config(kind, config.sweep_d_model, best_lr[kind])
+                 for kind in ("matmulfree", "ternary_attention")]]
+    largest = config.run_config("matmulfree", max(config.sizes), best_lr["matmulfree"])
+    model, corpus, _ = load_run(largest, device)
+    model = model.cpu()
+    return {
+        "scaling": scaling, "sweep": sweep, "ablation": ablation, "best_lr": best_lr,
+        "memory": weight_bytes(model),
+        "inference": add_only_check(model, corpus, config.n_prompts, config.corpus.context_length - 4),
+        "entropy_per_token": corpus.grammar.exact_entropy_per_token(),
+        "largest_d_model": max(config.sizes),
+    }
+
+
+EXPERIMENT = Experiment(name="matmulfree", chapter="book/04-matmulfree.md", configs=CONFIGS, run=run)

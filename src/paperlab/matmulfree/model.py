@@ -1,0 +1,112 @@
+"""The MatMul-free language model: embedding -> blocks (token mixer + GLU) -> RMSNorm -> LM head.
+
+One block maps the residual stream ``h: (batch, seq, d_model)`` to::
+
+    h = h + TokenMixer(h)      # MLGRU (or, for the ablation, ternary attention)
+    h = h + GLU(h)
+
+Every BitLinear normalises its own input (RMSNorm is its first step), so the block needs no separate
+pre-norm. As in the reference code, the token embedding, the final norm and the LM head stay in full
+precision: only the linear layers inside the blocks are ternary. ``quantise=False`` gives the "fp" variant
+(same architecture, full-precision weights and activations). The model has the ``config``, ``forward``
+and ``loss`` interface of :class:`paperlab.nn.GPT`, so :func:`paperlab.nn.generate` drives it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from paperlab import nn as pnn
+from paperlab.matmulfree.layers import GLU, MLGRU, BitLinear, TernaryAttention
+
+__all__ = ["MatMulFreeConfig", "MatMulFreeLM"]
+
+
+@dataclass
+class MatMulFreeConfig:
+    """Size and variant of a :class:`MatMulFreeLM`.
+
+    token_mixer: ``"mlgru"`` (the paper's model) or ``"attention"`` (ternary-projection attention).
+    quantise: ternary weights and 8-bit activations (True) or the fp variant (False).
+    d_hidden: GLU width, default the multiple of 8 nearest ``8/3 d_model``. scan: see :class:`MLGRU`.
+    """
+
+    vocab_size: int
+    context_length: int
+    d_model: int = 64
+    n_layers: int = 2
+    n_heads: int = 4
+    d_hidden: int | None = None
+    token_mixer: str = "mlgru"
+    quantise: bool = True
+    scan: str = "kernel"
+    impl: str = "auto"
+
+    def __post_init__(self):
+        for name in ("vocab_size", "context_length", "d_model", "n_layers", "n_heads"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"MatMulFreeConfig.{name} must be a positive integer, got {value!r}")
+        if self.token_mixer not in ("mlgru", "attention"):
+            raise ValueError(
+                f"MatMulFreeConfig.token_mixer must be 'mlgru' or 'attention', got {self.token_mixer!r}")
+        if self.d_hidden is None:
+            self.d_hidden = max(8, 8 * round(8 * self.d_model / 3 / 8))
+
+
+class _Block(nn.Module):
+    def __init__(self, config: MatMulFreeConfig):
+        super().__init__()
+        q, impl = config.quantise, config.impl
+        if config.token_mixer == "mlgru":
+            self.mixer = MLGRU(config.d_model, quantise=q, scan=config.scan, impl=impl)
+        else:
+            self.mixer = TernaryAttention(config.d_model, config.n_heads, quantise=q, impl=impl)
+        self.glu = GLU(config.d_model, config.d_hidden, quantise=q, impl=impl)
+
+    def forward(self, h, attention_mask=None):
+        h = h + self.mixer(h, attention_mask)
+        return h + self.glu(h)
+
+
+class MatMulFreeLM(nn.Module):
+    """idx: (batch, seq) token ids -> logits (batch, seq, vocab_size)."""
+
+    def __init__(self, config: MatMulFreeConfig):
+        super().__init__()
+        self.config = config
+        self.token_embedding = nn.Embedding(config.vocab_size, config.d_model)
+        self.blocks = nn.ModuleList(_Block(config) for _ in range(config.n_layers))
+        self.final_norm = pnn.RMSNorm(config.d_model)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        nn.init.normal_(self.token_embedding.weight, std=0.02)
+        nn.init.normal_(self.lm_head.weight, std=0.02)
+
+    def bitlinears(self) -> dict[str, BitLinear]:
+        """The ternary layers by qualified name (what packing replaces)."""
+        return {name: m for name, m in self.named_modules() if isinstance(m, BitLinear)}
+
+    def forward(self, idx: torch.Tensor, *, attention_mask: torch.Tensor | None = None,
+                positions: torch.Tensor | None = None) -> torch.Tensor:
+        if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.dtype.is_floating_point:
+            raise ValueError("idx must be a 2-D (batch, seq) tensor of integer token ids")
+        if idx.shape[1] > self.config.context_length:
+            raise ValueError(f"idx has {idx.shape[1]} tokens, more than context_length = "
+                             f"{self.config.context_length}")
+        if attention_mask is not None:
+            attention_mask = attention_mask.to(device=idx.device, dtype=torch.bool)
+            if bool(attention_mask.all()):
+                attention_mask = None
+        h = self.token_embedding(idx)
+        for block in self.blocks:
+            h = block(h, attention_mask)
+        return self.lm_head(self.final_norm(h))
+
+    def loss(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean next-token cross-entropy (nats/token); targets already shifted, as for :class:`GPT`."""
+        logits = self(idx)
+        return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten().long())

@@ -1,0 +1,222 @@
+"""paperlab.matmulfree: quantisers, STE, BitLinear, MLGRU forms, the LM, packing and add-only inference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from paperlab import nn as pnn
+from paperlab.matmulfree import (
+    MLGRU,
+    BitLinear,
+    MatMulFreeConfig,
+    MatMulFreeLM,
+    activation_quant,
+    activation_quant_int8,
+    pack_model,
+    parallel_scan,
+    sequential_scan,
+    ste,
+    ternary_weight,
+    weight_bytes,
+    weight_quant,
+)
+from paperlab.matmulfree import experiments as E
+from paperlab_kernels import rmsnorm as R
+
+
+@given(n=st.integers(1, 9), k=st.integers(1, 13), scale=st.floats(1e-3, 1e3), seed=st.integers(0, 20))
+@settings(max_examples=30, deadline=None)
+def test_ternary_values_after_scaling(n, k, scale, seed):
+    w = torch.randn(n, k, generator=torch.Generator().manual_seed(seed)) * scale
+    w_t, s = ternary_weight(w)
+    assert w_t.dtype == torch.int8 and set(w_t.unique().tolist()) <= {-1, 0, 1}
+    assert torch.allclose(s, 1 / w.abs().mean())
+    wq = weight_quant(w)
+    assert set((wq * s).round().unique().tolist()) <= {-1.0, 0.0, 1.0}
+    torch.testing.assert_close(wq * s, w_t.float(), rtol=1e-5, atol=1e-5)
+
+
+@given(rows=st.integers(1, 5), d=st.integers(1, 17), scale=st.floats(1e-3, 1e3), seed=st.integers(0, 20))
+@settings(max_examples=30, deadline=None)
+def test_activations_in_int8_range(rows, d, scale, seed):
+    x = torch.randn(rows, d, generator=torch.Generator().manual_seed(seed)) * scale
+    q, s = activation_quant_int8(x)
+    assert q.dtype == torch.int8 and int(q.min()) >= -128 and int(q.max()) <= 127
+    assert (q.abs().amax(-1) == 127).all()  # absmax maps to +-127
+    xq = activation_quant(x)
+    levels = xq * s
+    assert torch.allclose(levels, levels.round(), atol=1e-3) and levels.abs().max() <= 127 + 1e-3
+    assert ((xq - x).abs() <= 0.5 / s + 1e-6 * x.abs()).all()  # within half a step
+
+
+def test_zero_inputs_have_finite_scales():
+    assert torch.equal(weight_quant(torch.zeros(3, 4)), torch.zeros(3, 4))
+    assert torch.equal(activation_quant(torch.zeros(2, 5)), torch.zeros(2, 5))
+
+
+def test_ste_value_and_gradient():
+    x = torch.randn(4, 6, requires_grad=True)
+    y = ste(x, activation_quant(x))
+    assert torch.equal(y.detach(), activation_quant(x.detach()))
+    (g,) = torch.autograd.grad((y * torch.arange(6.0)).sum(), x)
+    assert torch.equal(g, torch.arange(6.0).expand(4, 6))
+
+
+@pytest.mark.parametrize("impl", ["reference", "auto"])
+def test_bitlinear_ste_gradients_equal_unquantised_linear(impl):
+    """STE: gradients of BitLinear equal those of the same computation with the quantisers removed,
+    evaluated at the quantised values (d/dx through the norm, d/dW of the linear at W_q)."""
+    torch.manual_seed(0)
+    layer = BitLinear(11, 7, impl=impl)
+    with torch.no_grad():
+        layer.weight.normal_()
+        layer.norm_weight.uniform_(0.5, 1.5)
+    x = torch.randn(3, 5, 11, requires_grad=True)
+    dy = torch.randn(3, 5, 7)
+    gx, gw, gn = torch.autograd.grad(layer(x), (x, layer.weight, layer.norm_weight), dy)
+    # Unquantised linear: y = xq_const + (rmsnorm(x) - rmsnorm(x).detach()) ... i.e. identity quantisers
+    x2 = x.detach().clone().requires_grad_()
+    w2 = layer.weight.detach().clone().requires_grad_()
+    n2 = layer.norm_weight.detach().clone().requires_grad_()
+    xn = R.rms_norm_reference(x2, n2, 1e-8)
+    xq = activation_quant(xn.detach())
+    wq = weight_quant(w2.detach())
+    # gradient of F.linear(a, b) w.r.t. a is dy @ b and w.r.t. b is dy^T a, with the quantised values
+    y_x = F.linear(xn, wq)  # d/dx flows through the norm, weight at its quantised value
+    y_w = F.linear(xq, w2)  # d/dW at the quantised activations
+    ref_gx, ref_gn = torch.autograd.grad(y_x, (x2, n2), dy)
+    (ref_gw,) = torch.autograd.grad(y_w, (w2,), dy)
+    torch.testing.assert_close(gx, ref_gx, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(gn, ref_gn, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(gw, ref_gw, rtol=1e-4, atol=1e-5)
+
+
+def test_bitlinear_fused_equals_unfused():
+    torch.manual_seed(1)
+    fused, unfused = BitLinear(13, 6, impl="auto"), BitLinear(13, 6, impl="reference")
+    unfused.load_state_dict(fused.state_dict())
+    x = torch.randn(4, 13, requires_grad=True)
+    y1, y2 = fused(x), unfused(x)
+    torch.testing.assert_close(y1, y2, rtol=1e-5, atol=1e-5)
+    g1 = torch.autograd.grad(y1.sum(), x)[0]
+    g2 = torch.autograd.grad(y2.sum(), x)[0]
+    torch.testing.assert_close(g1, g2, rtol=1e-4, atol=1e-5)
+
+
+def test_fused_rmsnorm_quant_equals_unfused():
+    """The foundation's fused kernel == RMSNorm followed by our activation quantiser."""
+    x = torch.randn(6, 37)
+    w = torch.rand(37) + 0.5
+    q, s = R.rms_norm_quant(x, w, 1e-8)
+    q_ref, s_ref = activation_quant_int8(R.rms_norm_reference(x, w, 1e-8))
+    torch.testing.assert_close(s, s_ref, rtol=1e-5, atol=0)
+    assert (q.int() - q_ref.int()).abs().max() <= 1
+    assert (q != q_ref).float().mean() <= 0.01
+
+
+@given(batch=st.integers(1, 3), seq=st.integers(1, 19), d=st.integers(1, 6), seed=st.integers(0, 9))
+@settings(max_examples=25, deadline=None)
+def test_sequential_equals_parallel_scan(batch, seq, d, seed):
+    g = torch.Generator().manual_seed(seed)
+    f = torch.rand(batch, seq, d, generator=g, dtype=torch.float64).requires_grad_()
+    c = torch.randn(batch, seq, d, generator=g, dtype=torch.float64).requires_grad_()
+    dh = torch.randn(batch, seq, d, generator=g, dtype=torch.float64)
+    h1, h2 = sequential_scan(f, c), parallel_scan(f, c)
+    torch.testing.assert_close(h1, h2)
+    for a, b in zip(torch.autograd.grad(h1, (f, c), dh), torch.autograd.grad(h2, (f, c), dh)):
+        torch.testing.assert_close(a, b)
+
+
+def test_mlgru_forms_agree_and_are_causal():
+    torch.manual_seed(2)
+    layers = {scan: MLGRU(12, scan=scan) for scan in ("kernel", "sequential", "parallel")}
+    for layer in layers.values():
+        layer.load_state_dict(layers["kernel"].state_dict())
+    x = torch.randn(2, 9, 12)
+    outs = {scan: layer(x) for scan, layer in layers.items()}
+    torch.testing.assert_close(outs["kernel"], outs["sequential"], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(outs["parallel"], outs["sequential"], rtol=1e-5, atol=1e-6)
+    x2 = x.clone()
+    x2[:, 5:] = torch.randn(2, 4, 12)
+    torch.testing.assert_close(layers["kernel"](x2)[:, :5], outs["kernel"][:, :5])  # no peeking ahead
+
+
+@pytest.mark.parametrize("kind", ["mlgru", "attention"])
+@pytest.mark.parametrize("quantise", [True, False])
+def test_lm_shapes_loss_and_backward(kind, quantise):
+    torch.manual_seed(0)
+    model = MatMulFreeLM(MatMulFreeConfig(vocab_size=23, context_length=10, d_model=16, token_mixer=kind,
+                                          quantise=quantise))
+    idx = torch.randint(0, 23, (3, 10))
+    assert model(idx).shape == (3, 10, 23)
+    loss = model.loss(idx, idx)
+    assert abs(loss.item() - torch.log(torch.tensor(23.0)).item()) < 0.5
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_lm_trains_on_a_pattern():
+    torch.manual_seed(0)
+    model = MatMulFreeLM(MatMulFreeConfig(vocab_size=8, context_length=16, d_model=24, n_layers=1))
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-2)
+    seq = torch.arange(17) % 4
+    x, y = seq[:-1][None].repeat(4, 1), seq[1:][None].repeat(4, 1)
+    first = model.loss(x, y).item()
+    with E._one_thread():  # tiny model: one thread is fastest on a busy machine
+        for _ in range(40):
+            loss = model.loss(x, y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    assert loss.item() < 0.3 * first
+
+
+def test_packed_inference_matches_float_path():
+    torch.manual_seed(3)
+    model = MatMulFreeLM(MatMulFreeConfig(vocab_size=31, context_length=12, d_model=20, d_hidden=30)).eval()
+    for p in model.parameters():  # spread the weights so ternary codes are mixed
+        torch.nn.init.normal_(p, std=0.5)
+    packed = pack_model(model)
+    assert not any(isinstance(m, BitLinear) for m in packed.modules())
+    idx = torch.randint(0, 31, (2, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(packed(idx), model(idx), rtol=1e-4, atol=1e-4)
+    prompts = [[1, 2, 3], [4]]
+    assert pnn.generate(packed, prompts, 8, greedy=True) == pnn.generate(model, prompts, 8, greedy=True)
+
+
+def test_weight_bytes_packed_is_16x_smaller():
+    model = MatMulFreeLM(MatMulFreeConfig(vocab_size=11, context_length=8, d_model=32))
+    sizes = weight_bytes(model)
+    n = sum(m.weight.numel() for m in model.bitlinears().values())
+    assert sizes["ternary_fp32"] == 4 * n
+    assert sizes["ternary_fp32"] / sizes["ternary_packed"] > 15
+
+
+def test_bad_inputs():
+    with pytest.raises(TypeError, match="floating"):
+        ternary_weight(torch.ones(2, 2, dtype=torch.long))
+    with pytest.raises(TypeError, match="floating"):
+        activation_quant_int8(torch.ones(2, 2, dtype=torch.int8))
+    with pytest.raises(ValueError, match="in_features"):
+        BitLinear(0, 3)
+    with pytest.raises(ValueError, match="scan"):
+        MLGRU(4, scan="fft")
+    with pytest.raises(ValueError, match="token_mixer"):
+        MatMulFreeConfig(vocab_size=5, context_length=4, token_mixer="conv")
+    with pytest.raises(ValueError, match="kind"):
+        E.RunConfig(kind="rnn", d_model=8, lr=1e-3, corpus=E.CONFIGS["fast"].corpus)
+    with pytest.raises(ValueError, match="quantised"):
+        from paperlab.matmulfree import PackedBitLinear
+        PackedBitLinear(BitLinear(4, 4, quantise=False))
+
+
+def test_experiment_configs():
+    for profile in ("fast", "full"):
+        config = E.config_for(profile)
+        assert len(config.sizes) >= 3
+        assert E.EXPERIMENT.config(profile) is config
