@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import pytest
 import torch
 
-from paperlab import cache, config, experiments
+from paperlab import cache, config, experiments, registry
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ def test_cached_stores_tensors_and_key_depends_on_source(tmp_cache, monkeypatch)
     again = cache.cached("weights", Outer(), lambda: pytest.fail("should be cached"))
     assert torch.equal(again["w"], out["w"]) and again["step"] == 3
     key, _ = cache.cache_key("weights", Outer())
-    monkeypatch.setattr(cache, "source_hash", lambda: "edited source")
+    monkeypatch.setattr(cache, "source_hash", lambda code=None: "edited source")
     assert cache.cache_key("weights", Outer())[0] != key
 
 
@@ -159,10 +159,31 @@ def test_cli_runs_a_registered_experiment(tmp_path, tmp_cache, monkeypatch, caps
         return {"final_loss": 0.25, "device": device}
 
     exp = experiments.Experiment("dummy", "book/none.md", {"fast": Outer(steps=1), "full": Outer()}, run)
-    monkeypatch.setitem(experiments.REGISTRY, "dummy", ("x:y", "a test experiment"))
-    monkeypatch.setattr(experiments, "get", lambda name: exp)
+    monkeypatch.setitem(registry.REGISTRY, "dummy", ("x:y", "a test experiment"))
+    monkeypatch.setattr(registry, "get", lambda name: exp)
     out = tmp_path / "out"
     assert main(["run", "dummy", "--profile", "fast", "--set", "steps=3", "--out", str(out)]) == 0
     record = json.loads((out / "dummy-fast.json").read_text())
     assert ran["cfg"].steps == 3 and record["results"]["final_loss"] == 0.25
     assert record["config"]["steps"] == 3 and record["profile"] == "fast"
+
+
+def test_code_closure_follows_imports_and_stays_within_a_chapter():
+    closure = {p.name for p in cache.code_closure(["paperlab.toolkit"])}
+    assert {"toolkit.py", "nn.py", "train.py", "data.py", "tokenizers.py", "cache.py"} <= closure
+    assert "registry.py" not in closure and "rmsnorm.py" not in closure
+    assert cache.imported_modules("from paperlab import nn\nimport paperlab_kernels.rmsnorm\nimport os") == {
+        "paperlab", "paperlab.nn", "paperlab_kernels", "paperlab_kernels.rmsnorm"}
+
+
+def test_cached_keys_on_the_calling_modules_code(tmp_cache, monkeypatch):
+    import paperlab.toolkit as toolkit_module
+
+    seen = []
+    monkeypatch.setattr(cache, "store", lambda name, config, value, seed, code: seen.append(code))
+    cache.cached("x", Outer(), lambda: 1)  # called from a test module: all of both packages
+    # called from inside the package: that module's closure
+    exec("from paperlab import cache\ncache.cached('x', cfg, lambda: 1)", {"__name__": "paperlab.toolkit",
+                                                                         "cfg": Outer()})
+    assert seen == [None, ("paperlab.toolkit",)] and toolkit_module
+    assert cache.source_hash(("paperlab.toolkit",)) != cache.source_hash(None)

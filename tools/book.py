@@ -5,10 +5,10 @@
     python tools/book.py convert DIR   # Jupytext each chapter to DIR/*.ipynb (for nbmake in make test)
     python tools/book.py check     # MyST content check: fail on any content warning
 
-Execution runs each chapter once per (chapter text, package source, profile, lock file): the executed
-notebook is stored with that key and reused until one of them changes (unlike mystmd's own execution
-cache, which ignores the imported package). Expensive runs inside a chapter have their own finer cache
-(paperlab.cache).
+Execution runs each chapter once per (chapter text, source of the package code it imports, profile, lock
+file): the executed notebook is stored with that key and reused until one of them changes (unlike
+mystmd's own execution cache, which ignores the imported package). Expensive runs inside a chapter have
+their own finer cache (paperlab.cache).
 
 HTML: the Jupyter Book 2 site needs its theme, which mystmd downloads from the web. Where that fails (no
 internet), the same executed notebooks are rendered offline with nbconvert, with an index that follows
@@ -85,12 +85,23 @@ def profile() -> str:
     return os.environ.get("PAPERLAB_PROFILE", "full")
 
 
+def chapter_code(chapter: Chapter) -> tuple[str, ...]:
+    """The package modules a chapter's code cells import (the roots of its code closure)."""
+    from paperlab.cache import imported_modules
+
+    notebook = read_notebook(chapter.path)
+    source = "\n".join(c.source for c in notebook.cells if c.cell_type == "code")
+    source = "\n".join(line for line in source.splitlines() if not line.lstrip().startswith(("%", "!")))
+    return tuple(sorted(imported_modules(source)))
+
+
 def execution_key(chapter: Chapter) -> str:
+    """Chapter text + the source of the package code it imports (transitively) + profile + lock file."""
     from paperlab.cache import source_hash
 
     digest = hashlib.sha256()
     digest.update(chapter.path.read_bytes())
-    digest.update(source_hash().encode())
+    digest.update(source_hash(chapter_code(chapter)).encode())
     digest.update(profile().encode())
     digest.update((ROOT / "constraints.txt").read_bytes())
     return digest.hexdigest()

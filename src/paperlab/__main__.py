@@ -17,14 +17,14 @@ import sys
 import time
 from pathlib import Path
 
-from paperlab import experiments
+from paperlab import experiments, registry
 from paperlab.config import PROFILES, config_to_dict
 
 
 def _epilog() -> str:
     lines = ["experiments:"]
-    for name in experiments.names():
-        lines.append(f"  {name:<14} {experiments.REGISTRY[name][1]}")
+    for name in registry.names():
+        lines.append(f"  {name:<14} {registry.REGISTRY[name][1]}")
     return "\n".join(lines)
 
 
@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="list the experiments")
     run = sub.add_parser("run", help="run one experiment and write its results as JSON")
-    run.add_argument("experiment", help="one of: " + ", ".join(experiments.names()))
+    run.add_argument("experiment", help="one of: " + ", ".join(registry.names()))
     run.add_argument("--profile", choices=PROFILES, default=None,
                      help="fast or full (default: $PAPERLAB_PROFILE or full)")
     run.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: CUDA if available)")
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         print(_epilog())
         return 0
     try:
-        experiment = experiments.get(args.experiment)
+        experiment = registry.get(args.experiment)
     except KeyError as err:
         print(f"error: {err.args[0]}", file=sys.stderr)
         return 2

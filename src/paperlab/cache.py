@@ -5,9 +5,13 @@ returns, later calls load it. The key hashes
 
 - the experiment ``name`` and its ``config`` (a dataclass, via :func:`paperlab.config.config_to_dict`),
 - the ``seed``,
-- the source of the whole package (every ``.py`` file of ``paperlab`` and ``paperlab_kernels``),
+- the source of the code the result depends on: the module that calls :func:`cached` (an experiment
+  module such as ``paperlab.toolkit``) and, transitively, every module of ``paperlab`` and
+  ``paperlab_kernels`` it imports (found by reading the ``import`` statements, see :func:`code_closure`).
+  Called from outside the package (a notebook), the whole of both packages counts.
 
-so editing any of the package's code recomputes every entry: stale results can never be shown.
+so editing code a result depends on recomputes it (stale results are never shown), while editing another
+chapter's code does not.
 
 Storage: ``$PAPERLAB_CACHE`` if set, else ``.cache/paperlab`` at the repository root (next to
 ``pyproject.toml``; ``~/.cache/paperlab`` for a non-editable install). Results made only of JSON types
@@ -21,15 +25,17 @@ the folder. ``PAPERLAB_CACHE_DISABLE=1`` bypasses the cache (always recompute, n
 
 from __future__ import annotations
 
+import ast
 import functools
 import hashlib
+import inspect
 import json
 import math
 import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -56,39 +62,121 @@ def cache_dir() -> Path:
     return (root / ".cache" / "paperlab") if root else Path.home() / ".cache" / "paperlab"
 
 
-def _package_dirs() -> list[Path]:
-    import paperlab
-    import paperlab_kernels
-
-    return [Path(paperlab.__file__).parent, Path(paperlab_kernels.__file__).parent]
+PACKAGES = ("paperlab", "paperlab_kernels")
 
 
 @functools.lru_cache(maxsize=1)
-def source_hash() -> str:
-    """SHA-256 over the path and bytes of every ``.py`` file of both packages (sorted)."""
+def _package_dirs() -> dict[str, Path]:
+    import paperlab
+    import paperlab_kernels
+
+    return {"paperlab": Path(paperlab.__file__).parent,
+            "paperlab_kernels": Path(paperlab_kernels.__file__).parent}
+
+
+def _module_path(name: str) -> Path | None:
+    """The file of module ``name`` of our packages (``a/b.py`` or ``a/b/__init__.py``), else None."""
+    top, *rest = name.split(".")
+    if top not in PACKAGES:
+        return None
+    base = _package_dirs()[top].joinpath(*rest)
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.is_file():
+            return path
+    return None
+
+
+def imported_modules(source: str, module: str = "", is_package: bool = False) -> set[str]:
+    """Names of our packages' modules that ``source`` imports (``import x``, ``from x import y``,
+    relative imports resolved against ``module``), including parent packages, which an import runs."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = module.split(".") if is_package else module.split(".")[:-1]
+                parts = parts[: len(parts) - (node.level - 1)]
+                base = ".".join(parts + ([node.module] if node.module else []))
+            names.add(base)
+            names.update(f"{base}.{alias.name}" for alias in node.names)  # "from pkg import submodule"
+    found = set()
+    for name in names:
+        parts = name.split(".")
+        for i in range(1, len(parts) + 1):
+            prefix = ".".join(parts[:i])
+            if _module_path(prefix) is not None:
+                found.add(prefix)
+    return found
+
+
+def code_closure(roots: Iterable[str]) -> list[Path]:
+    """Files of the modules ``roots`` and of everything of our packages they import, transitively."""
+    seen: set[str] = set()
+    stack = [r for r in roots if _module_path(r) is not None]
+    for root in roots:
+        parts = root.split(".")
+        stack += [".".join(parts[:i]) for i in range(1, len(parts)) if _module_path(".".join(parts[:i]))]
+    while stack:
+        name = stack.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        path = _module_path(name)
+        stack += imported_modules(path.read_text(), name, path.name == "__init__.py") - seen
+    return sorted(_module_path(name) for name in seen)
+
+
+def _all_files() -> list[Path]:
+    return sorted(p for d in _package_dirs().values() for p in d.rglob("*.py"))
+
+
+@functools.lru_cache(maxsize=64)
+def source_hash(roots: tuple[str, ...] | None = None) -> str:
+    """SHA-256 over the path and bytes of the code that ``roots`` depend on (:func:`code_closure`), or
+    of every ``.py`` file of both packages when ``roots`` is None."""
+    files = _all_files() if roots is None else code_closure(roots)
     digest = hashlib.sha256()
-    for package in _package_dirs():
-        for path in sorted(package.rglob("*.py")):
-            digest.update(str(path.relative_to(package.parent)).encode())
-            digest.update(b"\0")
-            digest.update(path.read_bytes())
-            digest.update(b"\0")
+    for path in files:
+        digest.update(str(path.relative_to(_top_dir(path))).encode())  # e.g. "paperlab/nn.py"
+        digest.update(b"\0")
+        digest.update(path.read_bytes())
+        digest.update(b"\0")
     return digest.hexdigest()
 
 
-def cache_key(name: str, config: Any, seed: int | None = None) -> tuple[str, dict]:
-    """The entry's key (24 hex digits) and the description it hashes."""
+def _top_dir(path: Path) -> Path:
+    for directory in _package_dirs().values():
+        if directory in path.parents:
+            return directory.parent
+    raise ValueError(f"{path} is not in paperlab or paperlab_kernels")
+
+
+def cache_key(name: str, config: Any, seed: int | None = None,
+              code: tuple[str, ...] | None = None) -> tuple[str, dict]:
+    """The entry's key (24 hex digits) and the description it hashes; ``code``: see :func:`cached`."""
     if not name or "/" in name or name.startswith("."):
         raise ValueError(f"cache name must be a non-empty file-name-like string, got {name!r}")
     description = {
         "name": name,
         "config": config_to_dict(config),
         "seed": seed,
-        "source": source_hash(),
+        "code": list(code) if code is not None else "all",
+        "source": source_hash(code),
         "format": FORMAT_VERSION,
     }
     blob = json.dumps(description, sort_keys=True, allow_nan=True).encode()
     return hashlib.sha256(blob).hexdigest()[:24], description
+
+
+def _caller_code(depth: int) -> tuple[str, ...] | None:
+    """The calling module as the code root, if it is one of ours (else None: all of the packages)."""
+    frame = inspect.currentframe()
+    for _ in range(depth + 1):
+        frame = frame.f_back if frame is not None else None
+    module = frame.f_globals.get("__name__", "") if frame is not None else ""
+    return (module,) if _module_path(module) is not None else None
 
 
 def _is_json_value(value: Any) -> bool:
@@ -132,9 +220,10 @@ def _load(paths: dict[str, Path]) -> tuple[bool, Any]:
     return False, None
 
 
-def lookup(name: str, config: Any, seed: int | None = None) -> tuple[bool, Any]:
+def lookup(name: str, config: Any, seed: int | None = None,
+           code: tuple[str, ...] | None = None) -> tuple[bool, Any]:
     """(found, value) for an entry, without computing; a corrupt entry counts as not found."""
-    key, _ = cache_key(name, config, seed)
+    key, _ = cache_key(name, config, seed, code)
     paths = _entry_paths(name, key)
     try:
         return _load(paths)
@@ -150,9 +239,10 @@ def lookup(name: str, config: Any, seed: int | None = None) -> tuple[bool, Any]:
         return False, None
 
 
-def store(name: str, config: Any, value: Any, seed: int | None = None) -> Path:
-    """Write ``value`` atomically as the entry for (name, config, seed); returns its path."""
-    key, description = cache_key(name, config, seed)
+def store(name: str, config: Any, value: Any, seed: int | None = None,
+          code: tuple[str, ...] | None = None) -> Path:
+    """Write ``value`` atomically as the entry for (name, config, seed, code); returns its path."""
+    key, description = cache_key(name, config, seed, code)
     paths = _entry_paths(name, key)
     _atomic_write(paths["meta"], lambda h: json.dump(description, h, indent=1, sort_keys=True), "w")
     if _is_json_value(value):
@@ -165,21 +255,24 @@ def store(name: str, config: Any, value: Any, seed: int | None = None) -> Path:
 
 
 def cached(name: str, config: Any, compute: Callable[[], R], *, seed: int | None = None,
-           refresh: bool = False) -> R:
+           refresh: bool = False, code: str | tuple[str, ...] | None = None) -> R:
     """Return the stored result of ``compute()`` for (name, config, seed, code), computing it if needed.
 
+    ``code``: the module(s) whose source, with everything of ours they import, the result depends on;
+    by default the module that calls ``cached`` (all of both packages when that is not one of ours).
     ``refresh=True`` (or ``PAPERLAB_CACHE_DISABLE=1``) recomputes; the former also overwrites the entry.
     """
+    code = (code,) if isinstance(code, str) else (tuple(code) if code is not None else _caller_code(1))
     disabled = os.environ.get("PAPERLAB_CACHE_DISABLE", "").strip() not in ("", "0")
     if not (refresh or disabled):
-        found, value = lookup(name, config, seed)
+        found, value = lookup(name, config, seed, code)
         if found:
             return value
     value = compute()
     if _is_json_value(value):
         value = json.loads(json.dumps(value))  # same types (lists, str keys) as a later cache hit
     if not disabled:
-        store(name, config, value, seed)
+        store(name, config, value, seed, code)
     return value
 
 

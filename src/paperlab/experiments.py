@@ -1,33 +1,17 @@
-"""The registry of the book's experiments, for ``python -m paperlab`` and for the chapters.
-
-Each chapter's package module defines one :class:`Experiment` (a name, a config per profile, and a
-``run(config, device=None) -> dict`` returning JSON-able results) and registers it in :data:`REGISTRY`
-by import path, so listing experiments imports nothing heavy.
+"""What an experiment is: each chapter's package module defines one :class:`Experiment` (a name, a config
+per profile, and a ``run(config, device=None) -> dict`` returning JSON-able results) and lists it in
+:data:`paperlab.registry.REGISTRY`. :func:`override` applies command-line ``--set field=value`` edits.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from paperlab.config import PROFILES, check_profile
-
-# name -> ("module:attribute", one-line summary)
-REGISTRY: dict[str, tuple[str, str]] = {
-    "toolkit": (
-        "paperlab.toolkit:EXPERIMENT",
-        "Train the tiny GPT on the synthetic grammar corpus; loss curve, entropy bound, samples (chapter 1).",
-    ),
-    "matmulfree": (
-        "paperlab.matmulfree.experiments:EXPERIMENT",
-        "MatMul-free LM (ternary BitLinear + MLGRU) vs Transformer++: loss vs size, LR sweep, ternary "
-        "attention, packed memory, add-only inference.",
-    ),
-}
 
 
 @dataclass(frozen=True)
@@ -46,19 +30,6 @@ class Experiment:
 
     def config(self, profile: str) -> Any:
         return self.configs[check_profile(profile)]
-
-
-def names() -> list[str]:
-    return sorted(REGISTRY)
-
-
-def get(name: str) -> Experiment:
-    """The registered experiment called ``name`` (imported on demand)."""
-    if name not in REGISTRY:
-        raise KeyError(f"unknown experiment {name!r}; known experiments: {', '.join(names())}")
-    target, _ = REGISTRY[name]
-    module_name, attribute = target.split(":")
-    return getattr(importlib.import_module(module_name), attribute)
 
 
 def override(config: Any, assignments: list[str]) -> Any:

@@ -1,0 +1,38 @@
+"""The book's experiments by name, for ``python -m paperlab``.
+
+Entries are import paths, so listing experiments imports nothing heavy. (This lives apart from
+:mod:`paperlab.experiments` so that adding an entry does not change the code, and so the cache keys, of
+the experiments themselves.)
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from paperlab.experiments import Experiment
+
+# name -> ("module:attribute", one-line summary)
+REGISTRY: dict[str, tuple[str, str]] = {
+    "toolkit": (
+        "paperlab.toolkit:EXPERIMENT",
+        "Train the tiny GPT on the synthetic grammar corpus; loss curve, entropy bound, samples (chapter 1).",
+    ),
+    "matmulfree": (
+        "paperlab.matmulfree.experiments:EXPERIMENT",
+        "MatMul-free LM (ternary BitLinear + MLGRU) vs Transformer++: loss vs size, LR sweep, ternary "
+        "attention, packed memory, add-only inference.",
+    ),
+}
+
+
+def names() -> list[str]:
+    return sorted(REGISTRY)
+
+
+def get(name: str) -> Experiment:
+    """The registered experiment called ``name`` (imported on demand)."""
+    if name not in REGISTRY:
+        raise KeyError(f"unknown experiment {name!r}; known experiments: {', '.join(names())}")
+    target, _ = REGISTRY[name]
+    module_name, attribute = target.split(":")
+    return getattr(importlib.import_module(module_name), attribute)
