@@ -22,6 +22,11 @@ REGISTRY: dict[str, tuple[str, str]] = {
         "MatMul-free LM (ternary BitLinear + MLGRU) vs Transformer++: loss vs size, LR sweep, ternary "
         "attention, packed memory, add-only inference.",
     ),
+    "sae": (
+        "paperlab.sae.experiments:EXPERIMENT",
+        "TopK sparse autoencoders: MSE-L0 frontier, scaling law, dead latents, feature recovery, Multi-TopK, "
+        "downstream and probe loss.",
+    ),
 }
 
 

@@ -249,4 +249,4 @@ def run(config: MatMulFreeExperimentConfig, device=None) -> dict:
     }
 
 
-EXPERIMENT = Experiment(name="matmulfree", chapter="book/04-matmulfree.md", configs=CONFIGS, run=run)
+EXPERIMENT = Experiment(name="matmulfree", chapter="book/03-matmulfree.md", configs=CONFIGS, run=run)
