@@ -382,3 +382,22 @@ def test_ddp_two_processes_agree(tmp_path: Path):
     assert report["results_equal_across_ranks"]
     assert report["examples_seen"] == 2 * report["steps"] * report["batch_size"]
     assert report["process_group_kept_after_train"]
+
+
+def test_cpu_threads_pins_the_count_even_through_train():
+    from paperlab import train as train_module
+    from paperlab.utils import cpu_threads
+
+    before = torch.get_num_threads()
+    monkey_configured = train_module._threads_configured
+    train_module._threads_configured = False  # as in a fresh process
+    try:
+        with cpu_threads(1):
+            train_module._configure_cpu_threads()  # what the first train() call does
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == before
+    finally:
+        train_module._threads_configured = monkey_configured
+    with pytest.raises(ValueError, match="positive number of threads"):
+        with cpu_threads(0):
+            pass

@@ -22,6 +22,11 @@ REGISTRY: dict[str, tuple[str, str]] = {
         "MatMul-free LM (ternary BitLinear + MLGRU) vs Transformer++: loss vs size, LR sweep, ternary "
         "attention, packed memory, add-only inference.",
     ),
+    "ssd": (
+        "paperlab.ssd.experiments:EXPERIMENT",
+        "Mamba-2 / SSD: recurrence = attention form = chunked algorithm; cost vs length and state size; "
+        "MQAR recall vs state size.",
+    ),
     "sae": (
         "paperlab.sae.experiments:EXPERIMENT",
         "TopK sparse autoencoders: MSE-L0 frontier, scaling law, dead latents, feature recovery, Multi-TopK, "

@@ -40,7 +40,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from paperlab.utils import progress
+from paperlab.utils import progress, threads_pinned
 
 __all__ = [
     "TrainConfig",
@@ -121,7 +121,7 @@ def _configure_cpu_threads() -> None:
     several processes per machine).
     """
     global _threads_configured
-    if _threads_configured:
+    if _threads_configured or threads_pinned():  # inside utils.cpu_threads the caller chose; try later
         return
     _threads_configured = True
     if os.environ.get("OMP_NUM_THREADS"):

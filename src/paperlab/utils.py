@@ -1,10 +1,12 @@
-"""Small shared utilities: progress bars that stay quiet when nobody is watching."""
+"""Small shared utilities: progress bars that stay quiet when nobody is watching, and a context manager
+that runs tiny models on few CPU threads."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from tqdm.auto import tqdm
 
@@ -30,3 +32,44 @@ def progress(iterable: Iterable | None = None, **kwargs) -> tqdm:
     kwargs.setdefault("disable", not interactive())
     kwargs.setdefault("dynamic_ncols", True)
     return tqdm(iterable, **kwargs)
+
+
+_pinned_depth = 0  # > 0 while inside cpu_threads(): the training loop then leaves threads alone
+
+
+def threads_pinned() -> bool:
+    """True inside :func:`cpu_threads` (the training loop's own thread set-up is skipped there)."""
+    return _pinned_depth > 0
+
+
+@contextlib.contextmanager
+def cpu_threads(n: int = 1) -> Iterator[None]:
+    """Run the body with ``n`` CPU threads (torch and, if installed, Numba), then restore the counts.
+
+    Tiny models train faster on one thread than on two busy cores: their operations are too small for
+    the thread start-up and synchronisation to pay off, and another process sharing the cores makes every
+    multi-threaded operation wait for the slowest thread. Inside, :func:`paperlab.train.train` does not
+    change the thread count.
+    """
+    global _pinned_depth
+    import torch
+
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive number of threads, got {n!r}")
+    previous = torch.get_num_threads()
+    try:
+        import numba
+
+        previous_numba = numba.get_num_threads()
+        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    except ImportError:  # pragma: no cover
+        numba, previous_numba = None, None
+    torch.set_num_threads(n)
+    _pinned_depth += 1
+    try:
+        yield
+    finally:
+        _pinned_depth -= 1
+        torch.set_num_threads(previous)
+        if numba is not None:
+            numba.set_num_threads(previous_numba)

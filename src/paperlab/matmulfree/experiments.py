@@ -18,7 +18,6 @@ head included), ``D`` training tokens; for ternary layers these "FLOPs" are most
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import time
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from paperlab.matmulfree.model import MatMulFreeConfig, MatMulFreeLM
 from paperlab.matmulfree.packed import pack_model, weight_bytes
 from paperlab.nn import GPT, GPTConfig, count_parameters, generate
 from paperlab.train import TrainConfig, TrainResult, auto_device, train
+from paperlab.utils import cpu_threads
 
 __all__ = ["RunConfig", "MatMulFreeExperimentConfig", "CONFIGS", "config_for", "make_model", "train_run",
            "load_run", "run", "EXPERIMENT", "KINDS"]
@@ -105,26 +105,6 @@ def config_for(profile: str | None = None) -> MatMulFreeExperimentConfig:
     return pick(CONFIGS, profile)
 
 
-@contextlib.contextmanager
-def _one_thread():
-    """Run tiny models single-threaded (torch and Numba), restoring the previous thread counts."""
-    previous = torch.get_num_threads()
-    try:
-        import numba
-
-        previous_numba = numba.get_num_threads()
-        numba.set_num_threads(1)
-    except ImportError:  # pragma: no cover
-        numba, previous_numba = None, None
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-        if numba is not None:
-            numba.set_num_threads(previous_numba)
-
-
 def make_model(run: RunConfig, vocab_size: int) -> torch.nn.Module:
     """The model of ``run.kind`` at width ``run.d_model``."""
     common = dict(vocab_size=vocab_size, context_length=run.corpus.context_length, d_model=run.d_model,
@@ -151,7 +131,7 @@ def _train(run: RunConfig, device) -> dict:
     def eval_fn(m):
         return {"val_loss": toolkit.window_loss(m, corpus.val_ids, run.corpus, run.eval_windows)}
 
-    with _one_thread():
+    with cpu_threads(1):
         result = train(model, get_batch, lambda m, b: m.loss(*b), config, eval_fn=eval_fn, device=device,
                        desc=f"{run.kind} d={run.d_model} lr={run.lr:g}")
     n_params = count_parameters(model)
@@ -198,7 +178,7 @@ def add_only_check(model: torch.nn.Module, corpus: toolkit.Corpus, n_prompts: in
     """Greedy generation through the packed (add-only) model vs the dequantised float model."""
     packed = pack_model(model)
     prompts = [corpus.tokenizer.encode(s)[:3] for s in corpus.val_sentences[:n_prompts]]
-    with _one_thread():
+    with cpu_threads(1):
         t0 = time.perf_counter()
         float_tokens = generate(model, prompts, max_new_tokens, greedy=True)
         t1 = time.perf_counter()

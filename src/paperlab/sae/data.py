@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from paperlab import cache, toolkit
+from paperlab.utils import cpu_threads
 
 __all__ = ["SyntheticConfig", "SyntheticData", "make_synthetic", "LMDataConfig", "lm_activations",
            "layer_normalise"]
@@ -90,10 +91,8 @@ def _plural_noun_labels(grammar, sentences) -> list[int]:
 
 
 def _compute_lm_activations(config: LMDataConfig) -> dict:
-    from paperlab.sae.train import few_threads
-
     tk_config = toolkit.config_for(config.toolkit_profile)
-    with few_threads(1):  # a tiny GPT: one thread is as fast, and robust when the cores are shared
+    with cpu_threads(1):  # a tiny GPT: one thread is as fast, and robust when the cores are shared
         model, corpus, _ = toolkit.load_trained(tk_config, device="cpu")
     if not 0 <= config.layer <= tk_config.n_layers:
         raise ValueError(f"layer must be in [0, {tk_config.n_layers}], got {config.layer}")

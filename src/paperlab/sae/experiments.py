@@ -23,7 +23,8 @@ from paperlab.config import pick
 from paperlab.experiments import Experiment
 from paperlab.sae.data import LMDataConfig, SyntheticConfig, lm_activations, make_synthetic
 from paperlab.sae.metrics import binary_entropy, downstream_loss, nmse, probe_loss
-from paperlab.sae.train import RunConfig, evaluate, few_threads, load_sae, run_cached
+from paperlab.sae.train import RunConfig, evaluate, load_sae, run_cached
+from paperlab.utils import cpu_threads
 
 __all__ = ["SAEExperimentConfig", "CONFIGS", "config_for", "frontier", "scaling", "fit_scaling_law",
            "power_law_fit", "scaling_law",
@@ -72,11 +73,11 @@ def config_for(profile: str | None = None) -> SAEExperimentConfig:
 
 
 def _one_thread(fn):
-    """Run an experiment with one CPU thread (see :func:`paperlab.sae.train.few_threads`)."""
+    """Run an experiment with one CPU thread (see :func:`paperlab.utils.cpu_threads`)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        with few_threads(1):
+        with cpu_threads(1):
             return fn(*args, **kwargs)
 
     return wrapper

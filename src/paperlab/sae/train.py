@@ -11,7 +11,6 @@ Learning rate: ``lr * sqrt(lr_reference_latents / n_latents)``, the paper's ``1/
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +20,7 @@ from paperlab.sae.data import LMDataConfig, SyntheticConfig, lm_activations, mak
 from paperlab.sae.metrics import feature_recovery, l0, nmse
 from paperlab.sae.model import ReLUSAE, SparseAutoencoder, TopKSAE
 from paperlab.train import TrainConfig, train
+from paperlab.utils import cpu_threads
 
 __all__ = ["RunConfig", "build_sae", "train_sae", "run_cached", "load_sae"]
 
@@ -111,37 +111,9 @@ def evaluate(sae: SparseAutoencoder, x: torch.Tensor, k: int | None = None) -> d
     return {"nmse": float(nmse(sae.decode(z), x)), "l0": l0(z), "dead_fraction": sae.dead_fraction()}
 
 
-@contextmanager
-def few_threads(n: int = 1):
-    """Run with ``n`` PyTorch (and Numba) threads, then restore. The SAEs here are tiny (d_model 64): their
-    matmuls take about a millisecond, where waking and synchronising threads costs more than it saves,
-    and far more when another process shares the cores."""
-    from paperlab.train import _configure_cpu_threads
-
-    _configure_cpu_threads()  # the loop's one-time thread setup runs now, not inside (it would override ours)
-    torch_threads = torch.get_num_threads()
-    numba_threads = None
-    try:
-        import numba
-
-        numba_threads = numba.get_num_threads()
-        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
-    except ImportError:  # pragma: no cover
-        pass
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(torch_threads)
-        if numba_threads is not None:
-            import numba
-
-            numba.set_num_threads(numba_threads)
-
-
 def train_sae(run: RunConfig, device: str | torch.device | None = "cpu") -> tuple[SparseAutoencoder, dict]:
     """Train the SAE of ``run``; returns it (on the CPU, eval mode) and a JSON-able record."""
-    with few_threads(1 if torch.device(device or "cpu").type == "cpu" else torch.get_num_threads()):
+    with cpu_threads(1 if torch.device(device or "cpu").type == "cpu" else torch.get_num_threads()):
         return _train_sae(run, device)
 
 

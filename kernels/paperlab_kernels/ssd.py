@@ -1,0 +1,561 @@
+r"""The SSD (state space duality, Mamba-2) scan: PyTorch references, Numba and Triton kernels.
+
+The selective SSM of Mamba-2 has, per head, a scalar decay ``A < 0`` times the identity. With
+``a_t = exp(dt_t A)``, head dim ``P`` and state size ``N``, its state ``h_t: (P, N)`` follows
+
+.. math::
+
+    h_t = a_t\, h_{t-1} + dt_t\, x_t B_t^\top, \qquad y_t = h_t C_t + D\, x_t .
+
+Two PyTorch references compute it (both differentiable by autograd, any device, any float dtype):
+
+* :func:`ssd_recurrent_reference`: the recurrence, one step per position (``O(T P N)`` work, ``T``
+  sequential steps);
+* :func:`ssd_chunked_reference`: the chunked SSD algorithm of the paper (section 6): split the sequence
+  into chunks of ``chunk_size`` positions; (1) the output of each chunk from its own inputs, by the
+  quadratic "attention" form inside the chunk; (2) the state at the end of each chunk from its own
+  inputs; (3) a short recurrence over chunks that carries the states across; (4) each position reads
+  the carried-in state through ``C`` and its decay. Mostly matmuls; linear in ``T``.
+
+and two kernels compute the same forward pass:
+
+* ``ssd_chunked_numba``: the chunked algorithm, one (batch, head) pair per ``prange`` iteration, the
+  chunks in sequence inside it, the state ``(P, N)`` kept in a local array; float32 or float64.
+* ``ssd_chunked_triton``: the same, one program per (batch, head) pair; each chunk's three products
+  (``C B^T``, ``(L o C B^T) X``, the state update ``X^T B``) are ``tl.dot`` s on ``Q x N x P`` tiles.
+* ``ssd_scan_numba``: the sequential recurrence compiled, for comparison (the "selective scan" of
+  Mamba-1, with a scalar decay).
+
+Gradients of the kernels: their backward pass re-runs :func:`ssd_chunked_reference` under autograd
+(recomputation from the saved inputs), so they are exact but no faster than the reference.
+
+Shapes (``G`` groups share ``B`` and ``C`` across ``H / G`` heads each, like grouped-query attention;
+head ``h`` reads group ``h // (H / G)``):
+
+==================  ====================================  =========================================
+argument            shape                                 meaning
+==================  ====================================  =========================================
+``x``               (batch, seqlen, nheads, headdim)      input (attention's V)
+``dt``              (batch, seqlen, nheads)               step sizes, > 0 (after softplus)
+``A``               (nheads,)                             decay rate, < 0
+``B``               (batch, seqlen, ngroups, d_state)     input projection (attention's K)
+``C``               (batch, seqlen, ngroups, d_state)     output projection (attention's Q)
+``D``               (nheads,) or None                     skip connection
+``initial_state``   (batch, nheads, headdim, d_state)     ``h_0`` (zeros when None)
+returns ``y``       (batch, seqlen, nheads, headdim)      in ``x.dtype``
+returns ``final``   (batch, nheads, headdim, d_state)     ``h_T``
+==================  ====================================  =========================================
+
+What bounds the speed: **arithmetic**. Per (batch, head) and chunk of ``Q`` positions the chunked form
+does ``C B^T`` (``Q^2 N`` multiply-adds), ``(L o C B^T) X`` (``Q^2 P``), the chunk state (``Q P N``)
+and the state-to-output product (``Q P N``) against reading ``Q (P + 2N + 1)`` numbers: with
+``Q = P = N = 64`` about 30 flops per byte, compute bound on a CPU and (in 16-bit, with tensor cores)
+on a GPU. Compare its GFLOP/s with the machine's matmul rate (``python -m paperlab.bench ssd``).
+The sequential scan does only ``4 T P N`` flops but cannot use matrix units: every step is a rank-1
+update of the state.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ._dispatch import HAS_NUMBA, HAS_TRITON, cpu_numpy, require_numba, require_triton, select_impl
+
+__all__ = [
+    "check_ssd_inputs",
+    "segsum",
+    "segsum_naive",
+    "ssd_recurrent_reference",
+    "ssd_chunked_reference",
+    "ssd_chunked_numba",
+    "ssd_chunked_triton",
+    "ssd_chunked",
+    "ssd_scan_numba",
+    "ssd_scan",
+    "chunked_flops",
+    "scan_flops",
+]
+
+
+# ================================================================================ validation
+def _shape(t) -> str:
+    return str(tuple(t.shape)) if isinstance(t, torch.Tensor) else type(t).__name__
+
+
+def check_chunk_size(chunk_size) -> int:
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+    return int(chunk_size)
+
+
+def check_ssd_inputs(x, dt, A, B, C, D=None, initial_state=None) -> tuple[int, int, int, int, int, int]:
+    """Validate the SSD arguments; returns ``(batch, seqlen, nheads, headdim, ngroups, d_state)``.
+
+    Errors name the argument, the expected shape and the shape received.
+    """
+    named = {"x": x, "dt": dt, "A": A, "B": B, "C": C}
+    if D is not None:
+        named["D"] = D
+    if initial_state is not None:
+        named["initial_state"] = initial_state
+    for name, t in named.items():
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if not t.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor, got {t.dtype}")
+        if t.device != x.device:
+            raise ValueError(f"{name} must be on the same device as x ({x.device}), got {t.device}")
+    if x.dim() != 4:
+        raise ValueError(f"x must be 4-D (batch, seqlen, nheads, headdim), got shape {_shape(x)}")
+    batch, seqlen, nheads, headdim = x.shape
+    if B.dim() != 4:
+        raise ValueError(f"B must be 4-D (batch, seqlen, ngroups, d_state), got shape {_shape(B)}")
+    ngroups, d_state = B.shape[2], B.shape[3]
+    if tuple(B.shape[:2]) != (batch, seqlen):
+        raise ValueError(f"B must have batch, seqlen = {(batch, seqlen)} like x, got shape {_shape(B)}")
+    if tuple(C.shape) != tuple(B.shape):
+        raise ValueError(f"C must have the shape of B {_shape(B)} (batch, seqlen, ngroups, d_state), "
+                         f"got {_shape(C)}")
+    if tuple(dt.shape) != (batch, seqlen, nheads):
+        raise ValueError(f"dt must have shape (batch, seqlen, nheads) = {(batch, seqlen, nheads)}, "
+                         f"got {_shape(dt)}")
+    if tuple(A.shape) != (nheads,):
+        raise ValueError(f"A must have shape (nheads,) = {(nheads,)}, got {_shape(A)}")
+    if D is not None and tuple(D.shape) != (nheads,):
+        raise ValueError(f"D must have shape (nheads,) = {(nheads,)} or be None, got {_shape(D)}")
+    if ngroups < 1 or nheads % ngroups:
+        raise ValueError(f"nheads ({nheads}) must be divisible by ngroups ({ngroups}, B.shape[2])")
+    expected = (batch, nheads, headdim, d_state)
+    if initial_state is not None and tuple(initial_state.shape) != expected:
+        raise ValueError(f"initial_state must have shape (batch, nheads, headdim, d_state) = {expected}, "
+                         f"got {_shape(initial_state)}")
+    return batch, seqlen, nheads, headdim, ngroups, d_state
+
+
+def _heads_of_groups(t: torch.Tensor, nheads: int) -> torch.Tensor:
+    """(batch, seqlen, ngroups, d_state) -> (batch, seqlen, nheads, d_state): head h reads group
+    h // (nheads / ngroups)."""
+    return t.repeat_interleave(nheads // t.shape[2], dim=2)
+
+
+# ================================================================================ segment sums
+def segsum(a: torch.Tensor) -> torch.Tensor:
+    r"""Stable segment sums: ``a: (..., T)`` -> ``(..., T, T)`` with
+
+    .. math:: \mathrm{segsum}(a)_{t,s} = \textstyle\sum_{r=s+1}^{t} a_r \ (t \ge s), \qquad -\infty \ (t < s),
+
+    so that ``exp(segsum(log a))`` is the 1-semiseparable decay mask ``L``. Each entry is a cumulative sum
+    of the masked entries themselves, never a difference of two long cumulative sums (which cancels
+    catastrophically when the sums are large; see :func:`segsum_naive`).
+    """
+    T = a.shape[-1]
+    strict = torch.ones(T, T, dtype=torch.bool, device=a.device).tril(-1)
+    # column s of row r holds a_r for r > s; summing down the rows gives sum_{r=s+1..t} a_r at row t
+    entries = a[..., :, None].expand(*a.shape, T).masked_fill(~strict, 0.0)
+    out = entries.cumsum(dim=-2)
+    causal = torch.ones(T, T, dtype=torch.bool, device=a.device).tril()
+    return out.masked_fill(~causal, -math.inf)
+
+
+def segsum_naive(a: torch.Tensor) -> torch.Tensor:
+    """``cumsum(a)[t] - cumsum(a)[s]`` (masked like :func:`segsum`): cheaper, and inaccurate when the
+    cumulative sums are large compared with their differences."""
+    T = a.shape[-1]
+    cs = a.cumsum(-1)
+    out = cs[..., :, None] - cs[..., None, :]
+    causal = torch.ones(T, T, dtype=torch.bool, device=a.device).tril()
+    return out.masked_fill(~causal, -math.inf)
+
+
+# ================================================================================ references
+def ssd_recurrent_reference(x, dt, A, B, C, D=None, initial_state=None):
+    """The recurrence ``h_t = exp(dt_t A) h_{t-1} + dt_t x_t B_t^T``, ``y_t = h_t C_t + D x_t``, one
+    position at a time. Returns ``(y, final_state)``; see the module docstring for shapes."""
+    batch, seqlen, nheads, headdim, _, d_state = check_ssd_inputs(x, dt, A, B, C, D, initial_state)
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    Bh = _heads_of_groups(B, nheads).to(dtype)  # (b, t, h, n)
+    Ch = _heads_of_groups(C, nheads).to(dtype)
+    xf, dtf = x.to(dtype), dt.to(dtype)
+    a = torch.exp(dtf * A.to(dtype))  # (b, t, h)
+    if initial_state is None:
+        h = x.new_zeros((batch, nheads, headdim, d_state), dtype=dtype)
+    else:
+        h = initial_state.to(dtype)
+    ys = []
+    for t in range(seqlen):
+        h = a[:, t, :, None, None] * h + (dtf[:, t, :, None] * xf[:, t])[..., None] * Bh[:, t, :, None, :]
+        ys.append(torch.einsum("bhpn,bhn->bhp", h, Ch[:, t]))
+    y = torch.stack(ys, dim=1) if ys else xf.new_zeros(xf.shape)
+    if D is not None:
+        y = y + D.to(dtype)[:, None] * xf
+    return y.to(x.dtype), h
+
+
+def ssd_chunked_reference(x, dt, A, B, C, D=None, initial_state=None, *, chunk_size: int = 64):
+    """The chunked SSD algorithm (paper section 6), right for any number of groups and any length (the
+    sequence is padded to a multiple of ``chunk_size`` with ``dt = 0``, which neither decays the state
+    nor adds to it). Returns ``(y, final_state)``; see the module docstring for shapes."""
+    chunk_size = check_chunk_size(chunk_size)
+    batch, seqlen, nheads, headdim, ngroups, d_state = check_ssd_inputs(x, dt, A, B, C, D, initial_state)
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    Q, G, R = chunk_size, ngroups, nheads // ngroups  # R heads per group
+    pad = (-seqlen) % Q
+    n_chunks = (seqlen + pad) // Q
+    xf, dtf, Bf, Cf = (t.to(dtype) for t in (x, dt, B, C))
+    if pad:
+        xf, Bf, Cf = (F.pad(t, (0, 0, 0, 0, 0, pad)) for t in (xf, Bf, Cf))
+        dtf = F.pad(dtf, (0, 0, 0, pad))
+    # chunks: c = chunk, l/s = position in the chunk; heads split into (group g, head-in-group r)
+    X = xf.reshape(batch, n_chunks, Q, G, R, headdim)
+    Bc = Bf.reshape(batch, n_chunks, Q, G, d_state)
+    Cc = Cf.reshape(batch, n_chunks, Q, G, d_state)
+    dtc = dtf.reshape(batch, n_chunks, Q, G, R)
+    log_a = (dtc * A.to(dtype).reshape(G, R)).permute(0, 3, 4, 1, 2)  # (b, g, r, c, l): log a_t = dt_t A
+    Xdt = X * dtc[..., None]  # dt_s x_s, (b, c, s, g, r, p)
+
+    # 1. intra-chunk outputs: Y_diag = (L o C B^T) (dt X) inside each chunk
+    L = torch.exp(segsum(log_a))  # (b, g, r, c, l, s)
+    CB = torch.einsum("bclgn,bcsgn->bgcls", Cc, Bc)  # (b, g, c, l, s)
+    Y_diag = torch.einsum("bgrcls,bcsgrp->bclgrp", L * CB[:, :, None], Xdt)
+
+    # 2. chunk states from the chunk's own inputs: sum_s exp(sum_{r>s} log a_r) dt_s x_s B_s^T
+    decay_to_end = torch.exp(_sum_after(log_a))  # (b, g, r, c, s)
+    states = torch.einsum("bcsgrp,bgrcs,bcsgn->bcgrpn", Xdt, decay_to_end, Bc)
+
+    # 3. inter-chunk recurrence: h_c = exp(sum log a over chunk c) h_{c-1} + states_c
+    chunk_decay = torch.exp(log_a.sum(-1))  # (b, g, r, c)
+    if initial_state is None:
+        h = xf.new_zeros((batch, G, R, headdim, d_state))
+    else:
+        h = initial_state.to(dtype).reshape(batch, G, R, headdim, d_state)
+    carried = []  # the state entering each chunk
+    for c in range(n_chunks):
+        carried.append(h)
+        h = chunk_decay[..., c, None, None] * h + states[:, c]
+    carried = torch.stack(carried, dim=1)  # (b, c, g, r, p, n)
+
+    # 4. state -> output: y_l += exp(sum_{r<=l} log a_r) C_l h_{c-1}
+    decay_from_start = torch.exp(log_a.cumsum(-1))  # (b, g, r, c, l)
+    Y_off = torch.einsum("bclgn,bcgrpn,bgrcl->bclgrp", Cc, carried, decay_from_start)
+
+    y = (Y_diag + Y_off).reshape(batch, n_chunks * Q, nheads, headdim)[:, :seqlen]
+    if D is not None:
+        y = y + D.to(dtype)[:, None] * xf[:, :seqlen]
+    return y.to(x.dtype), h.reshape(batch, nheads, headdim, d_state)
+
+
+def _sum_after(a: torch.Tensor) -> torch.Tensor:
+    """``out[..., s] = sum_{r > s} a[..., r]`` as a reversed cumulative sum of the shifted entries
+    (no subtraction, so no cancellation)."""
+    shifted = F.pad(a[..., 1:], (0, 1))
+    return shifted.flip(-1).cumsum(-1).flip(-1)
+
+
+# ================================================================================ flop counts
+def chunked_flops(batch, seqlen, nheads, headdim, ngroups, d_state, chunk_size) -> float:
+    """Floating-point operations of the chunked algorithm on dense blocks (as the PyTorch reference and
+    the Triton kernel compute them): per (batch, head) and chunk ``2 (Q^2 N + Q^2 P + 2 Q P N)``."""
+    Q = chunk_size
+    n_chunks = -(-seqlen // Q)
+    return 2.0 * batch * nheads * n_chunks * (Q * Q * d_state + Q * Q * headdim + 2 * Q * headdim * d_state)
+
+
+def scan_flops(batch, seqlen, nheads, headdim, d_state) -> float:
+    """Floating-point operations of the recurrence: ``4 T P N`` per (batch, head) (decay-and-add of the
+    state, two multiply-adds per entry; read-out ``h C``, one multiply-add)."""
+    return 6.0 * batch * seqlen * nheads * headdim * d_state
+
+
+# ================================================================================ numba
+if HAS_NUMBA:
+    from numba import njit, prange
+
+    @njit(parallel=True, cache=True, fastmath=True)
+    def _chunked_numba_kernel(x, dt, A, B, C, D, has_d, h0, y, hT, chunk):  # pragma: no cover - jitted
+        """x (b, t, h, p), dt (b, t, h), B/C (b, t, g, n), h0/hT (b, h, p, n), y (b, t, h, p).
+        One (batch, head) per prange iteration; chunks in sequence; the state stays in ``state``."""
+        nb, nt, nh, npp = x.shape
+        ng, nn_ = B.shape[2], B.shape[3]
+        per_group = nh // ng
+        for bh in prange(nb * nh):
+            b = bh // nh
+            h = bh % nh
+            g = h // per_group
+            state = h0[b, h].copy()  # (p, n)
+            cs = np.empty(chunk, dtype=x.dtype)
+            cb = np.empty((chunk, chunk), dtype=x.dtype)
+            acc = np.empty(npp, dtype=x.dtype)
+            a_h = A[h]
+            zero = np.zeros(1, dtype=x.dtype)[0]
+            for c0 in range(0, nt, chunk):
+                q = min(chunk, nt - c0)
+                run = zero
+                for i in range(q):  # cumulative log decay inside the chunk
+                    run += dt[b, c0 + i, h] * a_h
+                    cs[i] = run
+                total = cs[q - 1]
+                for t in range(q):  # C B^T, lower triangle
+                    for s in range(t + 1):
+                        v = zero
+                        for n in range(nn_):
+                            v += C[b, c0 + t, g, n] * B[b, c0 + s, g, n]
+                        cb[t, s] = v
+                for t in range(q):
+                    # 4. carried-in state read out: exp(cs_t) h C_t
+                    e = np.exp(cs[t])
+                    for p in range(npp):
+                        v = zero
+                        for n in range(nn_):
+                            v += state[p, n] * C[b, c0 + t, g, n]
+                        acc[p] = e * v
+                    # 1. intra-chunk: sum_{s<=t} exp(cs_t - cs_s) (C_t . B_s) dt_s x_s
+                    for s in range(t + 1):
+                        w = np.exp(cs[t] - cs[s]) * cb[t, s] * dt[b, c0 + s, h]
+                        for p in range(npp):
+                            acc[p] += w * x[b, c0 + s, h, p]
+                    for p in range(npp):
+                        y[b, c0 + t, h, p] = acc[p] + (D[h] * x[b, c0 + t, h, p] if has_d else zero)
+                # 2.+3. state update: h = exp(total) h + sum_s exp(total - cs_s) dt_s x_s B_s^T
+                decay = np.exp(total)
+                for p in range(npp):
+                    for n in range(nn_):
+                        state[p, n] *= decay
+                for s in range(q):
+                    w = np.exp(total - cs[s]) * dt[b, c0 + s, h]
+                    for p in range(npp):
+                        xv = w * x[b, c0 + s, h, p]
+                        for n in range(nn_):
+                            state[p, n] += xv * B[b, c0 + s, g, n]
+            hT[b, h] = state
+
+    @njit(parallel=True, cache=True, fastmath=True)
+    def _scan_numba_kernel(x, dt, A, B, C, D, has_d, h0, y, hT):  # pragma: no cover - jitted
+        """The sequential recurrence; one (batch, head) per prange iteration."""
+        nb, nt, nh, npp = x.shape
+        ng, nn_ = B.shape[2], B.shape[3]
+        per_group = nh // ng
+        for bh in prange(nb * nh):
+            b = bh // nh
+            h = bh % nh
+            g = h // per_group
+            state = h0[b, h].copy()
+            zero = np.zeros(1, dtype=x.dtype)[0]
+            for t in range(nt):
+                a = np.exp(dt[b, t, h] * A[h])
+                for p in range(npp):
+                    xv = dt[b, t, h] * x[b, t, h, p]
+                    v = zero
+                    for n in range(nn_):
+                        s_new = a * state[p, n] + xv * B[b, t, g, n]
+                        state[p, n] = s_new
+                        v += s_new * C[b, t, g, n]
+                    y[b, t, h, p] = v + (D[h] * x[b, t, h, p] if has_d else zero)
+            hT[b, h] = state
+
+
+def _numba_run(kernel, x, dt, A, B, C, D, initial_state, extra):
+    batch, seqlen, nheads, headdim = x.shape
+    d_state = B.shape[3]
+    np_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    arrays = [cpu_numpy(t, np_dtype) for t in (x, dt, A, B, C)]
+    d = cpu_numpy(D, np_dtype) if D is not None else np.zeros(nheads, dtype=arrays[0].dtype)
+    if initial_state is not None:
+        h0 = cpu_numpy(initial_state, np_dtype)
+    else:
+        h0 = np.zeros((batch, nheads, headdim, d_state), dtype=arrays[0].dtype)
+    y = torch.empty((batch, seqlen, nheads, headdim), dtype=np_dtype)
+    hT = torch.empty((batch, nheads, headdim, d_state), dtype=np_dtype)
+    kernel(*arrays, d, D is not None, h0, y.numpy(), hT.numpy(), *extra)
+    return y.to(x.dtype), hT
+
+
+def _chunked_numba_forward(x, dt, A, B, C, D, initial_state, chunk_size):
+    return _numba_run(_chunked_numba_kernel, x, dt, A, B, C, D, initial_state, (chunk_size,))
+
+
+def _scan_numba_forward(x, dt, A, B, C, D, initial_state, chunk_size):
+    return _numba_run(_scan_numba_kernel, x, dt, A, B, C, D, initial_state, ())
+
+
+# ================================================================================ triton
+if HAS_TRITON:
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _chunked_triton_kernel(
+        X, DT, A, B, C, D, H0, Y, HT,
+        T, H, P, N, per_group,
+        sxb, sxt, sxh, sdb, sdt, sbb, sbt, sbg,
+        HAS_D: tl.constexpr, HAS_H0: tl.constexpr, IEEE: tl.constexpr,
+        BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+    ):
+        """One program per (batch, head); chunks of BLOCK_Q positions in sequence; the state (P, N) is
+        carried in registers. x and y share strides; B and C share strides; last dims are contiguous."""
+        pid = tl.program_id(0)
+        b = (pid // H).to(tl.int64)
+        h = pid % H
+        g = h // per_group
+        offs_q = tl.arange(0, BLOCK_Q)
+        offs_p = tl.arange(0, BLOCK_P)
+        offs_n = tl.arange(0, BLOCK_N)
+        mp = offs_p < P
+        mn = offs_n < N
+        a_h = tl.load(A + h).to(tl.float32)
+        state_ptr = (b * H + h) * P * N + offs_p[:, None] * N + offs_n[None, :]
+        if HAS_H0:
+            state = tl.load(H0 + state_ptr, mask=mp[:, None] & mn[None, :], other=0.0).to(tl.float32)
+        else:
+            state = tl.zeros((BLOCK_P, BLOCK_N), dtype=tl.float32)
+        if HAS_D:
+            d_h = tl.load(D + h).to(tl.float32)
+        causal = offs_q[:, None] >= offs_q[None, :]
+        for c0 in range(0, T, BLOCK_Q):
+            t = c0 + offs_q
+            mt = t < T
+            x_off = b * sxb + t[:, None].to(tl.int64) * sxt + h * sxh + offs_p[None, :]
+            xm = mt[:, None] & mp[None, :]
+            x = tl.load(X + x_off, mask=xm, other=0.0).to(tl.float32)  # (Q, P)
+            dt = tl.load(DT + b * sdb + t.to(tl.int64) * sdt + h, mask=mt, other=0.0).to(tl.float32)
+            bc_off = b * sbb + t[:, None].to(tl.int64) * sbt + g * sbg + offs_n[None, :]
+            bm = mt[:, None] & mn[None, :]
+            Bm = tl.load(B + bc_off, mask=bm, other=0.0).to(tl.float32)  # (Q, N)
+            Cm = tl.load(C + bc_off, mask=bm, other=0.0).to(tl.float32)
+            log_a = dt * a_h
+            cs = tl.cumsum(log_a, axis=0)
+            total = tl.sum(log_a, axis=0)
+            if IEEE:
+                CB = tl.dot(Cm, tl.trans(Bm), input_precision="ieee")  # (Q, Q)
+            else:
+                CB = tl.dot(Cm, tl.trans(Bm))
+            diff = tl.where(causal, cs[:, None] - cs[None, :], 0.0)
+            M = tl.where(causal, tl.exp(diff) * CB * dt[None, :], 0.0)
+            if IEEE:
+                y = tl.dot(M, x, input_precision="ieee")
+                y += tl.dot(Cm, tl.trans(state), input_precision="ieee") * tl.exp(cs)[:, None]
+            else:
+                y = tl.dot(M, x)
+                y += tl.dot(Cm, tl.trans(state)) * tl.exp(cs)[:, None]
+            if HAS_D:
+                y += d_h * x
+            tl.store(Y + x_off, y.to(Y.dtype.element_ty), mask=xm)
+            w = tl.exp(total - cs) * dt  # (Q,)
+            xw = x * w[:, None]
+            if IEEE:
+                state = state * tl.exp(total) + tl.dot(tl.trans(xw), Bm, input_precision="ieee")
+            else:
+                state = state * tl.exp(total) + tl.dot(tl.trans(xw), Bm)
+        tl.store(HT + state_ptr, state, mask=mp[:, None] & mn[None, :])
+
+
+def _triton_forward(x, dt, A, B, C, D, initial_state, chunk_size):
+    batch, seqlen, nheads, headdim = x.shape
+    ngroups, d_state = B.shape[2], B.shape[3]
+    x, dt, B, C = (t.contiguous() for t in (x, dt, B, C))
+    A = A.contiguous()
+    y = torch.empty_like(x)
+    hT = torch.empty((batch, nheads, headdim, d_state), dtype=torch.float32, device=x.device)
+    h0 = initial_state.float().contiguous() if initial_state is not None else hT
+    block_q = max(16, triton.next_power_of_2(chunk_size))
+    block_p = max(16, triton.next_power_of_2(headdim))
+    block_n = max(16, triton.next_power_of_2(d_state))
+    if batch * nheads > 0 and seqlen > 0:
+        _chunked_triton_kernel[(batch * nheads,)](
+            x, dt, A, B, C, D.contiguous() if D is not None else A, h0, y, hT,
+            seqlen, nheads, headdim, d_state, nheads // ngroups,
+            x.stride(0), x.stride(1), x.stride(2), dt.stride(0), dt.stride(1),
+            B.stride(0), B.stride(1), B.stride(2),
+            HAS_D=D is not None, HAS_H0=initial_state is not None, IEEE=x.dtype == torch.float32,
+            BLOCK_Q=block_q, BLOCK_P=block_p, BLOCK_N=block_n, num_warps=4,
+        )
+    elif initial_state is not None:
+        hT.copy_(initial_state)
+    else:
+        hT.zero_()
+    return y, hT.to(torch.promote_types(x.dtype, torch.float32))
+
+
+# ================================================================================ autograd + API
+class _KernelFunction(torch.autograd.Function):
+    """Forward by a kernel; backward by re-running :func:`ssd_chunked_reference` under autograd on the
+    saved inputs (exact gradients; the speed of the reference)."""
+
+    @staticmethod
+    def forward(ctx, forward_fn, chunk_size, x, dt, A, B, C, D, initial_state):
+        ctx.chunk_size = chunk_size
+        ctx.save_for_backward(x, dt, A, B, C, D, initial_state)
+        with torch.no_grad():
+            return forward_fn(x, dt, A, B, C, D, initial_state, chunk_size)
+
+    @staticmethod
+    def backward(ctx, dy, dstate):
+        inputs = [t.detach().requires_grad_(need) if t is not None else None
+                  for t, need in zip(ctx.saved_tensors, ctx.needs_input_grad[2:])]
+        with torch.enable_grad():
+            y, state = ssd_chunked_reference(*inputs, chunk_size=ctx.chunk_size)
+            wanted = [t for t in inputs if t is not None and t.requires_grad]
+            outs, grads_out = [y], [dy]
+            if dstate is not None:
+                outs.append(state)
+                grads_out.append(dstate)
+            grads = iter(torch.autograd.grad(outs, wanted, grads_out, allow_unused=True) if wanted else ())
+        result = [next(grads) if t is not None and t.requires_grad else None for t in inputs]
+        return (None, None, *result)
+
+
+def _apply(forward_fn, x, dt, A, B, C, D, initial_state, chunk_size):
+    y, state = _KernelFunction.apply(forward_fn, chunk_size, x, dt, A, B, C, D, initial_state)
+    return y, state
+
+
+def ssd_chunked_numba(x, dt, A, B, C, D=None, initial_state=None, *, chunk_size: int = 64):
+    """The chunked algorithm as a Numba CPU kernel (parallel over batch x heads). Same contract as
+    :func:`ssd_chunked_reference`; computes in float32 (float64 for float64 input)."""
+    chunk_size = check_chunk_size(chunk_size)
+    check_ssd_inputs(x, dt, A, B, C, D, initial_state)
+    require_numba(x)
+    return _apply(_chunked_numba_forward, x, dt, A, B, C, D, initial_state, chunk_size)
+
+
+def ssd_chunked_triton(x, dt, A, B, C, D=None, initial_state=None, *, chunk_size: int = 64):
+    """The chunked algorithm as a Triton kernel (one program per (batch, head)); computes in float32.
+    The chunk is ``max(16, next_power_of_2(chunk_size))`` positions (``tl.dot`` needs tiles of >= 16);
+    the result does not depend on the chunk size."""
+    chunk_size = check_chunk_size(chunk_size)
+    check_ssd_inputs(x, dt, A, B, C, D, initial_state)
+    require_triton(x)
+    return _apply(_triton_forward, x, dt, A, B, C, D, initial_state, chunk_size)
+
+
+def ssd_scan_numba(x, dt, A, B, C, D=None, initial_state=None):
+    """The sequential recurrence as a Numba CPU kernel (parallel over batch x heads)."""
+    check_ssd_inputs(x, dt, A, B, C, D, initial_state)
+    require_numba(x)
+    return _apply(_scan_numba_forward, x, dt, A, B, C, D, initial_state, 1)
+
+
+_CHUNKED = {"reference": ssd_chunked_reference, "numba": ssd_chunked_numba, "triton": ssd_chunked_triton}
+
+
+def ssd_chunked(x, dt, A, B, C, D=None, initial_state=None, *, chunk_size: int = 64, impl: str = "auto"):
+    """The chunked SSD scan; ``impl``: ``"auto"`` (Triton on CUDA, Numba on CPU), ``"reference"``,
+    ``"numba"`` or ``"triton"``. Returns ``(y, final_state)``."""
+    check_ssd_inputs(x, dt, A, B, C, D, initial_state)
+    return _CHUNKED[select_impl(impl, x)](x, dt, A, B, C, D, initial_state, chunk_size=chunk_size)
+
+
+def ssd_scan(x, dt, A, B, C, D=None, initial_state=None, *, impl: str = "auto"):
+    """The sequential recurrence; ``impl``: ``"auto"`` (Numba on CPU, else the reference),
+    ``"reference"`` or ``"numba"``."""
+    check_ssd_inputs(x, dt, A, B, C, D, initial_state)
+    if impl == "triton":
+        raise ValueError("ssd_scan has no Triton kernel (use ssd_chunked on a GPU); impl must be one of "
+                         "('auto', 'reference', 'numba')")
+    chosen = select_impl(impl, x)
+    if chosen == "numba":
+        return ssd_scan_numba(x, dt, A, B, C, D, initial_state)
+    return ssd_recurrent_reference(x, dt, A, B, C, D, initial_state)

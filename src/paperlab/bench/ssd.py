@@ -1,0 +1,54 @@
+"""SSD chunked scan benchmark: PyTorch chunked reference, Numba chunked kernel (CPU) or Triton (CUDA), and
+the compiled sequential scan (CPU).
+
+Compute bound: rows report GFLOP/s as a fraction of the measured fp32 matmul rate. The chunked rows
+count the flops of the chunked algorithm on dense blocks (:func:`paperlab_kernels.ssd.chunked_flops`;
+the kernels skip the upper triangle of each chunk, so they do somewhat less than they are credited
+with); the scan row counts the recurrence's own ``6 T P N`` flops per (batch, head)
+(:func:`paperlab_kernels.ssd.scan_flops`), which is fewer: its speed-up is against the same reference.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from paperlab.bench import Context, Row, register
+from paperlab_kernels import ssd as kernels
+
+
+def _inputs(ctx: Context, batch, seqlen, nheads, headdim, d_state):
+    g = torch.Generator(device=ctx.device).manual_seed(0)
+
+    def rand(*shape):
+        return torch.randn(*shape, device=ctx.device, generator=g)
+
+    x = rand(batch, seqlen, nheads, headdim)
+    dt = torch.nn.functional.softplus(rand(batch, seqlen, nheads) - 1.0)
+    A = -torch.linspace(0.1, 1.0, nheads, device=ctx.device)
+    B, C = rand(batch, seqlen, 1, d_state), rand(batch, seqlen, 1, d_state)
+    return x, dt, A, B, C, torch.ones(nheads, device=ctx.device)
+
+
+@register("ssd", "SSD chunked scan forward (batch 2, 8 heads, P = N = 64): reference vs kernels vs scan")
+def bench_ssd(ctx: Context) -> list[Row]:
+    batch, nheads, headdim, d_state, chunk = 2, 8, 64, 64, 64
+    seqlen = 1024 if ctx.quick else 4096
+    if ctx.device.type == "cuda" and not ctx.quick:
+        batch = 16  # one program per (batch, head): give the GPU more of them
+    inputs = _inputs(ctx, batch, seqlen, nheads, headdim, d_state)
+    shape = f"b{batch} T{seqlen} h{nheads} P{headdim} N{d_state} Q{chunk} fp32"
+    fns = {impl: (lambda impl=impl: kernels.ssd_chunked(*inputs, chunk_size=chunk, impl=impl))
+           for impl in ctx.impls}
+    if ctx.device.type == "cpu" and "numba" in ctx.impls:
+        fns["scan-numba"] = lambda: kernels.ssd_scan_numba(*inputs)
+    with torch.no_grad():
+        times = ctx.time(fns)
+    flops = kernels.chunked_flops(batch, seqlen, nheads, headdim, 1, d_state, chunk)
+    chunked_times = {k: v for k, v in times.items() if k != "scan-numba"}
+    rows = ctx.rows("ssd", "chunked fwd", shape, chunked_times, flops=flops)
+    if "scan-numba" in times:
+        pair = {"reference": times["reference"], "scan-numba": times["scan-numba"]}
+        scan = ctx.rows("ssd", "scan fwd", shape, pair,
+                        flops=kernels.scan_flops(batch, seqlen, nheads, headdim, d_state))
+        rows.append(scan[1])
+    return rows

@@ -1,0 +1,111 @@
+r"""The SSD layer three ways: recurrence, quadratic (masked attention) and chunked.
+
+The selective state space model of Mamba-2 (Dao & Gu, 2024, eq. 1-2 and section 3) maps, per head, the
+input ``x_t: (P,)`` to ``y_t: (P,)`` through a state ``h_t: (P, N)``:
+
+.. math::
+
+    h_t = a_t h_{t-1} + dt_t\, x_t B_t^\top, \qquad y_t = h_t C_t + D x_t, \qquad a_t = e^{dt_t A},
+
+with a scalar ``A < 0`` per head (the "scalar times identity" structure that makes the duality work).
+Unrolled, ``y = M (dt\,x) + D x`` with the lower-triangular matrix
+
+.. math::
+
+    M_{ts} = L_{ts}\, C_t^\top B_s, \qquad
+    L_{ts} = \textstyle\prod_{r=s+1}^{t} a_r = e^{\mathrm{segsum}(\log a)_{ts}},
+
+a 1-semiseparable mask ``L`` times the "attention scores" ``C B^T``: linear attention with a decaying
+causal mask (section 4). All three functions share one signature and return ``(y, final_state)``:
+
+* :func:`ssd_recurrent`: the recurrence (linear time, sequential);
+* :func:`ssd_quadratic`: ``M`` materialised (quadratic time and memory, one big matmul);
+* :func:`ssd_chunked`: the chunked algorithm (section 6), quadratic inside chunks, recurrent across.
+
+The recurrence and the chunked algorithm are the reference twins of the kernels in
+:mod:`paperlab_kernels.ssd` and live there; this module adds the quadratic form and the matrix view.
+Shapes: ``x (batch, seqlen, nheads, headdim)``, ``dt (batch, seqlen, nheads)``, ``A (nheads,)``,
+``B, C (batch, seqlen, ngroups, d_state)``, ``D (nheads,)`` or None,
+``initial_state (batch, nheads, headdim, d_state)`` or None.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from paperlab_kernels.ssd import (
+    _heads_of_groups,
+    _sum_after,
+    check_ssd_inputs,
+    segsum,
+    segsum_naive,
+)
+from paperlab_kernels.ssd import ssd_chunked_reference as ssd_chunked
+from paperlab_kernels.ssd import ssd_recurrent_reference as ssd_recurrent
+
+__all__ = [
+    "segsum",
+    "segsum_naive",
+    "ssd_recurrent",
+    "ssd_quadratic",
+    "ssd_chunked",
+    "decay_mask",
+    "semiseparable_matrix",
+    "random_inputs",
+]
+
+
+def decay_mask(dt: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
+    """``L = exp(segsum(dt A))``: ``dt (batch, seqlen, nheads)``, ``A (nheads,)`` -> (batch, nheads, T, T)."""
+    return torch.exp(segsum((dt * A).transpose(1, 2)))
+
+
+def semiseparable_matrix(dt, A, B, C) -> torch.Tensor:
+    """The SSM as a matrix acting on ``dt x``: ``M = L o (C B^T)``, shape (batch, nheads, T, T)."""
+    nheads = A.shape[0]
+    scores = torch.einsum("bthn,bshn->bhts", _heads_of_groups(C, nheads), _heads_of_groups(B, nheads))
+    return decay_mask(dt, A) * scores
+
+
+def ssd_quadratic(x, dt, A, B, C, D=None, initial_state=None):
+    """The SSM as masked attention: ``y = (L o C B^T)(dt x) + D x``, ``T x T`` per head.
+
+    An initial state adds ``exp(sum_{r<=t} log a_r) h_0 C_t`` to ``y_t``; the final state is
+    ``h_T = exp(sum_r log a_r) h_0 + sum_s exp(sum_{r>s} log a_r) dt_s x_s B_s^T``.
+    """
+    batch, seqlen, nheads, headdim, _, d_state = check_ssd_inputs(x, dt, A, B, C, D, initial_state)
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    xf, dtf, Af = x.to(dtype), dt.to(dtype), A.to(dtype)
+    Bh, Ch = _heads_of_groups(B.to(dtype), nheads), _heads_of_groups(C.to(dtype), nheads)
+    M = semiseparable_matrix(dtf, Af, Bh, Ch)  # (b, h, t, s)
+    xdt = xf * dtf[..., None]
+    y = torch.einsum("bhts,bshp->bthp", M, xdt)
+    log_a = dtf * Af  # (b, t, h)
+    decay_to_end = torch.exp(_sum_after(log_a.transpose(1, 2))).transpose(1, 2)  # (b, s, h)
+    final = torch.einsum("bshp,bsh,bshn->bhpn", xdt, decay_to_end, Bh)
+    if initial_state is not None:
+        h0 = initial_state.to(dtype)
+        y = y + torch.einsum("bthn,bhpn->bthp", Ch, h0) * torch.exp(log_a.cumsum(1))[..., None]
+        final = final + torch.exp(log_a.sum(1))[..., None, None] * h0
+    if D is not None:
+        y = y + D.to(dtype)[:, None] * xf
+    return y.to(x.dtype), final
+
+
+def random_inputs(batch=2, seqlen=16, nheads=4, headdim=8, ngroups=1, d_state=8, *, dtype=torch.float64,
+                  seed=0, with_D=True, with_initial_state=False, device="cpu"):
+    """Inputs like a trained Mamba-2 layer's: ``dt`` softplus of a normal (so in about (0.1, 3)), ``A`` in
+    ``-[1, 16]``... scaled to ``-[0.1, 1]`` so that decays neither vanish nor explode over short tests."""
+    g = torch.Generator().manual_seed(seed)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64).to(dtype=dtype, device=device)
+
+    x = rand(batch, seqlen, nheads, headdim)
+    dt = torch.nn.functional.softplus(rand(batch, seqlen, nheads) - 1.0)
+    A = -torch.linspace(0.1, 1.0, nheads, dtype=torch.float64).to(dtype=dtype, device=device)
+    B = rand(batch, seqlen, ngroups, d_state)
+    C = rand(batch, seqlen, ngroups, d_state)
+    D = rand(nheads) if with_D else None
+    h0 = rand(batch, nheads, headdim, d_state) if with_initial_state else None
+    return x, dt, A, B, C, D, h0

@@ -1,0 +1,275 @@
+"""The SSD chapter's experiments: equivalence of the three algorithms, their cost, and MQAR recall.
+
+Each function returns plain results (numbers, lists, strings) for the chapter to plot; the expensive
+ones (:func:`cost_sweep`, :func:`mqar_sweep`) go through :func:`paperlab.cache.cached`, keyed on their
+config. :data:`CONFIGS` holds one :class:`SSDConfig` per profile.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from paperlab import cache
+from paperlab.config import pick
+from paperlab.experiments import Experiment
+from paperlab.nn import GPT, GPTConfig, count_parameters
+from paperlab.ssd.core import random_inputs, ssd_chunked, ssd_quadratic, ssd_recurrent
+from paperlab.ssd.model import Mamba2Config, Mamba2LM
+from paperlab.ssd.mqar import mqar_accuracy, mqar_batch
+from paperlab.train import TrainConfig, auto_device, train
+from paperlab.utils import cpu_threads
+from paperlab_kernels import ssd as kernels
+
+
+# ------------------------------------------------------------------------------------------- configs
+@dataclass(frozen=True)
+class CostConfig:
+    """Forward-pass timings of one SSD layer against sequence length and against state size."""
+
+    lengths: tuple[int, ...] = (256, 512, 1024, 2048, 4096, 8192)
+    quadratic_max_length: int = 8192
+    recurrent_max_length: int = 8192
+    batch: int = 1
+    nheads: int = 2
+    headdim: int = 32
+    d_state: int = 32
+    chunk_size: int = 64
+    state_sizes: tuple[int, ...] = (16, 32, 64, 128, 256)
+    state_length: int = 2048
+    repeats: int = 2
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class MQARConfig:
+    """Multi-query associative recall: Mamba-2 at several state sizes and widths, and attention.
+
+    Scaled so that a 2-core CPU trains all models in about a minute and a half: 4 pairs in 32 tokens, a
+    vocabulary of 32 (15 keys, 16 values, so chance is 1/16), state sizes on both sides of the number
+    of pairs (a state with ``N`` < pairs cannot hold every key in an ``N``-dimensional key space).
+    ``attention_lr`` replaces ``train.lr`` for the attention baseline (transformers want a lower peak
+    rate than these SSMs; ``None`` = the same rate). ``headdim`` is small so that the widths give a few
+    heads; ``chunk_size = seq_len`` (one chunk) is the fastest chunked setting at this length.
+    """
+
+    seq_len: int = 32
+    n_pairs: int = 4
+    vocab_size: int = 32
+    widths: tuple[int, ...] = (16, 32)
+    state_sizes: tuple[int, ...] = (2, 8, 32)
+    headdim: int = 16
+    n_layers: int = 2
+    attention: bool = True
+    attention_lr: float | None = 1e-2
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        steps=500, batch_size=64, lr=2e-2, warmup_steps=50, weight_decay=0.0, seed=0))
+    n_test: int = 512
+    test_seed: int = 12345
+
+
+@dataclass(frozen=True)
+class SSDConfig:
+    cost: CostConfig = field(default_factory=CostConfig)
+    mqar: MQARConfig = field(default_factory=MQARConfig)
+
+
+CONFIGS = {
+    "fast": SSDConfig(
+        cost=CostConfig(lengths=(128, 256, 512, 1024), quadratic_max_length=1024, recurrent_max_length=256,
+                        state_sizes=(16, 64), state_length=256, repeats=1),
+        mqar=MQARConfig(widths=(16,), state_sizes=(2, 32),
+                        train=TrainConfig(steps=40, batch_size=32, lr=2e-2, warmup_steps=4, weight_decay=0.0),
+                        n_test=128),
+    ),
+    "full": SSDConfig(),
+}
+
+
+def config_for(profile: str | None = None) -> SSDConfig:
+    """The config of the current (or given) profile."""
+    return pick(CONFIGS, profile)
+
+
+# --------------------------------------------------------------------------------------- equivalence
+def _max_abs(a, b) -> float:
+    return float((a - b).abs().max())
+
+
+def equivalence(dtype: torch.dtype = torch.float64, *, seqlen: int = 50, chunk_size: int = 16,
+                ngroups: int = 2, seed: int = 0) -> dict:
+    """Largest absolute differences between the chunked / quadratic forms and the recurrence: outputs,
+    final states, and the gradients of ``sum(y * w) + sum(final * v)`` for random ``w, v`` with respect to
+    every input (x, dt, A, B, C, D, initial state). An initial state is passed."""
+    inputs = random_inputs(batch=2, seqlen=seqlen, nheads=4, headdim=8, ngroups=ngroups, d_state=8,
+                           dtype=dtype, seed=seed, with_initial_state=True)
+    g = torch.Generator().manual_seed(seed + 1)
+    w = torch.randn(inputs[0].shape, generator=g, dtype=torch.float64).to(dtype)
+    v = torch.randn(inputs[-1].shape, generator=g, dtype=torch.float64).to(dtype)
+
+    def run(fn):
+        leaves = [t.clone().requires_grad_() for t in inputs]
+        y, final = fn(*leaves)
+        grads = torch.autograd.grad((y * w).sum() + (final * v).sum(), leaves)
+        return y.detach(), final.detach(), grads
+
+    y0, h0, g0 = run(ssd_recurrent)
+    out = {}
+    for name, fn in (("quadratic", ssd_quadratic),
+                     ("chunked", lambda *a: ssd_chunked(*a, chunk_size=chunk_size))):
+        y, h, grads = run(fn)
+        scale = [float(a.abs().max()) for a in g0]
+        out[name] = {
+            "y": _max_abs(y, y0), "final_state": _max_abs(h, h0),
+            "grad": max(_max_abs(a, b) / max(s, 1.0) for a, b, s in zip(grads, g0, scale)),
+        }
+    return out
+
+
+# ---------------------------------------------------------------------------------------- matrices
+def off_diagonal_singular_values(M: torch.Tensor, n_splits: int = 4) -> list[list[float]]:
+    """Singular values of the off-diagonal blocks ``M[k:, :k]`` of a lower-triangular ``M (T, T)`` at
+    ``n_splits`` split points ``k``: a 1-semiseparable mask times ``C B^T`` has rank <= N there."""
+    T = M.shape[-1]
+    splits = [T * (i + 1) // (n_splits + 1) for i in range(n_splits)]
+    return [torch.linalg.svdvals(M[k:, :k].double()).tolist() for k in splits]
+
+
+# ------------------------------------------------------------------------------------------- timings
+def _time(fn, repeats: int) -> float:
+    """Best of ``repeats`` timed calls after a warm-up call, in seconds. A warm-up call slower than a
+    second counts as one of the samples (long calls vary little, and the budget is small); calls faster
+    than 50 ms get at least 10 samples (the minimum filters out other processes' interference)."""
+    t0 = time.perf_counter()
+    fn()
+    first = time.perf_counter() - t0
+    best = first if first > 1.0 else math.inf
+    if first < 0.05:
+        repeats = max(repeats, 10)
+    for _ in range(repeats - 1 if first > 1.0 else repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _methods(config: CostConfig, length: int) -> dict:
+    Q = config.chunk_size
+    methods = {
+        "chunked (PyTorch)": lambda a: ssd_chunked(*a, chunk_size=Q),
+        "chunked (Numba)": lambda a: kernels.ssd_chunked_numba(*a, chunk_size=Q),
+        "scan (Numba)": lambda a: kernels.ssd_scan_numba(*a),
+    }
+    if length <= config.quadratic_max_length:
+        methods["quadratic (PyTorch)"] = lambda a: ssd_quadratic(*a)
+    if length <= config.recurrent_max_length:
+        methods["recurrence (PyTorch)"] = lambda a: ssd_recurrent(*a)
+    return methods
+
+
+def _inputs(config: CostConfig, length: int, d_state: int):
+    return random_inputs(batch=config.batch, seqlen=length, nheads=config.nheads, headdim=config.headdim,
+                         d_state=d_state, dtype=torch.float32, seed=config.seed)
+
+
+def cost_sweep(config: CostConfig) -> dict:
+    """Forward time (seconds) of each algorithm and kernel, against length and against state size."""
+
+    def compute() -> dict:
+        by_length: dict[str, dict[str, float]] = {}
+        with torch.no_grad():
+            small = _inputs(config, 64, config.d_state)
+            for fn in _methods(config, 64).values():  # compile, start the thread pools
+                fn(small)
+            for length in config.lengths:
+                inputs = _inputs(config, length, config.d_state)
+                for name, fn in _methods(config, length).items():
+                    seconds = _time(lambda fn=fn, inputs=inputs: fn(inputs), config.repeats)
+                    by_length.setdefault(name, {})[str(length)] = seconds
+            by_state: dict[str, dict[str, float]] = {}
+            for n in config.state_sizes:
+                inputs = _inputs(config, config.state_length, n)
+                methods = _methods(config, config.state_length)
+                for name in ("chunked (PyTorch)", "chunked (Numba)", "scan (Numba)"):
+                    seconds = _time(lambda fn=methods[name], inputs=inputs: fn(inputs), config.repeats)
+                    by_state.setdefault(name, {})[str(n)] = seconds
+        return {"by_length": by_length, "by_state": by_state, "threads": torch.get_num_threads()}
+
+    return cache.cached("ssd-cost", config, compute, seed=config.seed)
+
+
+def loglog_slope(xs, ys, last: int = 3) -> float:
+    """Slope of ``log y`` against ``log x`` over the ``last`` largest points (least squares)."""
+    x, y = np.log(np.asarray(xs, float)[-last:]), np.log(np.asarray(ys, float)[-last:])
+    return float(np.polyfit(x, y, 1)[0])
+
+
+# ---------------------------------------------------------------------------------------------- MQAR
+def make_mamba(config: MQARConfig, width: int, d_state: int) -> Mamba2LM:
+    return Mamba2LM(Mamba2Config(d_model=width, d_state=d_state, headdim=config.headdim,
+                                 vocab_size=config.vocab_size, n_layers=config.n_layers,
+                                 chunk_size=config.seq_len))
+
+
+def make_attention(config: MQARConfig, width: int) -> GPT:
+    return GPT(GPTConfig(vocab_size=config.vocab_size, context_length=config.seq_len, d_model=width,
+                         n_layers=config.n_layers, n_heads=max(1, width // 16)))
+
+
+def _train_one(model, config: MQARConfig, test, device, lr: float | None = None) -> dict:
+    tc = config.train if lr is None else dataclasses.replace(config.train, lr=lr)
+
+    def get_batch(step: int, rank: int, world_size: int):
+        generator = torch.Generator().manual_seed(tc.seed * 1_000_003 + step * 101 + rank)
+        return mqar_batch(tc.batch_size, config.seq_len, config.n_pairs, config.vocab_size, generator)
+
+    with cpu_threads(1):  # tiny models: one thread is faster than two busy cores
+        result = train(model, get_batch, lambda m, batch: m.loss(*batch), tc, device=device, desc="MQAR")
+        accuracy = mqar_accuracy(model, *test)
+    return {"accuracy": accuracy, "final_loss": result.loss[-1],
+            "parameters": count_parameters(model), "seconds": result.seconds}
+
+
+def mqar_sweep(config: MQARConfig, device: str | torch.device | None = None) -> dict:
+    """Train every (width, state size) Mamba-2 and every width of attention; test accuracy of each.
+
+    Returns ``{"mamba": {d_state: {width: result}}, "attention": {width: result}}`` (keys as strings),
+    each result ``{"accuracy", "final_loss", "parameters", "seconds"}``.
+    """
+
+    def compute() -> dict:
+        dev = auto_device(device)
+        test = mqar_batch(config.n_test, config.seq_len, config.n_pairs, config.vocab_size,
+                          torch.Generator().manual_seed(config.test_seed))
+        out: dict = {"mamba": {}, "attention": {}}
+        for n in config.state_sizes:
+            for width in config.widths:
+                torch.manual_seed(config.train.seed)
+                model = make_mamba(config, width, n).to(dev)
+                out["mamba"].setdefault(str(n), {})[str(width)] = _train_one(model, config, test, dev)
+        if config.attention:
+            for width in config.widths:
+                torch.manual_seed(config.train.seed)
+                model = make_attention(config, width).to(dev)
+                out["attention"][str(width)] = _train_one(model, config, test, dev, config.attention_lr)
+        return out
+
+    return cache.cached("ssd-mqar", config, compute, seed=config.train.seed)
+
+
+# ------------------------------------------------------------------------------------------ the run
+def run(config: SSDConfig, device: str | torch.device | None = None) -> dict:
+    """Everything the chapter reports, as JSON-able results."""
+    return {
+        "equivalence": {"float64": equivalence(torch.float64), "float32": equivalence(torch.float32)},
+        "cost": cost_sweep(config.cost),
+        "mqar": mqar_sweep(config.mqar, device),
+    }
+
+
+EXPERIMENT = Experiment(name="ssd", chapter="book/02-ssd.md", configs=CONFIGS, run=run)

@@ -1,0 +1,61 @@
+"""Multi-query associative recall (MQAR; Arora et al., 2023, "Zoology"), scaled down.
+
+A sequence first lists ``n_pairs`` key-value pairs ``k_1 v_1 k_2 v_2 ...`` (keys drawn without
+replacement from the lower half of the vocabulary, values from the upper half), then, at random
+positions of the rest of the sequence, every key appears again followed by its value. Everything else
+is the padding token 0. The model reads the sequence left to right and is scored only where it sees a
+repeated key: there it must predict the value that followed the key in the first part. A model whose
+memory of the past is a fixed-size state (an SSM) must hold all ``n_pairs`` associations in it; attention
+can look them up.
+"""
+
+from __future__ import annotations
+
+import torch
+
+IGNORE = -100
+
+
+def mqar_batch(batch: int, seq_len: int, n_pairs: int, vocab_size: int,
+               generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(inputs, targets)``, both ``(batch, seq_len)`` int64; targets are ``IGNORE`` except at the
+    positions of repeated keys, where they hold the key's value (next-token prediction)."""
+    if 4 * n_pairs > seq_len + 1:
+        raise ValueError(f"n_pairs = {n_pairs} needs seq_len >= 4 * n_pairs - 1 = {4 * n_pairs - 1}, "
+                         f"got {seq_len}")
+    half = vocab_size // 2
+    if n_pairs > half - 1:
+        raise ValueError(f"n_pairs = {n_pairs} keys do not fit in vocab_size // 2 - 1 = {half - 1} key ids")
+    keys = torch.rand(batch, half - 1, generator=generator).argsort(-1)[:, :n_pairs] + 1  # ids 1 .. half-1
+    values = torch.randint(half, vocab_size, (batch, n_pairs), generator=generator)
+    inputs = torch.zeros(batch, seq_len + 1, dtype=torch.long)
+    inputs[:, 0:2 * n_pairs:2] = keys
+    inputs[:, 1:2 * n_pairs:2] = values
+    # queries: n_pairs non-overlapping (key, value) slots among the remaining positions
+    free = seq_len + 1 - 2 * n_pairs
+    n_slots = free // 2
+    slots = torch.rand(batch, n_slots, generator=generator).argsort(-1)[:, :n_pairs]  # which slots
+    order = torch.rand(batch, n_pairs, generator=generator).argsort(-1)  # which key goes where
+    positions = 2 * n_pairs + 2 * slots
+    rows = torch.arange(batch)[:, None]
+    inputs[rows, positions] = keys.gather(1, order)
+    inputs[rows, positions + 1] = values.gather(1, order)
+    targets = torch.full((batch, seq_len), IGNORE, dtype=torch.long)
+    targets[rows, positions] = values.gather(1, order)
+    return inputs[:, :-1], targets
+
+
+@torch.no_grad()
+def mqar_accuracy(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
+                  batch_size: int = 256) -> float:
+    """Fraction of query positions where the model's most likely next token is the right value."""
+    correct = total = 0
+    device = next(model.parameters()).device
+    for start in range(0, len(inputs), batch_size):
+        x = inputs[start:start + batch_size].to(device)
+        y = targets[start:start + batch_size].to(device)
+        mask = y != IGNORE
+        prediction = model(x).argmax(-1)
+        correct += int((prediction[mask] == y[mask]).sum())
+        total += int(mask.sum())
+    return correct / max(total, 1)

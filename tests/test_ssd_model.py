@@ -1,0 +1,113 @@
+"""Mamba-2 block and LM; MQAR data; the experiment's config and registry object."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from paperlab.ssd import experiments
+from paperlab.ssd.model import Mamba2Block, Mamba2Config, Mamba2LM
+from paperlab.ssd.mqar import IGNORE, mqar_accuracy, mqar_batch
+
+
+def test_block_algorithms_agree_and_shapes():
+    torch.manual_seed(0)
+    config = Mamba2Config(d_model=16, d_state=8, headdim=8, ngroups=2, chunk_size=8)
+    block = Mamba2Block(config).double()
+    u = torch.randn(2, 21, 16, dtype=torch.float64)
+    outs = {}
+    for algorithm in ("chunked", "recurrent", "quadratic"):
+        block.algorithm = algorithm
+        outs[algorithm] = block(u)
+    assert outs["chunked"].shape == u.shape
+    torch.testing.assert_close(outs["chunked"], outs["recurrent"], rtol=0, atol=1e-10)
+    torch.testing.assert_close(outs["quadratic"], outs["recurrent"], rtol=0, atol=1e-10)
+    with pytest.raises(ValueError, match="algorithm must be one of"):
+        block.algorithm = "fft"
+
+
+def test_block_is_causal_and_its_parameters():
+    torch.manual_seed(0)
+    config = Mamba2Config(d_model=16, d_state=4, headdim=8, chunk_size=4)
+    block = Mamba2Block(config).double()
+    u = torch.randn(1, 12, 16, dtype=torch.float64)
+    u2 = u.clone()
+    u2[:, 7:] += 1
+    torch.testing.assert_close(block(u)[:, :7], block(u2)[:, :7], rtol=0, atol=1e-12)
+    dt = torch.nn.functional.softplus(block.dt_bias)
+    assert ((dt >= config.dt_min * 0.99) & (dt <= config.dt_max * 1.01)).all()
+    A = torch.exp(block.A_log)
+    assert ((A >= 1) & (A <= 16)).all() and (block.D == 1).all()
+    assert block.in_proj.out_features == 2 * 32 + 2 * 4 + 4  # z, x (d_inner = 32), B, C (N = 4), dt (4 heads)
+
+
+def test_config_errors():
+    with pytest.raises(ValueError, match="divisible by headdim"):
+        Mamba2Config(d_model=10, headdim=8)
+    with pytest.raises(ValueError, match="divisible by ngroups"):
+        Mamba2Config(d_model=16, headdim=8, ngroups=3)
+    with pytest.raises(ValueError, match="d_state must be a positive integer"):
+        Mamba2Config(d_state=0)
+
+
+def test_lm_trains_a_little():
+    torch.manual_seed(0)
+    model = Mamba2LM(Mamba2Config(d_model=16, d_state=4, headdim=8, vocab_size=32, chunk_size=8))
+    idx = torch.randint(0, 32, (4, 16))
+    target = idx.roll(-1, 1)
+    logits = model(idx)
+    assert logits.shape == (4, 16, 32)
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    first = model.loss(idx, target).item()
+    for _ in range(30):
+        opt.zero_grad()
+        model.loss(idx, target).backward()
+        opt.step()
+    assert model.loss(idx, target).item() < first - 0.5
+    with pytest.raises(ValueError, match="idx must be a 2-D"):
+        model(torch.zeros(3, dtype=torch.long))
+
+
+def test_mqar_batch_structure():
+    x, y = mqar_batch(8, 32, 5, 64, torch.Generator().manual_seed(0))
+    assert x.shape == y.shape == (8, 32)
+    for row_x, row_y in zip(x, y, strict=True):
+        pairs = {int(row_x[2 * i]): int(row_x[2 * i + 1]) for i in range(5)}
+        assert len(pairs) == 5 and all(1 <= k < 32 <= v < 64 for k, v in pairs.items())
+        queries = (row_y != IGNORE).nonzero().flatten().tolist()
+        assert len(queries) == 5 and min(queries) >= 10
+        for q in queries:
+            assert pairs[int(row_x[q])] == int(row_y[q])  # target is the key's value
+    with pytest.raises(ValueError, match="needs seq_len"):
+        mqar_batch(1, 10, 5, 64, torch.Generator())
+
+
+def test_mqar_accuracy_of_an_oracle():
+    x, y = mqar_batch(4, 24, 3, 32, torch.Generator().manual_seed(1))
+
+    class Oracle(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.p = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, idx):
+            logits = torch.zeros(*idx.shape, 32)
+            target = torch.where(y == IGNORE, 0, y)
+            return logits.scatter(-1, target[..., None], 1.0)
+
+    assert mqar_accuracy(Oracle(), x, y) == 1.0
+
+
+def test_experiment_configs_and_equivalence():
+    assert set(experiments.CONFIGS) == {"fast", "full"}
+    assert experiments.EXPERIMENT.name == "ssd"
+    full = experiments.CONFIGS["full"]
+    assert max(full.cost.lengths) >= 8192 and len(full.mqar.state_sizes) >= 3
+    m = full.mqar
+    # scaled down to a CPU budget: a short task, but state sizes on both sides of the number of pairs
+    assert 32 <= m.seq_len <= 256 and m.vocab_size >= 32 and m.n_layers == 2 and m.attention
+    assert min(m.state_sizes) < m.n_pairs < max(m.state_sizes) and len(m.widths) >= 2
+    assert m.n_test >= 256 and m.train.steps >= 300
+    eq = experiments.equivalence(torch.float64)
+    assert all(v < 1e-10 for algo in eq.values() for v in algo.values())
+    assert experiments.loglog_slope([1, 2, 4, 8], [3, 6, 12, 24]) == pytest.approx(1.0)
