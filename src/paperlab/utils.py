@@ -1,14 +1,17 @@
 """Small shared utilities: progress bars that stay quiet when nobody is watching, and a context manager
-that runs tiny models on few CPU threads."""
+that runs tiny models on few CPU threads, and a measure of peak CPU memory."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import TypeVar
 
 from tqdm.auto import tqdm
+
+T = TypeVar("T")
 
 
 def interactive() -> bool:
@@ -73,3 +76,25 @@ def cpu_threads(n: int = 1) -> Iterator[None]:
         torch.set_num_threads(previous)
         if numba is not None:
             numba.set_num_threads(previous_numba)
+
+
+def peak_cpu_allocation(fn: Callable[[], T]) -> tuple[T, int]:
+    """Run ``fn()``; return its result and the peak number of bytes that PyTorch CPU operations held
+    allocated during it, above what was allocated before (tensors made earlier, such as a model's
+    weights, do not count; add them yourself).
+
+    Measured with ``torch.profiler`` (``profile_memory=True``): every operator's own (self) allocation
+    and every recorded free, summed in time order; the peak is the running sum's maximum. Allocations
+    outside PyTorch's CPU allocator (Numba, NumPy) are not seen.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        result = fn()
+    changes = sorted((e.time_range.start, e.self_cpu_memory_usage) for e in prof.events()
+                     if e.self_cpu_memory_usage)
+    running = peak = 0
+    for _, change in changes:
+        running += change
+        peak = max(peak, running)
+    return result, peak

@@ -32,7 +32,7 @@ from paperlab.matmulfree.model import MatMulFreeConfig, MatMulFreeLM
 from paperlab.matmulfree.packed import pack_model, weight_bytes
 from paperlab.nn import GPT, GPTConfig, count_parameters, generate
 from paperlab.train import TrainConfig, TrainResult, auto_device, train
-from paperlab.utils import cpu_threads
+from paperlab.utils import cpu_threads, peak_cpu_allocation
 
 __all__ = ["RunConfig", "MatMulFreeExperimentConfig", "CONFIGS", "config_for", "make_model", "train_run",
            "load_run", "run", "EXPERIMENT", "KINDS"]
@@ -184,6 +184,13 @@ def add_only_check(model: torch.nn.Module, corpus: toolkit.Corpus, n_prompts: in
         t1 = time.perf_counter()
         packed_tokens = generate(packed, prompts, max_new_tokens, greedy=True)
         t2 = time.perf_counter()
+        # Peak memory of the same generation runs (profiled separately, so the timings above are clean):
+        # weights held + the peak of what PyTorch allocates while generating (activations, and on the
+        # float path the quantised weight copies made in every forward).
+        _, transient_float = peak_cpu_allocation(
+            lambda: generate(model, prompts, max_new_tokens, greedy=True))
+        _, transient_packed = peak_cpu_allocation(
+            lambda: generate(packed, prompts, max_new_tokens, greedy=True))
         x = torch.randint(0, corpus.tokenizer.vocab_size, (4, model.config.context_length))
         with torch.no_grad():
             logit_gap = (model(x) - packed(x)).abs().max().item()
@@ -196,6 +203,8 @@ def add_only_check(model: torch.nn.Module, corpus: toolkit.Corpus, n_prompts: in
         "max_logit_difference": logit_gap,
         "float_seconds": t1 - t0, "packed_seconds": t2 - t1,
         "resident_bytes_float": resident_float, "resident_bytes_packed": resident_packed,
+        "peak_bytes_float": resident_float + transient_float,
+        "peak_bytes_packed": resident_packed + transient_packed,
     }
 
 
