@@ -28,5 +28,12 @@ because ``@triton.jit`` reads it at decoration time; ``tests/conftest.py`` does 
 Tests (``tests/test_kernels_<topic>.py``) compare every available implementation with the reference on
 values and gradients, on hypothesis-drawn and edge-case shapes, keeping Triton shapes small on CPU.
 
-Modules: :mod:`paperlab_kernels.rmsnorm` (fused RMSNorm, with optional per-token absmax int8 quantisation).
+Modules:
+
+* :mod:`paperlab_kernels.rmsnorm`: fused RMSNorm, with optional per-token absmax int8 quantisation;
+* :mod:`paperlab_kernels.ssd`: the chunked SSD scan of Mamba-2, and the sequential scan;
+* :mod:`paperlab_kernels.sae`: TopK sparse autoencoder encode and sparse decode;
+* :mod:`paperlab_kernels.ternary`: packed 2-bit ternary weights and add-only matrix products;
+* :mod:`paperlab_kernels.mlgru`: the MLGRU recurrence of the MatMul-free LM;
+* :mod:`paperlab_kernels.moe`: mixture-of-experts dispatch and combine (capacity, dropped tokens).
 """
