@@ -21,8 +21,10 @@ and two kernels compute the same forward pass:
 
 * ``ssd_chunked_numba``: the chunked algorithm, one (batch, head) pair per ``prange`` iteration, the
   chunks in sequence inside it, the state ``(P, N)`` kept in a local array; float32 or float64.
-* ``ssd_chunked_triton``: the same, one program per (batch, head) pair; each chunk's three products
-  (``C B^T``, ``(L o C B^T) X``, the state update ``X^T B``) are ``tl.dot`` s on ``Q x N x P`` tiles.
+* ``ssd_chunked_triton``: the same four steps as three launches, as in the paper's GPU implementation:
+  chunk states (one program per (batch x head, chunk)), the recurrence over chunk states (one program per
+  (batch x head, block of P rows), chunks in sequence), and chunk outputs (one program per (batch x head,
+  chunk)); the products ``C B^T``, ``(L o C B^T) X``, ``X^T B`` and ``C h^T`` are ``tl.dot`` s on tiles.
 * ``ssd_scan_numba``: the sequential recurrence compiled, for comparison (the "selective scan" of
   Mamba-1, with a scalar decay).
 
@@ -277,7 +279,9 @@ if HAS_NUMBA:
     @njit(parallel=True, cache=True, fastmath=True)
     def _chunked_numba_kernel(x, dt, A, B, C, D, has_d, h0, y, hT, chunk):  # pragma: no cover - jitted
         """x (b, t, h, p), dt (b, t, h), B/C (b, t, g, n), h0/hT (b, h, p, n), y (b, t, h, p).
-        One (batch, head) per prange iteration; chunks in sequence; the state stays in ``state``."""
+        One (batch, head) per prange iteration; chunks in sequence; the state stays in ``state``. The two
+        passes over the state (read-out and update) handle four positions per pass, so that each state
+        element is loaded once per four multiply-adds rather than once per one."""
         nb, nt, nh, npp = x.shape
         ng, nn_ = B.shape[2], B.shape[3]
         per_group = nh // ng
@@ -288,7 +292,7 @@ if HAS_NUMBA:
             state = h0[b, h].copy()  # (p, n)
             cs = np.empty(chunk, dtype=x.dtype)
             cb = np.empty((chunk, chunk), dtype=x.dtype)
-            acc = np.empty(npp, dtype=x.dtype)
+            acc = np.empty((chunk, npp), dtype=x.dtype)
             a_h = A[h]
             zero = np.zeros(1, dtype=x.dtype)[0]
             for c0 in range(0, nt, chunk):
@@ -304,32 +308,62 @@ if HAS_NUMBA:
                         for n in range(nn_):
                             v += C[b, c0 + t, g, n] * B[b, c0 + s, g, n]
                         cb[t, s] = v
-                for t in range(q):
-                    # 4. carried-in state read out: exp(cs_t) h C_t
-                    e = np.exp(cs[t])
+                # 4. carried-in state read out: exp(cs_t) h C_t, four positions per pass over the state
+                t = 0
+                while t < q:
+                    t1, t2, t3 = min(t + 1, q - 1), min(t + 2, q - 1), min(t + 3, q - 1)
+                    e0, e1, e2, e3 = np.exp(cs[t]), np.exp(cs[t1]), np.exp(cs[t2]), np.exp(cs[t3])
                     for p in range(npp):
-                        v = zero
+                        v0 = zero
+                        v1 = zero
+                        v2 = zero
+                        v3 = zero
                         for n in range(nn_):
-                            v += state[p, n] * C[b, c0 + t, g, n]
-                        acc[p] = e * v
+                            sv = state[p, n]
+                            v0 += sv * C[b, c0 + t, g, n]
+                            v1 += sv * C[b, c0 + t1, g, n]
+                            v2 += sv * C[b, c0 + t2, g, n]
+                            v3 += sv * C[b, c0 + t3, g, n]
+                        acc[t, p] = e0 * v0
+                        acc[t1, p] = e1 * v1
+                        acc[t2, p] = e2 * v2
+                        acc[t3, p] = e3 * v3
+                    t += 4
+                for t in range(q):
                     # 1. intra-chunk: sum_{s<=t} exp(cs_t - cs_s) (C_t . B_s) dt_s x_s
                     for s in range(t + 1):
                         w = np.exp(cs[t] - cs[s]) * cb[t, s] * dt[b, c0 + s, h]
                         for p in range(npp):
-                            acc[p] += w * x[b, c0 + s, h, p]
+                            acc[t, p] += w * x[b, c0 + s, h, p]
                     for p in range(npp):
-                        y[b, c0 + t, h, p] = acc[p] + (D[h] * x[b, c0 + t, h, p] if has_d else zero)
+                        y[b, c0 + t, h, p] = acc[t, p] + (D[h] * x[b, c0 + t, h, p] if has_d else zero)
                 # 2.+3. state update: h = exp(total) h + sum_s exp(total - cs_s) dt_s x_s B_s^T
                 decay = np.exp(total)
                 for p in range(npp):
                     for n in range(nn_):
                         state[p, n] *= decay
-                for s in range(q):
+                s = 0
+                while s + 4 <= q:
+                    w0 = np.exp(total - cs[s]) * dt[b, c0 + s, h]
+                    w1 = np.exp(total - cs[s + 1]) * dt[b, c0 + s + 1, h]
+                    w2 = np.exp(total - cs[s + 2]) * dt[b, c0 + s + 2, h]
+                    w3 = np.exp(total - cs[s + 3]) * dt[b, c0 + s + 3, h]
+                    for p in range(npp):
+                        x0 = w0 * x[b, c0 + s, h, p]
+                        x1 = w1 * x[b, c0 + s + 1, h, p]
+                        x2 = w2 * x[b, c0 + s + 2, h, p]
+                        x3 = w3 * x[b, c0 + s + 3, h, p]
+                        for n in range(nn_):
+                            state[p, n] += (x0 * B[b, c0 + s, g, n] + x1 * B[b, c0 + s + 1, g, n]
+                                            + x2 * B[b, c0 + s + 2, g, n] + x3 * B[b, c0 + s + 3, g, n])
+                    s += 4
+                while s < q:
                     w = np.exp(total - cs[s]) * dt[b, c0 + s, h]
                     for p in range(npp):
                         xv = w * x[b, c0 + s, h, p]
                         for n in range(nn_):
                             state[p, n] += xv * B[b, c0 + s, g, n]
+                    s += 1
             hT[b, h] = state
 
     @njit(parallel=True, cache=True, fastmath=True)
@@ -387,95 +421,146 @@ if HAS_TRITON:
     import triton.language as tl
 
     @triton.jit
-    def _chunked_triton_kernel(
-        X, DT, A, B, C, D, H0, Y, HT,
-        T, H, P, N, per_group,
+    def _chunk_state_kernel(
+        X, DT, A, B, STATES, TOTAL,
+        T, H, P, N, per_group, n_chunks,
         sxb, sxt, sxh, sdb, sdt, sbb, sbt, sbg,
-        HAS_D: tl.constexpr, HAS_H0: tl.constexpr, IEEE: tl.constexpr,
-        BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+        PRECISION: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
     ):
-        """One program per (batch, head); chunks of BLOCK_Q positions in sequence; the state (P, N) is
-        carried in registers. x and y share strides; B and C share strides; last dims are contiguous."""
-        pid = tl.program_id(0)
-        b = (pid // H).to(tl.int64)
-        h = pid % H
+        """Step 2, one program per (batch x head, chunk): the chunk's own final state
+        ``S_c = sum_s exp(sum_{r>s} log a_r) dt_s x_s B_s^T`` (P, N) and its total log decay."""
+        bh = tl.program_id(0)
+        c = tl.program_id(1)
+        b = (bh // H).to(tl.int64)
+        h = bh % H
         g = h // per_group
         offs_q = tl.arange(0, BLOCK_Q)
         offs_p = tl.arange(0, BLOCK_P)
         offs_n = tl.arange(0, BLOCK_N)
-        mp = offs_p < P
-        mn = offs_n < N
-        a_h = tl.load(A + h).to(tl.float32)
-        state_ptr = (b * H + h) * P * N + offs_p[:, None] * N + offs_n[None, :]
+        t = c * BLOCK_Q + offs_q
+        mt = t < T
+        x = tl.load(X + b * sxb + t[:, None].to(tl.int64) * sxt + h * sxh + offs_p[None, :],
+                    mask=mt[:, None] & (offs_p[None, :] < P), other=0.0).to(tl.float32)  # (Q, P)
+        dt = tl.load(DT + b * sdb + t.to(tl.int64) * sdt + h, mask=mt, other=0.0).to(tl.float32)
+        Bm = tl.load(B + b * sbb + t[:, None].to(tl.int64) * sbt + g * sbg + offs_n[None, :],
+                     mask=mt[:, None] & (offs_n[None, :] < N), other=0.0).to(tl.float32)  # (Q, N)
+        log_a = dt * tl.load(A + h).to(tl.float32)
+        cs = tl.cumsum(log_a, axis=0)
+        total = tl.sum(log_a, axis=0)
+        xw = x * (tl.exp(total - cs) * dt)[:, None]
+        S = tl.dot(tl.trans(xw), Bm, input_precision=PRECISION)  # (P, N)
+        chunk_id = bh.to(tl.int64) * n_chunks + c
+        tl.store(STATES + chunk_id * P * N + offs_p[:, None] * N + offs_n[None, :], S,
+                 mask=(offs_p[:, None] < P) & (offs_n[None, :] < N))
+        tl.store(TOTAL + chunk_id, total)
+
+    @triton.jit
+    def _state_passing_kernel(
+        STATES, TOTAL, H0, HT, P, N, n_chunks,
+        HAS_H0: tl.constexpr, BLOCK_PS: tl.constexpr, BLOCK_N: tl.constexpr,
+    ):
+        """Step 3, one program per (batch x head, block of P rows): the short recurrence over chunks
+        ``h_c = exp(total_c) h_{c-1} + S_c``. Overwrites ``STATES[c]`` in place with the state
+        *entering* chunk c (which step 4 reads) and writes the final state."""
+        bh = tl.program_id(0).to(tl.int64)
+        offs_p = tl.program_id(1) * BLOCK_PS + tl.arange(0, BLOCK_PS)
+        offs_n = tl.arange(0, BLOCK_N)
+        tile = offs_p[:, None] * N + offs_n[None, :]
+        m = (offs_p[:, None] < P) & (offs_n[None, :] < N)
         if HAS_H0:
-            state = tl.load(H0 + state_ptr, mask=mp[:, None] & mn[None, :], other=0.0).to(tl.float32)
+            state = tl.load(H0 + bh * P * N + tile, mask=m, other=0.0).to(tl.float32)
         else:
-            state = tl.zeros((BLOCK_P, BLOCK_N), dtype=tl.float32)
-        if HAS_D:
-            d_h = tl.load(D + h).to(tl.float32)
+            state = tl.zeros((BLOCK_PS, BLOCK_N), dtype=tl.float32)
+        for c in range(0, n_chunks):
+            ptr = STATES + (bh * n_chunks + c) * P * N + tile
+            own = tl.load(ptr, mask=m, other=0.0)
+            tl.store(ptr, state, mask=m)
+            state = tl.exp(tl.load(TOTAL + bh * n_chunks + c)) * state + own
+        tl.store(HT + bh * P * N + tile, state, mask=m)
+
+    @triton.jit
+    def _chunk_scan_kernel(
+        X, DT, A, B, C, D, CARRIED, Y,
+        T, H, P, N, per_group, n_chunks,
+        sxb, sxt, sxh, sdb, sdt, sbb, sbt, sbg,
+        HAS_D: tl.constexpr, PRECISION: tl.constexpr,
+        BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+    ):
+        """Steps 1 and 4, one program per (batch x head, chunk): the intra-chunk output
+        ``(L o C B^T)(dt x)`` plus the carried-in state read out, ``exp(cs_t) C_t h_{c-1}``, plus ``D x``."""
+        bh = tl.program_id(0)
+        c = tl.program_id(1)
+        b = (bh // H).to(tl.int64)
+        h = bh % H
+        g = h // per_group
+        offs_q = tl.arange(0, BLOCK_Q)
+        offs_p = tl.arange(0, BLOCK_P)
+        offs_n = tl.arange(0, BLOCK_N)
+        t = c * BLOCK_Q + offs_q
+        mt = t < T
+        x_off = b * sxb + t[:, None].to(tl.int64) * sxt + h * sxh + offs_p[None, :]
+        xm = mt[:, None] & (offs_p[None, :] < P)
+        x = tl.load(X + x_off, mask=xm, other=0.0).to(tl.float32)  # (Q, P)
+        dt = tl.load(DT + b * sdb + t.to(tl.int64) * sdt + h, mask=mt, other=0.0).to(tl.float32)
+        bc_off = b * sbb + t[:, None].to(tl.int64) * sbt + g * sbg + offs_n[None, :]
+        bm = mt[:, None] & (offs_n[None, :] < N)
+        Bm = tl.load(B + bc_off, mask=bm, other=0.0).to(tl.float32)  # (Q, N)
+        Cm = tl.load(C + bc_off, mask=bm, other=0.0).to(tl.float32)
+        chunk_id = bh.to(tl.int64) * n_chunks + c
+        state = tl.load(CARRIED + chunk_id * P * N + offs_p[:, None] * N + offs_n[None, :],
+                        mask=(offs_p[:, None] < P) & (offs_n[None, :] < N), other=0.0)  # (P, N)
+        cs = tl.cumsum(dt * tl.load(A + h).to(tl.float32), axis=0)
         causal = offs_q[:, None] >= offs_q[None, :]
-        for c0 in range(0, T, BLOCK_Q):
-            t = c0 + offs_q
-            mt = t < T
-            x_off = b * sxb + t[:, None].to(tl.int64) * sxt + h * sxh + offs_p[None, :]
-            xm = mt[:, None] & mp[None, :]
-            x = tl.load(X + x_off, mask=xm, other=0.0).to(tl.float32)  # (Q, P)
-            dt = tl.load(DT + b * sdb + t.to(tl.int64) * sdt + h, mask=mt, other=0.0).to(tl.float32)
-            bc_off = b * sbb + t[:, None].to(tl.int64) * sbt + g * sbg + offs_n[None, :]
-            bm = mt[:, None] & mn[None, :]
-            Bm = tl.load(B + bc_off, mask=bm, other=0.0).to(tl.float32)  # (Q, N)
-            Cm = tl.load(C + bc_off, mask=bm, other=0.0).to(tl.float32)
-            log_a = dt * a_h
-            cs = tl.cumsum(log_a, axis=0)
-            total = tl.sum(log_a, axis=0)
-            if IEEE:
-                CB = tl.dot(Cm, tl.trans(Bm), input_precision="ieee")  # (Q, Q)
-            else:
-                CB = tl.dot(Cm, tl.trans(Bm))
-            diff = tl.where(causal, cs[:, None] - cs[None, :], 0.0)
-            M = tl.where(causal, tl.exp(diff) * CB * dt[None, :], 0.0)
-            if IEEE:
-                y = tl.dot(M, x, input_precision="ieee")
-                y += tl.dot(Cm, tl.trans(state), input_precision="ieee") * tl.exp(cs)[:, None]
-            else:
-                y = tl.dot(M, x)
-                y += tl.dot(Cm, tl.trans(state)) * tl.exp(cs)[:, None]
-            if HAS_D:
-                y += d_h * x
-            tl.store(Y + x_off, y.to(Y.dtype.element_ty), mask=xm)
-            w = tl.exp(total - cs) * dt  # (Q,)
-            xw = x * w[:, None]
-            if IEEE:
-                state = state * tl.exp(total) + tl.dot(tl.trans(xw), Bm, input_precision="ieee")
-            else:
-                state = state * tl.exp(total) + tl.dot(tl.trans(xw), Bm)
-        tl.store(HT + state_ptr, state, mask=mp[:, None] & mn[None, :])
+        CB = tl.dot(Cm, tl.trans(Bm), input_precision=PRECISION)  # (Q, Q)
+        M = tl.where(causal, tl.exp(tl.where(causal, cs[:, None] - cs[None, :], 0.0)) * CB * dt[None, :], 0.0)
+        y = tl.dot(M, x, input_precision=PRECISION)
+        y += tl.dot(Cm, tl.trans(state), input_precision=PRECISION) * tl.exp(cs)[:, None]
+        if HAS_D:
+            y += tl.load(D + h).to(tl.float32) * x
+        tl.store(Y + x_off, y.to(Y.dtype.element_ty), mask=xm)
+
+
+_TRITON_WARPS = 4  # warps per program of the three launches
 
 
 def _triton_forward(x, dt, A, B, C, D, initial_state, chunk_size):
+    """Three launches, parallel over chunks where the work is (steps 1, 2, 4) and sequential only where
+    it must be (step 3, over ``T / Q`` chunk states rather than ``T`` positions)."""
     batch, seqlen, nheads, headdim = x.shape
     ngroups, d_state = B.shape[2], B.shape[3]
     x, dt, B, C = (t.contiguous() for t in (x, dt, B, C))
     A = A.contiguous()
     y = torch.empty_like(x)
     hT = torch.empty((batch, nheads, headdim, d_state), dtype=torch.float32, device=x.device)
-    h0 = initial_state.float().contiguous() if initial_state is not None else hT
+    if batch * nheads == 0 or seqlen == 0:
+        if initial_state is not None:
+            hT.copy_(initial_state)
+        else:
+            hT.zero_()
+        return y, hT.to(torch.promote_types(x.dtype, torch.float32))
     block_q = max(16, triton.next_power_of_2(chunk_size))
     block_p = max(16, triton.next_power_of_2(headdim))
     block_n = max(16, triton.next_power_of_2(d_state))
-    if batch * nheads > 0 and seqlen > 0:
-        _chunked_triton_kernel[(batch * nheads,)](
-            x, dt, A, B, C, D.contiguous() if D is not None else A, h0, y, hT,
-            seqlen, nheads, headdim, d_state, nheads // ngroups,
-            x.stride(0), x.stride(1), x.stride(2), dt.stride(0), dt.stride(1),
-            B.stride(0), B.stride(1), B.stride(2),
-            HAS_D=D is not None, HAS_H0=initial_state is not None, IEEE=x.dtype == torch.float32,
-            BLOCK_Q=block_q, BLOCK_P=block_p, BLOCK_N=block_n, num_warps=4,
-        )
-    elif initial_state is not None:
-        hT.copy_(initial_state)
-    else:
-        hT.zero_()
+    block_ps = 16
+    n_chunks = triton.cdiv(seqlen, block_q)
+    states = torch.empty((batch * nheads, n_chunks, headdim, d_state), dtype=torch.float32, device=x.device)
+    totals = torch.empty((batch * nheads, n_chunks), dtype=torch.float32, device=x.device)
+    h0 = initial_state.float().contiguous() if initial_state is not None else hT
+    # float32 input: three-pass TF32 on tensor cores (about float32 accuracy); 16-bit input: one pass
+    precision = "tf32x3" if x.dtype in (torch.float32, torch.float64) else "tf32"
+    strides = (x.stride(0), x.stride(1), x.stride(2), dt.stride(0), dt.stride(1),
+               B.stride(0), B.stride(1), B.stride(2))
+    sizes = (seqlen, nheads, headdim, d_state, nheads // ngroups, n_chunks)
+    _chunk_state_kernel[(batch * nheads, n_chunks)](
+        x, dt, A, B, states, totals, *sizes, *strides,
+        PRECISION=precision, BLOCK_Q=block_q, BLOCK_P=block_p, BLOCK_N=block_n, num_warps=_TRITON_WARPS)
+    _state_passing_kernel[(batch * nheads, triton.cdiv(headdim, block_ps))](
+        states, totals, h0, hT, headdim, d_state, n_chunks,
+        HAS_H0=initial_state is not None, BLOCK_PS=block_ps, BLOCK_N=block_n, num_warps=_TRITON_WARPS)
+    _chunk_scan_kernel[(batch * nheads, n_chunks)](
+        x, dt, A, B, C, D.contiguous() if D is not None else A, states, y, *sizes, *strides,
+        HAS_D=D is not None, PRECISION=precision, BLOCK_Q=block_q, BLOCK_P=block_p, BLOCK_N=block_n,
+        num_warps=_TRITON_WARPS)
     return y, hT.to(torch.promote_types(x.dtype, torch.float32))
 
 
@@ -522,7 +607,7 @@ def ssd_chunked_numba(x, dt, A, B, C, D=None, initial_state=None, *, chunk_size:
 
 
 def ssd_chunked_triton(x, dt, A, B, C, D=None, initial_state=None, *, chunk_size: int = 64):
-    """The chunked algorithm as a Triton kernel (one program per (batch, head)); computes in float32.
+    """The chunked algorithm as three Triton kernels (parallel over chunks); computes in float32.
     The chunk is ``max(16, next_power_of_2(chunk_size))`` positions (``tl.dot`` needs tiles of >= 16);
     the result does not depend on the chunk size."""
     chunk_size = check_chunk_size(chunk_size)

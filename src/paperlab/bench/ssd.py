@@ -34,7 +34,7 @@ def bench_ssd(ctx: Context) -> list[Row]:
     batch, nheads, headdim, d_state, chunk = 2, 8, 64, 64, 64
     seqlen = 1024 if ctx.quick else 4096
     if ctx.device.type == "cuda" and not ctx.quick:
-        batch = 16  # one program per (batch, head): give the GPU more of them
+        batch = 16  # a GPU-sized batch: 16 x 8 heads x 64 chunks of programs
     inputs = _inputs(ctx, batch, seqlen, nheads, headdim, d_state)
     shape = f"b{batch} T{seqlen} h{nheads} P{headdim} N{d_state} Q{chunk} fp32"
     fns = {impl: (lambda impl=impl: kernels.ssd_chunked(*inputs, chunk_size=chunk, impl=impl))
