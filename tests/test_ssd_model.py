@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from paperlab.ssd import experiments
-from paperlab.ssd.model import Mamba2Block, Mamba2Config, Mamba2LM
+from paperlab.ssd.model import Mamba2Block, Mamba2Config, Mamba2LM, causal_depthwise_conv
 from paperlab.ssd.mqar import IGNORE, mqar_accuracy, mqar_batch
 
 
@@ -104,10 +104,23 @@ def test_experiment_configs_and_equivalence():
     full = experiments.CONFIGS["full"]
     assert max(full.cost.lengths) >= 8192 and len(full.mqar.state_sizes) >= 3
     m = full.mqar
-    # scaled down to a CPU budget: a short task, but state sizes on both sides of the number of pairs
-    assert 32 <= m.seq_len <= 256 and m.vocab_size >= 32 and m.n_layers == 2 and m.attention
-    assert min(m.state_sizes) < m.n_pairs < max(m.state_sizes) and len(m.widths) >= 2
+    # the scaled-down range (sequence 64-256, vocabulary 256-512, 2 layers), state sizes from the
+    # number of pairs up
+    assert 64 <= m.seq_len <= 256 and 256 <= m.vocab_size <= 512 and m.n_layers == 2 and m.attention
+    assert min(m.state_sizes) <= m.n_pairs < max(m.state_sizes) and len(m.widths) >= 2
     assert m.n_test >= 256 and m.train.steps >= 300
     eq = experiments.equivalence(torch.float64)
     assert all(v < 1e-10 for algo in eq.values() for v in algo.values())
     assert experiments.loglog_slope([1, 2, 4, 8], [3, 6, 12, 24]) == pytest.approx(1.0)
+
+
+def test_causal_depthwise_conv_matches_conv1d():
+    conv = torch.nn.Conv1d(6, 6, 4, groups=6, padding=3).double()
+    u = torch.randn(2, 9, 6, dtype=torch.float64)
+    expected = conv(u.transpose(1, 2))[..., :9].transpose(1, 2)
+    assert torch.allclose(causal_depthwise_conv(u, conv.weight, conv.bias), expected, atol=1e-12)
+    # causal: changing the last position changes nothing before it
+    v = u.clone()
+    v[:, -1] += 1.0
+    assert torch.equal(causal_depthwise_conv(v, conv.weight, None)[:, :-1],
+                       causal_depthwise_conv(u, conv.weight, None)[:, :-1])

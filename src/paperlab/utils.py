@@ -1,5 +1,6 @@
-"""Small shared utilities: progress bars that stay quiet when nobody is watching, and a context manager
-that runs tiny models on few CPU threads, and a measure of peak CPU memory."""
+"""Small shared utilities: progress bars that stay quiet when nobody is watching, a context manager
+that runs tiny models on few CPU threads, a process pool for independent tiny runs, and a measure of
+peak CPU memory."""
 
 from __future__ import annotations
 
@@ -76,6 +77,49 @@ def cpu_threads(n: int = 1) -> Iterator[None]:
         torch.set_num_threads(previous)
         if numba is not None:
             numba.set_num_threads(previous_numba)
+
+
+def _call_on_one_thread(fn: Callable[..., T], args: tuple) -> T:
+    with cpu_threads(1):
+        return fn(*args)
+
+
+def parallel_map(fn: Callable[..., T], jobs: list[tuple], *, workers: int | None = None,
+                 desc: str = "jobs") -> list[T]:
+    """``[fn(*job) for job in jobs]``, computed by ``workers`` processes, each on one CPU thread.
+
+    For independent tiny runs (a sweep of small models): one model per core on one thread each beats
+    every model in turn on all cores. ``workers`` defaults to the number of usable cores, capped at the
+    number of jobs; ``workers=1`` runs in this process. ``fn`` must be importable by name (a module-level
+    function) because the workers are started with ``spawn`` (a fresh interpreter, safe with the thread
+    pools that PyTorch has already started here, unlike ``fork``); as with any ``spawn`` pool, a script
+    that calls this must do so under ``if __name__ == "__main__":`` (notebooks need nothing). Results
+    come back in job order; give jobs longest first so that the last one to finish is short.
+    """
+    import concurrent.futures
+    import multiprocessing
+
+    jobs = [tuple(job) for job in jobs]
+    if workers is None:
+        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be a positive number of processes, got {workers!r}")
+    workers = min(workers, max(len(jobs), 1))
+    bar = progress(total=len(jobs), desc=desc)
+    if workers == 1:
+        results = []
+        for job in jobs:
+            results.append(_call_on_one_thread(fn, job))
+            bar.update()
+        bar.close()
+        return results
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+        futures = [pool.submit(_call_on_one_thread, fn, job) for job in jobs]
+        for _ in concurrent.futures.as_completed(futures):
+            bar.update()
+        bar.close()
+        return [future.result() for future in futures]
 
 
 def peak_cpu_allocation(fn: Callable[[], T]) -> tuple[T, int]:

@@ -23,7 +23,7 @@ from paperlab.ssd.core import random_inputs, ssd_chunked, ssd_quadratic, ssd_rec
 from paperlab.ssd.model import Mamba2Config, Mamba2LM
 from paperlab.ssd.mqar import mqar_accuracy, mqar_batch
 from paperlab.train import TrainConfig, auto_device, train
-from paperlab.utils import cpu_threads
+from paperlab.utils import cpu_threads, parallel_map
 from paperlab_kernels import ssd as kernels
 
 
@@ -50,25 +50,28 @@ class CostConfig:
 class MQARConfig:
     """Multi-query associative recall: Mamba-2 at several state sizes and widths, and attention.
 
-    Scaled so that a 2-core CPU trains all models in about a minute and a half: 4 pairs in 32 tokens, a
-    vocabulary of 32 (15 keys, 16 values, so chance is 1/16), state sizes on both sides of the number
-    of pairs (a state with ``N`` < pairs cannot hold every key in an ``N``-dimensional key space).
-    ``attention_lr`` replaces ``train.lr`` for the attention baseline (transformers want a lower peak
-    rate than these SSMs; ``None`` = the same rate). ``headdim`` is small so that the widths give a few
-    heads; ``chunk_size = seq_len`` (one chunk) is the fastest chunked setting at this length.
+    The full profile uses the smallest setting of the issue's range that a 2-core CPU can train in about
+    two and a half minutes: 8 pairs in 64 tokens, a vocabulary of 256 (127 keys, 128 values, so chance is
+    1/128), state sizes 8, 32 and 128, widths 32 and 64, 600 steps of 32 sequences. A state with ``N``
+    below the number of pairs cannot hold every key in an ``N``-dimensional key space; the paper's
+    setting (T = 256-1024, T/4 pairs, vocabulary 8192) needs GPU-days. ``attention_lr`` replaces
+    ``train.lr`` for the attention baseline (transformers want a lower peak rate than these SSMs;
+    ``None`` = the same rate). ``headdim`` is small so that the widths give a few heads; ``chunk_size``
+    16 is the fastest chunk on a CPU at this length.
     """
 
-    seq_len: int = 32
-    n_pairs: int = 4
-    vocab_size: int = 32
-    widths: tuple[int, ...] = (16, 32)
-    state_sizes: tuple[int, ...] = (2, 8, 32)
+    seq_len: int = 64
+    n_pairs: int = 8
+    vocab_size: int = 256
+    widths: tuple[int, ...] = (32, 64)
+    state_sizes: tuple[int, ...] = (8, 32, 128)
     headdim: int = 16
+    chunk_size: int = 16
     n_layers: int = 2
     attention: bool = True
-    attention_lr: float | None = 1e-2
+    attention_lr: float | None = 1e-3
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        steps=500, batch_size=64, lr=2e-2, warmup_steps=50, weight_decay=0.0, seed=0))
+        steps=600, batch_size=32, lr=1e-2, warmup_steps=60, weight_decay=0.0, seed=0))
     n_test: int = 512
     test_seed: int = 12345
 
@@ -83,8 +86,8 @@ CONFIGS = {
     "fast": SSDConfig(
         cost=CostConfig(lengths=(128, 256, 512, 1024), quadratic_max_length=1024, recurrent_max_length=256,
                         state_sizes=(16, 64), state_length=256, repeats=1),
-        mqar=MQARConfig(widths=(16,), state_sizes=(2, 32),
-                        train=TrainConfig(steps=40, batch_size=32, lr=2e-2, warmup_steps=4, weight_decay=0.0),
+        mqar=MQARConfig(seq_len=32, n_pairs=4, vocab_size=64, widths=(16,), state_sizes=(4, 32),
+                        train=TrainConfig(steps=40, batch_size=32, lr=1e-2, warmup_steps=4, weight_decay=0.0),
                         n_test=128),
     ),
     "full": SSDConfig(),
@@ -213,7 +216,7 @@ def loglog_slope(xs, ys, last: int = 3) -> float:
 def make_mamba(config: MQARConfig, width: int, d_state: int) -> Mamba2LM:
     return Mamba2LM(Mamba2Config(d_model=width, d_state=d_state, headdim=config.headdim,
                                  vocab_size=config.vocab_size, n_layers=config.n_layers,
-                                 chunk_size=config.seq_len))
+                                 chunk_size=config.chunk_size))
 
 
 def make_attention(config: MQARConfig, width: int) -> GPT:
@@ -221,22 +224,43 @@ def make_attention(config: MQARConfig, width: int) -> GPT:
                          n_layers=config.n_layers, n_heads=max(1, width // 16)))
 
 
-def _train_one(model, config: MQARConfig, test, device, lr: float | None = None) -> dict:
-    tc = config.train if lr is None else dataclasses.replace(config.train, lr=lr)
+def mqar_job(config: MQARConfig, kind: str, width: int, d_state: int | None,
+             device: str | torch.device | None = None) -> dict:
+    """Train one MQAR model (``kind`` ``"mamba"`` with state size ``d_state``, or ``"attention"``) from
+    the config's seed and score it on the config's fixed test set: ``{"accuracy", "final_loss",
+    "parameters", "seconds"}``. A module-level function, so that worker processes can run it."""
+    dev = auto_device(device)
+    test = mqar_batch(config.n_test, config.seq_len, config.n_pairs, config.vocab_size,
+                      torch.Generator().manual_seed(config.test_seed))
+    torch.manual_seed(config.train.seed)
+    if kind == "mamba":
+        model, tc = make_mamba(config, width, d_state), config.train
+    elif kind == "attention":
+        model = make_attention(config, width)
+        tc = config.train if config.attention_lr is None else dataclasses.replace(config.train,
+                                                                                  lr=config.attention_lr)
+    else:
+        raise ValueError(f"kind must be 'mamba' or 'attention', got {kind!r}")
+    model = model.to(dev)
 
     def get_batch(step: int, rank: int, world_size: int):
         generator = torch.Generator().manual_seed(tc.seed * 1_000_003 + step * 101 + rank)
         return mqar_batch(tc.batch_size, config.seq_len, config.n_pairs, config.vocab_size, generator)
 
     with cpu_threads(1):  # tiny models: one thread is faster than two busy cores
-        result = train(model, get_batch, lambda m, batch: m.loss(*batch), tc, device=device, desc="MQAR")
+        result = train(model, get_batch, lambda m, batch: m.loss(*batch), tc, device=dev, desc="MQAR")
         accuracy = mqar_accuracy(model, *test)
     return {"accuracy": accuracy, "final_loss": result.loss[-1],
             "parameters": count_parameters(model), "seconds": result.seconds}
 
 
-def mqar_sweep(config: MQARConfig, device: str | torch.device | None = None) -> dict:
+def mqar_sweep(config: MQARConfig, device: str | torch.device | None = None,
+               workers: int | None = None) -> dict:
     """Train every (width, state size) Mamba-2 and every width of attention; test accuracy of each.
+
+    On a CPU the models train in ``workers`` processes at once (default: one per core), one thread each;
+    on a GPU, in turn. Every model starts from the same seed and sees the same batches whichever process
+    trains it, so the results do not depend on ``workers``.
 
     Returns ``{"mamba": {d_state: {width: result}}, "attention": {width: result}}`` (keys as strings),
     each result ``{"accuracy", "final_loss", "parameters", "seconds"}``.
@@ -244,20 +268,19 @@ def mqar_sweep(config: MQARConfig, device: str | torch.device | None = None) -> 
 
     def compute() -> dict:
         dev = auto_device(device)
-        test = mqar_batch(config.n_test, config.seq_len, config.n_pairs, config.vocab_size,
-                          torch.Generator().manual_seed(config.test_seed))
-        out: dict = {"mamba": {}, "attention": {}}
-        for n in config.state_sizes:
-            for width in config.widths:
-                torch.manual_seed(config.train.seed)
-                model = make_mamba(config, width, n).to(dev)
-                out["mamba"].setdefault(str(n), {})[str(width)] = _train_one(model, config, test, dev)
+        jobs = [(config, "mamba", width, n, dev) for n in config.state_sizes for width in config.widths]
         if config.attention:
-            for width in config.widths:
-                torch.manual_seed(config.train.seed)
-                model = make_attention(config, width).to(dev)
-                out["attention"][str(width)] = _train_one(model, config, test, dev, config.attention_lr)
-        return out
+            jobs += [(config, "attention", width, None, dev) for width in config.widths]
+        # largest first, so that the last job to finish is a short one
+        order = sorted(range(len(jobs)), key=lambda i: -(jobs[i][2] * (jobs[i][3] or 16)))
+        n_workers = 1 if dev.type != "cpu" else workers
+        results = parallel_map(mqar_job, [jobs[i] for i in order], workers=n_workers, desc="MQAR models")
+        by_job = {jobs[i][1:4]: result for i, result in zip(order, results)}
+        return {
+            "mamba": {str(n): {str(w): by_job["mamba", w, n] for w in config.widths}
+                      for n in config.state_sizes},
+            "attention": {str(w): by_job["attention", w, None] for w in config.widths if config.attention},
+        }
 
     return cache.cached("ssd-mqar", config, compute, seed=config.train.seed)
 

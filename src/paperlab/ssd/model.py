@@ -73,6 +73,24 @@ class Mamba2Config:
         return self.d_inner // self.headdim
 
 
+def causal_depthwise_conv(u: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """The causal depthwise convolution of the block, on ``u: (batch, seq, channels)``:
+    ``out_t = bias + sum_k weight[:, 0, k] * u_{t - (K - 1) + k}`` (zeros before the start), with
+    ``weight: (channels, 1, K)`` as in ``nn.Conv1d(groups=channels)``.
+
+    The same numbers as ``conv1d(u, padding=K - 1)[..., :seq]``, written as ``K`` shifted multiply-adds:
+    with ``K = 4`` that is faster on a CPU than the convolution (whose backward pass is slow for
+    depthwise filters) and keeps the channels-last layout of the projections around it.
+    """
+    width = weight.shape[-1]
+    seq = u.shape[1]
+    padded = F.pad(u, (0, 0, width - 1, 0))  # (batch, width - 1 + seq, channels)
+    out = padded[:, width - 1:] * weight[:, 0, width - 1]
+    for k in range(width - 1):
+        out = out + padded[:, k:k + seq] * weight[:, 0, k]
+    return out if bias is None else out + bias
+
+
 class Mamba2Block(nn.Module):
     """The Mamba-2 mixer: ``(batch, seq, d_model) -> (batch, seq, d_model)``."""
 
@@ -110,7 +128,7 @@ class Mamba2Block(nn.Module):
         c = self.config
         batch, seq, _ = u.shape
         z, xBC, dt = self.in_proj(u).split([c.d_inner, self.conv_dim, c.nheads], dim=-1)
-        xBC = F.silu(self.conv1d(xBC.transpose(1, 2))[..., :seq].transpose(1, 2))  # causal: drop the tail
+        xBC = F.silu(causal_depthwise_conv(xBC, self.conv1d.weight, self.conv1d.bias))
         x, B, C = xBC.split([c.d_inner, c.ngroups * c.d_state, c.ngroups * c.d_state], dim=-1)
         x = x.reshape(batch, seq, c.nheads, c.headdim)
         B = B.reshape(batch, seq, c.ngroups, c.d_state)
