@@ -401,3 +401,18 @@ def test_cpu_threads_pins_the_count_even_through_train():
     with pytest.raises(ValueError, match="positive number of threads"):
         with cpu_threads(0):
             pass
+
+
+def test_toolkit_training_does_not_depend_on_earlier_random_draws():
+    import dataclasses
+
+    from paperlab import toolkit
+
+    fast = toolkit.CONFIGS["fast"]
+    config = dataclasses.replace(fast, n_sentences=200,
+                                 train=dataclasses.replace(fast.train, steps=2, warmup_steps=1, eval_every=0))
+    torch.manual_seed(1)
+    first = toolkit.train_model(config, "cpu")["state_dict"]
+    torch.rand(1000)  # a draw between the two runs must not change the initial weights
+    second = toolkit.train_model(config, "cpu")["state_dict"]
+    assert all(torch.equal(first[name], second[name]) for name in first)

@@ -27,7 +27,7 @@ from paperlab.data import Grammar, GrammarConfig, lm_batches, split_train_val
 from paperlab.experiments import Experiment
 from paperlab.nn import GPT, GPTConfig, count_parameters, generate, sequence_logprob
 from paperlab.tokenizers import WordTokenizer
-from paperlab.train import TrainConfig, TrainResult, auto_device, train
+from paperlab.train import TrainConfig, TrainResult, auto_device, seed_everything, train
 
 
 @dataclass(frozen=True)
@@ -137,6 +137,7 @@ def train_model(config: ToolkitConfig, device: str | torch.device | None = None)
     device = auto_device(device)
     corpus = build_corpus(config)
     train_ids = corpus.train_ids.to(device)
+    seed_everything(config.train.seed)  # the initial weights come from the seed, not from earlier draws
     model = make_model(config, corpus.tokenizer.vocab_size).to(device)
 
     def get_batch(step: int, rank: int, world_size: int):
