@@ -32,6 +32,11 @@ REGISTRY: dict[str, tuple[str, str]] = {
         "TopK sparse autoencoders: MSE-L0 frontier, scaling law, dead latents, feature recovery, Multi-TopK, "
         "downstream and probe loss.",
     ),
+    "geometry": (
+        "paperlab.geometry.experiments:EXPERIMENT",
+        "Geometry of categorical/hierarchical concepts: causal inner product, concept vectors, hierarchical "
+        "orthogonality vs controls, simplices, interventions (WordNet + tiny LM).",
+    ),
 }
 
 

@@ -1,0 +1,464 @@
+"""The geometry chapter's experiments: each function takes the chapter's :class:`GeometryConfig` and
+returns plain results (numbers, lists, strings) for the chapter to plot.
+
+1. :func:`load_lm` trains (once, through the artifact cache) the word-level tiny LM on the synthetic
+   hierarchy corpus of :mod:`paperlab.geometry.lm`; its LM head is the unembedding ``gamma``.
+2. :func:`analyse_unembedding` runs the paper's estimator on any unembedding (ours, a planted synthetic
+   one, or a Hugging Face model's): concept vectors, held-out projections, hierarchical orthogonality
+   against random pairs, and the two controls (shuffled rows, unwhitened Euclidean space), the
+   parent/child plane, a three-category simplex and the cosine heatmap next to WordNet path similarity.
+3. :func:`intervention` adds ``alpha * (l_parent1 - l_parent2)`` to the LM's final hidden state and
+   measures parent-level and child-level logit differences.
+4. :func:`planted` runs the same statistics on synthetic unembeddings whose structure is known.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from paperlab import cache
+from paperlab.config import pick
+from paperlab.experiments import Experiment
+from paperlab.geometry.estimate import (
+    Whitening,
+    cosine,
+    estimate_vector,
+    estimate_vectors,
+    held_out_projections,
+    orthogonality,
+    projection,
+    random_pairs,
+    sibling_orthogonality,
+)
+from paperlab.geometry.hierarchy import Hierarchy, extract_concepts, load_hierarchy
+from paperlab.geometry.lm import HierarchyCorpus, LMConfig, load_trained, representation
+from paperlab.geometry.synthetic import PlantedConfig, planted_unembeddings
+from paperlab.train import TrainConfig
+from paperlab.utils import cpu_threads
+
+__all__ = [
+    "GeometryConfig",
+    "CONFIGS",
+    "config_for",
+    "load_lm",
+    "lm_unembedding",
+    "analyse_unembedding",
+    "analysis",
+    "intervention",
+    "planted",
+    "planted_statistics",
+    "run",
+    "EXPERIMENT",
+]
+
+
+@dataclass(frozen=True)
+class GeometryConfig:
+    lm: LMConfig = field(default_factory=LMConfig)
+    min_tokens: int = (
+        20  # concepts analysed: at least this many tokens (the reference code uses > 50 for Gemma)
+    )
+    held_out_fraction: float = 0.7
+    n_random_pairs: int = 200
+    heatmap_max_depth: int = 4
+    plane: tuple[str, str] = ("animal.n.01", "mammal.n.01")
+    simplex: tuple[str, str, str] = ("mammal.n.01", "bird.n.01", "fish.n.01")
+    parent_pair: tuple[str, str] = ("animal.n.01", "plant.n.02")
+    child_pair: tuple[str, str] = ("mammal.n.01", "reptile.n.01")
+    alphas: tuple[float, ...] = (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0)
+    n_contexts: int = 512
+    points_per_group: int = 250  # tokens per group in the scatter plots
+    planted: PlantedConfig = field(default_factory=PlantedConfig)
+    seed: int = 0
+
+
+CONFIGS = {
+    "fast": GeometryConfig(
+        lm=LMConfig(
+            eval_sentences=1000,
+            d_model=64,
+            n_layers=1,
+            train=TrainConfig(
+                steps=200,
+                batch_size=256,
+                lr=3e-3,
+                warmup_steps=20,
+                weight_decay=0.0,
+                eval_every=100,
+                log_every=25,
+            ),
+        ),
+        n_random_pairs=100,
+        n_contexts=128,
+        points_per_group=150,
+        planted=PlantedConfig(d=64, n_other=500),
+    ),
+    "full": GeometryConfig(
+        lm=LMConfig(
+            d_model=64,
+            n_layers=1,
+            train=TrainConfig(
+                steps=2000,
+                batch_size=256,
+                lr=3e-3,
+                warmup_steps=100,
+                weight_decay=0.0,
+                eval_every=250,
+                log_every=25,
+            ),
+        )
+    ),
+}
+
+
+def config_for(profile: str | None = None) -> GeometryConfig:
+    return pick(CONFIGS, profile)
+
+
+def _one_thread(fn):
+    """Run with one CPU thread (:func:`paperlab.utils.cpu_threads`): these are many small operations, and
+    on two busy cores a second thread costs more than it brings."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with cpu_threads(1):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+# ------------------------------------------------------------------------------------------ the LM
+def load_lm(config: GeometryConfig, device: str | torch.device | None = None):
+    """The trained LM (cached, see :func:`paperlab.geometry.lm.load_trained`), its corpus and record."""
+    return load_trained(config.lm, device)
+
+
+def lm_unembedding(model, corpus: HierarchyCorpus) -> tuple[torch.Tensor, dict[str, int]]:
+    """``gamma``: the LM-head rows of the lemmas (the words; context words and special tokens are the
+    corpus's scaffolding and are left out), and lemma -> row."""
+    gamma = model.lm_head.weight.detach().cpu()[corpus.lemma_ids]
+    return gamma, {lemma: i for i, lemma in enumerate(corpus.lemmas)}
+
+
+# ------------------------------------------------------------------------------------- the analysis
+def _subsample(index: list[int], n: int, generator: torch.Generator) -> list[int]:
+    if len(index) <= n:
+        return list(index)
+    return sorted(index[i] for i in torch.randperm(len(index), generator=generator)[:n].tolist())
+
+
+def _mean_abs(values):
+    return sum(abs(v) for v in values) / len(values)
+
+
+def _pearson(x: list[float], y: list[float]) -> float:
+    a, b = torch.tensor(x, dtype=torch.float64), torch.tensor(y, dtype=torch.float64)
+    a, b = a - a.mean(), b - b.mean()
+    return float(a.dot(b) / (a.norm() * b.norm()))
+
+
+def _disjoint_orthogonality(g, sets, pairs, method="lda") -> list[float]:
+    """cos(l_{z \\ w}, l_w - l_{z \\ w}): the parent's vector estimated without the child's tokens (a
+    statistic the nesting of token sets does not pull to 0, see the chapter)."""
+    out = []
+    for z, w in pairs:
+        rest = sorted(set(sets[z]) - set(sets[w]))
+        if len(rest) < 5:
+            continue
+        lz = estimate_vector(g[torch.tensor(rest)], method)
+        lw = estimate_vector(g[torch.tensor(sets[w])], method)
+        out.append(cosine(lz, lw - lz))
+    return out
+
+
+@_one_thread
+def analyse_unembedding(
+    gamma: torch.Tensor,
+    vocabulary: dict[str, int],
+    config: GeometryConfig,
+    hierarchy: Hierarchy | None = None,
+    roots: tuple[str, ...] | None = None,
+    figures: bool = True,
+) -> dict:
+    """Every statistic of the chapter for the unembedding ``gamma`` (W, d), ``vocabulary`` mapping each
+    lemma to its row. JSON-able results (see the chapter for what each one is)."""
+    hierarchy = hierarchy if hierarchy is not None else load_hierarchy()
+    roots = roots if roots is not None else config.lm.corpus.roots
+    concepts = extract_concepts(hierarchy, vocabulary, config.min_tokens, roots)
+    sets = {c: [vocabulary[t] for t in concepts.tokens[c]] for c in concepts.names}
+    pairs = concepts.pairs()
+    ancestors = {c: set(concepts.ancestors(c)) for c in concepts.names}
+    generator = torch.Generator().manual_seed(config.seed)
+    others = random_pairs(concepts.names, pairs, config.n_random_pairs, generator, ancestors)
+    triples = [
+        (z, a, b)
+        for z in concepts.names
+        for i, a in enumerate(concepts.children(z))
+        for b in concepts.children(z)[i + 1 :]
+    ]
+
+    whitening = Whitening(gamma)
+    g = whitening(gamma)
+    permutation = torch.randperm(len(gamma), generator=generator)
+    spaces = {
+        "whitened": g,
+        "shuffled": whitening(gamma[permutation]),  # rows permuted: tokens get other tokens' vectors
+        "euclidean": gamma.double() - gamma.double().mean(0),  # centred, not whitened
+    }
+    vectors = {name: estimate_vectors(space, sets) for name, space in spaces.items()}
+    vectors["whitened (mean)"] = estimate_vectors(g, sets, method="mean")
+    spaces["whitened (mean)"] = g
+    stats = {}
+    for name, vs in vectors.items():
+        method = "mean" if "mean" in name else "lda"
+        stats[name] = {
+            "true_pairs": orthogonality(vs, pairs),
+            "random_pairs": orthogonality(vs, others),
+            "siblings": sibling_orthogonality(vs, triples),
+            "disjoint": _disjoint_orthogonality(spaces[name], sets, pairs, method),
+            "norms": [float(vs[c].norm()) for c in concepts.names],
+        }
+    held = {
+        name: held_out_projections(spaces[name], sets, config.held_out_fraction, config.seed)
+        for name in ("whitened", "shuffled")
+    }
+    eigenvalues = torch.linalg.eigvalsh(whitening.covariance)
+    out = {
+        "n_tokens": len(vocabulary),
+        "d": gamma.shape[1],
+        "n_concepts": len(concepts.names),
+        "n_pairs": len(pairs),
+        "names": list(concepts.names),
+        "depth": [concepts.depth[c] for c in concepts.names],
+        "n_concept_tokens": [len(sets[c]) for c in concepts.names],
+        "pairs": [list(p) for p in pairs],
+        "cov_condition_number": float(eigenvalues.max() / eigenvalues.min()),
+        "whitened_mean_abs_max": float(g.mean(0).abs().max()),
+        "whitened_cov_error": float((g.T @ g / len(g) - torch.eye(g.shape[1], dtype=g.dtype)).abs().max()),
+        "orthogonality": stats,
+        "held_out": {
+            name: {
+                "train": [h["train"] for h in v.values()],
+                "held_out": [h["held_out"] for h in v.values()],
+                "random": [h["random"] for h in v.values()],
+                "held_out_all": [x for h in v.values() for x in h["held_out_all"]],
+                "random_all": [x for h in v.values() for x in h["random_all"]],
+            }
+            for name, v in held.items()
+        },
+    }
+    out["summary"] = {
+        name: {
+            "true_mean_abs": _mean_abs(s["true_pairs"]),
+            "true_mean": sum(s["true_pairs"]) / len(s["true_pairs"]),
+            "random_mean": sum(s["random_pairs"]) / len(s["random_pairs"]),
+            "random_mean_abs": _mean_abs(s["random_pairs"]),
+            "siblings_mean_abs": _mean_abs(s["siblings"]) if s["siblings"] else math.nan,
+            "disjoint_mean": sum(s["disjoint"]) / max(len(s["disjoint"]), 1),
+        }
+        for name, s in stats.items()
+    }
+    for name, h in out["held_out"].items():
+        out["summary"][name]["held_out_mean"] = sum(h["held_out"]) / len(h["held_out"])
+        out["summary"][name]["random_projection_mean"] = sum(h["random"]) / len(h["random"])
+    # heatmap: concepts down to heatmap_max_depth, in hierarchy order; cosines vs WordNet path similarity
+    shown = [c for c in concepts.names if concepts.depth[c] <= config.heatmap_max_depth]
+    heat = {}
+    for name in ("whitened", "shuffled"):
+        matrix = [[cosine(vectors[name][a], vectors[name][b]) for b in shown] for a in shown]
+        heat[name] = matrix
+    path = [[hierarchy.path_similarity(a, b) for b in shown] for a in shown]
+    off = [(i, j) for i in range(len(shown)) for j in range(len(shown)) if i < j]
+    out["heatmap"] = {
+        "names": shown,
+        "cosine": heat["whitened"],
+        "cosine_shuffled": heat["shuffled"],
+        "path_similarity": path,
+        "correlation": _pearson([heat["whitened"][i][j] for i, j in off], [path[i][j] for i, j in off]),
+        "correlation_shuffled": _pearson(
+            [heat["shuffled"][i][j] for i, j in off], [path[i][j] for i, j in off]
+        ),
+    }
+    if figures:
+        out["plane"] = _plane(g, sets, vectors["whitened"], concepts, config, generator)
+        out["simplex"] = _simplex(g, sets, vectors["whitened"], config, generator)
+    return out
+
+
+def _plane(g, sets, vectors, concepts, config, generator) -> dict:
+    """Tokens on the plane of ``l_parent`` and ``l_child - l_parent`` (the paper's 2D figure)."""
+    parent, child = config.plane
+    for name in (parent, child):
+        concepts.check(name)
+    l_parent, l_child = vectors[parent], vectors[child]
+    x_axis = l_parent / l_parent.norm()
+    difference = l_child - l_parent
+    y_axis = difference / difference.norm()
+    parent_set, child_set = set(sets[parent]), set(sets[child])
+    root = concepts.ancestors(parent)[0]
+    everything = set().union(*sets.values())
+    groups = {
+        f"{child} tokens": sorted(child_set),
+        f"other {parent} tokens": sorted(parent_set - child_set),
+        f"tokens outside {parent}": sorted(everything - parent_set)
+        if root == parent
+        else sorted(set(sets[root]) - parent_set),
+    }
+    out = {
+        "axes": [f"l_{parent}", f"l_{child} - l_{parent}"],
+        "cos_axes": cosine(l_parent, difference),
+        "groups": {},
+    }
+    for name, index in groups.items():
+        pick = torch.tensor(_subsample(index, config.points_per_group, generator))
+        out["groups"][name] = {"x": (g[pick] @ x_axis).tolist(), "y": (g[pick] @ y_axis).tolist()}
+    out["vectors"] = {
+        "parent": [float(l_parent @ x_axis), float(l_parent @ y_axis)],
+        "child": [float(l_child @ x_axis), float(l_child @ y_axis)],
+    }
+    return out
+
+
+def _simplex(g, sets, vectors, config, generator) -> dict:
+    """Tokens of three sibling categories in the 3D span of their vectors (orthonormal coordinates)."""
+    names = list(config.simplex)
+    basis, _ = torch.linalg.qr(torch.stack([vectors[n] for n in names], 1))  # (d, 3)
+    out = {"names": names, "vertices": [(vectors[n] @ basis).tolist() for n in names], "points": {}}
+    own = [set(sets[n]) for n in names]
+    correct = total = 0
+    for k, name in enumerate(names):
+        exclusive = sorted(own[k] - set().union(*(own[j] for j in range(3) if j != k)))
+        pick = torch.tensor(_subsample(exclusive, config.points_per_group, generator))
+        out["points"][name] = (g[pick] @ basis).tolist()
+        scores = torch.stack([projection(g[torch.tensor(exclusive)], vectors[n]) for n in names], 1)
+        correct += int((scores.argmax(1) == k).sum())
+        total += len(exclusive)
+    out["accuracy"] = correct / total  # tokens whose largest projection is on their own category's vector
+    out["vertex_cosines"] = [
+        cosine(vectors[a], vectors[b]) for i, a in enumerate(names) for b in names[i + 1 :]
+    ]
+    return out
+
+
+@_one_thread
+def analysis(config: GeometryConfig, device: str | torch.device | None = None) -> dict:
+    """:func:`analyse_unembedding` of the trained LM (cached)."""
+    model, corpus, _ = load_lm(config, device)
+    gamma, vocabulary = lm_unembedding(model, corpus)
+    return cache.cached(
+        "geometry-analysis",
+        config,
+        lambda: analyse_unembedding(gamma, vocabulary, config, corpus.hierarchy),
+        seed=config.seed,
+    )
+
+
+# ---------------------------------------------------------------------------------- intervention
+@_one_thread
+def intervention(config: GeometryConfig, device: str | torch.device | None = None) -> dict:
+    """Add ``alpha * A^T (l_p1 - l_p2)`` to the final hidden state ``lambda(x)`` (so that every lemma's
+    logit moves by ``alpha * (l_p1 - l_p2) . g(y)`` plus a constant) on contexts of the corpus, and measure
+
+    - the parent-level logit difference: mean logit over ``Y(p1)`` minus mean over ``Y(p2)``;
+    - the child-level one, between two children of ``p1``: mean over ``Y(c1)`` minus mean over ``Y(c2)``;
+    - the probability mass of ``Y(p1)`` and the share of ``Y(c1)`` within ``Y(c1) + Y(c2)``,
+
+    averaged over ``n_contexts`` contexts, for each ``alpha`` in ``config.alphas``."""
+    model, corpus, _ = load_lm(config, device)
+    with torch.no_grad():
+        return _intervention(model, corpus, config)
+
+
+def _intervention(model, corpus: HierarchyCorpus, config: GeometryConfig) -> dict:
+    gamma, vocabulary = lm_unembedding(model, corpus)
+    whitening = Whitening(gamma)
+    g = whitening(gamma)
+    concepts = extract_concepts(corpus.hierarchy, vocabulary, config.min_tokens, config.lm.corpus.roots)
+    names = list(config.parent_pair) + list(config.child_pair)
+    for name in names:
+        concepts.check(name)
+    sets = {c: torch.tensor([vocabulary[t] for t in concepts.tokens[c]]) for c in names}
+    vectors = {c: estimate_vector(g[sets[c]]) for c in names}
+    p1, p2 = config.parent_pair
+    c1, c2 = config.child_pair
+    direction = whitening.to_embedding_direction(vectors[p1] - vectors[p2]).float()
+    generator = torch.Generator().manual_seed(config.seed + 1)
+    sentences, _ = corpus.sample(config.n_contexts, generator)
+    device = next(model.parameters()).device
+    hidden = representation(model, corpus.inputs(sentences).to(device))[:, -1].float()
+    head = model.lm_head.weight[corpus.lemma_ids.to(device)].float()  # (lemmas, d)
+    out = {
+        "alphas": list(config.alphas),
+        "parent": [],
+        "child": [],
+        "mass_p1": [],
+        "share_c1": [],
+        "pairs": {"parent": [p1, p2], "child": [c1, c2]},
+    }
+    for alpha in config.alphas:
+        logits = (hidden + alpha * direction.to(device)) @ head.T  # (contexts, lemmas)
+        mean = {c: logits[:, sets[c].to(device)].mean(1) for c in names}
+        out["parent"].append(float((mean[p1] - mean[p2]).mean()))
+        out["child"].append(float((mean[c1] - mean[c2]).mean()))
+        p = logits.softmax(1)
+        out["mass_p1"].append(float(p[:, sets[p1].to(device)].sum(1).mean()))
+        mass_c1 = p[:, sets[c1].to(device)].sum(1)
+        mass_c2 = p[:, sets[c2].to(device)].sum(1)
+        out["share_c1"].append(float((mass_c1 / (mass_c1 + mass_c2)).mean()))
+    slope = lambda ys: (ys[-1] - ys[0]) / (out["alphas"][-1] - out["alphas"][0])  # noqa: E731
+    out["parent_slope"], out["child_slope"] = slope(out["parent"]), slope(out["child"])
+    return out
+
+
+# ---------------------------------------------------------------------------------------- planted
+def planted(config: GeometryConfig) -> dict:
+    """:func:`planted_statistics`, through the artifact cache."""
+    return cache.cached(
+        "geometry-planted", config, lambda: planted_statistics(config), seed=config.planted.seed
+    )
+
+
+@_one_thread
+def planted_statistics(config: GeometryConfig) -> dict:
+    """The estimator on planted synthetic unembeddings over the same concept tree (see
+    :mod:`paperlab.geometry.synthetic`): whitened, shuffled and Euclidean statistics, plus the cosines of
+    the planted (true) vectors themselves."""
+    corpus = HierarchyCorpus(config.lm.corpus)
+    concepts = extract_concepts(corpus.hierarchy, corpus.lemmas, config.min_tokens, config.lm.corpus.roots)
+    data = planted_unembeddings(concepts, corpus.lemmas, config.planted)
+    vocabulary = {t: i for i, t in enumerate(corpus.lemmas)}
+    result = analyse_unembedding(data["gamma"], vocabulary, config, corpus.hierarchy, figures=False)
+    # Whitening makes the statistics invariant to the distortion M: the same cosines from g itself
+    sets = {c: [vocabulary[t] for t in concepts.tokens[c]] for c in concepts.names}
+    undistorted = estimate_vectors(Whitening(data["g_true"])(data["g_true"]), sets)
+    undistorted_cosines = orthogonality(undistorted, concepts.pairs())
+    result["invariance_error"] = max(
+        abs(a - b) for a, b in zip(undistorted_cosines, result["orthogonality"]["whitened"]["true_pairs"])
+    )
+    euclidean = estimate_vectors(data["g_true"] - data["g_true"].mean(0), sets)
+    result["undistorted_euclidean_true_mean_abs"] = _mean_abs(orthogonality(euclidean, concepts.pairs()))
+    result.pop("heatmap", None)
+    return result
+
+
+def run(config: GeometryConfig, device: str | None = None) -> dict:
+    """Every experiment of the chapter; JSON-able summary results."""
+    model, corpus, record = load_lm(config, device)
+    main = analysis(config, device)
+    return {
+        "lemma_loss": record["history"]["evals"][-1]["lemma_loss"],
+        "bayes_lemma_loss": record["bayes_lemma_loss"],
+        "uniform_lemma_loss": record["uniform_lemma_loss"],
+        "summary": main["summary"],
+        "heatmap_correlation": main["heatmap"]["correlation"],
+        "simplex_accuracy": main["simplex"]["accuracy"],
+        "intervention": intervention(config, device),
+        "planted": planted(config)["summary"],
+    }
+
+
+EXPERIMENT = Experiment(name="geometry", chapter="book/06-geometry.md", configs=CONFIGS, run=run)

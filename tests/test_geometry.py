@@ -1,0 +1,236 @@
+"""Tests for paperlab.geometry: the shipped WordNet subset, concept extraction, whitening, the estimator on
+planted structure and on shuffled data, the corpus and LM, interventions, and bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from paperlab.geometry import experiments as E
+from paperlab.geometry.estimate import (
+    Whitening,
+    estimate_vector,
+    estimate_vectors,
+    held_out_projections,
+    ledoit_wolf,
+    projection,
+    whiten,
+)
+from paperlab.geometry.hf import single_token_lemmas
+from paperlab.geometry.hierarchy import DATA_FILE, concept_tokens, extract_concepts, load_hierarchy
+from paperlab.geometry.lm import (
+    CorpusConfig,
+    HierarchyCorpus,
+    LMConfig,
+    check_width,
+    lemma_logits,
+    make_model,
+    train_lm,
+)
+from paperlab.geometry.synthetic import PlantedConfig, planted_unembeddings
+from paperlab.train import TrainConfig
+
+
+@pytest.fixture(scope="module")
+def hierarchy():
+    return load_hierarchy()
+
+
+@pytest.fixture(scope="module")
+def corpus(hierarchy):
+    return HierarchyCorpus(CorpusConfig(), hierarchy)
+
+
+# ------------------------------------------------------------------------------------ shipped data
+def test_shipped_subset_loads_with_expected_counts(hierarchy):
+    assert len(hierarchy.lemmas) == int(hierarchy.header["n_synsets"]) == 4228
+    assert len(hierarchy.all_lemmas) == int(hierarchy.header["n_lemmas"]) == 4609
+    assert hierarchy.roots == ("animal.n.01", "plant.n.02")
+    assert hierarchy.hypernyms["dog.n.01"] == ("canine.n.02", "domestic_animal.n.01")  # WordNet 3.0
+    assert "dog" in hierarchy.lemmas["dog.n.01"]
+    assert "mammal.n.01" in hierarchy.ancestors("dog.n.01")
+    assert math.isclose(hierarchy.path_similarity("dog.n.01", "dog.n.01"), 1.0)
+    assert (
+        0
+        < hierarchy.path_similarity("dog.n.01", "oak.n.02")
+        < hierarchy.path_similarity("dog.n.01", "cat.n.01")
+    )
+    licence = (DATA_FILE.parent / "LICENSE").read_text()
+    assert "WordNet 3.0 Copyright 2006 by Princeton University" in licence
+
+
+# ------------------------------------------------------------------------------ concept extraction
+def test_hierarchy_extraction_is_deterministic_and_nested(hierarchy):
+    vocabulary = hierarchy.all_lemmas
+    a = extract_concepts(hierarchy, vocabulary, 20)
+    b = extract_concepts(hierarchy, list(reversed(vocabulary)), 20)
+    assert a == b
+    assert a.names[0] == "animal.n.01" and a.parent["animal.n.01"] is None
+    assert {"mammal.n.01", "bird.n.01", "fish.n.01", "reptile.n.01"} <= set(a.names)
+    for child in a.names:
+        parent = a.parent[child]
+        assert len(a.tokens[child]) >= 20
+        if parent is not None:
+            assert set(a.tokens[child]) <= set(a.tokens[parent])
+            assert a.tokens[child] != a.tokens[parent]  # single-child chains merged
+            assert a.names.index(parent) < a.names.index(child)  # hierarchy (depth-first) order
+
+
+def test_unknown_synset_and_too_few_tokens_raise(hierarchy):
+    with pytest.raises(KeyError, match="unknown synset 'dgo.n.01'"):
+        hierarchy.descendants("dgo.n.01")
+    with pytest.raises(KeyError, match="unknown synset"):
+        extract_concepts(hierarchy, hierarchy.all_lemmas, 10, roots=("car.n.01",))
+    with pytest.raises(ValueError, match="concept 'mammal.n.01' has 3 tokens.*min_tokens = 10"):
+        concept_tokens(hierarchy, "mammal.n.01", ["dog", "cat", "horse", "oak"], 10)
+    with pytest.raises(ValueError, match="root concept 'animal.n.01' has 2 tokens"):
+        extract_concepts(hierarchy, ["dog", "cat"], 10)
+    with pytest.raises(ValueError, match="concept 'x' has 1 tokens, fewer than min_tokens"):
+        estimate_vectors(torch.randn(10, 3, dtype=torch.float64), {"x": [0]})
+    concepts = extract_concepts(hierarchy, hierarchy.all_lemmas, 20)
+    with pytest.raises(KeyError, match="is not a concept here"):
+        concepts.check("aardvark.n.01")
+
+
+# -------------------------------------------------------------------------------------- whitening
+def test_whitened_embeddings_have_zero_mean_and_identity_covariance():
+    generator = torch.Generator().manual_seed(0)
+    gamma = torch.randn(3000, 24, generator=generator) @ torch.randn(24, 24, generator=generator) + 5.0
+    g = whiten(gamma)
+    assert g.mean(0).abs().max() < 1e-10
+    assert (g.T @ g / len(g) - torch.eye(24, dtype=g.dtype)).abs().max() < 1e-10
+    whitening = Whitening(gamma)  # an added hidden-state direction A^T l moves logits by l . g(y) + const
+    l, hidden = torch.randn(24, dtype=torch.float64), torch.randn(24, dtype=torch.float64)
+    shift = (hidden + whitening.to_embedding_direction(l)) @ gamma.double().T - hidden @ gamma.double().T
+    assert torch.allclose(shift - shift[0], (g @ l) - (g @ l)[0], atol=1e-8)
+
+
+def test_vocabulary_not_larger_than_width_raises(corpus):
+    with pytest.raises(ValueError, match="singular.*vocab much larger than d"):
+        Whitening(torch.randn(16, 16))
+    with pytest.raises(ValueError, match="vocabulary size 100 is not much larger than the model width"):
+        check_width(100, 64)
+    with pytest.raises(ValueError, match="not much larger than the model width d_model = 2048"):
+        make_model(LMConfig(d_model=2048, n_heads=4), corpus)
+
+
+# -------------------------------------------------------------------------------------- estimator
+def test_ledoit_wolf_shrinks_towards_scaled_identity():
+    x = torch.randn(10, 30, generator=torch.Generator().manual_seed(1), dtype=torch.float64)  # n < d
+    covariance, shrinkage = ledoit_wolf(x)
+    assert 0 < shrinkage <= 1
+    assert torch.linalg.eigvalsh(covariance).min() > 0  # invertible although the sample one is not
+    big = torch.randn(20000, 4, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    assert ledoit_wolf(big)[1] > 0.5  # isotropic: the scaled identity is the right answer
+    big = big * torch.tensor([1.0, 2.0, 5.0, 10.0], dtype=torch.float64)
+    assert ledoit_wolf(big)[1] < 0.05  # anisotropic, plenty of data: little shrinkage
+
+
+def test_training_projection_is_one_by_construction():
+    g = torch.randn(40, 8, generator=torch.Generator().manual_seed(3), dtype=torch.float64) + 2.0
+    for method in ("lda", "mean"):
+        assert abs(float(projection(g, estimate_vector(g, method)).mean()) - 1) < 1e-10
+    with pytest.raises(ValueError, match="unknown method 'median'"):
+        estimate_vector(g, "median")
+
+
+def test_estimator_recovers_planted_structure_and_none_in_shuffled_data(hierarchy):
+    config = dataclasses.replace(E.config_for("fast"), n_random_pairs=60)
+    corpus = HierarchyCorpus(config.lm.corpus, hierarchy)
+    result = E.planted_statistics(config)
+    summary = result["summary"]
+    assert summary["whitened"]["true_mean_abs"] < 0.1  # cos(l_parent, l_child - l_parent) near 0
+    assert summary["whitened"]["random_mean"] < -0.4  # ... unlike random pairs of concepts
+    assert summary["whitened"]["held_out_mean"] > 0.8  # vectors generalise to held-out tokens
+    assert abs(summary["shuffled"]["held_out_mean"]) < 0.2  # shuffled rows: nothing to generalise
+    assert result["invariance_error"] < 1e-8  # whitening undoes the distortion M exactly
+    concepts = extract_concepts(hierarchy, corpus.lemmas, config.min_tokens)
+    data = planted_unembeddings(concepts, corpus.lemmas, PlantedConfig(d=32, n_other=100))
+    assert data["gamma"].shape == (len(corpus.lemmas) + 100, 32)
+
+
+def test_held_out_projections_on_pure_noise_are_near_zero():
+    g = torch.randn(2000, 16, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    sets = {"a": list(range(0, 200)), "b": list(range(200, 500))}
+    result = held_out_projections(g, sets, seed=0)
+    for stats in result.values():
+        assert abs(stats["train"] - 1) < 1e-9
+        assert abs(stats["held_out"]) < 0.5
+
+
+# ---------------------------------------------------------------------------------- corpus and LM
+def test_corpus_contexts_come_from_the_lemmas_ancestors(hierarchy):
+    corpus = HierarchyCorpus(CorpusConfig(p_noise=0.0), hierarchy)
+    sentences, pair = corpus.sample(300, torch.Generator().manual_seed(0))
+    assert sentences.shape == (300, corpus.config.n_context + 2)
+    assert corpus.vocab_size > 4 * 1024
+    concept_of = {w: c for c, words in corpus.context_words.items() for w in words}
+    for sentence in sentences[:50]:
+        words = corpus.text(sentence).rstrip(".").split()
+        lemma = words[-1]
+        for context in words[:-1]:
+            assert lemma in corpus.concepts.tokens[concept_of[context]]
+    assert corpus.bayes_lemma_loss(sentences) < math.log(len(corpus.lemmas))
+
+
+def test_lm_logits_and_intervention(monkeypatch, corpus):
+    monkeypatch.setenv("PAPERLAB_CACHE_DISABLE", "1")
+    model = make_model(LMConfig(d_model=16, n_heads=2), corpus)
+    x = corpus.inputs(corpus.sample(4, torch.Generator().manual_seed(0))[0])
+    assert torch.allclose(model(x)[:, -1], lemma_logits(model, x), atol=1e-5)
+    config = dataclasses.replace(
+        E.config_for("fast"),
+        n_contexts=16,
+        lm=LMConfig(
+            d_model=16, n_heads=2, eval_sentences=50, train=TrainConfig(steps=3, batch_size=8, lr=1e-3)
+        ),
+    )
+    result = E.intervention(config)
+    parent = torch.tensor(result["parent"])
+    alphas = torch.tensor(result["alphas"])
+    # the logit difference is linear in alpha, with the slope (l_p1 - l_p2) . (mean g(p1) - mean g(p2))
+    assert torch.allclose(parent, parent[0] + result["parent_slope"] * alphas, atol=1e-3)
+    assert result["parent_slope"] > 0
+
+
+# ------------------------------------------------------------------------------ Hugging Face path
+def test_single_token_lemmas_with_a_fake_tokenizer():
+    class Tokenizer:
+        vocab = {" dog": 5, "cat": 6}
+
+        def encode(self, text, add_special_tokens=False):
+            return [self.vocab[text]] if text in self.vocab else [1, 2]
+
+    assert single_token_lemmas(Tokenizer(), ["dog", "cat", "aardvark"]) == {"cat": 6, "dog": 5}
+
+
+def test_hugging_face_unembedding_with_a_tiny_random_model(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    tokenizers = pytest.importorskip("tokenizers")
+    words = ["[UNK]", "dog", "cat", "oak", "fish"]
+    backend = tokenizers.Tokenizer(
+        tokenizers.models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]")
+    )
+    backend.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]")
+    model = transformers.GPT2LMHeadModel(
+        transformers.GPT2Config(vocab_size=len(words), n_embd=8, n_layer=1, n_head=2, n_positions=16)
+    )
+    tokenizer.save_pretrained(tmp_path)
+    model.save_pretrained(tmp_path)
+    from paperlab.geometry.hf import load_unembedding
+
+    gamma, vocabulary = load_unembedding(str(tmp_path), ["dog", "cat", "oak", "zebra"])
+    assert gamma.shape == (len(words), 8)
+    assert vocabulary == {"cat": 2, "dog": 1, "oak": 3}
+
+
+def test_lm_training_is_reproducible():
+    config = LMConfig(d_model=16, n_heads=2, eval_sentences=20, train=TrainConfig(steps=3, batch_size=8))
+    first = train_lm(config)
+    torch.randn(3)  # the global generator's state must not matter
+    second = train_lm(config)
+    assert all(torch.equal(first["state_dict"][k], second["state_dict"][k]) for k in first["state_dict"])
