@@ -32,6 +32,11 @@ REGISTRY: dict[str, tuple[str, str]] = {
         "TopK sparse autoencoders: MSE-L0 frontier, scaling law, dead latents, feature recovery, Multi-TopK, "
         "downstream and probe loss.",
     ),
+    "nllb": (
+        "paperlab.nllb.experiments:EXPERIMENT",
+        "NLLB: multilingual transfer vs bilingual, dense vs top-2 MoE (same active parameters), EOM and "
+        "curriculum on low-resource directions, routing by language, zero-shot, on a synthetic world.",
+    ),
     "geometry": (
         "paperlab.geometry.experiments:EXPERIMENT",
         "Geometry of categorical/hierarchical concepts: causal inner product, concept vectors, hierarchical "

@@ -1,0 +1,268 @@
+"""Tests of the NLLB chapter's package: the synthetic world, the MoE layer, the translation model."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from paperlab.nllb import data as D
+from paperlab.nllb.model import ConditionalMoE, ModelConfig, MoEFFN, Seq2Seq, beam_search, greedy_decode
+from paperlab.nllb.train import RunConfig, Translator, encode_pairs, routing_by_language, score, train_run
+from paperlab.nn import SwiGLU
+from paperlab.utils import cpu_threads
+from paperlab_kernels import moe
+
+SMALL_WORLD = D.WorldConfig(n_high=300, n_low=40, n_valid=16, n_test=8)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    with cpu_threads(1):  # tiny models: one thread is much faster on a busy machine
+        yield
+
+
+def _moe(n_experts=4, d=8, hidden=6, **kwargs) -> MoEFFN:
+    torch.manual_seed(0)
+    return MoEFFN(d, hidden, n_experts, **kwargs)
+
+
+# ------------------------------------------------------------------------------------------- data
+def test_world_is_deterministic_and_seeded():
+    a = D.make_world(SMALL_WORLD)
+    D.make_world.cache_clear()
+    D.make_languages.cache_clear()
+    b = D.make_world(SMALL_WORLD)
+    assert a is not b and a.train == b.train and a.test == b.test
+    c = D.make_world(dataclasses.replace(SMALL_WORLD, seed=1))
+    assert c.test != a.test
+
+
+def test_world_structure():
+    world = D.make_world(SMALL_WORLD)
+    langs = world.languages
+    # related languages share word order and morphology, and many identical words
+    for high, low in zip(D.HIGH, D.LOW):
+        assert langs[low].relative == high and langs[low].order == langs[high].order
+        shared = sum(langs[high].lexicon[k] == langs[low].lexicon[k] for k in langs[high].lexicon)
+        assert shared >= 5
+    # held-out sets are multi-way parallel and never in training
+    train_sentences = {s for pairs in world.train.values() for pair in pairs for s in pair}
+    assert not set(world.test[D.HUB]) & train_sentences
+    assert len({len(v) for v in world.test.values()}) == 1
+    assert len(world.pairs("amu", D.HUB)) == SMALL_WORLD.n_low
+    with pytest.raises(ValueError, match="zero-shot"):
+        world.pairs(*D.ZERO_SHOT[0])
+    # one meaning, rendered: plural and tense morphology appear as suffixes
+    meaning = D.Meaning("dog", "pl", None, "see", "past", "cat", "sg", "red")
+    text = langs["ara"].render(meaning)
+    assert f"{langs['ara'].lexicon['dog']}-{langs['ara'].lexicon['plural']}" in text
+    assert f"{langs['ara'].lexicon['see']}-{langs['ara'].lexicon['past']}" in text.split()[-1]  # SOV
+
+
+def test_tokenizer_has_tags_and_roundtrips():
+    world = D.make_world(SMALL_WORLD)
+    tok = D.build_tokenizer(world)
+    for code in D.LANGUAGES:
+        assert D.tag(code) in tok.token_to_id
+    sentence = world.train[("ara", D.HUB)][0][0]
+    assert D.detokenize(tok.decode(tok.encode(sentence))) == sentence
+    with pytest.raises(ValueError, match="unknown language"):
+        D.tag("xyz")
+
+
+# ------------------------------------------------------------------------------------------- MoE
+def test_capacity_respected_and_overflow_logged():
+    layer = _moe(n_experts=4, capacity_factor=0.5).train()
+    x = torch.randn(64, 8)
+    y, _ = layer(x)
+    slot, index, capacity = layer.last["slot"], layer.last["expert_index"], layer.last["capacity"]
+    assert capacity == moe.capacity_for(64, 4, 2, 0.5)
+    for e in range(4):
+        assert int(((index == e) & (slot >= 0)).sum()) <= capacity
+    assert 0 < layer.last["dropped"] <= 1  # half the needed capacity: something is dropped
+    dropped_rows = (slot < 0).all(dim=1)
+    assert torch.equal(y[dropped_rows], torch.zeros_like(y[dropped_rows]))
+
+
+def test_load_balancing_loss_is_one_under_uniform_routing():
+    layer = _moe(n_experts=8)
+    torch.nn.init.zeros_(layer.gate.weight)  # p = 1/E for every token
+    _, l_aux = layer(torch.randn(40, 8))
+    assert l_aux.item() == pytest.approx(1.0, abs=1e-6)
+    with torch.no_grad():  # every token strongly prefers expert 0: l_aux -> E
+        layer.gate.weight.zero_()
+        layer.gate.weight[0] = 50.0
+    _, l_aux = layer(torch.ones(40, 8))
+    assert l_aux.item() == pytest.approx(8.0, rel=1e-3)
+
+
+def test_padding_never_routed():
+    layer = _moe(n_experts=4).train()
+    x = torch.randn(20, 8)
+    valid = torch.ones(20, dtype=torch.bool)
+    valid[::3] = False
+    y, l_aux = layer(x, valid)
+    assert (layer.last["slot"][~valid] == -1).all()
+    assert torch.equal(y[~valid], torch.zeros_like(y[~valid]))
+    # the real tokens' outputs and l_aux do not depend on the padding's values
+    x2 = x.clone()
+    x2[~valid] = 100.0
+    torch.manual_seed(1)
+    y1, l1 = layer(x, valid)
+    torch.manual_seed(1)
+    y2, l2 = layer(x2, valid)
+    assert torch.allclose(y1[valid], y2[valid]) and torch.allclose(l1, l2)
+
+
+def test_moe_layer_equals_per_token_loop():
+    layer = _moe(n_experts=4, capacity_factor=0.75).eval()
+    x = torch.randn(30, 8)
+    y, _ = layer(x)
+    expert_index, gate, slot, *_ = layer.route(x, torch.ones(30, dtype=torch.bool))
+
+    def expert_fn(e, row):
+        return layer.experts(torch.zeros(4, 1, 8).index_copy(0, torch.tensor([e]), row.view(1, 1, 8)))[e, 0]
+
+    expected = moe.dispatch_combine_loop(x, expert_index, slot, gate, expert_fn)
+    assert torch.allclose(y, expected, atol=1e-6)
+
+
+def test_eom_p0_is_identity_and_p_masks_whole_tokens():
+    x = torch.randn(400, 8)
+    plain = _moe(n_experts=4, gumbel_second=False, eom_p=0.0).train()
+    masked = _moe(n_experts=4, gumbel_second=False, eom_p=0.3).train()
+    y0, _ = plain(x)
+    reference = moe.combine(
+        plain.experts(
+            moe.dispatch(x, plain.last["expert_index"], plain.last["slot"], 4, plain.last["capacity"])
+        ),
+        plain.last["expert_index"],
+        plain.last["slot"],
+        plain.route(x, torch.ones(400, dtype=torch.bool))[1],
+    )
+    assert torch.equal(y0, reference)  # p = 0: the identity on the MoE output
+    y1, _ = masked(x)
+    zero = (y1 == 0).all(dim=1)
+    assert torch.allclose(y1[~zero], y0[~zero])  # kept tokens: unchanged, no rescaling
+    assert 0.2 < zero.float().mean().item() < 0.4
+    masked.eval()
+    assert torch.allclose(masked(x)[0], 0.7 * plain.eval()(x)[0], atol=1e-6)  # eval: expected value
+
+
+def test_one_expert_moe_equals_dense_ffn():
+    torch.manual_seed(0)
+    dense = SwiGLU(8, 12)
+    layer = MoEFFN(8, 12, 1).load_dense(dense).train()
+    x = torch.randn(25, 8)
+    y, l_aux = layer(x)
+    assert torch.allclose(y, dense(x), atol=1e-6)
+    assert l_aux.item() == pytest.approx(1.0)
+
+
+def test_conditional_moe_with_gate_zero_is_dense():
+    torch.manual_seed(0)
+    layer = ConditionalMoE(8, 12, MoEFFN(8, 6, 4), budget=0.8)
+    with torch.no_grad():
+        layer.gate.weight.zero_()
+        layer.gate.bias.fill_(-1e4)  # sigmoid(-1e4) == 0 exactly in float32
+    x = torch.randn(10, 8)
+    y, _, budget = layer(x)
+    assert torch.equal(y, layer.dense(x))
+    assert budget.item() == pytest.approx(0.8)
+
+
+def test_model_config_and_moe_placement():
+    config = ModelConfig(vocab_size=50, ffn="moe", n_experts=4)
+    model = Seq2Seq(config)
+    assert sorted(model.moe_layers()) == ["decoder.1", "encoder.1"]
+    with pytest.raises(ValueError, match="ffn"):
+        ModelConfig(vocab_size=50, ffn="sparse")
+    with pytest.raises(ValueError, match="eom_p"):
+        ModelConfig(vocab_size=50, eom_p=1.0)
+
+
+# ------------------------------------------------------------------------------------ translation
+def _translator(ffn="dense") -> Translator:
+    world = D.make_world(SMALL_WORLD)
+    tok = D.build_tokenizer(world)
+    torch.manual_seed(0)
+    return Translator(Seq2Seq(ModelConfig(vocab_size=tok.vocab_size, ffn=ffn, n_experts=4)), tok)
+
+
+def test_decoding_emits_requested_target_tag():
+    translator = _translator("moe")
+    world = D.make_world(SMALL_WORLD)
+    sentences = world.test["ara"][:3]
+    for target in ("pax", "bel", "amu"):
+        for beam in (1, 3):
+            out = translator.translate(sentences, "ara", target, beam_size=beam, return_ids=True, max_new=6)
+            assert all(ids[0] == translator.tag_id(target) for ids in out)
+    src = encode_pairs(translator, world.pairs("ara", "pax", split="test")[:4], ("ara", "pax"))[0]
+    tags = torch.full((4,), translator.tag_id("pax"))
+    greedy = greedy_decode(translator.model, src, tags, max_new=6)
+    assert greedy == beam_search(translator.model, src, tags, beam_size=1, max_new=6)
+    assert all(len(ids) <= 7 for ids in greedy)
+
+
+def test_bad_input_errors_name_the_problem():
+    translator = _translator()
+    with pytest.raises(ValueError, match="unknown source language 'xx'"):
+        translator.translate(["kuni"], "xx", "pax")
+    with pytest.raises(ValueError, match="unknown target language 'eng'"):
+        translator.translate(["kuni"], "ara", "eng")
+    with pytest.raises(ValueError, match="empty source sentence"):
+        translator.translate(["  "], "ara", "pax")
+    with pytest.raises(ValueError, match="more than max_len"):
+        translator.translate([" ".join(["kuni"] * 40)], "ara", "pax")
+    with pytest.raises(ValueError, match="both 'ara'"):
+        translator.translate(["kuni"], "ara", "ara")
+    with pytest.raises(ValueError, match="single str"):
+        translator.translate("kuni", "ara", "pax")
+
+
+def test_scores_perfect_and_wrong():
+    refs = ["kuni taho-ra sutri mimod dusi-wi", "sutri mimod duda wikka-su kuni"]
+    assert score(refs, refs) == {"chrf": pytest.approx(100.0), "bleu": pytest.approx(100.0)}
+    assert score(["xx yy", "zz"], refs)["chrf"] < 10
+
+
+def test_training_smoke_loss_decreases_and_records():
+    run = RunConfig(
+        world=SMALL_WORLD,
+        languages=("ara", "amu"),
+        ffn="moe",
+        n_experts=4,
+        d_model=32,
+        d_hidden=64,
+        steps=30,
+        batch_size=16,
+        lr=3e-3,
+        warmup_steps=5,
+        eval_every=15,
+    )
+    model, translator, record = train_run(run)
+    loss = record["history"]["loss"]
+    assert loss[-1] < loss[0] - 0.5
+    assert {e["step"] for e in record["history"]["evals"]} == {15, 30}
+    assert set(record["test"]) == {"ara-pax", "pax-ara", "amu-pax", "pax-amu"}
+    assert len(record["moe_log"]["l_aux"]) == 30 and all(v > 0 for v in record["moe_log"]["l_aux"])
+    usage = record["routing"]["usage"]["encoder.1"]
+    assert set(usage) == {"ara", "amu", "pax"}
+    assert all(sum(v) == pytest.approx(1.0) for v in usage.values())
+    again = routing_by_language(model, translator, D.make_world(SMALL_WORLD), run.languages)
+    assert again["usage"] == record["routing"]["usage"]
+
+
+def test_low_resource_noise_misaligns_a_fixed_fraction():
+    clean = D.make_world(dataclasses.replace(SMALL_WORLD, low_noise=0.0))
+    noisy = D.make_world(dataclasses.replace(SMALL_WORLD, low_noise=0.25))
+    for code in D.LOW:
+        a, b = clean.train[(code, D.HUB)], noisy.train[(code, D.HUB)]
+        assert [s for s, _ in a] == [s for s, _ in b]  # same source sentences
+        changed = sum(x[1] != y[1] for x, y in zip(a, b))
+        assert changed == round(0.25 * SMALL_WORLD.n_low)
+    assert clean.train[("ara", D.HUB)] == noisy.train[("ara", D.HUB)]  # high-resource pairs stay clean
+    with pytest.raises(ValueError, match="low_noise"):
+        D.WorldConfig(low_noise=1.0)
