@@ -41,7 +41,7 @@ class CostConfig:
     d_state: int = 32
     chunk_size: int = 64
     state_sizes: tuple[int, ...] = (16, 32, 64, 128, 256)
-    state_length: int = 2048
+    state_length: int = 16384  # long enough that fixed per-call costs do not hide the growth in N
     repeats: int = 2
     seed: int = 0
 
