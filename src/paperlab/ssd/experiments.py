@@ -41,7 +41,7 @@ class CostConfig:
     d_state: int = 32
     chunk_size: int = 64
     state_sizes: tuple[int, ...] = (16, 32, 64, 128, 256)
-    state_length: int = 16384  # long enough that fixed per-call costs do not hide the growth in N
+    state_length: int = 8192  # long enough that fixed per-call costs do not hide the growth in N
     repeats: int = 2
     seed: int = 0
 
@@ -181,7 +181,8 @@ def _inputs(config: CostConfig, length: int, d_state: int):
 
 
 def cost_sweep(config: CostConfig) -> dict:
-    """Forward time (seconds) of each algorithm and kernel, against length and against state size."""
+    """Forward time (seconds) of each algorithm and kernel, against length (all threads) and against state
+    size (one thread)."""
 
     def compute() -> dict:
         by_length: dict[str, dict[str, float]] = {}
@@ -195,13 +196,17 @@ def cost_sweep(config: CostConfig) -> dict:
                     seconds = _time(lambda fn=fn, inputs=inputs: fn(inputs), config.repeats)
                     by_length.setdefault(name, {})[str(length)] = seconds
             by_state: dict[str, dict[str, float]] = {}
-            for n in config.state_sizes:
-                inputs = _inputs(config, config.state_length, n)
-                methods = _methods(config, config.state_length)
-                for name in ("chunked (PyTorch)", "chunked (Numba)", "scan (Numba)"):
-                    seconds = _time(lambda fn=methods[name], inputs=inputs: fn(inputs), config.repeats)
-                    by_state.setdefault(name, {})[str(n)] = seconds
-        return {"by_length": by_length, "by_state": by_state, "threads": torch.get_num_threads()}
+            # one thread: with two (batch x head) pairs on two threads, one late thread doubles a call's
+            # time, and that noise hid the growth in N; one thread measures the work itself
+            with cpu_threads(1):
+                for n in config.state_sizes:
+                    inputs = _inputs(config, config.state_length, n)
+                    methods = _methods(config, config.state_length)
+                    for name in ("chunked (PyTorch)", "chunked (Numba)", "scan (Numba)"):
+                        seconds = _time(lambda fn=methods[name], inputs=inputs: fn(inputs), config.repeats)
+                        by_state.setdefault(name, {})[str(n)] = seconds
+        return {"by_length": by_length, "by_state": by_state, "threads": torch.get_num_threads(),
+                "threads_by_state": 1}
 
     return cache.cached("ssd-cost", config, compute, seed=config.seed)
 
