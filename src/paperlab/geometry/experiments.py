@@ -97,21 +97,7 @@ CONFIGS = {
         points_per_group=150,
         planted=PlantedConfig(d=64, n_other=500),
     ),
-    "full": GeometryConfig(
-        lm=LMConfig(
-            d_model=64,
-            n_layers=1,
-            train=TrainConfig(
-                steps=2000,
-                batch_size=256,
-                lr=3e-3,
-                warmup_steps=100,
-                weight_decay=0.0,
-                eval_every=250,
-                log_every=25,
-            ),
-        )
-    ),
+    "full": GeometryConfig(),  # the defaults: LMConfig trains for 2000 steps
 }
 
 

@@ -77,13 +77,13 @@ class LMConfig:
     n_heads: int = 4
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(
-            steps=1500,
+            steps=2000,
             batch_size=256,
             lr=3e-3,
             warmup_steps=100,
             weight_decay=0.0,
-            eval_every=500,
-            log_every=50,
+            eval_every=250,
+            log_every=25,
         )
     )
     eval_sentences: int = 2000

@@ -71,7 +71,7 @@ class MQARConfig:
     attention: bool = True
     attention_lr: float | None = 1e-3
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        steps=600, batch_size=32, lr=1e-2, warmup_steps=60, weight_decay=0.0, seed=0))
+        steps=600, batch_size=32, lr=1e-2, warmup_steps=60, weight_decay=0.0, eval_every=50, seed=0))
     n_test: int = 512
     test_seed: int = 12345
 
@@ -87,7 +87,8 @@ CONFIGS = {
         cost=CostConfig(lengths=(128, 256, 512, 1024), quadratic_max_length=1024, recurrent_max_length=256,
                         state_sizes=(16, 64), state_length=256, repeats=1),
         mqar=MQARConfig(seq_len=32, n_pairs=4, vocab_size=64, widths=(16,), state_sizes=(4, 32),
-                        train=TrainConfig(steps=40, batch_size=32, lr=1e-2, warmup_steps=4, weight_decay=0.0),
+                        train=TrainConfig(steps=40, batch_size=32, lr=1e-2, warmup_steps=4, weight_decay=0.0,
+                                          eval_every=10),
                         n_test=128),
     ),
     "full": SSDConfig(),
@@ -232,8 +233,9 @@ def make_attention(config: MQARConfig, width: int) -> GPT:
 def mqar_job(config: MQARConfig, kind: str, width: int, d_state: int | None,
              device: str | torch.device | None = None) -> dict:
     """Train one MQAR model (``kind`` ``"mamba"`` with state size ``d_state``, or ``"attention"``) from
-    the config's seed and score it on the config's fixed test set: ``{"accuracy", "final_loss",
-    "parameters", "seconds"}``. A module-level function, so that worker processes can run it."""
+    the config's seed and score it on the config's fixed test set, every ``train.eval_every`` steps and at
+    the end: ``{"accuracy", "curve": {"steps", "accuracy"}, "final_loss", "parameters", "seconds"}``. A
+    module-level function, so that worker processes can run it."""
     dev = auto_device(device)
     test = mqar_batch(config.n_test, config.seq_len, config.n_pairs, config.vocab_size,
                       torch.Generator().manual_seed(config.test_seed))
@@ -252,10 +254,14 @@ def mqar_job(config: MQARConfig, kind: str, width: int, d_state: int | None,
         generator = torch.Generator().manual_seed(tc.seed * 1_000_003 + step * 101 + rank)
         return mqar_batch(tc.batch_size, config.seq_len, config.n_pairs, config.vocab_size, generator)
 
+    def eval_fn(m) -> dict:
+        return {"accuracy": mqar_accuracy(m, *test)}
+
     with cpu_threads(1):  # tiny models: one thread is faster than two busy cores
-        result = train(model, get_batch, lambda m, batch: m.loss(*batch), tc, device=dev, desc="MQAR")
-        accuracy = mqar_accuracy(model, *test)
-    return {"accuracy": accuracy, "final_loss": result.loss[-1],
+        result = train(model, get_batch, lambda m, batch: m.loss(*batch), tc, eval_fn=eval_fn, device=dev,
+                       desc="MQAR")
+    curve = {"steps": [e["step"] for e in result.evals], "accuracy": [e["accuracy"] for e in result.evals]}
+    return {"accuracy": curve["accuracy"][-1], "curve": curve, "final_loss": result.loss[-1],
             "parameters": count_parameters(model), "seconds": result.seconds}
 
 
@@ -268,7 +274,7 @@ def mqar_sweep(config: MQARConfig, device: str | torch.device | None = None,
     trains it, so the results do not depend on ``workers``.
 
     Returns ``{"mamba": {d_state: {width: result}}, "attention": {width: result}}`` (keys as strings),
-    each result ``{"accuracy", "final_loss", "parameters", "seconds"}``.
+    each result as :func:`mqar_job` returns it.
     """
 
     def compute() -> dict:
