@@ -54,10 +54,11 @@ class MQARConfig:
     two and a half minutes: 8 pairs in 64 tokens, a vocabulary of 256 (127 keys, 128 values, so chance is
     1/128), state sizes 8, 32 and 128, widths 32 and 64, 600 steps of 32 sequences. A state with ``N``
     below the number of pairs cannot hold every key in an ``N``-dimensional key space; the paper's
-    setting (T = 256-1024, T/4 pairs, vocabulary 8192) needs GPU-days. ``attention_lr`` replaces
+    setting (T = 256-1024, T/4 pairs, vocabulary 8192) is far beyond a CPU budget. ``attention_lr`` replaces
     ``train.lr`` for the attention baseline (transformers want a lower peak rate than these SSMs;
     ``None`` = the same rate). ``headdim`` is small so that the widths give a few heads; ``chunk_size``
-    16 is the fastest chunk on a CPU at this length.
+    16 was the fastest chunk in our CPU timings at this length (every chunk size computes the same
+    function, up to rounding).
     """
 
     seq_len: int = 64
