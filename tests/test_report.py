@@ -1,21 +1,76 @@
 import pytest
 
-from paperlab.report import Row, scorecard_markdown
+from paperlab import stats
+from paperlab.report import Claim, SingleRunRow, scorecard_markdown, show, summary
+
+GREATER = Claim("A beats B", metric="accuracy (higher is better)", effect="A - B", smallest_effect=0.05)
 
 
-def test_scorecard_table_shape_and_verdicts():
-    text = scorecard_markdown([
-        Row("loss falls", "300 steps", "2.1 | 2.3", True),
-        Row("GPU is faster", "CPU only", "-", None, note="needs a GPU"),
-        Row("gap narrows", "3 sizes", "0.2 -> 0.3", False),
-    ])
-    lines = text.splitlines()
-    assert lines[0] == "| paper's claim | our setting | our number | held? |"
-    assert len(lines) == 5 and all(line.count(" | ") == 3 for line in lines[2:])
-    assert "2.1 \\| 2.3" in lines[2] and lines[2].endswith("| yes |")
-    assert "not tested here (needs a GPU)" in lines[3] and "**no**" in lines[4]
+def estimate(low, high, method="bootstrap over 500 items", n=500):
+    return stats.Estimate((low + high) / 2, low, high, n, method)
 
 
-def test_empty_scorecard_is_an_error():
+@pytest.mark.parametrize("low, high, verdict", [
+    (0.06, 0.10, "held"),          # wholly beyond the smallest effect
+    (0.01, 0.04, "not held"),      # real, but smaller than what counts
+    (-0.03, 0.02, "not held"),     # around zero, narrow: an effect that counts is ruled out
+    (-0.20, -0.10, "not held"),    # the opposite direction
+    (0.02, 0.08, "inconclusive"),  # contains the smallest effect
+])
+def test_greater_verdicts(low, high, verdict):
+    assert GREATER.judge(estimate(low, high), setting="s").verdict == verdict
+
+
+def test_less_and_within_verdicts():
+    less = Claim("loss drops", metric="loss", effect="new - old", smallest_effect=-0.01, direction="less")
+    assert less.judge(estimate(-0.05, -0.02), setting="s").verdict == "held"
+    assert less.judge(estimate(-0.02, 0.01), setting="s").verdict == "inconclusive"
+    assert less.judge(estimate(0.0, 0.01), setting="s").verdict == "not held"
+    within = Claim("unchanged", metric="acc", effect="after - before", smallest_effect=0.02,
+                   direction="within")
+    assert within.judge(estimate(-0.01, 0.015), setting="s").verdict == "held"
+    assert within.judge(estimate(-0.01, 0.03), setting="s").verdict == "inconclusive"
+    assert within.judge(estimate(0.03, 0.05), setting="s").verdict == "not held"
+
+
+def test_fewer_than_three_seeds_is_inconclusive_and_says_why():
+    row = GREATER.judge(stats.over_seeds([0.5, 0.5001]), setting="2 seeds")
+    assert row.verdict == "inconclusive"
+    assert any("fewer than 3 seeds" in n for n in row.notes)
+
+
+def test_planted_untestable_and_unconverged_are_marked():
+    planted = Claim("simplex", metric="m", effect="e", smallest_effect=0.0, planted=True)
+    row = planted.judge(estimate(1, 2), setting="s", converged=False)
+    text = scorecard_markdown([row])
+    assert "(planted)" in text and "not a reproduction" in text and "runs not converged" in text
+    untestable = GREATER.untestable("needs a GPU")
+    assert untestable.verdict == "not testable here" and untestable.held is None
+    assert "held" in summary([row, untestable]) and "1 planted" in summary([row, untestable])
+
+
+def test_table_shape_escapes_pipes_and_legacy_rows():
+    rows = [GREATER.judge(estimate(0.06, 0.1), setting="a | b"),
+            SingleRunRow("old claim", "one run", "0.3", True)]
+    lines = scorecard_markdown(rows).splitlines()
+    assert len(lines) == 4 and lines[1] == "|---|---|---|---|---|"
+    assert "a \\| b" in lines[2] and "**held**" in lines[2]
+    assert "single run, not judged: yes" in lines[3]
+    assert "1 single-run rows not judged" in summary(rows)
+    assert "effect = A - B, counts if > 0.05" in lines[2]
+    show(rows[0])
+
+
+def test_bad_claims_and_rows_are_rejected():
+    with pytest.raises(ValueError, match="direction"):
+        Claim("c", "m", "e", 0.1, direction="up")
+    with pytest.raises(ValueError, match="within"):
+        Claim("c", "m", "e", 0.0, direction="within")
+    with pytest.raises(ValueError, match="metric"):
+        Claim("c", "", "e", 0.1)
+    with pytest.raises(TypeError, match="Estimate"):
+        GREATER.judge(0.5, setting="s")
     with pytest.raises(ValueError, match="at least one row"):
         scorecard_markdown([])
+    with pytest.raises(TypeError, match="report.Row"):
+        scorecard_markdown(["not a row"])

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from paperlab.config import PROFILES, check_profile
+from paperlab.utils import parallel_map
 
 
 @dataclass(frozen=True)
@@ -69,3 +70,21 @@ def _replace_path(config: Any, parts: list[str], value: Any, full: str) -> Any:
             f"{full} must be a {type(current).__name__} (current value {current!r}), got {value!r}"
         )
     return dataclasses.replace(config, **{head: value})
+
+
+def over_seeds(fn: Callable[..., Any], seeds: tuple[int, ...] | list[int], *args: Any,
+               workers: int | None = None, desc: str = "seeds") -> list[Any]:
+    """``[fn(seed, *args) for seed in seeds]``, one process per core (:func:`paperlab.utils.parallel_map`).
+
+    The evidence standard asks for >= 3 independent runs per claim; this runs them side by side on both
+    cores. ``fn`` must be a module-level function (the workers are spawned) that goes through the
+    artifact cache itself (``cache.cached(name, config, compute, seed=seed)``), so a rerun loads every
+    seed's result in seconds. Results come back in the order of ``seeds``; summarise them with
+    :func:`paperlab.stats.over_seeds`.
+    """
+    seeds = list(seeds)
+    if not seeds:
+        raise ValueError("over_seeds needs at least one seed")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be distinct, got {seeds}")
+    return parallel_map(fn, [(seed, *args) for seed in seeds], workers=workers, desc=desc)

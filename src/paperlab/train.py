@@ -40,6 +40,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from paperlab.stats import Convergence, convergence
 from paperlab.utils import progress, threads_pinned
 
 __all__ = [
@@ -345,6 +346,18 @@ class TrainResult:
             known = sorted({k for e in self.evals for k in e if k != "step"})
             raise KeyError(f"no evaluation reported {name!r}; reported metrics: {known}")
         return [e["step"] for e in rows], [e[name] for e in rows]
+
+    def convergence(self, name: str = "val_loss", **kwargs: Any) -> Convergence:
+        """Is the evaluated metric ``name`` still falling over the last fifth of training?
+
+        See :func:`paperlab.stats.convergence` (slope with a 95% interval; "still falling" when the fall is
+        both real and larger than 0.5% of the level). A comparison of runs that are still falling says so.
+        """
+        steps, values = self.eval_history(name)
+        if len(steps) < 3:
+            raise ValueError(f"convergence needs >= 3 evaluations of {name!r}, got {len(steps)}; "
+                             "set TrainConfig.eval_every")
+        return convergence(steps, values, **kwargs)
 
     def to_dict(self) -> dict:
         """A JSON-able dict (lists, numbers, strings)."""

@@ -1,0 +1,108 @@
+import math
+
+import numpy as np
+import pytest
+
+from paperlab import stats
+
+
+def test_over_seeds_matches_the_t_formula_and_keeps_values():
+    est = stats.over_seeds([1.0, 2.0, 3.0])
+    half = 4.302652729911275 * 1.0 / math.sqrt(3)  # t_{0.975, 2} * s / sqrt(n)
+    assert est.value == 2.0 and est.n == 3 and est.values == (1.0, 2.0, 3.0)
+    assert est.low == pytest.approx(2.0 - half) and est.high == pytest.approx(2.0 + half)
+    assert "3 seeds" in est.method
+
+
+def test_t_interval_covers_the_mean_about_95_percent_of_the_time():
+    rng = np.random.default_rng(0)
+    covered = 0
+    for _ in range(2000):
+        est = stats.over_seeds(rng.normal(1.0, 2.0, size=5))
+        covered += est.low < 1.0 < est.high
+    assert 0.93 < covered / 2000 < 0.97
+
+
+def test_paired_is_narrower_than_unpaired_when_pairs_share_noise():
+    rng = np.random.default_rng(1)
+    shared = rng.normal(0, 5, size=8)
+    a, b = shared + 1.0 + rng.normal(0, 0.1, 8), shared + rng.normal(0, 0.1, 8)
+    assert stats.paired(a, b).half_width < stats.difference(a, b).half_width / 5
+    assert stats.paired(a, b).low > 0.5
+
+
+def test_bootstrap_ratio_of_sums_and_reproducible():
+    rng = np.random.default_rng(2)
+    excess, tokens = rng.normal(0.1, 0.05, 400) * 10, rng.integers(5, 15, 400)
+    ratio = lambda e, t: e.sum() / t.sum()
+    one = stats.bootstrap((excess, tokens), ratio, seed=3)
+    assert one == stats.bootstrap((excess, tokens), ratio, seed=3)
+    assert one.value == pytest.approx(excess.sum() / tokens.sum())
+    assert one.low < one.value < one.high and one.n == 400
+
+
+def test_proportion_wilson_edges():
+    est = stats.proportion(500, 500)
+    assert est.value == 1.0 and est.high == pytest.approx(1.0) and 0.99 < est.low < 1.0
+    with pytest.raises(ValueError, match="successes"):
+        stats.proportion(6, 5)
+
+
+def test_against_null_excludes_zero_only_outside_the_null():
+    null = np.random.default_rng(4).normal(0, 1, 1000)
+    assert stats.against_null(3.5, null).low > 0
+    inside = stats.against_null(0.5, null)
+    assert inside.low < 0 < inside.high
+
+
+def test_loglog_fit_recovers_a_power_law():
+    x = np.array([1, 2, 4, 8, 16.0])
+    slope, prefactor, r2 = stats.loglog_fit(x, 3 * x ** -0.5)
+    assert slope == pytest.approx(-0.5) and prefactor == pytest.approx(3) and r2 == pytest.approx(1)
+    with pytest.raises(ValueError, match="positive"):
+        stats.loglog_fit([1, 2], [0, 1])
+
+
+def test_convergence_tells_falling_from_flat_and_noisy():
+    steps = np.arange(100, 2100, 100)
+    falling = stats.convergence(steps, 2.0 - steps / 4000)
+    assert falling.still_falling and falling.drop > 0
+    rng = np.random.default_rng(5)
+    flat = stats.convergence(steps, 1.5 + rng.normal(0, 0.01, steps.size))
+    assert flat.converged
+    rising = stats.convergence(steps, 1.5 + steps / 10000)
+    assert rising.converged  # overfitting is not "still falling"
+    tiny = stats.convergence(steps, 2.0 - steps * 1e-8)
+    assert tiny.converged  # a significant but negligible fall
+
+
+def test_bad_input_is_named():
+    with pytest.raises(ValueError, match="at least 2"):
+        stats.over_seeds([1.0])
+    with pytest.raises(ValueError, match="non-finite"):
+        stats.over_seeds([1.0, float("nan")])
+    with pytest.raises(ValueError, match="equally many"):
+        stats.paired([1, 2, 3], [1, 2])
+    with pytest.raises(ValueError, match="finite"):
+        stats.exact(float("inf"))
+
+
+def _square_plus(seed, offset):
+    return seed * seed + offset
+
+
+def test_over_seeds_runner_keeps_seed_order_and_rejects_duplicates():
+    from paperlab.experiments import over_seeds as run_over_seeds
+
+    assert run_over_seeds(_square_plus, [3, 1, 2], 10, workers=1) == [19, 11, 14]
+    with pytest.raises(ValueError, match="distinct"):
+        run_over_seeds(_square_plus, [1, 1], 0, workers=1)
+
+
+def test_train_result_convergence_needs_evaluations():
+    from paperlab.train import TrainResult
+
+    falling = TrainResult(evals=[{"step": s, "val_loss": 2 - s / 1000} for s in range(100, 1100, 100)])
+    assert falling.convergence().still_falling
+    with pytest.raises(ValueError, match="eval_every"):
+        TrainResult(evals=[{"step": 1, "val_loss": 1.0}]).convergence()
