@@ -9,13 +9,18 @@ validation loss has a floor to be measured against: ``loss >= H_token`` for any 
 2. trains a :class:`paperlab.nn.GPT` with :func:`paperlab.train.train` on random windows of the stream
    (next-token cross-entropy), evaluating the validation loss every ``eval_every`` steps;
 3. scores whole validation sentences with :func:`paperlab.nn.sequence_logprob`, given only the previous
-   sentence's end ("."), which is the quantity the entropy floor bounds.
+   sentence's end ("."), which is the quantity the entropy floor bounds, and pairs each sentence's
+   model loss with its exact ``-log p(s)`` (the paired excess of sec-toolkit-logprob);
+4. samples sentences and parses them with the grammar;
 
-The trained weights and the histories are stored in the artifact cache (:func:`paperlab.cache.cached`).
+and does all of it for each of ``config.seeds`` (independent initialisations and data orders, trained
+side by side on both cores), so the chapter's scorecard can give intervals over seeds. The trained
+weights and the histories are stored in the artifact cache (:func:`paperlab.cache.cached`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -24,7 +29,7 @@ import torch
 from paperlab import cache
 from paperlab.config import pick
 from paperlab.data import Grammar, GrammarConfig, lm_batches, split_train_val
-from paperlab.experiments import Experiment
+from paperlab.experiments import Experiment, over_seeds
 from paperlab.nn import GPT, GPTConfig, count_parameters, generate, sequence_logprob
 from paperlab.tokenizers import WordTokenizer
 from paperlab.train import TrainConfig, TrainResult, auto_device, seed_everything, train
@@ -44,17 +49,20 @@ class ToolkitConfig:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=1000, batch_size=32))
     eval_windows: int = 64  # validation windows per evaluation
     data_seed: int = 0
+    seeds: tuple[int, ...] = (0, 1, 2)  # training seeds of run(); load_trained uses train.seed
+    n_val_sentences: int = 2_000  # validation sentences scored against the grammar
+    n_samples: int = 500  # sentences sampled (per seed) and parsed
 
 
 CONFIGS = {
     "fast": ToolkitConfig(
         n_sentences=3_000, context_length=32, d_model=64, n_layers=2, n_heads=4,
-        train=TrainConfig(steps=300, batch_size=16, lr=3e-3, warmup_steps=30, eval_every=100, seed=0),
-        eval_windows=32,
+        train=TrainConfig(steps=300, batch_size=16, lr=3e-3, warmup_steps=30, eval_every=50, seed=0),
+        eval_windows=32, n_val_sentences=300, n_samples=100,
     ),
     "full": ToolkitConfig(
         n_sentences=20_000, context_length=64, d_model=128, n_layers=2, n_heads=4,
-        train=TrainConfig(steps=1200, batch_size=32, lr=2e-3, warmup_steps=60, eval_every=100, seed=0),
+        train=TrainConfig(steps=1200, batch_size=32, lr=2e-3, warmup_steps=60, eval_every=50, seed=0),
         eval_windows=128,
     ),
 }
@@ -116,20 +124,14 @@ def window_loss(model: GPT, ids: torch.Tensor, config: ToolkitConfig, n_windows:
     return model.loss(x.to(device), y.to(device)).item()
 
 
-@torch.no_grad()
-def sentence_loss(model: GPT, corpus: Corpus, sentences: list[str], batch_size: int = 256) -> float:
+def sentence_loss(model: GPT, corpus: Corpus, sentences: list[str]) -> float:
     """Nats per token of whole sentences, each given only the preceding "." (the sentence boundary).
 
     ``-sum_s log p_model(s | ".") / sum_s len(s)``: the same ratio as the grammar's entropy per token,
     so the two are directly comparable (the model can only be worse: cross-entropy >= entropy).
     """
-    total_logprob, total_tokens = 0.0, 0
-    for start in range(0, len(sentences), batch_size):
-        batch = [corpus.tokenizer.encode(s) for s in sentences[start:start + batch_size]]
-        logprob = sequence_logprob(model, [[corpus.end_id]] * len(batch), batch)
-        total_logprob += logprob.sum().item()
-        total_tokens += sum(len(b) for b in batch)
-    return -total_logprob / total_tokens
+    n_tokens = sum(len(corpus.tokenizer.encode(s)) for s in sentences)
+    return float(sentence_nll(model, corpus, sentences).sum()) / n_tokens
 
 
 def train_model(config: ToolkitConfig, device: str | torch.device | None = None) -> dict:
@@ -168,27 +170,61 @@ def load_trained(config: ToolkitConfig,
     return model, corpus, TrainResult.from_dict(artifact["history"])
 
 
-def run(config: ToolkitConfig, device: str | torch.device | None = None, n_samples: int = 6) -> dict:
-    """Train (or load) the model and measure it; returns JSON-able results."""
+@torch.no_grad()
+def sentence_nll(model: GPT, corpus: Corpus, sentences: list[str], batch_size: int = 256) -> torch.Tensor:
+    """``-log p_model(s | ".")`` of each sentence, in nats: (n_sentences,) float64."""
+    out = []
+    for start in range(0, len(sentences), batch_size):
+        batch = [corpus.tokenizer.encode(s) for s in sentences[start:start + batch_size]]
+        out.append(-sequence_logprob(model, [[corpus.end_id]] * len(batch), batch).double().cpu())
+    return torch.cat(out)
+
+
+def measure_seed(seed: int, config: ToolkitConfig, device: str | None = None) -> dict:
+    """Train (or load) the model of training seed ``seed`` and measure it; JSON-able.
+
+    Per validation sentence: the model's nats and the grammar's exact ``-log p(s)`` (their difference is
+    the paired excess), and its length in tokens; ``n_samples`` sampled sentences and whether each parses.
+    """
+    config = dataclasses.replace(config, train=dataclasses.replace(config.train, seed=seed))
     model, corpus, history = load_trained(config, device)
-    entropy = corpus.grammar.exact_entropy_per_token()
-    n_val = min(len(corpus.val_sentences), 2_000)
-    generator = torch.Generator(device=next(model.parameters()).device).manual_seed(0)
-    samples = generate(model, [[corpus.end_id]] * n_samples, max_new_tokens=config.context_length - 1,
+    sentences = corpus.val_sentences[:config.n_val_sentences]
+    generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    samples = generate(model, [[corpus.end_id]] * config.n_samples, max_new_tokens=config.context_length - 1,
                        temperature=1.0, eos_id=corpus.end_id, generator=generator)
     sampled_text = [corpus.tokenizer.decode(s) for s in samples]
+    return {
+        "seed": seed,
+        "model_nats": sentence_nll(model, corpus, sentences).tolist(),
+        "true_nats": [-corpus.grammar.logprob_of_text(s) for s in sentences],
+        "n_tokens": [len(corpus.tokenizer.encode(s)) for s in sentences],
+        "final_val_window_loss": history.evals[-1]["val_loss"],
+        "converged": history.convergence("val_loss").converged,
+        "convergence": history.convergence("val_loss").describe(),
+        "samples": sampled_text,
+        "parses": [corpus.grammar.logprob_of_text(t) > float("-inf") for t in sampled_text],
+        "history": {"steps": history.steps, "loss": history.loss, "evals": history.evals},
+        "train_seconds": history.seconds,
+    }
+
+
+def run(config: ToolkitConfig, device: str | torch.device | None = None) -> dict:
+    """Train (or load) one model per seed of ``config.seeds`` (two at a time, one per core) and measure
+    each (:func:`measure_seed`); returns JSON-able results: ``seeds`` (one dict per seed) and the
+    seed-independent numbers of the corpus."""
+    device = None if device is None else str(auto_device(device))
+    corpus = build_corpus(config)
+    model = make_model(config, corpus.tokenizer.vocab_size)
+    # On a GPU the seeds run one after another in this process (worker processes would each start CUDA).
+    workers = 1 if device is not None and device.startswith("cuda") else None
+    per_seed = over_seeds(measure_seed, config.seeds, config, device, workers=workers, desc="toolkit seeds")
     return {
         "n_parameters": count_parameters(model),
         "vocab_size": corpus.tokenizer.vocab_size,
         "train_tokens": corpus.train_ids.numel(),
-        "entropy_per_token": entropy,
-        "final_val_window_loss": history.evals[-1]["val_loss"],
-        "val_sentence_loss": sentence_loss(model, corpus, corpus.val_sentences[:n_val]),
+        "entropy_per_token": corpus.grammar.exact_entropy_per_token(),
         "unigram_entropy": unigram_entropy(corpus.train_ids),
-        "samples": sampled_text,
-        "samples_in_grammar": sum(corpus.grammar.logprob_of_text(t) > float("-inf") for t in sampled_text),
-        "train_seconds": history.seconds,
-        "history": {"steps": history.steps, "loss": history.loss, "evals": history.evals},
+        "seeds": per_seed,
     }
 
 
