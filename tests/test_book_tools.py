@@ -240,6 +240,7 @@ def test_offline_book_has_sidebar_references_tables_and_nothing_from_the_web(tmp
     assert '<span class="eqno">(1)' in index
     # search, local MathJax, plotly.js only where a plotly figure is drawn, no request leaves the machine
     assert (tmp_path / "html" / "searchindex.js").is_file()
+    assert "paperlab-search.js" in (tmp_path / "html" / "search.html").read_text()
     assert "_static/mathjax/tex-chtml.js" in index
     assert "plotly.min.js" in second and "plotly.min.js" not in index
     for page in (index, second):

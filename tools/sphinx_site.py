@@ -12,7 +12,7 @@ source folder), so the table of contents lives in one place:
   Book 2 does) and numbered display equations.
 
 :func:`setup` is the Sphinx extension the generated ``conf.py`` loads: per-page plotly.js, per-chapter
-figure numbers and equation numbers.
+figure numbers, equation numbers, and search summaries without the theme's button labels.
 """
 
 from __future__ import annotations
@@ -157,10 +157,12 @@ def build(src: Path, out: Path, doctrees: Path, *, strict: bool = True) -> tuple
 # The Sphinx extension (loaded by the generated conf.py)
 
 
-def _plotly_per_page(app, pagename, templatename, context, doctree) -> None:
-    """Load the shared plotly.js only on pages that draw a plotly figure."""
+def _per_page_scripts(app, pagename, templatename, context, doctree) -> None:
+    """The shared plotly.js only on pages that draw a plotly figure; the search page's summary fix."""
     if doctree is not None and "plotly-graph-div" in context.get("body", ""):
         app.add_js_file(plotly_js().name, priority=200)
+    if pagename == "search":
+        app.add_js_file("paperlab-search.js", loading_method="defer")
 
 
 def _number_equations(app, doctree) -> None:
@@ -197,7 +199,7 @@ def _figures_per_chapter(app, env) -> list[str]:
 
 def setup(app):
     app.add_config_value("paperlab_number_equations", False, "env", bool)
-    app.connect("html-page-context", _plotly_per_page)
+    app.connect("html-page-context", _per_page_scripts)
     app.connect("doctree-read", _number_equations)
     app.connect("env-get-updated", _figures_per_chapter, priority=900)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
