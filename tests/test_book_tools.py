@@ -180,6 +180,27 @@ def test_jupyter_book_stage_drops_empty_parts_and_keeps_the_downloaded_theme(tmp
     assert first.source.startswith("---\ntitle: B")
 
 
+@pytest.mark.slow
+def test_jupyter_book_reads_the_staged_notebooks_without_warnings(tmp_path):
+    """As far as offline allows (mystmd's content step; the theme step needs the web)."""
+    import json
+
+    config = {"version": 1, "project": {"title": "Small", "toc": TOC,
+                                        "numbering": {"figure": True, "equation": True}},
+              "site": {"template": "book-theme"}}
+    second = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("(sec-b)=\n## Section B")],
+                                      metadata={"title": "B"})
+    book.stage_myst({"00-a": _chapter(), "01-b": second}, config, tmp_path)
+    proc = subprocess.run(book.jupyter_book() + ["build", "--site", "--strict"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    output = proc.stdout + proc.stderr
+    assert "Built 2 pages" in output and not book.MYST_WARNING.search(output), output
+    pages = (tmp_path / "_build" / "site" / "content").glob("*.json")
+    content = json.dumps([json.loads(page.read_text()) for page in pages])
+    assert '"type": "table"' in content  # the scorecard output, now a Markdown cell: a real table
+    assert '"type": "crossReference"' in content
+
+
 class _Proc:
     def __init__(self, returncode, stdout):
         self.returncode, self.stdout, self.stderr = returncode, stdout, ""
