@@ -9,7 +9,8 @@ STAMP  := $(VENV)/.paperlab-installed
 PIP    := $(BIN)/python -m pip
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: all venv book book-offline test lint unit chapters content-check bench lab lock clean clean-cache
+.PHONY: all venv book book-offline chapter serve test lint unit chapters content-check bench lab lock clean \
+	clean-cache
 
 all: test
 
@@ -23,11 +24,27 @@ $(STAMP): pyproject.toml constraints.txt
 	@cp tools/jupyterlab-overrides.json $(VENV)/share/jupyter/lab/settings/overrides.json
 	@touch $(STAMP)
 
-## The book: execute every chapter (cached) and render _build/html/index.html.
+## The book: execute every chapter (cached) and render _build/html: the Jupyter Book 2 site when its theme
+## can be downloaded, else the offline book (Sphinx). The last line says which, and how to view it.
 book: $(STAMP)
 	$(BIN)/python tools/book.py html
 
-## The tests: lint, unit tests, every chapter in the fast profile (nbmake), MyST content check.
+## The offline book (Sphinx) even when the web is reachable.
+book-offline: $(STAMP)
+	$(BIN)/python tools/book.py html --offline
+
+## One chapter: execute it (cached) and render the book, e.g. `make chapter CHAPTER=02-ssd` (or CHAPTER=02).
+## Chapters not executed yet are shown without outputs.
+chapter: $(STAMP)
+	@test -n "$(CHAPTER)" || { echo "name the chapter: make chapter CHAPTER=02-ssd (its file name or number)"; exit 2; }
+	$(BIN)/python tools/book.py html --only "$(CHAPTER)"
+
+## Serve the built book on http://127.0.0.1:$(PORT)/ (its pages need a server, not file://).
+PORT ?= 8000
+serve: $(STAMP)
+	$(BIN)/python tools/book.py serve --port $(PORT)
+
+## The tests: lint, unit tests, every chapter in the fast profile (nbmake), content check (MyST and Sphinx).
 test: lint unit chapters content-check
 
 lint: $(STAMP)

@@ -18,6 +18,20 @@ def test_peak_cpu_allocation_sees_overlapping_tensors_only():
     assert 8_000_000 <= peak < 8_100_000
 
 
+def test_peak_cpu_allocation_keeps_the_profiler_banner_off_stderr(capfd):
+    import os
+
+    from paperlab.utils import _without_kineto_banner
+
+    peak_cpu_allocation(lambda: torch.ones(100).sum())
+    with _without_kineto_banner():  # other output on file descriptor 2 still comes through
+        os.write(2, b"USDT:2026-11-30 10:00:00 1:1 SyncActivityProfilerHandler.cpp:52] profiler_start\n")
+        os.write(2, b"a real warning\n")
+    err = capfd.readouterr().err
+    assert "profiler_start" not in err and "profiler_stop" not in err
+    assert "a real warning" in err
+
+
 def test_parallel_map_keeps_job_order_in_processes_and_in_process():
     import operator
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
+import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
@@ -122,6 +124,30 @@ def parallel_map(fn: Callable[..., T], jobs: list[tuple], *, workers: int | None
         return [future.result() for future in futures]
 
 
+# Kineto (the profiler's backend) writes "USDT:... profiler_start" / "profiler_stop" lines straight to file
+# descriptor 2 when a profile starts and stops; they are not ours to show (they landed in the book's pages).
+KINETO_BANNER = re.compile(r"^USDT:.*\] profiler_(start|stop)\s*$")
+
+
+@contextlib.contextmanager
+def _without_kineto_banner() -> Iterator[None]:
+    """Capture file descriptor 2 for the duration; write back every line but Kineto's banner."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            kept = [line for line in captured.read().decode(errors="replace").splitlines(keepends=True)
+                    if not KINETO_BANNER.match(line)]
+            if kept:
+                sys.stderr.write("".join(kept))
+
+
 def peak_cpu_allocation(fn: Callable[[], T]) -> tuple[T, int]:
     """Run ``fn()``; return its result and the peak number of bytes that PyTorch CPU operations held
     allocated during it, above what was allocated before (tensors made earlier, such as a model's
@@ -133,8 +159,14 @@ def peak_cpu_allocation(fn: Callable[[], T]) -> tuple[T, int]:
     """
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+    with _without_kineto_banner():
+        prof.start()
+    try:
         result = fn()
+    finally:
+        with _without_kineto_banner():
+            prof.stop()
     changes = sorted((e.time_range.start, e.self_cpu_memory_usage) for e in prof.events()
                      if e.self_cpu_memory_usage)
     running = peak = 0
