@@ -416,3 +416,21 @@ def test_toolkit_training_does_not_depend_on_earlier_random_draws():
     torch.rand(1000)  # a draw between the two runs must not change the initial weights
     second = toolkit.train_model(config, "cpu")["state_dict"]
     assert all(torch.equal(first[name], second[name]) for name in first)
+
+
+def test_seeded_batches_one_stream_per_step_and_rank():
+    import dataclasses
+
+    from paperlab.train import batch_generator, seeded_batches
+
+    get_batch = seeded_batches(lambda g: (torch.randint(0, 2**30, (4,), generator=g),), seed=3)
+    first = get_batch(7, 0, 2)[0]
+    assert torch.equal(first, get_batch(7, 0, 2)[0])  # reproducible, whatever was drawn before
+    others = [get_batch(7, 1, 2)[0], get_batch(8, 0, 2)[0], seeded_batches(lambda g: (
+        torch.randint(0, 2**30, (4,), generator=g),), seed=4)(7, 0, 2)[0]]
+    assert all(not torch.equal(first, other) for other in others)  # other rank, step, run seed
+    assert torch.equal(first, torch.randint(0, 2**30, (4,), generator=batch_generator(3, 7, 0)))
+    config = TrainConfig(steps=10, batch_size=4)
+    assert hash(config) == hash(dataclasses.replace(config))  # frozen: usable inside hashed configs
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.steps = 3

@@ -47,10 +47,12 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "auto_device",
+    "batch_generator",
     "distributed_info",
     "is_main_process",
     "lr_at",
     "seed_everything",
+    "seeded_batches",
     "train",
 ]
 
@@ -218,9 +220,10 @@ def _is_real(value: Any) -> bool:
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
-    """How to train (what to train is the caller's).
+    """How to train (what to train is the caller's). Frozen, so that the configs that nest it can be
+    hashed and used as cache keys; change a field with ``dataclasses.replace``.
 
     - ``steps``: number of optimizer updates.
     - ``batch_size``: examples per update **per replica**; :func:`train` does not read it, ``get_batch``
@@ -278,7 +281,7 @@ class TrainConfig:
             or not all(_is_real(b) and 0 <= b < 1 for b in self.betas)
         ):
             fail("betas", "a pair (beta1, beta2) of numbers in [0, 1)")
-        self.betas = (float(self.betas[0]), float(self.betas[1]))
+        object.__setattr__(self, "betas", (float(self.betas[0]), float(self.betas[1])))
 
 
 def lr_at(step: int, config: TrainConfig) -> float:
@@ -417,6 +420,27 @@ def adamw_for(model: nn.Module, config: TrainConfig, device: torch.device | None
     return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, fused=fused or None)
 
 
+def batch_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
+    """The random generator of the batch of update ``step`` on replica ``rank`` of a run seeded ``seed``.
+
+    Seeded with ``seed * 1_000_003 + step * 101 + rank``: for runs of fewer than 9,900 steps on fewer than
+    101 replicas, no two ``(seed, step, rank)`` share a stream. So a run is reproducible, its batches do
+    not depend on what was drawn before, and each data-parallel replica sees other data.
+    """
+    return torch.Generator().manual_seed(seed * 1_000_003 + step * 101 + rank)
+
+
+def seeded_batches(sample: Callable[[torch.Generator], tuple], seed: int) -> Callable[..., tuple]:
+    """The ``get_batch`` of :func:`train` for a sampler of random batches: ``sample(generator)`` draws one
+    batch (a tuple of tensors) from the generator it is given, :func:`batch_generator` of each
+    ``(step, rank)``. Every experiment of the book draws its training batches this way."""
+
+    def get_batch(step: int, rank: int = 0, world_size: int = 1) -> tuple:
+        return sample(batch_generator(seed, step, rank))
+
+    return get_batch
+
+
 def _to_device(batch: Any, device: torch.device) -> tuple:
     if isinstance(batch, torch.Tensor):
         raise TypeError("get_batch must return a tuple of tensors (e.g. (x, y)); got a single tensor: "
@@ -426,13 +450,172 @@ def _to_device(batch: Any, device: torch.device) -> tuple:
     return tuple(t.to(device, non_blocking=True) if isinstance(t, torch.Tensor) else t for t in batch)
 
 
-def _check_finite(what: str, value: float, step: int, first: int, detail: str = "") -> None:
-    if not math.isfinite(value):
-        window = f"step {step}" if first == step else f"steps {first}..{step} (first bad: {detail})"
-        raise FloatingPointError(
-            f"non-finite training {what} ({value}) at {window}; the run is stopped rather than continued. "
-            "Try a lower lr, a smaller grad_clip, or a warmup."
+def _check_arguments(model: Any, get_batch: Any, loss_fn: Any, config: Any, eval_fn: Any,
+                     on_step: Any) -> None:
+    """The types :func:`train` needs, checked before any work starts."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+    for name, fn in (("get_batch", get_batch), ("loss_fn", loss_fn)):
+        if not callable(fn):
+            raise TypeError(f"{name} must be callable, got {type(fn).__name__}")
+    for name, fn in (("eval_fn", eval_fn), ("on_step", on_step)):
+        if fn is not None and not callable(fn):
+            raise TypeError(f"{name} must be callable or None, got {type(fn).__name__}")
+
+
+def _scalar(loss: Any) -> torch.Tensor:
+    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+        raise ValueError(f"loss_fn must return a scalar tensor, got {loss!r:.80}")
+    return loss
+
+
+@dataclass
+class _Setup:
+    """Where and how a run trains: device, this process's place among the replicas, the optimizer and
+    its parameters, and the loss as a module (wrapped in DDP when there are several replicas)."""
+
+    device: torch.device
+    rank: int
+    world_size: int
+    optimizer: torch.optim.Optimizer
+    params: list[torch.Tensor]
+    loss_module: nn.Module
+
+
+def _set_up(model: nn.Module, loss_fn: Callable, config: TrainConfig, device: Any,
+            optimizer: torch.optim.Optimizer | None) -> _Setup:
+    """Device and process group, seeds (per rank), model on the device, optimizer, DDP: in this order."""
+    rank, world_size, _ = distributed_info()
+    device = auto_device(device)
+    if world_size > 1:
+        _setup_distributed(device)
+        rank, world_size, _ = distributed_info()
+    seed_everything((config.seed + rank) % 2**32)  # different dropout masks per replica, same init below
+    model.to(device)
+    model.train()
+    if optimizer is None:
+        optimizer = adamw_for(model, config, device)
+    for group in optimizer.param_groups:
+        group.setdefault("initial_lr", group["lr"])
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    loss_module = _LossModule(model, loss_fn)
+    if world_size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # DDP broadcasts rank 0's parameters and buffers here, so every replica starts equal.
+        loss_module = DistributedDataParallel(
+            loss_module, device_ids=[device.index] if device.type == "cuda" else None
         )
+    return _Setup(device, rank, world_size, optimizer, params, loss_module)
+
+
+def _set_lr(optimizer: torch.optim.Optimizer, factor: float) -> None:
+    """Every group's learning rate = its initial one times ``factor`` (``lr_at(t) / config.lr``)."""
+    for group in optimizer.param_groups:
+        group["lr"] = group["initial_lr"] * factor
+
+
+def _evaluation_due(step: int, config: TrainConfig) -> bool:
+    return step == config.steps or bool(config.eval_every and step % config.eval_every == 0)
+
+
+def _evaluate(model: nn.Module, eval_fn: Callable[[nn.Module], Mapping[str, float]]) -> Mapping[str, float]:
+    """``eval_fn(model)`` in ``model.eval()`` mode under ``torch.no_grad()``, then ``model.train()``."""
+    model.eval()
+    try:
+        with torch.no_grad():
+            return eval_fn(model)
+    finally:
+        model.train()
+
+
+def _check_finite(what: str, values: torch.Tensor, mean: float, step: int, first: int) -> None:
+    """Stop the run when the mean of a logging window (steps ``first..step``) is not finite, naming the
+    first bad step (or another rank, when this rank's values are all finite)."""
+    if math.isfinite(mean):
+        return
+    bad = (~torch.isfinite(values)).nonzero()
+    detail = f"step {first + int(bad[0])}" if len(bad) else "on another rank"
+    window = f"step {step}" if first == step else f"steps {first}..{step} (first bad: {detail})"
+    raise FloatingPointError(
+        f"non-finite training {what} ({mean}) at {window}; the run is stopped rather than continued. "
+        "Try a lower lr, a smaller grad_clip, or a warmup."
+    )
+
+
+class _Log:
+    """What :func:`train` records: the progress bar, the logging window (losses and gradient norms since
+    the last record) and the :class:`TrainResult` that the records go into."""
+
+    def __init__(self, config: TrainConfig, setup: _Setup, desc: str) -> None:
+        self.config, self.setup = config, setup
+        self.result = TrainResult(world_size=setup.world_size, device=str(setup.device))
+        self.losses: list[torch.Tensor] = []
+        self.norms: list[torch.Tensor] = []
+        self.window_start = 1
+        quiet = {} if setup.rank == 0 else {"disable": True}
+        self.bar = progress(range(1, config.steps + 1), desc=desc, **quiet)
+        self.postfix: dict[str, str] = {}
+        self.start = time.perf_counter()
+
+    def count(self, batch: tuple) -> None:
+        """Examples and tokens seen, over all replicas (from the batch's first tensor)."""
+        if batch and isinstance(batch[0], torch.Tensor):
+            first = batch[0]
+            self.result.examples_seen += (first.shape[0] if first.ndim else 1) * self.setup.world_size
+            self.result.tokens_seen += first.numel() * self.setup.world_size
+
+    def step(self, step: int, loss: torch.Tensor, grad_norm: torch.Tensor, lr: float) -> None:
+        """Add a step to the window; every ``log_every`` steps (and at the last) record its means."""
+        self.losses.append(loss.detach().reshape(()).float())
+        self.norms.append(grad_norm.detach().float())
+        if step % self.config.log_every == 0 or step == self.config.steps:
+            self._record(step, lr)
+
+    def _record(self, step: int, lr: float) -> None:
+        losses, norms = torch.stack(self.losses), torch.stack(self.norms)
+        summed = losses.sum()
+        if self.setup.world_size > 1:
+            dist.all_reduce(summed)  # SUM (gloo has no AVG)
+        mean_loss = summed.item() / (len(losses) * self.setup.world_size)
+        mean_norm = norms.mean().item()  # equal on all ranks after DDP's all-reduce
+        _check_finite("loss", losses, mean_loss, step, self.window_start)
+        _check_finite("gradient norm", norms, mean_norm, step, self.window_start)
+        self.result.steps.append(step)
+        self.result.loss.append(mean_loss)
+        self.result.lr.append(lr)
+        self.result.grad_norm.append(mean_norm)
+        self._show(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}")
+        self.losses.clear()
+        self.norms.clear()
+        self.window_start = step + 1
+
+    def evaluation(self, step: int, metrics: Any) -> None:
+        """Record ``{"step": step, **metrics}`` (values as floats)."""
+        if not isinstance(metrics, Mapping):
+            raise TypeError(
+                f"eval_fn must return a dict of metric name -> float, got {type(metrics).__name__}"
+            )
+        record = {"step": step}
+        for key, value in metrics.items():
+            if key == "step":
+                raise ValueError("eval_fn must not return a metric named 'step' (train records it)")
+            record[str(key)] = float(value.item() if isinstance(value, torch.Tensor) else value)
+        self.result.evals.append(record)
+        self._show(**{k: f"{v:.4g}" for k, v in list(record.items())[1:4]})
+
+    def _show(self, **values: str) -> None:
+        self.postfix.update(values)
+        self.bar.set_postfix(self.postfix, refresh=False)
+
+    def finish(self) -> TrainResult:
+        self.bar.close()
+        if self.setup.device.type == "cuda":
+            torch.cuda.synchronize(self.setup.device)
+        self.result.seconds = time.perf_counter() - self.start
+        return self.result
 
 
 def train(
@@ -452,7 +635,8 @@ def train(
     Each step ``t = 1 .. config.steps``:
 
     1. ``batch = get_batch(t, rank, world_size)`` (tensors moved to the device); each rank must return
-       different data (e.g. seed a generator with ``(t, rank)``), else the replicas all see one batch.
+       different data (:func:`seeded_batches` seeds a generator with ``(seed, t, rank)``), else the
+       replicas all see one batch.
     2. ``loss = loss_fn(model, batch)``, a scalar; ``loss.backward()`` (under DDP this also averages the
        gradients over the ranks: ``g = (1/N) sum_r g_r``).
     3. ``n = ||g||_2`` over all parameters is recorded; if ``n > grad_clip`` every gradient is scaled by
@@ -473,127 +657,23 @@ def train(
 
     Raises: ValueError/TypeError for bad arguments; FloatingPointError as above.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if not isinstance(config, TrainConfig):
-        raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
-    for name, fn in (("get_batch", get_batch), ("loss_fn", loss_fn)):
-        if not callable(fn):
-            raise TypeError(f"{name} must be callable, got {type(fn).__name__}")
-    for name, fn in (("eval_fn", eval_fn), ("on_step", on_step)):
-        if fn is not None and not callable(fn):
-            raise TypeError(f"{name} must be callable or None, got {type(fn).__name__}")
-
-    rank, world_size, _ = distributed_info()
-    device = auto_device(device)
-    distributed = world_size > 1
-    if distributed:
-        _setup_distributed(device)
-        rank, world_size, _ = distributed_info()
-    seed_everything((config.seed + rank) % 2**32)  # different dropout masks per replica, same init below
-
-    model.to(device)
-    model.train()
-    if optimizer is None:
-        optimizer = adamw_for(model, config, device)
-    for group in optimizer.param_groups:
-        group.setdefault("initial_lr", group["lr"])
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-
-    loss_module = _LossModule(model, loss_fn)
-    if distributed:
-        from torch.nn.parallel import DistributedDataParallel
-
-        # DDP broadcasts rank 0's parameters and buffers here, so every replica starts equal.
-        loss_module = DistributedDataParallel(
-            loss_module, device_ids=[device.index] if device.type == "cuda" else None
-        )
-
-    result = TrainResult(world_size=world_size, device=str(device))
-    window_loss: list[torch.Tensor] = []
-    window_norm: list[torch.Tensor] = []
-    window_start = 1
-    main = rank == 0
-    bar = progress(range(1, config.steps + 1), desc=desc, **({} if main else {"disable": True}))
-    postfix: dict[str, str] = {}
-    start = time.perf_counter()
-
-    def evaluate(step: int) -> None:
-        model.eval()
-        try:
-            with torch.no_grad():
-                metrics = eval_fn(model)
-        finally:
-            model.train()
-        if not isinstance(metrics, Mapping):
-            raise TypeError(
-                f"eval_fn must return a dict of metric name -> float, got {type(metrics).__name__}"
-            )
-        record = {"step": step}
-        for key, value in metrics.items():
-            if key == "step":
-                raise ValueError("eval_fn must not return a metric named 'step' (train records it)")
-            record[str(key)] = float(value.item() if isinstance(value, torch.Tensor) else value)
-        result.evals.append(record)
-
-    for step in bar:
-        batch = _to_device(get_batch(step, rank, world_size), device)
-        if batch and isinstance(batch[0], torch.Tensor):
-            first = batch[0]
-            result.examples_seen += (first.shape[0] if first.ndim else 1) * world_size
-            result.tokens_seen += first.numel() * world_size
-
-        loss = loss_module(batch)
-        if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-            raise ValueError(f"loss_fn must return a scalar tensor, got {loss!r:.80}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        max_norm = config.grad_clip if config.grad_clip is not None else math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)  # norm before clipping
-        window_loss.append(loss.detach().reshape(()).float())
-        window_norm.append(grad_norm.detach().float())
-
+    _check_arguments(model, get_batch, loss_fn, config, eval_fn, on_step)
+    run = _set_up(model, loss_fn, config, device, optimizer)
+    log = _Log(config, run, desc)
+    max_norm = math.inf if config.grad_clip is None else config.grad_clip  # None: record, never clip
+    for step in log.bar:
+        batch = _to_device(get_batch(step, run.rank, run.world_size), run.device)  # 1. this rank's batch
+        log.count(batch)
+        loss = _scalar(run.loss_module(batch))  # 2. loss_fn(model, batch), through DDP when distributed
+        run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # under DDP: g = (1/N) sum_r g_r
+        grad_norm = torch.nn.utils.clip_grad_norm_(run.params, max_norm)  # 3. n = ||g||_2 before clipping
         lr = lr_at(step, config)
-        if step % config.log_every == 0 or step == config.steps:
-            losses = torch.stack(window_loss)
-            summed = losses.sum()
-            if distributed:
-                dist.all_reduce(summed)  # SUM (gloo has no AVG)
-            mean_loss = summed.item() / (len(window_loss) * world_size)
-            mean_norm = torch.stack(window_norm).mean().item()  # equal on all ranks after DDP's all-reduce
-            if not math.isfinite(mean_loss):
-                bad = (~torch.isfinite(losses)).nonzero()
-                detail = f"step {window_start + int(bad[0])}" if len(bad) else "on another rank"
-                _check_finite("loss", mean_loss, step, window_start, detail)
-            if not math.isfinite(mean_norm):
-                bad = (~torch.isfinite(torch.stack(window_norm))).nonzero()
-                detail = f"step {window_start + int(bad[0])}"
-                _check_finite("gradient norm", mean_norm, step, window_start, detail)
-            result.steps.append(step)
-            result.loss.append(mean_loss)
-            result.lr.append(lr)
-            result.grad_norm.append(mean_norm)
-            postfix.update(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}")
-            bar.set_postfix(postfix, refresh=False)
-            window_loss.clear()
-            window_norm.clear()
-            window_start = step + 1
-
-        for group in optimizer.param_groups:
-            group["lr"] = group["initial_lr"] * lr / config.lr
-        optimizer.step()
-
-        if on_step is not None:
+        log.step(step, loss, grad_norm, lr)  # window means; stops on a non-finite loss before the update
+        _set_lr(run.optimizer, lr / config.lr)  # 4. lr_at(t) * group_lr / config.lr, then the update
+        run.optimizer.step()
+        if on_step is not None:  # 5. the caller's hook, then evaluation when due
             on_step(step, model)
-        if eval_fn is not None and (
-            step == config.steps or (config.eval_every and step % config.eval_every == 0)
-        ):
-            evaluate(step)
-            postfix.update({k: f"{v:.4g}" for k, v in list(result.evals[-1].items())[1:4]})
-            bar.set_postfix(postfix, refresh=False)
-
-    bar.close()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    result.seconds = time.perf_counter() - start
-    return result
+        if eval_fn is not None and _evaluation_due(step, config):
+            log.evaluation(step, _evaluate(model, eval_fn))
+    return log.finish()
