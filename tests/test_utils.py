@@ -50,3 +50,35 @@ def test_parallel_map_rejects_a_bad_worker_count():
 
     with pytest.raises(ValueError, match="workers"):
         parallel_map(operator.mul, [(1, 2)], workers=0)
+
+
+def test_cpu_threads_is_also_a_decorator_and_leaves_other_devices_alone():
+    from paperlab.utils import cpu_threads, threads_pinned
+
+    before = torch.get_num_threads()
+
+    @cpu_threads(1)
+    def inside():
+        return torch.get_num_threads(), threads_pinned()
+
+    assert inside() == (1, True)
+    assert inside() == (1, True)  # a fresh context on every call
+    assert torch.get_num_threads() == before and not threads_pinned()
+    with cpu_threads(1, device="cuda"):  # not the CPU: nothing is pinned (no GPU needed to check)
+        assert torch.get_num_threads() == before and not threads_pinned()
+    with cpu_threads(1, device="cpu"):
+        assert torch.get_num_threads() == 1
+
+
+def test_show_source_shows_a_package_function_as_a_markdown_code_block():
+    from paperlab.sae.model import TopKSAE
+    from paperlab.utils import show_source
+
+    shown = show_source(TopKSAE.loss)
+    header, _, block = shown.data.partition("\n\n")
+    assert header.startswith("`paperlab.sae.model.TopKSAE.loss` (paperlab/sae/model.py, lines ")
+    assert block.startswith("```python\ndef loss(self, x") and block.endswith("\n```")  # dedented method
+    assert "self.aux_coefficient * aux" in block
+    assert shown._repr_markdown_() == shown.data
+    with pytest.raises(TypeError, match="show_source needs a function"):
+        show_source(3)

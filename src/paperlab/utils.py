@@ -1,6 +1,7 @@
-"""Small shared utilities: progress bars that stay quiet when nobody is watching, a context manager
-that runs tiny models on few CPU threads, a process pool for independent tiny runs, and a measure of
-peak CPU memory."""
+"""Small shared utilities: progress bars that stay quiet when nobody is watching, the one helper that
+runs tiny models on few CPU threads (a context manager and a decorator), a process pool for independent
+tiny runs, a measure of peak CPU memory, and :func:`show_source`, which shows a package function in a
+chapter."""
 
 from __future__ import annotations
 
@@ -49,19 +50,26 @@ def threads_pinned() -> bool:
 
 
 @contextlib.contextmanager
-def cpu_threads(n: int = 1) -> Iterator[None]:
+def cpu_threads(n: int = 1, *, device: str | object | None = None) -> Iterator[None]:
     """Run the body with ``n`` CPU threads (torch and, if installed, Numba), then restore the counts.
 
     Tiny models train faster on one thread than on two busy cores: their operations are too small for
     the thread start-up and synchronisation to pay off, and another process sharing the cores makes every
     multi-threaded operation wait for the slowest thread. Inside, :func:`paperlab.train.train` does not
     change the thread count.
+
+    ``device``: the device the body computes on; when it is given and is not the CPU the body runs
+    unchanged (its threads only feed the accelerator). Also a decorator: ``@cpu_threads(1)`` runs every
+    call of the function on one thread.
     """
     global _pinned_depth
     import torch
 
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a positive number of threads, got {n!r}")
+    if device is not None and torch.device(device).type != "cpu":
+        yield
+        return
     previous = torch.get_num_threads()
     try:
         import numba
@@ -174,3 +182,40 @@ def peak_cpu_allocation(fn: Callable[[], T]) -> tuple[T, int]:
         running += change
         peak = max(peak, running)
     return result, peak
+
+
+def show_source(*objects: Callable | type) -> object:
+    """Package functions, methods or classes shown in a notebook: each one's source, highlighted, under its
+    name and the file and lines it comes from. Use it where the code is the paper's core, so that a chapter
+    shows the code it runs (with its equation comments) instead of paraphrasing it.
+
+    Returns an IPython ``Markdown`` object (make it a cell's last expression, or ``display`` it) holding a
+    fenced ``python`` block per object: a ``text/markdown`` output, which JupyterLab renders, which the
+    book's staging turns into a Markdown cell for the Jupyter Book site, and which the offline rendering
+    shows.
+    """
+    from IPython.display import Markdown
+
+    if not objects:
+        raise TypeError("show_source needs at least one function, method or class")
+    return Markdown("\n\n".join(_source_block(obj) for obj in objects))
+
+
+def _source_block(obj: Callable | type) -> str:
+    import inspect
+    import textwrap
+    from pathlib import Path
+
+    target = inspect.unwrap(obj.fget if isinstance(obj, property) else obj)
+    try:
+        lines, first = inspect.getsourcelines(target)
+        path = Path(inspect.getsourcefile(target)).resolve()
+    except (TypeError, OSError):
+        raise TypeError(f"show_source needs a function, method or class defined in a file, got {obj!r}"
+                        ) from None
+    top = Path(sys.modules[target.__module__.split(".")[0]].__file__).resolve().parent.parent
+    where = path.relative_to(top) if path.is_relative_to(top) else path  # e.g. paperlab/sae/model.py
+    source = textwrap.dedent("".join(lines)).rstrip()
+    fence = "`" * max(3, 1 + max((len(run) for run in re.findall(r"`+", source)), default=0))
+    header = f"`{target.__module__}.{target.__qualname__}` ({where}, lines {first}-{first + len(lines) - 1})"
+    return f"{header}:\n\n{fence}python\n{source}\n{fence}"
