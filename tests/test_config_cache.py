@@ -40,6 +40,16 @@ def test_profile_default_and_choice(monkeypatch):
     assert config.pick({"fast": 1, "full": 2}, profile="full") == 2
 
 
+def test_an_experiment_gives_the_config_of_the_current_profile(monkeypatch):
+    from paperlab import toolkit
+
+    monkeypatch.setenv("PAPERLAB_PROFILE", "fast")
+    assert toolkit.EXPERIMENT.config() is toolkit.CONFIGS["fast"]
+    assert toolkit.EXPERIMENT.config("full") is toolkit.CONFIGS["full"]
+    with pytest.raises(ValueError, match="unknown profile 'turbo'"):
+        toolkit.EXPERIMENT.config("turbo")
+
+
 def test_unknown_profile_lists_valid_ones(monkeypatch):
     monkeypatch.setenv("PAPERLAB_PROFILE", "turbo")
     with pytest.raises(ValueError, match=r"unknown profile 'turbo'.*fast, full"):

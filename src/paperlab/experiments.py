@@ -1,6 +1,8 @@
 """What an experiment is: each chapter's package module defines one :class:`Experiment` (a name, a config
 per profile, and a ``run(config, device=None) -> dict`` returning JSON-able results) and lists it in
-:data:`paperlab.registry.REGISTRY`. :func:`override` applies command-line ``--set field=value`` edits.
+:data:`paperlab.registry.REGISTRY`. Chapters, tests and the command line get an experiment's config the
+one way, ``EXPERIMENT.config()`` (the current profile) or ``EXPERIMENT.config("fast")``. :func:`override`
+applies command-line ``--set field=value`` edits.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from paperlab.config import PROFILES, check_profile
+from paperlab.config import PROFILES, pick
 from paperlab.utils import parallel_map
 
 
@@ -29,8 +31,10 @@ class Experiment:
         if missing:
             raise ValueError(f"experiment {self.name!r} has no config for profile(s) {missing}")
 
-    def config(self, profile: str) -> Any:
-        return self.configs[check_profile(profile)]
+    def config(self, profile: str | None = None) -> Any:
+        """The config of ``profile``, by default the current one (``PAPERLAB_PROFILE``, see
+        :func:`paperlab.config.current_profile`)."""
+        return pick(self.configs, profile)
 
 
 def override(config: Any, assignments: list[str]) -> Any:
