@@ -48,13 +48,12 @@ returns ``y``       (batch, seqlen, nheads, headdim)      in ``x.dtype``
 returns ``final``   (batch, nheads, headdim, d_state)     ``h_T``
 ==================  ====================================  =========================================
 
-What bounds the speed: **arithmetic**. Per (batch, head) and chunk of ``Q`` positions the chunked form
-does ``C B^T`` (``Q^2 N`` multiply-adds), ``(L o C B^T) X`` (``Q^2 P``), the chunk state (``Q P N``)
-and the state-to-output product (``Q P N``) against reading ``Q (P + 2N + 1)`` numbers: with
-``Q = P = N = 64`` about 30 flops per byte, compute bound on a CPU and (in 16-bit, with tensor cores)
-on a GPU. Compare its GFLOP/s with the machine's matmul rate (``python -m paperlab.bench ssd``).
-The sequential scan does only ``4 T P N`` flops but cannot use matrix units: every step is a rank-1
-update of the state.
+What bounds the speed: **arithmetic**. The chunked form does :func:`chunked_flops` against reading
+``Q (P + 2N + 1)`` numbers per chunk of ``Q`` positions: with ``Q = P = N = 64`` about 30 flops per byte,
+compute bound on a CPU and (in 16-bit, with tensor cores) on a GPU. Compare its GFLOP/s with the
+machine's matmul rate (``python -m paperlab.bench ssd``). The sequential scan does fewer flops
+(:func:`scan_flops`) but cannot use matrix units: every step is a rank-1 update of the state. Both counts
+are derived in the book, ``book/02-ssd.md`` (section ``sec-ssd-cost``).
 """
 
 from __future__ import annotations
@@ -260,15 +259,16 @@ def _sum_after(a: torch.Tensor) -> torch.Tensor:
 # ================================================================================ flop counts
 def chunked_flops(batch, seqlen, nheads, headdim, ngroups, d_state, chunk_size) -> float:
     """Floating-point operations of the chunked algorithm on dense blocks (as the PyTorch reference and
-    the Triton kernel compute them): per (batch, head) and chunk ``2 (Q^2 N + Q^2 P + 2 Q P N)``."""
+    the Triton kernel compute them): ``2 (Q^2 N + Q^2 P + 2 Q P N)`` per (batch, head) and chunk of ``Q``
+    positions, a multiply-add counted as two; derived in ``book/02-ssd.md`` (sec-ssd-cost)."""
     Q = chunk_size
     n_chunks = -(-seqlen // Q)
     return 2.0 * batch * nheads * n_chunks * (Q * Q * d_state + Q * Q * headdim + 2 * Q * headdim * d_state)
 
 
 def scan_flops(batch, seqlen, nheads, headdim, d_state) -> float:
-    """Floating-point operations of the recurrence: ``4 T P N`` per (batch, head) (decay-and-add of the
-    state, two multiply-adds per entry; read-out ``h C``, one multiply-add)."""
+    """Floating-point operations of the recurrence: ``6 T P N`` per (batch, head), three multiply-adds per
+    state entry and position, a multiply-add counted as two; derived in ``book/02-ssd.md`` (sec-ssd-cost)."""
     return 6.0 * batch * seqlen * nheads * headdim * d_state
 
 

@@ -12,17 +12,15 @@ import math
 import time
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 
 from paperlab import cache
-from paperlab.config import pick
 from paperlab.experiments import Experiment
 from paperlab.nn import GPT, GPTConfig, count_parameters
 from paperlab.ssd.core import random_inputs, ssd_chunked, ssd_quadratic, ssd_recurrent
 from paperlab.ssd.model import Mamba2Config, Mamba2LM
 from paperlab.ssd.mqar import mqar_accuracy, mqar_batch
-from paperlab.train import TrainConfig, auto_device, train
+from paperlab.train import TrainConfig, auto_device, seeded_batches, train
 from paperlab.utils import cpu_threads, parallel_map
 from paperlab_kernels import ssd as kernels
 
@@ -94,11 +92,6 @@ CONFIGS = {
     ),
     "full": SSDConfig(),
 }
-
-
-def config_for(profile: str | None = None) -> SSDConfig:
-    """The config of the current (or given) profile."""
-    return pick(CONFIGS, profile)
 
 
 # --------------------------------------------------------------------------------------- equivalence
@@ -213,12 +206,6 @@ def cost_sweep(config: CostConfig) -> dict:
     return cache.cached("ssd-cost", config, compute, seed=config.seed)
 
 
-def loglog_slope(xs, ys, last: int = 3) -> float:
-    """Slope of ``log y`` against ``log x`` over the ``last`` largest points (least squares)."""
-    x, y = np.log(np.asarray(xs, float)[-last:]), np.log(np.asarray(ys, float)[-last:])
-    return float(np.polyfit(x, y, 1)[0])
-
-
 # ---------------------------------------------------------------------------------------------- MQAR
 def make_mamba(config: MQARConfig, width: int, d_state: int) -> Mamba2LM:
     return Mamba2LM(Mamba2Config(d_model=width, d_state=d_state, headdim=config.headdim,
@@ -251,9 +238,8 @@ def mqar_job(config: MQARConfig, kind: str, width: int, d_state: int | None,
         raise ValueError(f"kind must be 'mamba' or 'attention', got {kind!r}")
     model = model.to(dev)
 
-    def get_batch(step: int, rank: int, world_size: int):
-        generator = torch.Generator().manual_seed(tc.seed * 1_000_003 + step * 101 + rank)
-        return mqar_batch(tc.batch_size, config.seq_len, config.n_pairs, config.vocab_size, generator)
+    get_batch = seeded_batches(lambda generator: mqar_batch(tc.batch_size, config.seq_len, config.n_pairs,
+                                                            config.vocab_size, generator), tc.seed)
 
     def eval_fn(m) -> dict:
         return {"accuracy": mqar_accuracy(m, *test)}

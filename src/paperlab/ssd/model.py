@@ -127,26 +127,26 @@ class Mamba2Block(nn.Module):
             raise ValueError(f"u must be (batch, seq, d_model = {self.config.d_model}), got {tuple(u.shape)}")
         c = self.config
         batch, seq, _ = u.shape
-        z, xBC, dt = self.in_proj(u).split([c.d_inner, self.conv_dim, c.nheads], dim=-1)
-        xBC = F.silu(causal_depthwise_conv(xBC, self.conv1d.weight, self.conv1d.bias))
+        z, xBC, dt = self.in_proj(u).split([c.d_inner, self.conv_dim, c.nheads], dim=-1)  # in parallel
+        xBC = F.silu(causal_depthwise_conv(xBC, self.conv1d.weight, self.conv1d.bias))  # short conv, SiLU
         x, B, C = xBC.split([c.d_inner, c.ngroups * c.d_state, c.ngroups * c.d_state], dim=-1)
         x = x.reshape(batch, seq, c.nheads, c.headdim)
         B = B.reshape(batch, seq, c.ngroups, c.d_state)
         C = C.reshape(batch, seq, c.ngroups, c.d_state)
-        dt = F.softplus(dt + self.dt_bias)
-        A = -torch.exp(self.A_log.float())
+        dt = F.softplus(dt + self.dt_bias)  # Delta = softplus(dt + b_Delta) > 0
+        A = -torch.exp(self.A_log.float())  # A = -exp(A_log) < 0: a scalar per head
         return (x, dt, A, B, C, self.D), z
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         (x, dt, A, B, C, D), z = self.ssd_inputs(u)
-        if self.algorithm == "chunked":
+        if self.algorithm == "chunked":  # the same layer three ways (eq. 1-2, sections 4 and 6)
             y, _ = ssd_chunked(x, dt, A, B, C, D, chunk_size=self.config.chunk_size)
         elif self.algorithm == "recurrent":
-            y, _ = ssd_recurrent(x, dt, A, B, C, D)
+            y, _ = ssd_recurrent(x, dt, A, B, C, D)  # h_t = a_t h_{t-1} + Delta_t x_t B_t^T, eq. 1-2
         else:
-            y, _ = ssd_quadratic(x, dt, A, B, C, D)
+            y, _ = ssd_quadratic(x, dt, A, B, C, D)  # y = (L o C B^T)(Delta x) + D x, section 4
         y = y.reshape(*u.shape[:2], self.config.d_inner)
-        return self.out_proj(self.norm(y * F.silu(z)))
+        return self.out_proj(self.norm(y * F.silu(z)))  # gated norm: RMSNorm(y * SiLU(z)), then W_out
 
 
 class Mamba2LM(nn.Module):
