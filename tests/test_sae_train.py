@@ -3,6 +3,7 @@ recovers known parameters."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -10,14 +11,14 @@ import torch
 
 from paperlab.sae.data import SyntheticConfig, make_synthetic
 from paperlab.sae.experiments import fit_scaling_law, scaling_law
-from paperlab.sae.train import RunConfig, train_sae
+from paperlab.sae.train import SAE_TRAIN, RunConfig, train_sae
 
 
 def test_short_topk_run_on_synthetic_data_reaches_nmse(monkeypatch, tmp_path):
     monkeypatch.setenv("PAPERLAB_CACHE", str(tmp_path))
     run = RunConfig(kind="topk", n_latents=256, k=8, data="synthetic",
-                    synthetic=SyntheticConfig(n_features=128), steps=150, batch_size=256, lr=4e-3,
-                    lr_reference_latents=256, eval_every=50)
+                    synthetic=SyntheticConfig(n_features=128), lr_reference_latents=256,
+                    train=dataclasses.replace(SAE_TRAIN, steps=150, batch_size=256, lr=4e-3, eval_every=50))
     sae, record = train_sae(run)
     # The mean predictor has NMSE 1; 150 steps on 128 features in 64 dimensions, k = 8, reach below 0.25.
     assert record["final"]["nmse"] < 0.25

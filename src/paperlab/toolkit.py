@@ -27,12 +27,11 @@ from functools import cached_property
 import torch
 
 from paperlab import cache
-from paperlab.config import pick
 from paperlab.data import Grammar, GrammarConfig, lm_batches, split_train_val
 from paperlab.experiments import Experiment, over_seeds
 from paperlab.nn import GPT, GPTConfig, count_parameters, generate, sequence_logprob
 from paperlab.tokenizers import WordTokenizer
-from paperlab.train import TrainConfig, TrainResult, auto_device, seed_everything, train
+from paperlab.train import TrainConfig, TrainResult, auto_device, seed_everything, seeded_batches, train
 
 
 @dataclass(frozen=True)
@@ -66,11 +65,6 @@ CONFIGS = {
         eval_windows=128,
     ),
 }
-
-
-def config_for(profile: str | None = None) -> ToolkitConfig:
-    """The config of the current (or given) profile."""
-    return pick(CONFIGS, profile)
 
 
 @dataclass
@@ -142,10 +136,9 @@ def train_model(config: ToolkitConfig, device: str | torch.device | None = None)
     seed_everything(config.train.seed)  # the initial weights come from the seed, not from earlier draws
     model = make_model(config, corpus.tokenizer.vocab_size).to(device)
 
-    def get_batch(step: int, rank: int, world_size: int):
-        # A fixed seed per (step, rank): reproducible, and each data-parallel replica sees other windows.
-        generator = torch.Generator().manual_seed(config.train.seed * 1_000_003 + step * 101 + rank)
-        return lm_batches(train_ids, config.train.batch_size, config.context_length, generator)
+    get_batch = seeded_batches(  # random windows of the training stream, a generator per (step, rank)
+        lambda generator: lm_batches(train_ids, config.train.batch_size, config.context_length, generator),
+        config.train.seed)
 
     def eval_fn(model: GPT) -> dict:
         return {"val_loss": window_loss(model, corpus.val_ids, config, config.eval_windows)}

@@ -91,7 +91,7 @@ def _plural_noun_labels(grammar, sentences) -> list[int]:
 
 
 def _compute_lm_activations(config: LMDataConfig) -> dict:
-    tk_config = toolkit.config_for(config.toolkit_profile)
+    tk_config = toolkit.EXPERIMENT.config(config.toolkit_profile)
     with cpu_threads(1):  # a tiny GPT: one thread is as fast, and robust when the cores are shared
         model, corpus, _ = toolkit.load_trained(tk_config, device="cpu")
     if not 0 <= config.layer <= tk_config.n_layers:

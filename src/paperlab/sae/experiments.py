@@ -12,22 +12,20 @@ so a cold full run stays within budget, and its residual stream is rich enough f
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from dataclasses import dataclass
 
 import torch
 
 from paperlab import toolkit
-from paperlab.config import pick
 from paperlab.experiments import Experiment
 from paperlab.sae.data import LMDataConfig, SyntheticConfig, lm_activations, make_synthetic
 from paperlab.sae.metrics import binary_entropy, downstream_loss, nmse, probe_loss
-from paperlab.sae.train import RunConfig, evaluate, load_sae, run_cached
+from paperlab.sae.train import SAE_TRAIN, RunConfig, evaluate, load_sae, run_cached
+from paperlab.train import TrainConfig
 from paperlab.utils import cpu_threads
 
-__all__ = ["SAEExperimentConfig", "CONFIGS", "config_for", "frontier", "scaling", "fit_scaling_law",
-           "power_law_fit", "scaling_law",
+__all__ = ["SAEExperimentConfig", "CONFIGS", "frontier", "scaling", "fit_scaling_law", "scaling_law",
            "dead_latents", "recovery", "multi_topk", "downstream", "probe", "run", "EXPERIMENT"]
 
 
@@ -35,9 +33,7 @@ __all__ = ["SAEExperimentConfig", "CONFIGS", "config_for", "frontier", "scaling"
 class SAEExperimentConfig:
     synthetic: SyntheticConfig = SyntheticConfig()
     lm: LMDataConfig = LMDataConfig(n_train_sentences=4_000, n_val_sentences=500)
-    steps: int = 500
-    batch_size: int = 256
-    lr: float = 2e-3
+    train: TrainConfig = dataclasses.replace(SAE_TRAIN, steps=500)
     lr_reference_latents: int = 256
     dead_tokens: int = 25_000
     k_aux: int = 32  # d_model / 2
@@ -53,41 +49,26 @@ class SAEExperimentConfig:
     lm_size: int = 64
     lm_ks: tuple[int, ...] = (1, 2, 4, 8)
     lm_steps: int = 400
-    seed: int = 0
 
 
 CONFIGS = {
     "fast": SAEExperimentConfig(
         synthetic=SyntheticConfig(n_features=512),
         lm=LMDataConfig(n_train_sentences=2_000, n_val_sentences=300),
-        steps=100, dead_tokens=6_000, sizes=(32, 64, 128, 256, 512), ks=(2, 4, 8), frontier_size=128,
-        frontier_ks=(2, 4, 8, 16), l1_coefficients=(0.5, 1.0, 2.0), lm_ks=(1, 4), lm_steps=100,
-        test_ks=(1, 2, 4, 8, 16),
+        train=dataclasses.replace(SAE_TRAIN, steps=100), dead_tokens=6_000, sizes=(32, 64, 128, 256, 512),
+        ks=(2, 4, 8), frontier_size=128, frontier_ks=(2, 4, 8, 16), l1_coefficients=(0.5, 1.0, 2.0),
+        lm_ks=(1, 4), lm_steps=100, test_ks=(1, 2, 4, 8, 16),
     ),
     "full": SAEExperimentConfig(synthetic=SyntheticConfig(n_features=1024)),
 }
 
 
-def config_for(profile: str | None = None) -> SAEExperimentConfig:
-    return pick(CONFIGS, profile)
-
-
-def _one_thread(fn):
-    """Run an experiment with one CPU thread (see :func:`paperlab.utils.cpu_threads`)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        with cpu_threads(1):
-            return fn(*args, **kwargs)
-
-    return wrapper
-
-
-def _run(config: SAEExperimentConfig, **overrides) -> RunConfig:
-    base = RunConfig(data="synthetic", synthetic=config.synthetic, lm=config.lm, steps=config.steps,
-                     batch_size=config.batch_size, lr=config.lr,
+def _run(config: SAEExperimentConfig, steps: int | None = None, **overrides) -> RunConfig:
+    """The run of the config's settings with ``overrides`` (and ``steps`` instead of ``train.steps``)."""
+    train = config.train if steps is None else dataclasses.replace(config.train, steps=steps)
+    base = RunConfig(data="synthetic", synthetic=config.synthetic, lm=config.lm, train=train,
                      lr_reference_latents=config.lr_reference_latents,
-                     dead_tokens=config.dead_tokens, k_aux=config.k_aux, seed=config.seed)
+                     dead_tokens=config.dead_tokens, k_aux=config.k_aux)
     return dataclasses.replace(base, **overrides)
 
 
@@ -98,7 +79,7 @@ def _summary(run: RunConfig) -> dict:
 
 
 # ------------------------------------------------------------------------------------- 1. frontier
-@_one_thread
+@cpu_threads(1)
 def frontier(config: SAEExperimentConfig) -> dict:
     """NMSE vs L0 at ``frontier_size`` latents: TopK at several k, ReLU+L1 at several coefficients."""
     topk = [_summary(_run(config, n_latents=config.frontier_size, k=k)) for k in config.frontier_ks]
@@ -124,20 +105,11 @@ def below_frontier(topk: list[dict], relu: list[dict]) -> list[bool]:
 
 
 # -------------------------------------------------------------------------------- 2. scaling law
-@_one_thread
+@cpu_threads(1)
 def scaling(config: SAEExperimentConfig) -> dict:
     """Final NMSE for every (n_latents, k) of the grid, and the fitted L(n, k)."""
     points = [_summary(_run(config, n_latents=n, k=k)) for k in config.ks for n in config.sizes]
     return {"points": points, "fit": fit_scaling_law(points)}
-
-
-def power_law_fit(n: list[float], loss: list[float]) -> tuple[float, float]:
-    """Least-squares line through ``(log n, log loss)``: returns (exponent, R^2)."""
-    x = torch.tensor(n, dtype=torch.float64).log()
-    y = torch.tensor(loss, dtype=torch.float64).log()
-    slope = float(((x - x.mean()) * (y - y.mean())).sum() / (x - x.mean()).pow(2).sum())
-    residual = y - y.mean() - slope * (x - x.mean())
-    return slope, float(1 - residual.pow(2).sum() / (y - y.mean()).pow(2).sum())
 
 
 def scaling_law(params: torch.Tensor, n: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -192,7 +164,7 @@ MITIGATIONS = {"none": dict(tied_init=False, k_aux=0), "tied init": dict(tied_in
                "AuxK": dict(tied_init=False), "tied init + AuxK": dict(tied_init=True)}
 
 
-@_one_thread
+@cpu_threads(1)
 def dead_latents(config: SAEExperimentConfig) -> dict:
     """Dead fraction over training at the largest size, with and without the two mitigations."""
     n, k = max(config.sizes), config.recovery_k
@@ -201,14 +173,14 @@ def dead_latents(config: SAEExperimentConfig) -> dict:
         run = _run(config, n_latents=n, k=k, **overrides)
         record = run_cached(run)["record"]
         steps = [e["step"] for e in record["history"]["evals"]]
-        out[name] = {"tokens": [s * config.batch_size for s in steps],
+        out[name] = {"tokens": [s * config.train.batch_size for s in steps],
                      "dead_fraction": [e["dead_fraction"] for e in record["history"]["evals"]],
                      "final_nmse": record["final"]["nmse"], "final_dead": record["final"]["dead_fraction"]}
     return {"n_latents": n, "k": k, "dead_tokens": config.dead_tokens, "runs": out}
 
 
 # ---------------------------------------------------------------------------- 4. feature recovery
-@_one_thread
+@cpu_threads(1)
 def recovery(config: SAEExperimentConfig) -> dict:
     """Mean best cosine between true features and decoder directions, against n_latents."""
     topk = [_summary(_run(config, n_latents=n, k=config.recovery_k)) for n in config.sizes]
@@ -218,7 +190,7 @@ def recovery(config: SAEExperimentConfig) -> dict:
 
 
 # ----------------------------------------------------------------------------------- 5. Multi-TopK
-@_one_thread
+@cpu_threads(1)
 def multi_topk(config: SAEExperimentConfig) -> dict:
     """NMSE against the k used at test time, for a TopK and a Multi-TopK SAE trained at ``multi_k``."""
     synthetic = make_synthetic(config.synthetic)
@@ -237,10 +209,10 @@ def _lm_runs(config: SAEExperimentConfig) -> list[RunConfig]:
             for k in config.lm_ks]
 
 
-@_one_thread
+@cpu_threads(1)
 def downstream(config: SAEExperimentConfig) -> dict:
     """Next-token loss with the layer's residual stream replaced by each SAE's reconstruction."""
-    model, _, _ = toolkit.load_trained(toolkit.config_for(config.lm.toolkit_profile), device="cpu")
+    model, _, _ = toolkit.load_trained(toolkit.EXPERIMENT.config(config.lm.toolkit_profile), device="cpu")
     data = lm_activations(config.lm)
     idx, targets = data["val"]["idx"], data["val"]["targets"]
     with torch.no_grad():
@@ -257,7 +229,7 @@ def downstream(config: SAEExperimentConfig) -> dict:
     return out
 
 
-@_one_thread
+@cpu_threads(1)
 def probe(config: SAEExperimentConfig) -> dict:
     """Best 1-D probe loss for "the token is a plural noun", on SAE latents and on raw dimensions."""
     data = lm_activations(config.lm)["val"]

@@ -207,40 +207,40 @@ class TopKSAE(SparseAutoencoder):
     def auxk_loss(self, x: torch.Tensor, x_hat: torch.Tensor, pre: torch.Tensor) -> torch.Tensor:
         """``NMSE(e_hat, e)`` with ``e = x - x_hat`` (detached) and ``e_hat`` decoded from the top
         ``min(k_aux, n_dead)`` pre-activations of dead latents (no ``b_pre``); 0 when none is dead."""
-        dead = self.dead_mask
+        dead = self.dead_mask  # not fired for dead_tokens tokens
         n_dead = int(dead.sum())
         if self.k_aux == 0 or n_dead == 0:
             return torch.zeros((), device=x.device)
         dead_index = dead.nonzero().squeeze(1)
-        top = torch.topk(pre[:, dead_index], min(self.k_aux, n_dead), dim=1)  # among dead latents only
-        e = (x - x_hat).detach()
+        top = torch.topk(pre[:, dead_index], min(self.k_aux, n_dead), dim=1)  # top-k_aux among dead latents
+        e = (x - x_hat).detach()  # the residual e = x - x_hat, as a target (no gradient)
         e_hat = sparse_decode(torch.relu(top.values), dead_index[top.indices], self.W_dec,
-                              impl=self._impl(pre))
-        return nmse(e_hat, e, allow_zero_variance=True)
+                              impl=self._impl(pre))  # e_hat = W_dec z_aux, no b_pre
+        return nmse(e_hat, e, allow_zero_variance=True)  # L_aux = NMSE(e_hat, e), sec. A.2
 
     def loss(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         """Training loss on a batch; updates the dead-latent counters when in training mode."""
         self.check_input(x)
-        pre = self.pre_activations(x)
+        pre = self.pre_activations(x)  # W_enc (x - b_pre) + b_enc
         k_big = min(4 * self.k, self.n_latents) if self.multi_topk else self.k
-        top = torch.topk(pre, k_big, dim=1, sorted=True)
-        values, indices = torch.relu(top.values), top.indices
-        x_hat = self.decode_sparse(values[:, : self.k], indices[:, : self.k])
-        main = nmse(x_hat, x)
+        top = torch.topk(pre, k_big, dim=1, sorted=True)  # the k largest (4k for Multi-TopK), largest first
+        values, indices = torch.relu(top.values), top.indices  # z = ReLU(TopK(...)), eq. 3
+        x_hat = self.decode_sparse(values[:, : self.k], indices[:, : self.k])  # W_dec z + b_pre, eq. 2
+        main = nmse(x_hat, x)  # L(k) = ||x - x_hat||^2 / ||x - mean(x)||^2, sec. 2.2
         loss = main
         info = {"nmse": float(main.detach())}
         if self.multi_topk:
-            x_hat_big = self.decode_sparse(values, indices)
+            x_hat_big = self.decode_sparse(values, indices)  # the same encoding, 4k latents kept
             main_big = nmse(x_hat_big, x)
-            loss = loss + main_big / 8
+            loss = loss + main_big / 8  # + L(4k) / 8, Multi-TopK, sec. 5.3
             info["nmse_4k"] = float(main_big.detach())
-        if self.training:
+        if self.training:  # a latent fires when it is in the top k with activation > 1e-3
             fired = torch.zeros(self.n_latents, dtype=torch.bool, device=x.device)
             fired[indices[:, : self.k][values[:, : self.k] > FIRE_THRESHOLD]] = True
             self.record_firing(fired, x.shape[0])
-        aux = self.auxk_loss(x, x_hat, pre)
+        aux = self.auxk_loss(x, x_hat, pre)  # L_aux: the residual from the top-k_aux dead latents, sec. A.2
         info["auxk"] = float(aux.detach())
-        return loss + self.aux_coefficient * aux, info
+        return loss + self.aux_coefficient * aux, info  # L + alpha L_aux, alpha = 1/32
 
 
 class ReLUSAE(SparseAutoencoder):

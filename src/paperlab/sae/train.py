@@ -10,6 +10,7 @@ Learning rate: ``lr * sqrt(lr_reference_latents / n_latents)``, the paper's ``1/
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -19,10 +20,16 @@ from paperlab import cache
 from paperlab.sae.data import LMDataConfig, SyntheticConfig, lm_activations, make_synthetic
 from paperlab.sae.metrics import feature_recovery, l0, nmse
 from paperlab.sae.model import ReLUSAE, SparseAutoencoder, TopKSAE
-from paperlab.train import TrainConfig, train
+from paperlab.train import TrainConfig, seeded_batches, train
 from paperlab.utils import cpu_threads
 
-__all__ = ["RunConfig", "build_sae", "train_sae", "run_cached", "load_sae"]
+__all__ = ["RunConfig", "SAE_TRAIN", "build_sae", "train_sae", "run_cached", "load_sae"]
+
+
+SAE_TRAIN = TrainConfig(steps=600, batch_size=256, lr=2e-3, weight_decay=0.0, warmup_steps=20, grad_clip=None,
+                        eval_every=50, log_every=10, min_lr_ratio=0.1)
+"""The schedule of an SAE run: warmup, then cosine to a tenth of ``lr``; no clipping. The optimizer is the
+paper's Adam (:class:`paperlab.sae.model.SAEAdam`), whose betas and (zero) weight decay are its own."""
 
 
 @dataclass(frozen=True)
@@ -32,7 +39,8 @@ class RunConfig:
     kind: ``"topk"`` or ``"relu"``; n_latents; k (TopK) or l1_coefficient (ReLU); k_aux (0 = no AuxK);
     multi_topk; tied_init; dead_tokens: the dead-latent window in tokens.
     data: ``"lm"`` (the tiny GPT's activations, :class:`LMDataConfig`) or ``"synthetic"``.
-    steps, batch_size (tokens per step), lr (at ``lr_reference_latents``), warmup_steps, eval_every.
+    train: the schedule (``batch_size`` in tokens per step; ``lr`` at ``lr_reference_latents`` latents,
+    scaled to ``n_latents`` by :attr:`scaled_lr`); its seed also seeds the SAE's initial weights.
     """
 
     kind: str = "topk"
@@ -46,13 +54,8 @@ class RunConfig:
     data: str = "lm"
     lm: LMDataConfig = LMDataConfig()
     synthetic: SyntheticConfig = SyntheticConfig()
-    steps: int = 600
-    batch_size: int = 256
-    lr: float = 2e-3
+    train: TrainConfig = SAE_TRAIN
     lr_reference_latents: int = 512
-    warmup_steps: int = 20
-    eval_every: int = 50
-    seed: int = 0
 
     def __post_init__(self):
         if self.kind not in ("topk", "relu"):
@@ -62,7 +65,8 @@ class RunConfig:
 
     @property
     def scaled_lr(self) -> float:
-        return self.lr * math.sqrt(self.lr_reference_latents / self.n_latents)
+        """``lr * sqrt(lr_reference_latents / n_latents)``: the paper's ``1 / sqrt(n)`` scaling."""
+        return self.train.lr * math.sqrt(self.lr_reference_latents / self.n_latents)
 
 
 def d_model_of(run: RunConfig) -> int:
@@ -70,38 +74,34 @@ def d_model_of(run: RunConfig) -> int:
         return run.synthetic.d_model
     from paperlab import toolkit
 
-    return toolkit.config_for(run.lm.toolkit_profile).d_model
+    return toolkit.EXPERIMENT.config(run.lm.toolkit_profile).d_model
 
 
 def build_sae(run: RunConfig) -> SparseAutoencoder:
-    d = d_model_of(run)
+    d, seed = d_model_of(run), run.train.seed
     if run.kind == "topk":
         return TopKSAE(d, run.n_latents, run.k, k_aux=min(run.k_aux, run.n_latents),
                        multi_topk=run.multi_topk,
-                       tied_init=run.tied_init, dead_tokens=run.dead_tokens, seed=run.seed)
+                       tied_init=run.tied_init, dead_tokens=run.dead_tokens, seed=seed)
     return ReLUSAE(d, run.n_latents, run.l1_coefficient, tied_init=run.tied_init,
-                   dead_tokens=run.dead_tokens, seed=run.seed)
+                   dead_tokens=run.dead_tokens, seed=seed)
 
 
 def _data(run: RunConfig):
-    """(sample_train(step) -> (batch, d), validation activations (n, d), synthetic data or None)."""
+    """(get_batch(step) -> (x,) with x: (batch_size, d), validation activations (n, d), synthetic data or
+    None). Batches are drawn by :func:`paperlab.train.seeded_batches`."""
+    batch_size = run.train.batch_size
     if run.data == "synthetic":
         synthetic = make_synthetic(run.synthetic)
         val = synthetic.sample(4096, torch.Generator().manual_seed(10_000 + run.synthetic.seed))
-
-        def sample(step: int) -> torch.Tensor:
-            generator = torch.Generator().manual_seed(run.seed * 1_000_003 + step)
-            return synthetic.sample(run.batch_size, generator)
-
-        return sample, val, synthetic
+        return seeded_batches(lambda g: (synthetic.sample(batch_size, g),), run.train.seed), val, synthetic
     data = lm_activations(run.lm)
     train_x = data["train"]["activations"]
 
-    def sample(step: int) -> torch.Tensor:
-        generator = torch.Generator().manual_seed(run.seed * 1_000_003 + step)
-        return train_x[torch.randint(0, train_x.shape[0], (run.batch_size,), generator=generator)]
+    def sample(generator: torch.Generator) -> tuple[torch.Tensor]:
+        return (train_x[torch.randint(0, train_x.shape[0], (batch_size,), generator=generator)],)
 
-    return sample, data["val"]["activations"], None
+    return seeded_batches(sample, run.train.seed), data["val"]["activations"], None
 
 
 @torch.no_grad()
@@ -113,28 +113,24 @@ def evaluate(sae: SparseAutoencoder, x: torch.Tensor, k: int | None = None) -> d
 
 def train_sae(run: RunConfig, device: str | torch.device | None = "cpu") -> tuple[SparseAutoencoder, dict]:
     """Train the SAE of ``run``; returns it (on the CPU, eval mode) and a JSON-able record."""
-    with cpu_threads(1 if torch.device(device or "cpu").type == "cpu" else torch.get_num_threads()):
+    with cpu_threads(1, device=device or "cpu"):  # tiny models: one thread is faster than two busy cores
         return _train_sae(run, device)
 
 
 def _train_sae(run: RunConfig, device) -> tuple[SparseAutoencoder, dict]:
     from paperlab.sae.model import SAEAdam
 
-    sample, val, synthetic = _data(run)
+    get_batch, val, synthetic = _data(run)
     sae = build_sae(run)
-    sae.init_b_pre(sample(0)[:1024] if run.batch_size >= 1024 else torch.cat([sample(-i) for i in range(
-        1, 1 + math.ceil(1024 / run.batch_size))])[:1024])
-    config = TrainConfig(steps=run.steps, batch_size=run.batch_size, lr=run.scaled_lr, weight_decay=0.0,
-                         warmup_steps=run.warmup_steps, grad_clip=None, eval_every=run.eval_every,
-                         log_every=10, seed=run.seed, min_lr_ratio=0.1)
+    sae.init_b_pre(_b_pre_sample(get_batch, run.train.batch_size))
     optimizer = SAEAdam(sae, lr=run.scaled_lr)
     val_eval = val[:2048]
 
     def eval_fn(model):
         return evaluate(model, val_eval)
 
-    result = train(sae, lambda step, rank, world: (sample(step),), lambda m, batch: m.loss(batch[0])[0],
-                   config,
+    result = train(sae, get_batch, lambda m, batch: m.loss(batch[0])[0],
+                   dataclasses.replace(run.train, lr=run.scaled_lr),
                    eval_fn=eval_fn, device=device, desc=f"SAE {run.kind} n={run.n_latents}",
                    optimizer=optimizer)
     sae.cpu().eval()
@@ -145,6 +141,13 @@ def _train_sae(run: RunConfig, device) -> tuple[SparseAutoencoder, dict]:
     return sae, record
 
 
+def _b_pre_sample(get_batch, batch_size: int, n: int = 1024) -> torch.Tensor:
+    """``n`` inputs for the geometric median of ``b_pre``: the batches of steps 0, -1, -2, ... (none of
+    them a training step)."""
+    steps = [0] if batch_size >= n else range(-1, -1 - math.ceil(n / batch_size), -1)
+    return torch.cat([get_batch(step)[0] for step in steps])[:n]
+
+
 def run_cached(run: RunConfig) -> dict:
     """``{"state_dict": ..., "record": ...}`` for ``run``, from the artifact cache (trained if missing)."""
 
@@ -152,7 +155,7 @@ def run_cached(run: RunConfig) -> dict:
         sae, record = train_sae(run)
         return {"state_dict": {k: v.detach().clone() for k, v in sae.state_dict().items()}, "record": record}
 
-    return cache.cached("sae-run", run, compute, seed=run.seed)
+    return cache.cached("sae-run", run, compute, seed=run.train.seed)
 
 
 def load_sae(run: RunConfig) -> tuple[SparseAutoencoder, dict]:
