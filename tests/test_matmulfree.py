@@ -210,7 +210,7 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="token_mixer"):
         MatMulFreeConfig(vocab_size=5, context_length=4, token_mixer="conv")
     with pytest.raises(ValueError, match="kind"):
-        E.RunConfig(kind="rnn", d_model=8, lr=1e-3, corpus=E.CONFIGS["fast"].corpus)
+        E.RunConfig(kind="rnn", d_model=8, corpus=E.CONFIGS["fast"].corpus, train=E.CONFIGS["fast"].train)
     with pytest.raises(ValueError, match="quantised"):
         from paperlab.matmulfree import PackedBitLinear
         PackedBitLinear(BitLinear(4, 4, quantise=False))
@@ -218,6 +218,6 @@ def test_bad_inputs():
 
 def test_experiment_configs():
     for profile in ("fast", "full"):
-        config = E.config_for(profile)
+        config = E.EXPERIMENT.config(profile)
         assert len(config.sizes) >= 3
-        assert E.EXPERIMENT.config(profile) is config
+        assert config is E.CONFIGS[profile]

@@ -25,16 +25,15 @@ from dataclasses import dataclass, field
 import torch
 
 from paperlab import cache, toolkit
-from paperlab.config import pick
 from paperlab.data import lm_batches
 from paperlab.experiments import Experiment
 from paperlab.matmulfree.model import MatMulFreeConfig, MatMulFreeLM
 from paperlab.matmulfree.packed import pack_model, weight_bytes
 from paperlab.nn import GPT, GPTConfig, count_parameters, generate
-from paperlab.train import TrainConfig, TrainResult, auto_device, train
+from paperlab.train import TrainConfig, TrainResult, auto_device, seeded_batches, train
 from paperlab.utils import cpu_threads, peak_cpu_allocation
 
-__all__ = ["RunConfig", "MatMulFreeExperimentConfig", "CONFIGS", "config_for", "make_model", "train_run",
+__all__ = ["RunConfig", "MatMulFreeExperimentConfig", "CONFIGS", "make_model", "train_run",
            "load_run", "run", "EXPERIMENT", "KINDS"]
 
 KINDS = ("transformer", "matmulfree", "fp", "ternary_attention")
@@ -46,16 +45,11 @@ class RunConfig:
 
     kind: str
     d_model: int
-    lr: float
     corpus: toolkit.ToolkitConfig
+    train: TrainConfig
     n_layers: int = 2
     n_heads: int = 4
-    steps: int = 300
-    batch_size: int = 16
-    warmup_steps: int = 30
-    eval_every: int = 50
     eval_windows: int = 64
-    seed: int = 0
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -64,25 +58,22 @@ class RunConfig:
 
 @dataclass(frozen=True)
 class MatMulFreeExperimentConfig:
-    """The chapter's settings for one profile."""
+    """The chapter's settings for one profile. ``train`` is every run's schedule; its ``lr`` is replaced by
+    the learning rate of the sweep (``sweep_lrs``) or by the family's best one from it."""
 
     corpus: toolkit.ToolkitConfig = field(default_factory=toolkit.ToolkitConfig)
     sizes: tuple[int, ...] = (32, 48, 64)  # d_model of the scaling study
     n_layers: int = 2
-    steps: int = 300
-    batch_size: int = 16
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        steps=300, batch_size=16, warmup_steps=30, eval_every=50, log_every=10))
     sweep_d_model: int = 48
-    sweep_lrs: tuple[float, ...] = (1e-3, 3e-3, 1e-2, 3e-2)
-    eval_every: int = 50
+    sweep_lrs: tuple[float, ...] = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
     eval_windows: int = 64
     n_prompts: int = 8  # greedy generations compared packed vs float
-    seed: int = 0
 
     def run_config(self, kind: str, d_model: int, lr: float) -> RunConfig:
-        return RunConfig(kind=kind, d_model=d_model, lr=lr,
-                         corpus=self.corpus, n_layers=self.n_layers, steps=self.steps,
-                         batch_size=self.batch_size, warmup_steps=max(1, self.steps // 10),
-                         eval_every=self.eval_every, eval_windows=self.eval_windows, seed=self.seed)
+        return RunConfig(kind=kind, d_model=d_model, corpus=self.corpus, n_layers=self.n_layers,
+                         train=dataclasses.replace(self.train, lr=lr), eval_windows=self.eval_windows)
 
 
 _FAST_CORPUS = dataclasses.replace(toolkit.CONFIGS["fast"], context_length=32)
@@ -90,19 +81,12 @@ _FULL_CORPUS = dataclasses.replace(toolkit.CONFIGS["full"], context_length=32)
 
 CONFIGS = {
     "fast": MatMulFreeExperimentConfig(
-        corpus=_FAST_CORPUS, sizes=(16, 32, 48), steps=60, batch_size=8, sweep_d_model=32,
-        sweep_lrs=(3e-3, 3e-2), eval_every=30, eval_windows=16, n_prompts=4,
+        corpus=_FAST_CORPUS, sizes=(16, 32, 48),
+        train=TrainConfig(steps=60, batch_size=8, warmup_steps=6, eval_every=30, log_every=2),
+        sweep_d_model=32, sweep_lrs=(3e-3, 3e-2), eval_windows=16, n_prompts=4,
     ),
-    "full": MatMulFreeExperimentConfig(
-        corpus=_FULL_CORPUS, sizes=(32, 48, 64), steps=300, batch_size=16, sweep_d_model=48,
-        sweep_lrs=(1e-3, 3e-3, 1e-2, 3e-2, 1e-1), eval_every=50, eval_windows=64, n_prompts=8,
-    ),
+    "full": MatMulFreeExperimentConfig(corpus=_FULL_CORPUS),  # the defaults, on the full corpus
 }
-
-
-def config_for(profile: str | None = None) -> MatMulFreeExperimentConfig:
-    """The config of the current (or given) profile."""
-    return pick(CONFIGS, profile)
 
 
 def make_model(run: RunConfig, vocab_size: int) -> torch.nn.Module:
@@ -119,21 +103,18 @@ def _train(run: RunConfig, device) -> dict:
     device = auto_device(device)
     corpus = toolkit.build_corpus(run.corpus)
     train_ids = corpus.train_ids.to(device)
-    torch.manual_seed(run.seed)
+    torch.manual_seed(run.train.seed)
     model = make_model(run, corpus.tokenizer.vocab_size).to(device)
-    config = TrainConfig(steps=run.steps, batch_size=run.batch_size, lr=run.lr, warmup_steps=run.warmup_steps,
-                         eval_every=run.eval_every, seed=run.seed, log_every=max(1, run.steps // 30))
-
-    def get_batch(step, rank, world_size):
-        generator = torch.Generator().manual_seed(run.seed * 1_000_003 + step * 101 + rank)
-        return lm_batches(train_ids, run.batch_size, run.corpus.context_length, generator)
+    get_batch = seeded_batches(
+        lambda generator: lm_batches(train_ids, run.train.batch_size, run.corpus.context_length, generator),
+        run.train.seed)
 
     def eval_fn(m):
         return {"val_loss": toolkit.window_loss(m, corpus.val_ids, run.corpus, run.eval_windows)}
 
     with cpu_threads(1):
-        result = train(model, get_batch, lambda m, b: m.loss(*b), config, eval_fn=eval_fn, device=device,
-                       desc=f"{run.kind} d={run.d_model} lr={run.lr:g}")
+        result = train(model, get_batch, lambda m, b: m.loss(*b), run.train, eval_fn=eval_fn, device=device,
+                       desc=f"{run.kind} d={run.d_model} lr={run.train.lr:g}")
     n_params = count_parameters(model)
     n_non_embedding = n_params - model.token_embedding.weight.numel()
     if run.kind == "transformer":  # tied head: the head's matmul still costs compute
@@ -151,7 +132,7 @@ def _train(run: RunConfig, device) -> dict:
 
 def train_run(run: RunConfig, device=None) -> dict:
     """Train (or load from the cache) one run; returns weights, history and summary numbers."""
-    return cache.cached("matmulfree-run", run, lambda: _train(run, device), seed=run.seed)
+    return cache.cached("matmulfree-run", run, lambda: _train(run, device), seed=run.train.seed)
 
 
 def load_run(run: RunConfig, device=None) -> tuple[torch.nn.Module, toolkit.Corpus, dict]:
@@ -166,7 +147,7 @@ def load_run(run: RunConfig, device=None) -> tuple[torch.nn.Module, toolkit.Corp
 def _summary(run: RunConfig, result: dict) -> dict:
     history = TrainResult.from_dict(result["history"])
     eval_steps, val = history.eval_history("val_loss")
-    return {"kind": run.kind, "d_model": run.d_model, "lr": run.lr,
+    return {"kind": run.kind, "d_model": run.d_model, "lr": run.train.lr,
             "n_parameters": result["n_parameters"], "n_non_embedding": result["n_non_embedding"],
             "flops": result["flops"], "tokens": result["tokens"], "final_val_loss": result["final_val_loss"],
             "steps": history.steps, "train_loss": history.loss, "eval_steps": eval_steps, "val_loss": val,

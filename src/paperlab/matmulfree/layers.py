@@ -49,16 +49,22 @@ class BitLinear(nn.Module):
         if not self.quantise:
             return rms_kernels.rms_norm(x, self.norm_weight, BITLINEAR_EPS, impl=self.impl)
         if self.impl == "reference":  # unfused: norm, then quantise, straight through
-            y = rms_kernels.rms_norm_reference(x, self.norm_weight, BITLINEAR_EPS)
+            y = rms_kernels.rms_norm_reference(x, self.norm_weight, BITLINEAR_EPS)  # y = RMSNorm(x)
+            # Q_a(y) = clip(round(y s_x), -128, 127) / s_x with s_x = 127 / max_j |y_j|, per token
             return ste(y, activation_quant(y))
-        return rms_kernels.rms_norm_fake_quant(x, self.norm_weight, BITLINEAR_EPS, impl=self.impl)
+        return rms_kernels.rms_norm_fake_quant(x, self.norm_weight, BITLINEAR_EPS, impl=self.impl)  # fused
 
     def quantised_weight(self) -> torch.Tensor:
         """``W_t / s_w`` with the straight-through gradient (``self.weight`` if not quantising)."""
-        return ste(self.weight, weight_quant(self.weight)) if self.quantise else self.weight
+        if not self.quantise:
+            return self.weight
+        # Q_w(W) = clip(round(W s_w), -1, 1) / s_w with s_w = 1 / mean|W|, per tensor
+        return ste(self.weight, weight_quant(self.weight))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(self.normalise(x), self.quantised_weight())
+        x_q = self.normalise(x)  # Q_a(RMSNorm(x)): 8-bit per token
+        w_q = self.quantised_weight()  # Q_w(W): ternary per tensor
+        return F.linear(x_q, w_q)  # y = Q_a(RMSNorm(x)) Q_w(W)^T: additions and subtractions only
 
     def extra_repr(self) -> str:
         return f"{self.in_features} -> {self.out_features}, quantise={self.quantise}"
@@ -122,12 +128,13 @@ class MLGRU(nn.Module):
         return mlgru_kernels.mlgru_scan(f, c, impl=self.impl)
 
     def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        f = torch.sigmoid(self.f_proj(x))
-        c = F.silu(self.c_proj(x))
+        f = torch.sigmoid(self.f_proj(x))  # f_t = sigmoid(BitLinear_f(x_t)), the forget gate
+        c = F.silu(self.c_proj(x))  # c_t = SiLU(BitLinear_c(x_t)), the candidate
         if attention_mask is not None:
-            c = c * attention_mask[..., None].to(c.dtype)
-        h = self.recurrence(f, c)
-        return self.o_proj(self.h_norm(h) * F.silu(self.g_proj(x)))
+            c = c * attention_mask[..., None].to(c.dtype)  # padding adds nothing to the state
+        h = self.recurrence(f, c)  # h_t = f_t * h_{t-1} + (1 - f_t) * c_t, element-wise (a linear scan)
+        g = self.g_proj(x)  # g_t = BitLinear_g(x_t), the output gate
+        return self.o_proj(self.h_norm(h) * F.silu(g))  # o_t = BitLinear_o(RMSNorm(h_t) * SiLU(g_t))
 
 
 class GLU(nn.Module):
@@ -141,7 +148,7 @@ class GLU(nn.Module):
         self.down = BitLinear(d_hidden, d_model, quantise=quantise, impl=impl)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down(F.silu(self.gate(x)) * self.up(x))
+        return self.down(F.silu(self.gate(x)) * self.up(x))  # down(SiLU(gate(x)) * up(x)), all BitLinear
 
 
 class TernaryAttention(nn.Module):
