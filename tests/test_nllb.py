@@ -9,7 +9,15 @@ import torch
 
 from paperlab.nllb import data as D
 from paperlab.nllb.model import ConditionalMoE, ModelConfig, MoEFFN, Seq2Seq, beam_search, greedy_decode
-from paperlab.nllb.train import RunConfig, Translator, encode_pairs, routing_by_language, score, train_run
+from paperlab.nllb.train import (
+    NLLB_TRAIN,
+    RunConfig,
+    Translator,
+    encode_pairs,
+    routing_by_language,
+    score,
+    train_run,
+)
 from paperlab.nn import SwiGLU
 from paperlab.utils import cpu_threads
 from paperlab_kernels import moe
@@ -236,11 +244,8 @@ def test_training_smoke_loss_decreases_and_records():
         n_experts=4,
         d_model=32,
         d_hidden=64,
-        steps=30,
-        batch_size=16,
-        lr=3e-3,
-        warmup_steps=5,
-        eval_every=15,
+        train=dataclasses.replace(NLLB_TRAIN, steps=30, batch_size=16, lr=3e-3, warmup_steps=5,
+                                  eval_every=15),
     )
     model, translator, record = train_run(run)
     loss = record["history"]["loss"]

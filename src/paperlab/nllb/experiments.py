@@ -23,15 +23,14 @@ import math
 import random
 from dataclasses import dataclass
 
-from paperlab.config import pick
 from paperlab.experiments import Experiment
 from paperlab.nllb.data import FAMILIES, HIGH, HUB, LANGUAGES, LOW, ZERO_SHOT, WorldConfig, make_world
-from paperlab.nllb.train import RunConfig, prefetch, run_cached, score
+from paperlab.nllb.train import NLLB_TRAIN, RunConfig, prefetch, run_cached, score
+from paperlab.train import TrainConfig
 
 __all__ = [
     "NLLBExperimentConfig",
     "CONFIGS",
-    "config_for",
     "runs",
     "prefetch_all",
     "transfer",
@@ -54,16 +53,11 @@ class NLLBExperimentConfig:
     d_hidden: int = 128
     n_experts: int = 8
     capacity_factor: float = 1.0
-    steps: int = 1200
+    train: TrainConfig = dataclasses.replace(NLLB_TRAIN, steps=1200, warmup_steps=100)
     bilingual_steps: int = 400
-    batch_size: int = 64
-    lr: float = 2e-3
-    warmup_steps: int = 100
-    eval_every: int = 100
     eom_p: float = 0.2
     curriculum_start: float = 0.3
     workers: int = 2
-    seed: int = 0
 
 
 CONFIGS = {
@@ -73,18 +67,11 @@ CONFIGS = {
         n_heads=2,
         d_hidden=64,
         n_experts=4,
-        steps=40,
+        train=dataclasses.replace(NLLB_TRAIN, steps=40, batch_size=32, warmup_steps=10, eval_every=20),
         bilingual_steps=20,
-        batch_size=32,
-        eval_every=20,
-        warmup_steps=10,
     ),
     "full": NLLBExperimentConfig(),
 }
-
-
-def config_for(profile: str | None = None) -> NLLBExperimentConfig:
-    return pick(CONFIGS, profile)
 
 
 def runs(config: NLLBExperimentConfig) -> dict[str, RunConfig]:
@@ -97,24 +84,16 @@ def runs(config: NLLBExperimentConfig) -> dict[str, RunConfig]:
         d_hidden=config.d_hidden,
         n_experts=config.n_experts,
         capacity_factor=config.capacity_factor,
-        steps=config.steps,
-        batch_size=config.batch_size,
-        lr=config.lr,
-        warmup_steps=config.warmup_steps,
-        eval_every=config.eval_every,
-        seed=config.seed,
+        train=config.train,
     )
     out = {"dense": base, "moe": dataclasses.replace(base, ffn="moe")}
     out["moe_eom"] = dataclasses.replace(out["moe"], eom_p=config.eom_p)
     out["moe_curriculum"] = dataclasses.replace(out["moe"], curriculum_start=config.curriculum_start)
     for code in LOW:
-        out[f"bilingual/{code}"] = dataclasses.replace(
-            base,
-            languages=(code,),
-            steps=config.bilingual_steps,
-            select="best",
-            eval_every=max(1, config.eval_every // 2),
-        )
+        bilingual_train = dataclasses.replace(config.train, steps=config.bilingual_steps,
+                                              eval_every=max(1, config.train.eval_every // 2))
+        out[f"bilingual/{code}"] = dataclasses.replace(base, languages=(code,), train=bilingual_train,
+                                                       select="best")
     return out
 
 
@@ -213,7 +192,7 @@ REGULARISED = ("moe", "moe_eom", "moe_curriculum")
 
 def regularisation(config: NLLBExperimentConfig) -> dict:
     """Plain MoE against MoE + EOM and MoE + curriculum on the low-resource directions."""
-    out = {"eom_p": config.eom_p, "curriculum_start_step": int(config.curriculum_start * config.steps)}
+    out = {"eom_p": config.eom_p, "curriculum_start_step": int(config.curriculum_start * config.train.steps)}
     for name in REGULARISED:
         record = _record(config, name)
         out[name] = {
@@ -293,7 +272,7 @@ def zero_shot(config: NLLBExperimentConfig) -> dict:
     for a, b in ZERO_SHOT:
         refs = world.test[b]
         shuffled = refs[:]
-        random.Random(config.seed).shuffle(shuffled)
+        random.Random(config.train.seed).shuffle(shuffled)
         baseline[f"{a}-{b}"] = score(shuffled, refs)
     out["unrelated_baseline"] = baseline
     return out

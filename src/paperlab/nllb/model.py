@@ -218,30 +218,29 @@ class MoEFFN(nn.Module):
     def route(self, x: torch.Tensor, valid: torch.Tensor):
         """Top-k gating: (expert_index (T, k), gate weights (T, k) over kept choices, slot (T, k),
         capacity, l_aux, probabilities (T, E))."""
-        logits = self.gate(x).float()  # (T, E): s = W_g x
-        probs = logits.softmax(dim=-1)  # p
-        first = probs.argmax(dim=-1)  # e_1
+        logits = self.gate(x).float()  # s = W_g x: (T, E)
+        probs = logits.softmax(dim=-1)  # p = softmax(s)
+        first = probs.argmax(dim=-1)  # e_1 = argmax_e p_e
         if self.k == 2:
             noisy = logits
-            if self.training and self.gumbel_second:  # Gumbel-max: sample e_2 ~ p restricted to e != e_1
+            if self.training and self.gumbel_second:  # s_e + G_e, G_e ~ Gumbel(0, 1): samples e_2 ~ p
                 uniform = torch.rand_like(logits).clamp_(1e-9, 1 - 1e-9)
                 noisy = logits - torch.log(-torch.log(uniform))
             second = noisy.masked_fill(F.one_hot(first, self.n_experts).bool(), float("-inf")).argmax(dim=-1)
-            expert_index = torch.stack([first, second], dim=1)
+            expert_index = torch.stack([first, second], dim=1)  # e_2 = argmax_{e != e_1} (s_e + G_e)
         else:
             expert_index = first[:, None]
-        n_real = int(valid.sum())
+        n_real = int(valid.sum())  # S: padding is never routed
         factor = self.capacity_factor if self.training else self.eval_capacity_factor
-        capacity = moe.capacity_for(n_real, self.n_experts, self.k, factor)
-        slot = moe.assign_slots(expert_index, self.n_experts, capacity, valid=valid)
+        capacity = moe.capacity_for(n_real, self.n_experts, self.k, factor)  # C = ceil(f k S / E)
+        slot = moe.assign_slots(expert_index, self.n_experts, capacity, valid=valid)  # -1: dropped
         kept = (slot >= 0).to(probs.dtype)
-        gate = probs.gather(1, expert_index) * kept
-        gate = gate / gate.sum(dim=1, keepdim=True).clamp(min=torch.finfo(gate.dtype).eps)  # g_j
-        # l_aux = E^2 mean_e(me_e ce_e) over real tokens
-        weight = valid.to(probs.dtype)[:, None] / max(n_real, 1)
-        me = (probs * weight).sum(dim=0)
-        ce = (F.one_hot(first, self.n_experts).to(probs.dtype) * weight).sum(dim=0)
-        l_aux = self.n_experts**2 * (me * ce).mean()
+        gate = probs.gather(1, expert_index) * kept  # p_{e_j} of the kept choices
+        gate = gate / gate.sum(dim=1, keepdim=True).clamp(min=torch.finfo(gate.dtype).eps)  # g_j (sum 1)
+        weight = valid.to(probs.dtype)[:, None] / max(n_real, 1)  # 1/S on real tokens
+        me = (probs * weight).sum(dim=0)  # m_e = (1/S) sum_t p_te
+        ce = (F.one_hot(first, self.n_experts).to(probs.dtype) * weight).sum(dim=0)  # c_e: share of e_1 = e
+        l_aux = self.n_experts**2 * (me * ce).mean()  # l_aux = E^2 (1/E) sum_e m_e c_e
         return expert_index, gate, slot, capacity, l_aux, probs
 
     def experts(self, buffer: torch.Tensor) -> torch.Tensor:

@@ -40,10 +40,11 @@ from paperlab.nllb.data import (
     train_directions,
 )
 from paperlab.nllb.model import ModelConfig, Seq2Seq, beam_search, greedy_decode
-from paperlab.train import TrainConfig, train
+from paperlab.train import TrainConfig, TrainResult, batch_generator, train
 from paperlab.utils import cpu_threads
 
 __all__ = [
+    "NLLB_TRAIN",
     "RunConfig",
     "Translator",
     "encode_pairs",
@@ -62,15 +63,21 @@ def _name(direction: tuple[str, str]) -> str:
     return f"{direction[0]}-{direction[1]}"
 
 
+NLLB_TRAIN = TrainConfig(steps=1000, batch_size=64, lr=2e-3, weight_decay=0.01, betas=(0.9, 0.98),
+                         warmup_steps=50, grad_clip=1.0, eval_every=100, log_every=10, min_lr_ratio=0.1)
+"""The schedule of a translation run (``batch_size`` in sentence pairs): AdamW with betas (0.9, 0.98) as
+in fairseq's transformer recipes, warmup, then cosine to a tenth of ``lr``."""
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """One training run.
 
     languages: the non-hub languages whose pairs with the hub are trained on (both directions); a
     bilingual baseline names one. Architecture: see :class:`paperlab.nllb.model.ModelConfig`.
-    steps, batch_size (sentence pairs), lr, warmup_steps; temperature ``T`` of the direction sampling;
+    train: the schedule (:data:`NLLB_TRAIN`); temperature ``T`` of the direction sampling;
     curriculum_start: fraction of the steps before low-resource directions are sampled (0 = none);
-    eval_every; select: ``"last"`` checkpoint or ``"best"`` (lowest mean validation loss over the trained
+    select: ``"last"`` checkpoint or ``"best"`` (lowest mean validation loss over the trained
     directions, used for bilingual baselines); test_zero_shot: also score :data:`ZERO_SHOT` directions.
     """
 
@@ -86,16 +93,11 @@ class RunConfig:
     n_experts: int = 8
     capacity_factor: float = 1.0
     eom_p: float = 0.0
-    steps: int = 1000
-    batch_size: int = 64
-    lr: float = 2e-3
-    warmup_steps: int = 50
+    train: TrainConfig = NLLB_TRAIN
     temperature: float = 5.0
     curriculum_start: float = 0.0
-    eval_every: int = 100
     select: str = "last"
     test_zero_shot: bool = True
-    seed: int = 0
 
     def __post_init__(self):
         unknown = [c for c in self.languages if c not in LANGUAGES or c == HUB]
@@ -293,105 +295,135 @@ def routing_by_language(model: Seq2Seq, translator: Translator, world, languages
 # Training
 # ----------------------------------------------------------------------------------------------------------
 def build_model(run: RunConfig, vocab_size: int) -> Seq2Seq:
-    torch.manual_seed(run.seed)
+    torch.manual_seed(run.train.seed)
     return Seq2Seq(run.model_config(vocab_size))
 
 
 def train_run(run: RunConfig, device: str | torch.device | None = "cpu") -> tuple[Seq2Seq, Translator, dict]:
     """Train the model of ``run``; returns (model on the CPU in eval mode, translator, JSON-able record)."""
-    threads = 1 if torch.device(device or "cpu").type == "cpu" else torch.get_num_threads()
-    with cpu_threads(threads):
+    with cpu_threads(1, device=device or "cpu"):  # small models: one thread is faster than two busy cores
         return _train_run(run, device)
 
 
 def _train_run(run: RunConfig, device) -> tuple[Seq2Seq, Translator, dict]:
+    """The three steps of the module docstring: tokenise, train (with validation and MoE logs), score."""
     world = make_world(run.world)
     tokenizer = build_tokenizer(world)
     model = build_model(run, tokenizer.vocab_size)
     translator = Translator(model, tokenizer)
     directions = run.directions
-    data = [encode_pairs(translator, world.pairs(*d), d) for d in directions]
-    sizes = torch.tensor([d[0].shape[0] for d in data], dtype=torch.float64)
-    width = max(d[0].shape[1] for d in data), max(d[1].shape[1] for d in data)
-    src_all = torch.cat([torch.nn.functional.pad(d[0], (0, width[0] - d[0].shape[1])) for d in data])
-    dec_all = torch.cat([torch.nn.functional.pad(d[1], (0, width[1] - d[1].shape[1])) for d in data])
-    tgt_all = torch.cat([torch.nn.functional.pad(d[2], (0, width[1] - d[2].shape[1])) for d in data])
+    get_batch = _direction_sampler(run, [encode_pairs(translator, world.pairs(*d), d) for d in directions],
+                                   directions, tokenizer.pad_id)
+    validation = _Validation(run, {_name(d): encode_pairs(translator, world.pairs(*d, split="valid"), d)
+                                   for d in directions})
+    moe_log = _MoELog()
+    result = train(model, get_batch, lambda m, b: m.loss(*b), run.train, eval_fn=validation, device=device,
+                   desc=f"NLLB {run.ffn} {'+'.join(run.languages)}", on_step=moe_log)
+    best_step = validation.restore_best(model, result)
+    model.eval()
+    test = _test_scores(run, translator, world, directions)
+    model.cpu()
+    translator.model = model
+    return model, translator, {
+        "history": result.to_dict(),
+        "moe_log": moe_log.record,
+        "test": test,
+        "routing": routing_by_language(model, translator, world, run.languages),
+        "best_step": best_step,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "directions": [_name(d) for d in directions],
+        "seconds": result.seconds,
+    }
+
+
+def _direction_sampler(run: RunConfig, data: list[tuple[torch.Tensor, ...]], directions: list, pad_id: int):
+    """``get_batch(step, rank, world_size)`` over the pairs of every direction in ``data``: each example's
+    direction is drawn with **temperature sampling**, ``P(d) ~ n_d^(1/T)``, and with a curriculum the
+    low-resource directions get probability 0 until step ``curriculum_start * steps``; then a pair of that
+    direction, uniformly. Random numbers from :func:`paperlab.train.batch_generator`."""
+    sizes = torch.tensor([d[0].shape[0] for d in data], dtype=torch.float64)  # n_d
+    src_all, dec_all, tgt_all = (_concatenate([d[i] for d in data]) for i in range(3))
     offsets = torch.cat([torch.zeros(1, dtype=torch.float64), sizes.cumsum(0)[:-1]])
-    weight = sizes ** (1.0 / run.temperature)  # temperature sampling
+    weight = sizes ** (1.0 / run.temperature)  # n_d^(1/T)
     low = torch.tensor([(d[0] in LOW or d[1] in LOW) for d in directions])
-    start_low = int(run.curriculum_start * run.steps)
+    start_low = int(run.curriculum_start * run.train.steps)
     probs_all = weight / weight.sum()
-    probs_late = torch.where(low, 0.0, weight)
+    probs_late = torch.where(low, 0.0, weight)  # before start_low: low-resource directions get none
     probs_early = probs_late / probs_late.sum() if bool((~low).any()) else probs_all
+    batch_size = run.train.batch_size
 
-    def get_batch(step, rank, world_size):
-        generator = torch.Generator().manual_seed(run.seed * 1_000_003 + step * 7 + rank)
+    def get_batch(step: int, rank: int, world_size: int):
+        generator = batch_generator(run.train.seed, step, rank)
         probs = probs_early if step <= start_low else probs_all
-        which = torch.multinomial(probs, run.batch_size, replacement=True, generator=generator)
-        index = (
-            offsets[which]
-            + (torch.rand(run.batch_size, generator=generator, dtype=torch.float64) * sizes[which]).floor()
-        ).long()
-        return _trim((src_all[index], dec_all[index], tgt_all[index]), tokenizer.pad_id)
+        which = torch.multinomial(probs, batch_size, replacement=True, generator=generator)
+        uniform = torch.rand(batch_size, generator=generator, dtype=torch.float64)
+        index = (offsets[which] + (uniform * sizes[which]).floor()).long()  # a pair of direction `which`
+        return _trim((src_all[index], dec_all[index], tgt_all[index]), pad_id)
 
-    eval_directions = directions
-    valid = {_name(d): encode_pairs(translator, world.pairs(*d, split="valid"), d) for d in eval_directions}
-    best = {"loss": math.inf, "state": None, "step": 0}
+    return get_batch
 
-    def eval_fn(m):
-        losses = {f"val/{name}": validation_loss(m, v) for name, v in valid.items()}
+
+def _concatenate(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Right-padded id tensors of several directions stacked into one, padded to the widest (pad id 0)."""
+    width = max(t.shape[1] for t in tensors)
+    return torch.cat([torch.nn.functional.pad(t, (0, width - t.shape[1])) for t in tensors])
+
+
+class _Validation:
+    """The ``eval_fn`` of a run: validation loss per direction; with ``select="best"`` it also keeps the
+    weights of the evaluation with the lowest mean loss."""
+
+    def __init__(self, run: RunConfig, valid: dict[str, tuple[torch.Tensor, ...]]) -> None:
+        self.run, self.valid = run, valid
+        self.n_evaluations, self.best_loss = 0, math.inf
+        self.best_index, self.best_state = None, None
+
+    def __call__(self, model: Seq2Seq) -> dict[str, float]:
+        losses = {f"val/{name}": validation_loss(model, v) for name, v in self.valid.items()}
         mean = sum(losses.values()) / len(losses)
-        if run.select == "best" and mean < best["loss"]:
-            best.update(loss=mean, state=copy.deepcopy(m.state_dict()), step=len(moe_log["step"]))
+        if self.run.select == "best" and mean < self.best_loss:
+            self.best_loss, self.best_index = mean, self.n_evaluations
+            self.best_state = copy.deepcopy(model.state_dict())
+        self.n_evaluations += 1
         return losses
 
-    moe_log = {"step": [], "l_aux": [], "dropped": [], "dropped_tokens": [], "ce": [], "gate": []}
+    def restore_best(self, model: Seq2Seq, result: TrainResult) -> int:
+        """With ``select="best"``, load the best evaluation's weights into ``model``; returns the step of
+        the weights the model now holds."""
+        if self.run.select != "best":
+            return self.run.train.steps
+        if self.best_index is None:  # no evaluation had a finite loss: the last weights stay
+            return 0
+        model.load_state_dict(self.best_state)
+        return result.evals[self.best_index]["step"]
 
-    def on_step(step, m):
-        moe_log["step"].append(step)
-        moe_log["ce"].append(m.last_losses.get("ce", float("nan")))
-        layers = list(m.moe_layers().values())
+
+class _MoELog:
+    """The ``on_step`` of a run: per step, the cross-entropy and the MoE layers' mean ``l_aux``, dropped
+    fractions and (CMoE) mean gate."""
+
+    def __init__(self) -> None:
+        self.record = {"step": [], "l_aux": [], "dropped": [], "dropped_tokens": [], "ce": [], "gate": []}
+
+    def __call__(self, step: int, model: Seq2Seq) -> None:
+        log = self.record
+        log["step"].append(step)
+        log["ce"].append(model.last_losses.get("ce", float("nan")))
+        layers = list(model.moe_layers().values())
         if layers:
             for key in ("l_aux", "dropped", "dropped_tokens"):
-                moe_log[key].append(sum(layer.last[key] for layer in layers) / len(layers))
-        gates = [b.ffn.ffn.last_gate for b in (*m.encoder, *m.decoder) if b.ffn.kind == "cmoe"]
+                log[key].append(sum(layer.last[key] for layer in layers) / len(layers))
+        gates = [b.ffn.ffn.last_gate for b in (*model.encoder, *model.decoder) if b.ffn.kind == "cmoe"]
         if gates:
-            moe_log["gate"].append(sum(gates) / len(gates))
+            log["gate"].append(sum(gates) / len(gates))
 
-    config = TrainConfig(
-        steps=run.steps,
-        batch_size=run.batch_size,
-        lr=run.lr,
-        weight_decay=0.01,
-        betas=(0.9, 0.98),
-        warmup_steps=run.warmup_steps,
-        grad_clip=1.0,
-        eval_every=run.eval_every,
-        log_every=10,
-        seed=run.seed,
-        min_lr_ratio=0.1,
-    )
-    result = train(
-        model,
-        get_batch,
-        lambda m, b: m.loss(*b),
-        config,
-        eval_fn=eval_fn,
-        device=device,
-        desc=f"NLLB {run.ffn} {'+'.join(run.languages)}",
-        on_step=on_step,
-    )
-    if run.select == "best" and best["state"] is not None:
-        model.load_state_dict(best["state"])
-    model.eval()
 
+def _test_scores(run: RunConfig, translator: Translator, world, directions: list) -> dict:
+    """chrF++ and BLEU of greedy translations of every trained direction's test set, and of the zero-shot
+    directions between trained languages (``test_zero_shot``), with three examples each."""
+    zero_shot = [d for d in ZERO_SHOT if d[0] in run.languages and d[1] in run.languages]
     test = {}
-    scored = list(directions) + (
-        [d for d in ZERO_SHOT if d[0] in run.languages and d[1] in run.languages]
-        if run.test_zero_shot
-        else []
-    )
-    for d in scored:
+    for d in list(directions) + (zero_shot if run.test_zero_shot else []):
         pairs = world.pairs(*d, split="test")
         hypotheses = translator.translate([s for s, _ in pairs], *d)
         test[_name(d)] = {
@@ -399,19 +431,7 @@ def _train_run(run: RunConfig, device) -> tuple[Seq2Seq, Translator, dict]:
             "zero_shot": d not in directions,
             "examples": [[s, h, t] for (s, t), h in list(zip(pairs, hypotheses))[:3]],
         }
-    model.cpu()
-    translator.model = model
-    record = {
-        "history": result.to_dict(),
-        "moe_log": moe_log,
-        "test": test,
-        "routing": routing_by_language(model, translator, world, run.languages),
-        "best_step": best["step"] if run.select == "best" else run.steps,
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "directions": [_name(d) for d in directions],
-        "seconds": result.seconds,
-    }
-    return model, translator, record
+    return test
 
 
 _MEMO: dict[RunConfig, dict] = {}  # artifacts of this process (needed when the disk cache is disabled)
@@ -428,7 +448,7 @@ def run_cached(run: RunConfig, device: str | torch.device | None = "cpu") -> dic
         state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         return {"state_dict": state, "record": record}
 
-    _MEMO[run] = cache.cached("nllb-run", run, compute, seed=run.seed)
+    _MEMO[run] = cache.cached("nllb-run", run, compute, seed=run.train.seed)
     return _MEMO[run]
 
 
@@ -441,7 +461,8 @@ def prefetch(runs: list[RunConfig], workers: int = 2, device: str | torch.device
         if run in _MEMO:
             continue
         disabled = os.environ.get("PAPERLAB_CACHE_DISABLE", "").strip() not in ("", "0")
-        found, value = (False, None) if disabled else cache.lookup("nllb-run", run, run.seed, (__name__,))
+        key = ("nllb-run", run, run.train.seed, (__name__,))
+        found, value = (False, None) if disabled else cache.lookup(*key)
         if found:
             _MEMO[run] = value
         else:
@@ -453,7 +474,7 @@ def prefetch(runs: list[RunConfig], workers: int = 2, device: str | torch.device
     import concurrent.futures
     import multiprocessing
 
-    missing.sort(key=lambda r: -r.steps)
+    missing.sort(key=lambda r: -r.train.steps)
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(min(workers, len(missing)), mp_context=context) as pool:
         for run, artifact in zip(missing, pool.map(run_cached, missing)):
