@@ -138,7 +138,7 @@ def test_training_projection_is_one_by_construction():
 
 
 def test_estimator_recovers_planted_structure_and_none_in_shuffled_data(hierarchy):
-    config = dataclasses.replace(E.config_for("fast"), n_random_pairs=60)
+    config = dataclasses.replace(E.EXPERIMENT.config("fast"), n_random_pairs=60)
     corpus = HierarchyCorpus(config.lm.corpus, hierarchy)
     result = E.planted_statistics(config)
     summary = result["summary"]
@@ -182,7 +182,7 @@ def test_lm_logits_and_intervention(monkeypatch, corpus):
     x = corpus.inputs(corpus.sample(4, torch.Generator().manual_seed(0))[0])
     assert torch.allclose(model(x)[:, -1], lemma_logits(model, x), atol=1e-5)
     config = dataclasses.replace(
-        E.config_for("fast"),
+        E.EXPERIMENT.config("fast"),
         n_contexts=16,
         lm=LMConfig(
             d_model=16, n_heads=2, eval_sentences=50, train=TrainConfig(steps=3, batch_size=8, lr=1e-3)

@@ -58,10 +58,10 @@ class Whitening:
                 "is singular; the causal inner product needs vocab much larger than d"
             )
         gamma = gamma.detach().double()
-        self.mean = gamma.mean(0)
+        self.mean = gamma.mean(0)  # E[gamma]
         centred = gamma - self.mean
-        covariance = centred.T @ centred / vocab
-        eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
+        covariance = centred.T @ centred / vocab  # Cov(gamma)
+        eigenvalues, eigenvectors = torch.linalg.eigh(covariance)  # Cov = V diag(e) V^T
         if eigenvalues.min() <= eps * eigenvalues.max():
             raise ValueError(
                 f"Cov(gamma) is (numerically) singular: smallest eigenvalue {eigenvalues.min():.3g}, "
@@ -73,7 +73,7 @@ class Whitening:
 
     def __call__(self, gamma: torch.Tensor) -> torch.Tensor:
         """g(y) for the rows of ``gamma`` (float64)."""
-        return (gamma.detach().double() - self.mean) @ self.A.T
+        return (gamma.detach().double() - self.mean) @ self.A.T  # g(y) = Cov^{-1/2} (gamma(y) - E[gamma])
 
     def to_embedding_direction(self, l: torch.Tensor) -> torch.Tensor:
         """The hidden-state direction whose addition adds ``l . g(y)`` to every logit: ``A^T l``."""
@@ -110,13 +110,13 @@ def estimate_vector(g: torch.Tensor, method: str = "lda") -> torch.Tensor:
         raise ValueError(
             f"need the representations of at least 2 tokens as an (n, d) tensor, got {tuple(g.shape)}"
         )
-    m = g.mean(0)
+    m = g.mean(0)  # mean of g(y) over Y(w)
     if method == "mean":
-        return m
-    covariance, _ = ledoit_wolf(g)
+        return m  # l_w = m, the plain-mean variant
+    covariance, _ = ledoit_wolf(g)  # Sigma: the spread inside Y(w), shrunk
     direction = torch.linalg.lstsq(covariance, m[:, None]).solution[:, 0]  # Sigma^+ m
-    u = direction / direction.norm()
-    return (m @ u) * u
+    u = direction / direction.norm()  # u = Sigma^+ m / ||Sigma^+ m||
+    return (m @ u) * u  # l_w = (m . u) u: mean projection g(y) . l_w / ||l_w||^2 over Y(w) is 1
 
 
 def estimate_vectors(
@@ -144,7 +144,7 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def orthogonality(vectors: dict[str, torch.Tensor], pairs: Sequence[tuple[str, str]]) -> list[float]:
     """``cos(l_z, l_w - l_z)`` for each (parent z, child w) pair."""
-    return [cosine(vectors[z], vectors[w] - vectors[z]) for z, w in pairs]
+    return [cosine(vectors[z], vectors[w] - vectors[z]) for z, w in pairs]  # l_z . (l_w - l_z) = 0 in theory
 
 
 def sibling_orthogonality(

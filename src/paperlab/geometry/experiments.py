@@ -14,14 +14,13 @@ returns plain results (numbers, lists, strings) for the chapter to plot.
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
 import torch
 
 from paperlab import cache
-from paperlab.config import pick
 from paperlab.experiments import Experiment
 from paperlab.geometry.estimate import (
     Whitening,
@@ -34,16 +33,14 @@ from paperlab.geometry.estimate import (
     random_pairs,
     sibling_orthogonality,
 )
-from paperlab.geometry.hierarchy import Hierarchy, extract_concepts, load_hierarchy
+from paperlab.geometry.hierarchy import Concepts, Hierarchy, extract_concepts, load_hierarchy
 from paperlab.geometry.lm import HierarchyCorpus, LMConfig, load_trained, representation
 from paperlab.geometry.synthetic import PlantedConfig, planted_unembeddings
-from paperlab.train import TrainConfig
 from paperlab.utils import cpu_threads
 
 __all__ = [
     "GeometryConfig",
     "CONFIGS",
-    "config_for",
     "load_lm",
     "lm_unembedding",
     "analyse_unembedding",
@@ -78,19 +75,9 @@ class GeometryConfig:
 
 CONFIGS = {
     "fast": GeometryConfig(
-        lm=LMConfig(
+        lm=LMConfig(  # the full LM, trained for a tenth of the steps
             eval_sentences=1000,
-            d_model=64,
-            n_layers=1,
-            train=TrainConfig(
-                steps=200,
-                batch_size=256,
-                lr=3e-3,
-                warmup_steps=20,
-                weight_decay=0.0,
-                eval_every=100,
-                log_every=25,
-            ),
+            train=dataclasses.replace(LMConfig().train, steps=200, warmup_steps=20, eval_every=100),
         ),
         n_random_pairs=100,
         n_contexts=128,
@@ -99,22 +86,6 @@ CONFIGS = {
     ),
     "full": GeometryConfig(),  # the defaults: LMConfig trains for 2000 steps
 }
-
-
-def config_for(profile: str | None = None) -> GeometryConfig:
-    return pick(CONFIGS, profile)
-
-
-def _one_thread(fn):
-    """Run with one CPU thread (:func:`paperlab.utils.cpu_threads`): these are many small operations, and
-    on two busy cores a second thread costs more than it brings."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        with cpu_threads(1):
-            return fn(*args, **kwargs)
-
-    return wrapper
 
 
 # ------------------------------------------------------------------------------------------ the LM
@@ -161,7 +132,106 @@ def _disjoint_orthogonality(g, sets, pairs, method="lda") -> list[float]:
     return out
 
 
-@_one_thread
+@dataclass
+class _Concepts:
+    """The concepts analysed in one unembedding: their token sets (rows of ``gamma``), the parent-child
+    pairs, random unrelated pairs (the null), and sibling triples ``(parent, child a, child b)``."""
+
+    concepts: Concepts
+    sets: dict[str, list[int]]
+    pairs: list[tuple[str, str]]
+    random_pairs: list[tuple[str, str]]
+    triples: list[tuple[str, str, str]]
+
+
+def _concepts(vocabulary: dict[str, int], config: GeometryConfig, hierarchy: Hierarchy,
+              roots: tuple[str, ...], generator: torch.Generator) -> _Concepts:
+    concepts = extract_concepts(hierarchy, vocabulary, config.min_tokens, roots)
+    sets = {c: [vocabulary[t] for t in concepts.tokens[c]] for c in concepts.names}
+    pairs = concepts.pairs()
+    ancestors = {c: set(concepts.ancestors(c)) for c in concepts.names}
+    others = random_pairs(concepts.names, pairs, config.n_random_pairs, generator, ancestors)
+    triples = [(z, a, b) for z in concepts.names for i, a in enumerate(concepts.children(z))
+               for b in concepts.children(z)[i + 1:]]
+    return _Concepts(concepts, sets, pairs, others, triples)
+
+
+def _spaces(gamma: torch.Tensor, whitening: Whitening, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """The unembedding in the causal inner product (whitened), and the two controls: rows permuted before
+    whitening (tokens get other tokens' vectors) and the centred, unwhitened Euclidean space."""
+    g = whitening(gamma)
+    permutation = torch.randperm(len(gamma), generator=generator)
+    return {"whitened": g, "shuffled": whitening(gamma[permutation]),
+            "euclidean": gamma.double() - gamma.double().mean(0), "whitened (mean)": g}
+
+
+def _orthogonality(spaces: dict[str, torch.Tensor], vectors: dict[str, dict], c: _Concepts) -> dict:
+    """Per space: cosines of parent-child differences (true pairs, random pairs, siblings, disjoint token
+    sets) and the vectors' norms."""
+    stats = {}
+    for name, vs in vectors.items():
+        stats[name] = {
+            "true_pairs": orthogonality(vs, c.pairs),
+            "random_pairs": orthogonality(vs, c.random_pairs),
+            "siblings": sibling_orthogonality(vs, c.triples),
+            "disjoint": _disjoint_orthogonality(spaces[name], c.sets, c.pairs, _method(name)),
+            "norms": [float(vs[n].norm()) for n in c.concepts.names],
+        }
+    return stats
+
+
+def _method(space: str) -> str:
+    return "mean" if "mean" in space else "lda"
+
+
+def _held_out(spaces: dict[str, torch.Tensor], sets: dict[str, list[int]], config: GeometryConfig) -> dict:
+    """Projections of held-out tokens on vectors estimated from the others (whitened and shuffled)."""
+    out = {}
+    for name in ("whitened", "shuffled"):
+        held = held_out_projections(spaces[name], sets, config.held_out_fraction, config.seed).values()
+        out[name] = {key: [h[key] for h in held] for key in ("train", "held_out", "random")}
+        out[name].update({key: [x for h in held for x in h[key]] for key in ("held_out_all", "random_all")})
+    return out
+
+
+def _summary(stats: dict, held: dict) -> dict:
+    """Means of every statistic, per space: what the chapter's scorecard reads."""
+    summary = {
+        name: {
+            "true_mean_abs": _mean_abs(s["true_pairs"]),
+            "true_mean": sum(s["true_pairs"]) / len(s["true_pairs"]),
+            "random_mean": sum(s["random_pairs"]) / len(s["random_pairs"]),
+            "random_mean_abs": _mean_abs(s["random_pairs"]),
+            "siblings_mean_abs": _mean_abs(s["siblings"]) if s["siblings"] else math.nan,
+            "disjoint_mean": sum(s["disjoint"]) / max(len(s["disjoint"]), 1),
+        }
+        for name, s in stats.items()
+    }
+    for name, h in held.items():
+        summary[name]["held_out_mean"] = sum(h["held_out"]) / len(h["held_out"])
+        summary[name]["random_projection_mean"] = sum(h["random"]) / len(h["random"])
+    return summary
+
+
+def _heatmap(concepts: Concepts, vectors: dict[str, dict], hierarchy: Hierarchy,
+             config: GeometryConfig) -> dict:
+    """Cosines between the vectors of the concepts down to ``heatmap_max_depth`` (hierarchy order), next to
+    WordNet's path similarity, and the correlation of the two (also for the shuffled control)."""
+    shown = [c for c in concepts.names if concepts.depth[c] <= config.heatmap_max_depth]
+    heat = {name: [[cosine(vectors[name][a], vectors[name][b]) for b in shown] for a in shown]
+            for name in ("whitened", "shuffled")}
+    path = [[hierarchy.path_similarity(a, b) for b in shown] for a in shown]
+    off = [(i, j) for i in range(len(shown)) for j in range(len(shown)) if i < j]
+
+    def correlation(matrix):
+        return _pearson([matrix[i][j] for i, j in off], [path[i][j] for i, j in off])
+
+    return {"names": shown, "cosine": heat["whitened"], "cosine_shuffled": heat["shuffled"],
+            "path_similarity": path, "correlation": correlation(heat["whitened"]),
+            "correlation_shuffled": correlation(heat["shuffled"])}
+
+
+@cpu_threads(1)  # many small operations: a second thread costs more than it brings
 def analyse_unembedding(
     gamma: torch.Tensor,
     vocabulary: dict[str, int],
@@ -173,105 +243,30 @@ def analyse_unembedding(
     """Every statistic of the chapter for the unembedding ``gamma`` (W, d), ``vocabulary`` mapping each
     lemma to its row. JSON-able results (see the chapter for what each one is)."""
     hierarchy = hierarchy if hierarchy is not None else load_hierarchy()
-    roots = roots if roots is not None else config.lm.corpus.roots
-    concepts = extract_concepts(hierarchy, vocabulary, config.min_tokens, roots)
-    sets = {c: [vocabulary[t] for t in concepts.tokens[c]] for c in concepts.names}
-    pairs = concepts.pairs()
-    ancestors = {c: set(concepts.ancestors(c)) for c in concepts.names}
-    generator = torch.Generator().manual_seed(config.seed)
-    others = random_pairs(concepts.names, pairs, config.n_random_pairs, generator, ancestors)
-    triples = [
-        (z, a, b)
-        for z in concepts.names
-        for i, a in enumerate(concepts.children(z))
-        for b in concepts.children(z)[i + 1 :]
-    ]
-
+    generator = torch.Generator().manual_seed(config.seed)  # random pairs, the shuffle, the figures' points
+    c = _concepts(vocabulary, config, hierarchy, roots if roots is not None else config.lm.corpus.roots,
+                  generator)
     whitening = Whitening(gamma)
-    g = whitening(gamma)
-    permutation = torch.randperm(len(gamma), generator=generator)
-    spaces = {
-        "whitened": g,
-        "shuffled": whitening(gamma[permutation]),  # rows permuted: tokens get other tokens' vectors
-        "euclidean": gamma.double() - gamma.double().mean(0),  # centred, not whitened
-    }
-    vectors = {name: estimate_vectors(space, sets) for name, space in spaces.items()}
-    vectors["whitened (mean)"] = estimate_vectors(g, sets, method="mean")
-    spaces["whitened (mean)"] = g
-    stats = {}
-    for name, vs in vectors.items():
-        method = "mean" if "mean" in name else "lda"
-        stats[name] = {
-            "true_pairs": orthogonality(vs, pairs),
-            "random_pairs": orthogonality(vs, others),
-            "siblings": sibling_orthogonality(vs, triples),
-            "disjoint": _disjoint_orthogonality(spaces[name], sets, pairs, method),
-            "norms": [float(vs[c].norm()) for c in concepts.names],
-        }
-    held = {
-        name: held_out_projections(spaces[name], sets, config.held_out_fraction, config.seed)
-        for name in ("whitened", "shuffled")
-    }
+    spaces = _spaces(gamma, whitening, generator)
+    g = spaces["whitened"]
+    vectors = {name: estimate_vectors(space, c.sets, method=_method(name)) for name, space in spaces.items()}
+    stats = _orthogonality(spaces, vectors, c)
+    held = _held_out(spaces, c.sets, config)
     eigenvalues = torch.linalg.eigvalsh(whitening.covariance)
     out = {
-        "n_tokens": len(vocabulary),
-        "d": gamma.shape[1],
-        "n_concepts": len(concepts.names),
-        "n_pairs": len(pairs),
-        "names": list(concepts.names),
-        "depth": [concepts.depth[c] for c in concepts.names],
-        "n_concept_tokens": [len(sets[c]) for c in concepts.names],
-        "pairs": [list(p) for p in pairs],
+        "n_tokens": len(vocabulary), "d": gamma.shape[1], "n_concepts": len(c.concepts.names),
+        "n_pairs": len(c.pairs), "names": list(c.concepts.names),
+        "depth": [c.concepts.depth[n] for n in c.concepts.names],
+        "n_concept_tokens": [len(c.sets[n]) for n in c.concepts.names], "pairs": [list(p) for p in c.pairs],
         "cov_condition_number": float(eigenvalues.max() / eigenvalues.min()),
         "whitened_mean_abs_max": float(g.mean(0).abs().max()),
         "whitened_cov_error": float((g.T @ g / len(g) - torch.eye(g.shape[1], dtype=g.dtype)).abs().max()),
-        "orthogonality": stats,
-        "held_out": {
-            name: {
-                "train": [h["train"] for h in v.values()],
-                "held_out": [h["held_out"] for h in v.values()],
-                "random": [h["random"] for h in v.values()],
-                "held_out_all": [x for h in v.values() for x in h["held_out_all"]],
-                "random_all": [x for h in v.values() for x in h["random_all"]],
-            }
-            for name, v in held.items()
-        },
-    }
-    out["summary"] = {
-        name: {
-            "true_mean_abs": _mean_abs(s["true_pairs"]),
-            "true_mean": sum(s["true_pairs"]) / len(s["true_pairs"]),
-            "random_mean": sum(s["random_pairs"]) / len(s["random_pairs"]),
-            "random_mean_abs": _mean_abs(s["random_pairs"]),
-            "siblings_mean_abs": _mean_abs(s["siblings"]) if s["siblings"] else math.nan,
-            "disjoint_mean": sum(s["disjoint"]) / max(len(s["disjoint"]), 1),
-        }
-        for name, s in stats.items()
-    }
-    for name, h in out["held_out"].items():
-        out["summary"][name]["held_out_mean"] = sum(h["held_out"]) / len(h["held_out"])
-        out["summary"][name]["random_projection_mean"] = sum(h["random"]) / len(h["random"])
-    # heatmap: concepts down to heatmap_max_depth, in hierarchy order; cosines vs WordNet path similarity
-    shown = [c for c in concepts.names if concepts.depth[c] <= config.heatmap_max_depth]
-    heat = {}
-    for name in ("whitened", "shuffled"):
-        matrix = [[cosine(vectors[name][a], vectors[name][b]) for b in shown] for a in shown]
-        heat[name] = matrix
-    path = [[hierarchy.path_similarity(a, b) for b in shown] for a in shown]
-    off = [(i, j) for i in range(len(shown)) for j in range(len(shown)) if i < j]
-    out["heatmap"] = {
-        "names": shown,
-        "cosine": heat["whitened"],
-        "cosine_shuffled": heat["shuffled"],
-        "path_similarity": path,
-        "correlation": _pearson([heat["whitened"][i][j] for i, j in off], [path[i][j] for i, j in off]),
-        "correlation_shuffled": _pearson(
-            [heat["shuffled"][i][j] for i, j in off], [path[i][j] for i, j in off]
-        ),
+        "orthogonality": stats, "held_out": held, "summary": _summary(stats, held),
+        "heatmap": _heatmap(c.concepts, vectors, hierarchy, config),
     }
     if figures:
-        out["plane"] = _plane(g, sets, vectors["whitened"], concepts, config, generator)
-        out["simplex"] = _simplex(g, sets, vectors["whitened"], config, generator)
+        out["plane"] = _plane(g, c.sets, vectors["whitened"], c.concepts, config, generator)
+        out["simplex"] = _simplex(g, c.sets, vectors["whitened"], config, generator)
     return out
 
 
@@ -330,7 +325,7 @@ def _simplex(g, sets, vectors, config, generator) -> dict:
     return out
 
 
-@_one_thread
+@cpu_threads(1)
 def analysis(config: GeometryConfig, device: str | torch.device | None = None) -> dict:
     """:func:`analyse_unembedding` of the trained LM (cached)."""
     model, corpus, _ = load_lm(config, device)
@@ -344,7 +339,7 @@ def analysis(config: GeometryConfig, device: str | torch.device | None = None) -
 
 
 # ---------------------------------------------------------------------------------- intervention
-@_one_thread
+@cpu_threads(1)
 def intervention(config: GeometryConfig, device: str | torch.device | None = None) -> dict:
     """Add ``alpha * A^T (l_p1 - l_p2)`` to the final hidden state ``lambda(x)`` (so that every lemma's
     logit moves by ``alpha * (l_p1 - l_p2) . g(y)`` plus a constant) on contexts of the corpus, and measure
@@ -408,7 +403,7 @@ def planted(config: GeometryConfig) -> dict:
     )
 
 
-@_one_thread
+@cpu_threads(1)
 def planted_statistics(config: GeometryConfig) -> dict:
     """The estimator on planted synthetic unembeddings over the same concept tree (see
     :mod:`paperlab.geometry.synthetic`): whitened, shuffled and Euclidean statistics, plus the cosines of

@@ -41,7 +41,7 @@ from paperlab import cache
 from paperlab.geometry.hierarchy import Concepts, Hierarchy, extract_concepts, load_hierarchy
 from paperlab.nn import GPT, GPTConfig, rope_cos_sin
 from paperlab.tokenizers import SPECIAL_TOKENS, WordTokenizer
-from paperlab.train import TrainConfig, auto_device, seed_everything, train
+from paperlab.train import TrainConfig, auto_device, seed_everything, seeded_batches, train
 from paperlab.utils import cpu_threads
 
 __all__ = [
@@ -290,9 +290,7 @@ def train_lm(config: LMConfig, device: str | torch.device | None = None) -> dict
     model = make_model(config, corpus).to(device)
     evaluation = corpus.sample(config.eval_sentences, torch.Generator().manual_seed(10_000 + seed))[0]
 
-    def get_batch(step: int, rank: int, world_size: int):
-        generator = torch.Generator().manual_seed(seed * 1_000_003 + step * 101 + rank)
-        return corpus.batch(config.train.batch_size, generator)
+    get_batch = seeded_batches(lambda generator: corpus.batch(config.train.batch_size, generator), seed)
 
     def eval_fn(model: GPT) -> dict:
         return {"lemma_loss": lemma_loss(model, corpus, evaluation)}
