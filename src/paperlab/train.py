@@ -511,10 +511,10 @@ def _set_up(model: nn.Module, loss_fn: Callable, config: TrainConfig, device: An
     return _Setup(device, rank, world_size, optimizer, params, loss_module)
 
 
-def _set_lr(optimizer: torch.optim.Optimizer, factor: float) -> None:
-    """Every group's learning rate = its initial one times ``factor`` (``lr_at(t) / config.lr``)."""
+def _set_lr(optimizer: torch.optim.Optimizer, lr: float, peak_lr: float) -> None:
+    """Every group's learning rate = its initial one scaled by the schedule, ``initial_lr * lr / peak_lr``."""
     for group in optimizer.param_groups:
-        group["lr"] = group["initial_lr"] * factor
+        group["lr"] = group["initial_lr"] * lr / peak_lr
 
 
 def _evaluation_due(step: int, config: TrainConfig) -> bool:
@@ -670,7 +670,7 @@ def train(
         grad_norm = torch.nn.utils.clip_grad_norm_(run.params, max_norm)  # 3. n = ||g||_2 before clipping
         lr = lr_at(step, config)
         log.step(step, loss, grad_norm, lr)  # window means; stops on a non-finite loss before the update
-        _set_lr(run.optimizer, lr / config.lr)  # 4. lr_at(t) * group_lr / config.lr, then the update
+        _set_lr(run.optimizer, lr, config.lr)  # 4. lr_at(t) * group_lr / config.lr, then the update
         run.optimizer.step()
         if on_step is not None:  # 5. the caller's hook, then evaluation when due
             on_step(step, model)
