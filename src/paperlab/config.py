@@ -7,7 +7,8 @@
 - ``full`` (the default): what the rendered book shows; each chapter runs in at most 4 minutes cold on
   2 CPU cores, and in seconds once its expensive runs are in the cache (:mod:`paperlab.cache`).
 
-Each experiment has one config dataclass and one instance per profile; :func:`pick` chooses.
+Each experiment has one config dataclass and one instance per profile; its ``EXPERIMENT.config()``
+(:meth:`paperlab.experiments.Experiment.config`) chooses, through :func:`pick`.
 """
 
 from __future__ import annotations
