@@ -433,7 +433,8 @@ def batch_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
 def seeded_batches(sample: Callable[[torch.Generator], tuple], seed: int) -> Callable[..., tuple]:
     """The ``get_batch`` of :func:`train` for a sampler of random batches: ``sample(generator)`` draws one
     batch (a tuple of tensors) from the generator it is given, :func:`batch_generator` of each
-    ``(step, rank)``. Every experiment of the book draws its training batches this way."""
+    ``(step, rank)``. Every experiment of the book draws its training batches from :func:`batch_generator`,
+    through this wrapper unless its sampler needs the step itself (NLLB's curriculum)."""
 
     def get_batch(step: int, rank: int = 0, world_size: int = 1) -> tuple:
         return sample(batch_generator(seed, step, rank))
