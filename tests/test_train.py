@@ -434,3 +434,13 @@ def test_seeded_batches_one_stream_per_step_and_rank():
     assert hash(config) == hash(dataclasses.replace(config))  # frozen: usable inside hashed configs
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.steps = 3
+
+
+def test_batch_seeds_never_collide_within_the_stated_range():
+    import numpy as np
+
+    from paperlab.train import batch_seed
+
+    seeds, steps, ranks = np.meshgrid(np.arange(4), np.arange(-5, 9_895), np.arange(101), indexing="ij")
+    values = batch_seed(seeds, steps, ranks).ravel()  # runs of < 9,900 steps (SAE also uses steps <= 0)
+    assert np.unique(values).size == values.size

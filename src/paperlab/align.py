@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from paperlab.nn import GPT, GPTConfig, generate, sequence_logprob
+from paperlab.train import batch_seed
 
 __all__ = [
     "freeze",
@@ -468,7 +469,7 @@ class PolicyGradient:
     @torch.no_grad()
     def sample(self, policy: GPT, step: int, rank: int = 0) -> tuple:
         c = self.config
-        rng = random.Random(self.seed * 1_000_003 + step * 101 + rank)
+        rng = random.Random(batch_seed(self.seed, step, rank))  # the book's per-(step, rank) seed
         chosen = [self.prompts[rng.randrange(len(self.prompts))] for _ in range(c.prompts_per_step)]
         rows = [p for p in chosen for _ in range(c.n_samples)]
         device = _device(policy)

@@ -48,6 +48,7 @@ __all__ = [
     "TrainResult",
     "auto_device",
     "batch_generator",
+    "batch_seed",
     "distributed_info",
     "is_main_process",
     "lr_at",
@@ -420,14 +421,17 @@ def adamw_for(model: nn.Module, config: TrainConfig, device: torch.device | None
     return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, fused=fused or None)
 
 
-def batch_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
-    """The random generator of the batch of update ``step`` on replica ``rank`` of a run seeded ``seed``.
+def batch_seed(seed: int, step: int, rank: int = 0) -> int:
+    """The seed of the batch of update ``step`` on replica ``rank`` of a run seeded ``seed``:
+    ``seed * 1_000_003 + step * 101 + rank``. For runs of fewer than 9,900 steps on fewer than 101 replicas,
+    no two ``(seed, step, rank)`` share it. So a run is reproducible, its batches do not depend on what was
+    drawn before, and each data-parallel replica sees other data."""
+    return seed * 1_000_003 + step * 101 + rank
 
-    Seeded with ``seed * 1_000_003 + step * 101 + rank``: for runs of fewer than 9,900 steps on fewer than
-    101 replicas, no two ``(seed, step, rank)`` share a stream. So a run is reproducible, its batches do
-    not depend on what was drawn before, and each data-parallel replica sees other data.
-    """
-    return torch.Generator().manual_seed(seed * 1_000_003 + step * 101 + rank)
+
+def batch_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
+    """A CPU generator seeded with :func:`batch_seed` ``(seed, step, rank)``, for the batch of one update."""
+    return torch.Generator().manual_seed(batch_seed(seed, step, rank))
 
 
 def seeded_batches(sample: Callable[[torch.Generator], tuple], seed: int) -> Callable[..., tuple]:
