@@ -162,7 +162,7 @@ def load_trained(config: ToolkitConfig,
                  device: str | torch.device | None = None) -> tuple[GPT, Corpus, TrainResult]:
     """The trained model (from the cache, training it first if needed), its corpus and its history."""
     artifact = cache.cached("toolkit-gpt", config, lambda: train_model(config, device),
-                            seed=config.train.seed)
+                            seed=config.train.seed, check=cache.has_keys("state_dict", "history"))
     corpus = build_corpus(config)
     model = make_model(config, corpus.tokenizer.vocab_size)
     model.load_state_dict(artifact["state_dict"])

@@ -316,7 +316,8 @@ def load_trained(config: LMConfig, device: str | torch.device | None = None):
     """The trained LM of ``config`` (from the artifact cache, training it on one CPU thread first if
     needed; the key covers this module and what it imports), its corpus and its training record."""
     with cpu_threads(1):  # a tiny model: one thread is faster than two busy cores
-        record = cache.cached("geometry-lm", config, lambda: train_lm(config, device), seed=config.train.seed)
+        record = cache.cached("geometry-lm", config, lambda: train_lm(config, device), seed=config.train.seed,
+                              check=cache.has_keys("state_dict", "history"))
     corpus = HierarchyCorpus(config.corpus)
     model = make_model(config, corpus)
     model.load_state_dict(record["state_dict"])

@@ -151,7 +151,8 @@ def _train(run: RunConfig, device) -> dict:
 
 def train_run(run: RunConfig, device=None) -> dict:
     """Train (or load from the cache) one run; returns weights, history and summary numbers."""
-    return cache.cached("matmulfree-run", run, lambda: _train(run, device), seed=run.seed)
+    return cache.cached("matmulfree-run", run, lambda: _train(run, device), seed=run.seed,
+                        check=cache.has_keys("state_dict", "history"))
 
 
 def load_run(run: RunConfig, device=None) -> tuple[torch.nn.Module, toolkit.Corpus, dict]:

@@ -414,6 +414,7 @@ def _train_run(run: RunConfig, device) -> tuple[Seq2Seq, Translator, dict]:
     return model, translator, record
 
 
+ARTIFACT_KEYS = cache.has_keys("state_dict", "record")  # a stored artifact without them is corrupt
 _MEMO: dict[RunConfig, dict] = {}  # artifacts of this process (needed when the disk cache is disabled)
 
 
@@ -428,7 +429,7 @@ def run_cached(run: RunConfig, device: str | torch.device | None = "cpu") -> dic
         state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         return {"state_dict": state, "record": record}
 
-    _MEMO[run] = cache.cached("nllb-run", run, compute, seed=run.seed)
+    _MEMO[run] = cache.cached("nllb-run", run, compute, seed=run.seed, check=ARTIFACT_KEYS)
     return _MEMO[run]
 
 
@@ -441,7 +442,8 @@ def prefetch(runs: list[RunConfig], workers: int = 2, device: str | torch.device
         if run in _MEMO:
             continue
         disabled = os.environ.get("PAPERLAB_CACHE_DISABLE", "").strip() not in ("", "0")
-        found, value = (False, None) if disabled else cache.lookup("nllb-run", run, run.seed, (__name__,))
+        found, value = (False, None) if disabled else cache.lookup("nllb-run", run, run.seed, (__name__,),
+                                                                      ARTIFACT_KEYS)
         if found:
             _MEMO[run] = value
         else:

@@ -152,7 +152,7 @@ def run_cached(run: RunConfig) -> dict:
         sae, record = train_sae(run)
         return {"state_dict": {k: v.detach().clone() for k, v in sae.state_dict().items()}, "record": record}
 
-    return cache.cached("sae-run", run, compute, seed=run.seed)
+    return cache.cached("sae-run", run, compute, seed=run.seed, check=cache.has_keys("state_dict", "record"))
 
 
 def load_sae(run: RunConfig) -> tuple[SparseAutoencoder, dict]:
