@@ -27,7 +27,7 @@ from functools import cached_property
 import torch
 
 from paperlab import cache
-from paperlab.config import pick
+from paperlab.config import check_ints, check_numbers, check_that, check_type, pick
 from paperlab.data import Grammar, GrammarConfig, lm_batches, split_train_val
 from paperlab.experiments import Experiment, over_seeds
 from paperlab.nn import GPT, GPTConfig, count_parameters, generate, sequence_logprob
@@ -52,6 +52,21 @@ class ToolkitConfig:
     seeds: tuple[int, ...] = (0, 1, 2)  # training seeds of run(); load_trained uses train.seed
     n_val_sentences: int = 2_000  # validation sentences scored against the grammar
     n_samples: int = 500  # sentences sampled (per seed) and parsed
+
+    def __post_init__(self):
+        check_type(self, "grammar", GrammarConfig)
+        check_type(self, "train", TrainConfig)
+        check_ints(self, "n_sentences", "context_length", "d_model", "n_layers", "n_heads", "eval_windows")
+        check_ints(self, "data_seed", low=0)
+        check_numbers(self, "val_fraction", low=0, high=1, open_low=True, open_high=True)
+        n_val = round(self.n_sentences * self.val_fraction)
+        check_that(self, 0 < n_val < self.n_sentences, "n_sentences",
+                   f"large enough that val_fraction = {self.val_fraction} leaves sentences on both sides")
+        try:  # the architecture's own rules (heads divide the width, even head size for RoPE), in one home
+            GPTConfig(vocab_size=1, context_length=self.context_length, d_model=self.d_model,
+                      n_layers=self.n_layers, n_heads=self.n_heads)
+        except ValueError as err:
+            raise ValueError(f"ToolkitConfig: {err}") from None
 
 
 CONFIGS = {
@@ -109,6 +124,16 @@ def build_corpus(config: ToolkitConfig) -> Corpus:
     return Corpus(grammar, train_sentences, val_sentences, tokenizer)
 
 
+def check_streams(corpus: Corpus, config: ToolkitConfig) -> None:
+    """Both token streams hold at least one window of ``context_length + 1`` tokens (else a ValueError
+    naming the fields to change, raised before training rather than at the first evaluation)."""
+    for split, ids in (("train", corpus.train_ids), ("validation", corpus.val_ids)):
+        if ids.numel() < config.context_length + 1:
+            raise ValueError(
+                f"the {split} stream has {ids.numel()} tokens, fewer than context_length + 1 = "
+                f"{config.context_length + 1}; raise n_sentences (or val_fraction) or lower context_length")
+
+
 def make_model(config: ToolkitConfig, vocab_size: int) -> GPT:
     return GPT(GPTConfig(vocab_size=vocab_size, context_length=config.context_length,
                          d_model=config.d_model, n_layers=config.n_layers, n_heads=config.n_heads))
@@ -138,6 +163,7 @@ def train_model(config: ToolkitConfig, device: str | torch.device | None = None)
     """Train the GPT of ``config``; returns its weights (on the CPU) and training history."""
     device = auto_device(device)
     corpus = build_corpus(config)
+    check_streams(corpus, config)
     train_ids = corpus.train_ids.to(device)
     seed_everything(config.train.seed)  # the initial weights come from the seed, not from earlier draws
     model = make_model(config, corpus.tokenizer.vocab_size).to(device)
