@@ -25,7 +25,16 @@ from dataclasses import dataclass, field
 import torch
 
 from paperlab import cache, toolkit
-from paperlab.config import pick
+from paperlab.config import (
+    check_choice,
+    check_int_tuple,
+    check_ints,
+    check_number_tuple,
+    check_numbers,
+    check_that,
+    check_type,
+    pick,
+)
 from paperlab.data import lm_batches
 from paperlab.experiments import Experiment
 from paperlab.matmulfree.model import MatMulFreeConfig, MatMulFreeLM
@@ -58,8 +67,15 @@ class RunConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if self.kind not in KINDS:
-            raise ValueError(f"RunConfig.kind must be one of {KINDS}, got {self.kind!r}")
+        check_choice(self, "kind", KINDS)
+        check_type(self, "corpus", toolkit.ToolkitConfig)
+        check_ints(self, "d_model", "n_layers", "n_heads", "steps", "batch_size", "eval_windows")
+        check_ints(self, "warmup_steps", "eval_every", "seed", low=0)
+        check_numbers(self, "lr", low=0, open_low=True)
+        check_that(self, self.warmup_steps <= self.steps, "warmup_steps", f"at most steps = {self.steps}")
+        head_dim = self.d_model / self.n_heads  # attention (GPT and ternary) splits d_model into even heads
+        check_that(self, head_dim == int(head_dim) and int(head_dim) % 2 == 0, "d_model",
+                   f"a multiple of 2 * n_heads = {2 * self.n_heads} (even heads for RoPE)")
 
 
 @dataclass(frozen=True)
@@ -77,6 +93,20 @@ class MatMulFreeExperimentConfig:
     eval_windows: int = 64
     n_prompts: int = 8  # greedy generations compared packed vs float
     seed: int = 0
+
+    def __post_init__(self):
+        check_type(self, "corpus", toolkit.ToolkitConfig)
+        check_int_tuple(self, "sizes")
+        check_number_tuple(self, "sweep_lrs", low=0, open_low=True)
+        check_ints(self, "n_layers", "steps", "batch_size", "sweep_d_model", "eval_windows", "n_prompts")
+        check_ints(self, "eval_every", "seed", low=0)
+        check_that(self, self.corpus.context_length >= 5, "corpus",
+                   "a ToolkitConfig with context_length >= 5 (3 prompt tokens, then generation)")
+        for d_model in (*self.sizes, self.sweep_d_model):  # every run's own checks, before any training
+            try:
+                self.run_config("transformer", d_model, self.sweep_lrs[0])
+            except ValueError as err:
+                raise ValueError(f"MatMulFreeExperimentConfig (sizes, sweep_d_model): {err}") from None
 
     def run_config(self, kind: str, d_model: int, lr: float) -> RunConfig:
         return RunConfig(kind=kind, d_model=d_model, lr=lr,
