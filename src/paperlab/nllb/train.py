@@ -27,6 +27,7 @@ import sacrebleu
 import torch
 
 from paperlab import cache
+from paperlab.config import check_choice, check_flags, check_ints, check_numbers, check_that, check_type
 from paperlab.nllb.data import (
     HUB,
     LANGUAGES,
@@ -34,12 +35,14 @@ from paperlab.nllb.data import (
     ZERO_SHOT,
     WorldConfig,
     build_tokenizer,
+    check_languages,
     detokenize,
     make_world,
     tag,
     train_directions,
 )
 from paperlab.nllb.model import ModelConfig, Seq2Seq, beam_search, greedy_decode
+from paperlab.tokenizers import SPECIAL_TOKENS
 from paperlab.train import TrainConfig, train
 from paperlab.utils import cpu_threads
 
@@ -98,17 +101,23 @@ class RunConfig:
     seed: int = 0
 
     def __post_init__(self):
-        unknown = [c for c in self.languages if c not in LANGUAGES or c == HUB]
-        if unknown or not self.languages:
-            raise ValueError(
-                f"languages must be non-hub languages of {tuple(LANGUAGES)}, got {self.languages}"
-            )
-        if not 0.0 <= self.curriculum_start < 1.0:
-            raise ValueError(f"curriculum_start must be in [0, 1), got {self.curriculum_start}")
-        if self.select not in ("last", "best"):
-            raise ValueError(f"select must be 'last' or 'best', got {self.select!r}")
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        check_type(self, "world", WorldConfig)
+        try:
+            check_languages(self.languages)
+        except ValueError as err:
+            raise ValueError(f"RunConfig.languages: {err}") from None
+        check_ints(self, "max_len", "d_model", "n_heads", "n_layers", "d_hidden", "n_experts", "steps",
+                   "batch_size")
+        check_ints(self, "warmup_steps", "eval_every", "seed", low=0)
+        check_that(self, self.warmup_steps <= self.steps, "warmup_steps", f"at most steps = {self.steps}")
+        check_numbers(self, "lr", "temperature", "capacity_factor", low=0, open_low=True)
+        check_numbers(self, "curriculum_start", low=0, high=1, open_high=True)
+        check_choice(self, "select", ("last", "best"))
+        check_flags(self, "test_zero_shot")
+        try:  # dropout, ffn, eom_p, heads, experts: the model's own rules (the vocabulary comes later)
+            self.model_config(vocab_size=len(SPECIAL_TOKENS) + len(LANGUAGES))
+        except ValueError as err:
+            raise ValueError(f"RunConfig: {err}") from None
 
     def model_config(self, vocab_size: int) -> ModelConfig:
         return ModelConfig(
