@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from paperlab import cache
+from paperlab.config import check_choice, check_flags, check_ints, check_numbers, check_that, check_type
 from paperlab.sae.data import LMDataConfig, SyntheticConfig, lm_activations, make_synthetic
 from paperlab.sae.metrics import feature_recovery, l0, nmse
 from paperlab.sae.model import ReLUSAE, SparseAutoencoder, TopKSAE
@@ -55,10 +56,17 @@ class RunConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if self.kind not in ("topk", "relu"):
-            raise ValueError(f"kind must be 'topk' or 'relu', got {self.kind!r}")
-        if self.data not in ("lm", "synthetic"):
-            raise ValueError(f"data must be 'lm' or 'synthetic', got {self.data!r}")
+        check_choice(self, "kind", ("topk", "relu"))
+        check_choice(self, "data", ("lm", "synthetic"))
+        check_type(self, "lm", LMDataConfig)
+        check_type(self, "synthetic", SyntheticConfig)
+        check_ints(self, "n_latents", "dead_tokens", "steps", "batch_size", "lr_reference_latents")
+        check_ints(self, "k", low=1, high=self.n_latents)
+        check_ints(self, "k_aux", "warmup_steps", "eval_every", "seed", low=0)
+        check_that(self, self.warmup_steps <= self.steps, "warmup_steps", f"at most steps = {self.steps}")
+        check_numbers(self, "l1_coefficient", low=0)
+        check_numbers(self, "lr", low=0, open_low=True)
+        check_flags(self, "multi_topk", "tied_init")
 
     @property
     def scaled_lr(self) -> float:
