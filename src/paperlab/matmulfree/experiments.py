@@ -222,7 +222,8 @@ def add_only_check(model: torch.nn.Module, corpus: toolkit.Corpus, n_prompts: in
             lambda: generate(model, prompts, max_new_tokens, greedy=True))
         _, transient_packed = peak_cpu_allocation(
             lambda: generate(packed, prompts, max_new_tokens, greedy=True))
-        x = torch.randint(0, corpus.tokenizer.vocab_size, (4, model.config.context_length))
+        x = torch.randint(0, corpus.tokenizer.vocab_size, (4, model.config.context_length),
+                          generator=torch.Generator().manual_seed(0))  # not the global RNG: same x on reruns
         with torch.no_grad():
             logit_gap = (model(x) - packed(x)).abs().max().item()
     resident_float = sum(t.numel() * t.element_size() for t in model.state_dict().values())
