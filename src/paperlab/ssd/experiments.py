@@ -348,4 +348,5 @@ def run(config: SSDConfig, device: str | torch.device | None = None) -> dict:
     }
 
 
-EXPERIMENT = Experiment(name="ssd", chapter="book/02-ssd.md", configs=CONFIGS, run=run)
+EXPERIMENT = Experiment(name="ssd", chapter="book/02-ssd.md", configs=CONFIGS, run=run,
+                        timings=("cost",))  # the cost sweep is forward-pass times
