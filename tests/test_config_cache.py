@@ -110,6 +110,28 @@ def test_interrupted_write_leaves_no_entry(tmp_cache, monkeypatch):
     assert cache.lookup("i", Outer()) == (False, None)
 
 
+def test_write_interrupted_after_the_meta_file_leaves_no_entry(tmp_cache, monkeypatch):
+    import os
+
+    calls, real_fsync = [], os.fsync
+
+    def interrupted_second_time(fd):  # the meta file is written, then the value's write is killed
+        calls.append(fd)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        real_fsync(fd)
+
+    cache.cached("i2", Outer(), lambda: [1])
+    monkeypatch.setattr(cache.os, "fsync", interrupted_second_time)
+    with pytest.raises(KeyboardInterrupt):
+        cache.store("i2", Outer(steps=3), {"w": torch.ones(1)})
+    monkeypatch.setattr(cache.os, "fsync", real_fsync)
+    assert len(calls) == 2 and len(list((tmp_cache / "i2").glob("*.meta.json"))) == 2  # the new meta is there
+    assert not list((tmp_cache / "i2").glob(".*tmp")) and not list((tmp_cache / "i2").glob("*.pt"))
+    assert cache.lookup("i2", Outer(steps=3)) == (False, None)
+    assert cache.lookup("i2", Outer()) == (True, [1])  # the folder's other entry is untouched
+
+
 def test_disable_and_clear(tmp_cache, monkeypatch):
     monkeypatch.setenv("PAPERLAB_CACHE_DISABLE", "1")
     calls = []

@@ -262,10 +262,6 @@ def _atomic_write(path: Path, write: Callable[[Any], None], mode: str) -> None:
         raise
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _entry_paths(name: str, key: str) -> dict[str, Path]:
     folder = cache_dir() / name
     return {"json": folder / f"{key}.json", "pt": folder / f"{key}.pt", "meta": folder / f"{key}.meta.json"}
@@ -336,19 +332,23 @@ def store(name: str, config: Any, value: Any, seed: int | None = None,
           code: tuple[str, ...] | None = None) -> Path:
     """Write ``value`` atomically as the entry for (name, config, seed, code); returns its path.
 
-    The value is written first, then the meta file with its checksum, so an entry is complete exactly when
-    its checksum matches. Raises OSError when the cache cannot be written (:func:`cached` warns instead).
+    The value is serialised in memory, its checksum written in the meta file, and only then the value
+    file: a value file on disk always has the meta file it must match (a reader never sees a new value
+    before its checksum). Raises OSError when the cache cannot be written (:func:`cached` warns instead).
     """
     key, description = cache_key(name, config, seed, code)
     paths = _entry_paths(name, key)
     remove_stale_temporaries(paths["meta"].parent)
     kind, other = ("json", "pt") if _is_json_value(value) else ("pt", "json")
     if kind == "json":
-        _atomic_write(paths["json"], lambda h: json.dump({"result": value}, h), "w")
+        data = json.dumps({"result": value}).encode()
     else:
-        _atomic_write(paths["pt"], lambda h: torch.save(value, h), "wb")
-    meta = {**description, "sha256": {kind: _sha256(paths[kind])}}
+        buffer = io.BytesIO()
+        torch.save(value, buffer)
+        data = buffer.getvalue()
+    meta = {**description, "sha256": {kind: hashlib.sha256(data).hexdigest()}}
     _atomic_write(paths["meta"], lambda h: json.dump(meta, h, indent=1, sort_keys=True), "w")
+    _atomic_write(paths[kind], lambda h: h.write(data), "wb")
     paths[other].unlink(missing_ok=True)
     return paths[kind]
 
