@@ -288,11 +288,11 @@ def test_toolkit_recomputes_an_artifact_without_weights(tmp_cache):
     from paperlab.train import TrainConfig
 
     config = toolkit.ToolkitConfig(n_sentences=300, context_length=8, d_model=16, n_layers=1, n_heads=2,
-                                   train=TrainConfig(steps=2, batch_size=4, eval_every=1), eval_windows=2)
+                                   train=TrainConfig(steps=3, batch_size=4, eval_every=1), eval_windows=2)
     cache.store("toolkit-gpt", config, {"history": {}}, seed=0, code=("paperlab.toolkit",))
     with pytest.warns(RuntimeWarning, match="state_dict"):
         model, _, history = toolkit.load_trained(config, device="cpu")  # was: KeyError: 'state_dict'
-    assert history.steps[-1] == 2 and model.config.d_model == 16
+    assert history.steps[-1] == 3 and model.config.d_model == 16
 
 
 def test_temporaries_of_killed_writers_are_removed(tmp_cache):

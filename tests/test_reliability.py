@@ -164,6 +164,8 @@ def test_cli_entry_point_prints_one_error_line():
     ("val_fraction=0", "ToolkitConfig.val_fraction must be a finite number in (0, 1)"),
     ("eval_windows=0", "ToolkitConfig.eval_windows must be a positive integer"),
     ("train.steps=0", "TrainConfig.steps must be an int >= 1"),
+    ("train.eval_every=0", "ToolkitConfig.train must be a TrainConfig with >= 3 evaluations"),
+    ("seeds=[]", "ToolkitConfig.seeds must be a non-empty tuple"),
 ])
 def test_toolkit_overrides_are_checked_before_training(override, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -228,6 +230,7 @@ def _cases():
     from paperlab.ssd.experiments import CostConfig, MQARConfig, SSDConfig
     from paperlab.ssd.model import Mamba2Config
     from paperlab.toolkit import ToolkitConfig
+    from paperlab.train import TrainConfig
 
     tk = ToolkitConfig()
     return [
@@ -262,6 +265,11 @@ def _cases():
         (lambda: ToolkitConfig(val_fraction=0.0), r"ToolkitConfig.val_fraction must be a finite number in"),
         (lambda: ToolkitConfig(eval_windows=0), "ToolkitConfig.eval_windows"),
         (lambda: ToolkitConfig(n_sentences=4), "ToolkitConfig.n_sentences must be large enough"),
+        (lambda: ToolkitConfig(seeds=(0, 0)), "ToolkitConfig.seeds must be distinct training seeds"),
+        (lambda: ToolkitConfig(seeds=(-1,)), "ToolkitConfig.seeds must be a non-empty tuple of integers in"),
+        (lambda: ToolkitConfig(n_samples=0), "ToolkitConfig.n_samples must be a positive integer"),
+        (lambda: ToolkitConfig(train=TrainConfig(steps=100, batch_size=4, eval_every=60)),
+         "ToolkitConfig.train must be a TrainConfig with >= 3 evaluations"),
         (lambda: GrammarConfig(n_nouns=True), "GrammarConfig.n_nouns must be a positive integer"),
         (lambda: GrammarConfig(p_plural="0.5"), "GrammarConfig.p_plural must be a finite number in"),
         (lambda: GPTConfig(vocab_size=8, context_length=8, tie_embeddings="yes"), "GPTConfig.tie_embeddings"),
@@ -361,7 +369,7 @@ def test_toolkit_checks_its_streams_before_training(monkeypatch):
 
     monkeypatch.setattr(toolkit, "train", lambda *a, **k: pytest.fail("trained before checking the data"))
     config = toolkit.ToolkitConfig(n_sentences=30, context_length=32, d_model=16, n_heads=2,
-                                   train=TrainConfig(steps=2, batch_size=2))
+                                   train=TrainConfig(steps=3, batch_size=2, eval_every=1))
     with pytest.raises(ValueError, match=r"the validation stream has \d+ tokens, fewer than context_length"):
         toolkit.train_model(config, device="cpu")
 

@@ -27,7 +27,7 @@ from functools import cached_property
 import torch
 
 from paperlab import cache
-from paperlab.config import check_ints, check_numbers, check_that, check_type, pick
+from paperlab.config import check_int_tuple, check_ints, check_numbers, check_that, check_type, pick
 from paperlab.data import Grammar, GrammarConfig, lm_batches, split_train_val
 from paperlab.experiments import Experiment, over_seeds
 from paperlab.nn import GPT, GPTConfig, count_parameters, generate, sequence_logprob
@@ -46,7 +46,7 @@ class ToolkitConfig:
     d_model: int = 128
     n_layers: int = 2
     n_heads: int = 4
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=1000, batch_size=32))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=1000, batch_size=32, eval_every=50))
     eval_windows: int = 64  # validation windows per evaluation
     data_seed: int = 0
     seeds: tuple[int, ...] = (0, 1, 2)  # training seeds of run(); load_trained uses train.seed
@@ -58,6 +58,13 @@ class ToolkitConfig:
         check_type(self, "train", TrainConfig)
         check_ints(self, "n_sentences", "context_length", "d_model", "n_layers", "n_heads", "eval_windows")
         check_ints(self, "data_seed", low=0)
+        check_ints(self, "n_val_sentences", "n_samples")
+        check_int_tuple(self, "seeds", low=0, high=2**32 - 1)
+        check_that(self, len(set(self.seeds)) == len(self.seeds), "seeds", "distinct training seeds")
+        every, steps = self.train.eval_every, self.train.steps
+        n_evals = steps // every + (steps % every > 0) if every else 1  # and always after the last step
+        check_that(self, n_evals >= 3, "train", f"a TrainConfig with >= 3 evaluations for run()'s "
+                   f"convergence check (eval_every <= steps / 3 = {steps // 3}); it has {n_evals}")
         check_numbers(self, "val_fraction", low=0, high=1, open_low=True, open_high=True)
         n_val = round(self.n_sentences * self.val_fraction)
         check_that(self, 0 < n_val < self.n_sentences, "n_sentences",
