@@ -46,8 +46,12 @@ def dummy(monkeypatch, tmp_path):
                 "runs": [{"x": 1, "seconds": seconds}, {"x": 2}],
                 "cost": {"by_length": {"128": seconds}}}
 
+    def check(config):
+        if config.steps == 2:
+            raise ValueError("Tiny.steps must not be 2 for run()")
+
     exp = experiments.Experiment("dummy", "book/none.md", {"fast": Tiny(), "full": Tiny()}, run,
-                                 timings=("cost",))
+                                 timings=("cost",), check=check)
     monkeypatch.setitem(registry.REGISTRY, "dummy", ("x:y", "a test experiment"))
     monkeypatch.setattr(registry, "get", lambda name: exp if name == "dummy" else pytest.fail(name))
     return calls
@@ -96,6 +100,8 @@ def test_run_rejects_a_bad_environment_before_running(dummy, capsys, monkeypatch
 def test_run_rejects_a_bad_override_before_running(dummy, capsys, tmp_path):
     code, err = _main(["run", "dummy", "--set", "steps=0", "--out", str(tmp_path)], capsys)
     assert code == 2 and not dummy and err == ["error: Tiny.steps must be a positive integer, got 0"]
+    code, err = _main(["run", "dummy", "--set", "steps=2", "--out", str(tmp_path)], capsys)  # its check
+    assert code == 2 and not dummy and err == ["error: Tiny.steps must not be 2 for run()"]
 
 
 def test_run_writes_timings_apart_so_reruns_compare_bitwise(dummy, capsys, tmp_path):
@@ -168,8 +174,18 @@ def test_cli_entry_point_prints_one_error_line():
     ("seeds=[]", "ToolkitConfig.seeds must be a non-empty tuple"),
 ])
 def test_toolkit_overrides_are_checked_before_training(override, message):
+    experiment = registry.get("toolkit")
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        experiments.override(registry.get("toolkit").config("fast"), [override])
+        experiment.check(experiments.override(experiment.config("fast"), [override]))
+
+
+def test_toolkit_run_checks_its_evaluations_before_training(monkeypatch):
+    from paperlab import toolkit
+
+    monkeypatch.setattr(toolkit, "over_seeds", lambda *a, **k: pytest.fail("trained before checking"))
+    config = experiments.override(toolkit.CONFIGS["fast"], ["train.eval_every=200"])  # 300 steps: 2 evals
+    with pytest.raises(ValueError, match="it has 2"):
+        toolkit.run(config)
 
 
 # ---------------------------------------------------------------------------------- python -m paperlab.bench
@@ -230,7 +246,6 @@ def _cases():
     from paperlab.ssd.experiments import CostConfig, MQARConfig, SSDConfig
     from paperlab.ssd.model import Mamba2Config
     from paperlab.toolkit import ToolkitConfig
-    from paperlab.train import TrainConfig
 
     tk = ToolkitConfig()
     return [
@@ -268,8 +283,6 @@ def _cases():
         (lambda: ToolkitConfig(seeds=(0, 0)), "ToolkitConfig.seeds must be distinct training seeds"),
         (lambda: ToolkitConfig(seeds=(-1,)), "ToolkitConfig.seeds must be a non-empty tuple of integers in"),
         (lambda: ToolkitConfig(n_samples=0), "ToolkitConfig.n_samples must be a positive integer"),
-        (lambda: ToolkitConfig(train=TrainConfig(steps=100, batch_size=4, eval_every=60)),
-         "ToolkitConfig.train must be a TrainConfig with >= 3 evaluations"),
         (lambda: GrammarConfig(n_nouns=True), "GrammarConfig.n_nouns must be a positive integer"),
         (lambda: GrammarConfig(p_plural="0.5"), "GrammarConfig.p_plural must be a finite number in"),
         (lambda: GPTConfig(vocab_size=8, context_length=8, tie_embeddings="yes"), "GPTConfig.tie_embeddings"),

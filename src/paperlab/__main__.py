@@ -60,6 +60,8 @@ def _prepare(args: argparse.Namespace):
     cli.check_device(args.device)
     rank = distributed_info()[0]  # also checks RANK / WORLD_SIZE, which decide who writes the results
     config = experiments.override(experiment.config(profile), args.overrides)
+    if experiment.check is not None:
+        experiment.check(config)
     path = cli.prepare_output(args.out, f"{experiment.name}-{profile}.json") if rank == 0 else None
     return experiment, profile, config, path
 

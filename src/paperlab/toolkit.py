@@ -61,10 +61,6 @@ class ToolkitConfig:
         check_ints(self, "n_val_sentences", "n_samples")
         check_int_tuple(self, "seeds", low=0, high=2**32 - 1)
         check_that(self, len(set(self.seeds)) == len(self.seeds), "seeds", "distinct training seeds")
-        every, steps = self.train.eval_every, self.train.steps
-        n_evals = steps // every + (steps % every > 0) if every else 1  # and always after the last step
-        check_that(self, n_evals >= 3, "train", f"a TrainConfig with >= 3 evaluations for run()'s "
-                   f"convergence check (eval_every <= steps / 3 = {steps // 3}); it has {n_evals}")
         check_numbers(self, "val_fraction", low=0, high=1, open_low=True, open_high=True)
         n_val = round(self.n_sentences * self.val_fraction)
         check_that(self, 0 < n_val < self.n_sentences, "n_sentences",
@@ -241,10 +237,20 @@ def measure_seed(seed: int, config: ToolkitConfig, device: str | None = None) ->
     }
 
 
+def check_runnable(config: ToolkitConfig) -> None:
+    """What :func:`run` needs beyond a valid config: >= 3 evaluations per training run, for the
+    convergence check (a ValueError before any training; ``python -m paperlab run`` calls it up front)."""
+    every, steps = config.train.eval_every, config.train.steps
+    n_evals = steps // every + (steps % every > 0) if every else 1  # and always after the last step
+    check_that(config, n_evals >= 3, "train", f"a TrainConfig with >= 3 evaluations for run()'s "
+               f"convergence check (eval_every <= steps / 3 = {steps // 3}); it has {n_evals}")
+
+
 def run(config: ToolkitConfig, device: str | torch.device | None = None) -> dict:
     """Train (or load) one model per seed of ``config.seeds`` (two at a time, one per core) and measure
     each (:func:`measure_seed`); returns JSON-able results: ``seeds`` (one dict per seed) and the
     seed-independent numbers of the corpus."""
+    check_runnable(config)
     device = None if device is None else str(auto_device(device))
     corpus = build_corpus(config)
     model = make_model(config, corpus.tokenizer.vocab_size)
@@ -268,4 +274,5 @@ def unigram_entropy(ids: torch.Tensor) -> float:
     return float(-(p * p.log()).sum())
 
 
-EXPERIMENT = Experiment(name="toolkit", chapter="book/01-toolkit.md", configs=CONFIGS, run=run)
+EXPERIMENT = Experiment(name="toolkit", chapter="book/01-toolkit.md", configs=CONFIGS, run=run,
+                        check=check_runnable)
