@@ -120,6 +120,28 @@ def test_interrupted_write_leaves_no_entry(tmp_cache, monkeypatch):
     assert cache.lookup("i", Outer()) == (False, None)
 
 
+def test_write_interrupted_after_the_meta_file_leaves_no_entry(tmp_cache, monkeypatch):
+    import os
+
+    calls, real_fsync = [], os.fsync
+
+    def interrupted_second_time(fd):  # the meta file is written, then the value's write is killed
+        calls.append(fd)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        real_fsync(fd)
+
+    cache.cached("i2", Outer(), lambda: [1])
+    monkeypatch.setattr(cache.os, "fsync", interrupted_second_time)
+    with pytest.raises(KeyboardInterrupt):
+        cache.store("i2", Outer(steps=3), {"w": torch.ones(1)})
+    monkeypatch.setattr(cache.os, "fsync", real_fsync)
+    assert len(calls) == 2 and len(list((tmp_cache / "i2").glob("*.meta.json"))) == 2  # the new meta is there
+    assert not list((tmp_cache / "i2").glob(".*tmp")) and not list((tmp_cache / "i2").glob("*.pt"))
+    assert cache.lookup("i2", Outer(steps=3)) == (False, None)
+    assert cache.lookup("i2", Outer()) == (True, [1])  # the folder's other entry is untouched
+
+
 def test_disable_and_clear(tmp_cache, monkeypatch):
     monkeypatch.setenv("PAPERLAB_CACHE_DISABLE", "1")
     calls = []
@@ -197,3 +219,110 @@ def test_cached_keys_on_the_calling_modules_code(tmp_cache, monkeypatch):
                                                                          "cfg": Outer()})
     assert seen == [None, ("paperlab.toolkit",)] and toolkit_module
     assert cache.source_hash(("paperlab.toolkit",)) != cache.source_hash(None)
+
+
+# ------------------------------------------------------------------ the cache never loses a result (issue 23)
+def _readonly(monkeypatch):
+    """Make every cache write fail as in a read-only folder (tests run as root, where chmod does not bite)."""
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(cache.tempfile, "mkstemp", refuse)
+
+
+def test_unwritable_cache_warns_and_returns_the_result(tmp_cache, monkeypatch):
+    _readonly(monkeypatch)
+    with pytest.warns(RuntimeWarning, match=r"could not store w .*PermissionError.*returned but not cached"):
+        out = cache.cached("w", Outer(), lambda: {"w": torch.ones(3)})
+    assert torch.equal(out["w"], torch.ones(3))
+    with pytest.warns(RuntimeWarning, match="could not store j"):
+        assert cache.cached("j", Outer(), lambda: [1, 2]) == [1, 2]
+
+
+def test_cache_folder_that_is_a_file_warns_and_returns_the_result(tmp_path, monkeypatch):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("x")
+    monkeypatch.setenv("PAPERLAB_CACHE", str(blocker))
+    monkeypatch.delenv("PAPERLAB_CACHE_DISABLE", raising=False)
+    with pytest.warns(RuntimeWarning, match="could not store"):
+        assert cache.cached("f", Outer(), lambda: 7) == 7
+
+
+def test_corrupt_entry_in_a_readonly_cache_is_recomputed_without_a_crash(tmp_cache, monkeypatch):
+    cache.cached("r", Outer(), lambda: {"w": torch.ones(2)})
+    (entry,) = (tmp_cache / "r").glob("*.pt")
+    entry.write_bytes(b"garbage")
+    _readonly(monkeypatch)
+
+    def cannot_delete(self, missing_ok=False):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(cache.Path, "unlink", cannot_delete)
+    with pytest.warns(RuntimeWarning) as record:
+        out = cache.cached("r", Outer(), lambda: {"w": torch.zeros(2)})
+    messages = " | ".join(str(w.message) for w in record)
+    assert "unreadable" in messages and "could not delete" in messages and "could not store" in messages
+    assert torch.equal(out["w"], torch.zeros(2))
+
+
+def test_wellformed_file_with_other_contents_is_recomputed(tmp_cache):
+    cache.cached("m", Outer(), lambda: {"state_dict": {"w": torch.ones(2)}})
+    (entry,) = (tmp_cache / "m").glob("*.pt")
+    torch.save({"something": "else"}, entry)  # a valid torch file, but not the stored one
+    with pytest.warns(RuntimeWarning, match="does not match the checksum"):
+        out = cache.cached("m", Outer(), lambda: {"state_dict": {"w": torch.full((2,), 5.0)}})
+    assert torch.equal(out["state_dict"]["w"], torch.full((2,), 5.0))
+    assert cache.lookup("m", Outer())[0]  # rewritten: found again, no warning
+
+
+def test_entry_without_its_meta_file_is_recomputed(tmp_cache):
+    cache.cached("n", Outer(), lambda: [1])
+    (meta,) = (tmp_cache / "n").glob("*.meta.json")
+    meta.unlink()
+    with pytest.warns(RuntimeWarning, match="meta file is missing"):
+        assert cache.cached("n", Outer(), lambda: [2]) == [2]
+
+
+def test_check_rejects_a_stored_value_its_reader_cannot_use(tmp_cache):
+    cache.store("k", Outer(), {"history": []}, code=None)  # well formed, checksum fine, no "state_dict"
+    with pytest.warns(RuntimeWarning, match=r"lacks the key\(s\) \['state_dict'\]"):
+        out = cache.cached("k", Outer(), lambda: {"state_dict": 1, "history": []},
+                           check=cache.has_keys("state_dict", "history"))
+    assert out["state_dict"] == 1
+    assert cache.lookup("k", Outer(), check=cache.has_keys("state_dict")) == (True, out)
+
+
+def test_toolkit_recomputes_an_artifact_without_weights(tmp_cache):
+    from paperlab import toolkit
+    from paperlab.train import TrainConfig
+
+    config = toolkit.ToolkitConfig(n_sentences=300, context_length=8, d_model=16, n_layers=1, n_heads=2,
+                                   train=TrainConfig(steps=3, batch_size=4, eval_every=1), eval_windows=2)
+    cache.store("toolkit-gpt", config, {"history": {}}, seed=0, code=("paperlab.toolkit",))
+    with pytest.warns(RuntimeWarning, match="state_dict"):
+        model, _, history = toolkit.load_trained(config, device="cpu")  # was: KeyError: 'state_dict'
+    assert history.steps[-1] == 3 and model.config.d_model == 16
+
+
+def test_temporaries_of_killed_writers_are_removed(tmp_cache):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    cache.cached("t", Outer(), lambda: 1)
+    folder = tmp_cache / "t"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    dead_pid = int(dead.stdout)
+    host = cache._HOST
+    killed = folder / f".abc.json.{host}-{dead_pid}.x1.tmp"  # its writer is gone
+    old = folder / ".abc.json.y2.tmp"  # an older naming, a day old
+    alive = folder / f".abc.json.{host}-{os.getpid()}.z3.tmp"  # a write in progress (this process)
+    for path in (killed, old, alive):
+        path.write_text("partial")
+    day_ago = time.time() - cache.STALE_SECONDS - 60
+    os.utime(old, (day_ago, day_ago))
+    cache.cached("t", Outer(steps=2), lambda: 2)  # the next write to the folder cleans up
+    assert not killed.exists() and not old.exists() and alive.exists()

@@ -5,20 +5,23 @@
     python -m paperlab run toolkit --set train.steps=20000 --set model.d_model=512
     torchrun --nproc_per_node 4 -m paperlab run toolkit --device cuda     # data-parallel training
 
-Results are written as JSON to ``--out`` (default ``results/``) as ``<experiment>-<profile>.json``.
+Results are written as JSON to ``--out`` (default ``results/``) as ``<experiment>-<profile>.json``:
+``{"experiment", "profile", "device", "config", "results", "timings"}``. Wall-clock measurements (training
+times, the SSD cost sweep) are under ``timings``, apart from ``results``, so two runs' ``results`` can be
+compared bit for bit. Every argument (experiment, profile, device, ``--set`` values, ``--out``) is checked
+before the experiment starts: a bad one is a single ``error:`` line and exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
-from pathlib import Path
 
-from paperlab import experiments, registry
-from paperlab.config import PROFILES, config_to_dict
+from paperlab import cli, experiments, registry
+from paperlab.config import DEFAULT_PROFILE, PROFILES, check_profile, config_to_dict
+from paperlab.train import distributed_info
 
 
 def _epilog() -> str:
@@ -49,35 +52,45 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _prepare(args: argparse.Namespace):
+    """Everything checked before the run: (experiment, profile, config, output path or None off rank 0).
+    Raises KeyError or ValueError with a one-line message."""
+    experiment = registry.get(args.experiment)
+    profile = check_profile(args.profile or os.environ.get("PAPERLAB_PROFILE", "").strip() or DEFAULT_PROFILE)
+    cli.check_device(args.device)
+    rank = distributed_info()[0]  # also checks RANK / WORLD_SIZE, which decide who writes the results
+    config = experiments.override(experiment.config(profile), args.overrides)
+    if experiment.check is not None:
+        experiment.check(config)
+    path = cli.prepare_output(args.out, f"{experiment.name}-{profile}.json") if rank == 0 else None
+    return experiment, profile, config, path
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "list":
         print(_epilog())
         return 0
     try:
-        experiment = registry.get(args.experiment)
-    except KeyError as err:
-        print(f"error: {err.args[0]}", file=sys.stderr)
+        experiment, profile, config, path = _prepare(args)
+    except (KeyError, ValueError, TypeError) as err:
+        print(f"error: {err.args[0] if err.args else err}", file=sys.stderr)
         return 2
-    profile = args.profile or os.environ.get("PAPERLAB_PROFILE", "full")
     os.environ["PAPERLAB_PROFILE"] = profile
     if args.no_cache:
         os.environ["PAPERLAB_CACHE_DISABLE"] = "1"
-    try:
-        config = experiments.override(experiment.config(profile), args.overrides)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     start = time.perf_counter()
     results = experiment.run(config, device=args.device)
     seconds = time.perf_counter() - start
-    if int(os.environ.get("RANK", "0")) == 0:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        path = out / f"{experiment.name}-{profile}.json"
+    if path is not None:
+        results, timed = cli.split_timings(results, experiment.timings)
         record = {"experiment": experiment.name, "profile": profile, "device": args.device,
-                  "config": config_to_dict(config), "seconds": seconds, "results": results}
-        path.write_text(json.dumps(record, indent=1, default=str))
+                  "config": config_to_dict(config), "results": results,
+                  "timings": {"total_seconds": seconds, "results": timed}}
+        written = cli.write_json(path, record)
+        if written != path:
+            print(f"error: could not write {path}; the results are in {written}", file=sys.stderr)
+            return 1
         print(f"wrote {path} ({seconds:.1f} s)")
     return 0
 

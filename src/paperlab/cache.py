@@ -17,10 +17,21 @@ Storage: ``$PAPERLAB_CACHE`` if set, else ``.cache/paperlab`` at the repository 
 ``pyproject.toml``; ``~/.cache/paperlab`` for a non-editable install). Results made only of JSON types
 (metrics, histories) are stored as ``<key>.json``; results holding tensors (trained weights, activations)
 as ``<key>.pt`` written by ``torch.save`` and read back with ``weights_only=True`` (so a result must be
-plain containers of tensors, numbers and strings). Every write goes to a temporary file in the same
-folder and is then renamed over the target, so a crash never leaves half an entry; an entry that cannot
-be read is reported with a warning, deleted and recomputed, never a crash. ``make clean-cache`` empties
-the folder. ``PAPERLAB_CACHE_DISABLE=1`` bypasses the cache (always recompute, never store).
+plain containers of tensors, numbers and strings). Next to each entry, ``<key>.meta.json`` holds the
+description it hashes and the SHA-256 of the entry's bytes.
+
+The cache never loses a computed result and never crashes a run:
+
+- every write goes to a temporary file in the same folder and is then renamed over the target, so a
+  crash never leaves half an entry; temporaries left by a killed writer (their process is gone, or they
+  are older than a day) are removed by the next write to that folder;
+- an entry that cannot be read, or whose bytes do not match the checksum in its meta file (truncated,
+  overwritten, copied from elsewhere), is reported with a warning, deleted if possible, and recomputed;
+- a cache that cannot be written (read-only, full, not a folder) is reported with a warning and the
+  freshly computed result is returned all the same.
+
+``make clean-cache`` empties the folder. ``PAPERLAB_CACHE_DISABLE=1`` bypasses the cache (always
+recompute, never store).
 """
 
 from __future__ import annotations
@@ -29,11 +40,15 @@ import ast
 import functools
 import hashlib
 import inspect
+import io
 import json
 import math
 import os
+import re
 import shutil
+import socket
 import tempfile
+import time
 import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -191,9 +206,51 @@ def _is_json_value(value: Any) -> bool:
     return False
 
 
+STALE_SECONDS = 24 * 3600
+"""A temporary file this old is a killed writer's, whichever process wrote it."""
+
+_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+_TEMPORARY = re.compile(r"\.(?P<host>[0-9a-f]{8})-(?P<pid>\d+)\.[^.]*\.tmp$")
+
+
+def _writer_alive(name: str) -> bool:
+    """Is the process that writes the temporary file ``name`` (``.<entry>.<host>-<pid>.<random>.tmp``)
+    still running? Unknown (another machine, an unparsable name) counts as alive."""
+    match = _TEMPORARY.search(name)
+    if match is None or match["host"] != _HOST:
+        return True
+    try:
+        os.kill(int(match["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):  # another user's process, or not a pid
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete the temporary files in ``folder`` that a killed writer left behind (its process is gone, or
+    the file is older than :data:`STALE_SECONDS`); returns those deleted. Never raises."""
+    removed = []
+    try:
+        candidates = list(folder.glob(".*.tmp"))
+    except OSError:
+        return removed
+    now = time.time()
+    for path in candidates:
+        try:
+            if not _writer_alive(path.name) or now - path.stat().st_mtime > STALE_SECONDS:
+                path.unlink()
+                removed.append(path)
+        except OSError:
+            continue
+    return removed
+
+
 def _atomic_write(path: Path, write: Callable[[Any], None], mode: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    prefix = f".{path.name}.{_HOST}-{os.getpid()}."
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=".tmp")
     try:
         with os.fdopen(fd, mode) as handle:
             write(handle)
@@ -210,69 +267,118 @@ def _entry_paths(name: str, key: str) -> dict[str, Path]:
     return {"json": folder / f"{key}.json", "pt": folder / f"{key}.pt", "meta": folder / f"{key}.meta.json"}
 
 
+class CorruptEntry(Exception):
+    """An entry whose bytes are not what was stored (see :func:`_load`)."""
+
+
 def _load(paths: dict[str, Path]) -> tuple[bool, Any]:
-    """(found, value). Raises on an unreadable entry."""
-    if paths["json"].is_file():
-        with open(paths["json"]) as handle:
-            return True, json.load(handle)["result"]
-    if paths["pt"].is_file():
-        return True, torch.load(paths["pt"], map_location="cpu", weights_only=True)
-    return False, None
+    """(found, value). Raises on an unreadable entry, and :class:`CorruptEntry` on one whose bytes do not
+    match the checksum its meta file recorded (or that has no readable meta file)."""
+    kind = "json" if paths["json"].is_file() else ("pt" if paths["pt"].is_file() else None)
+    if kind is None:
+        return False, None
+    data = paths[kind].read_bytes()
+    try:
+        meta = json.loads(paths["meta"].read_text())
+    except (OSError, ValueError) as err:
+        raise CorruptEntry(f"its meta file is missing or unreadable ({type(err).__name__})") from None
+    expected = meta.get("sha256", {}).get(kind) if isinstance(meta, dict) else None
+    if expected != hashlib.sha256(data).hexdigest():
+        raise CorruptEntry(f"its {kind} file does not match the checksum in its meta file")
+    if kind == "json":
+        return True, json.loads(data)["result"]
+    return True, torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
 
-def lookup(name: str, config: Any, seed: int | None = None,
-           code: tuple[str, ...] | None = None) -> tuple[bool, Any]:
-    """(found, value) for an entry, without computing; a corrupt entry counts as not found."""
+def _warn(message: str) -> None:
+    warnings.warn(f"paperlab cache: {message}", RuntimeWarning, stacklevel=3)
+
+
+def has_keys(*keys: str) -> Callable[[Any], None]:
+    """A ``check`` for :func:`cached`: the value is a dict holding ``keys`` (e.g. ``"state_dict"``)."""
+
+    def check(value: Any) -> None:
+        missing = [k for k in keys if not (isinstance(value, dict) and k in value)]
+        if missing:
+            raise CorruptEntry(f"the stored value lacks the key(s) {missing}")
+
+    return check
+
+
+def lookup(name: str, config: Any, seed: int | None = None, code: tuple[str, ...] | None = None,
+           check: Callable[[Any], Any] | None = None) -> tuple[bool, Any]:
+    """(found, value) for an entry, without computing; a corrupt entry, or one whose value ``check``
+    rejects (raises on), counts as not found."""
     key, _ = cache_key(name, config, seed, code)
     paths = _entry_paths(name, key)
     try:
-        return _load(paths)
+        found, value = _load(paths)
+        if found and check is not None:
+            check(value)
+        return found, value
     except Exception as err:  # noqa: BLE001 - any unreadable entry is recomputed
-        warnings.warn(
-            f"paperlab cache: entry {name}/{key} is unreadable ({type(err).__name__}: {err}); "
-            "it will be recomputed",
-            RuntimeWarning,
-            stacklevel=2,
-        )
+        undeleted = []
         for path in paths.values():
-            path.unlink(missing_ok=True)
+            try:
+                path.unlink(missing_ok=True)
+            except OSError:
+                undeleted.append(path.name)
+        note = f"; could not delete {', '.join(undeleted)} (read-only cache?)" if undeleted else ""
+        _warn(f"entry {name}/{key} is unreadable ({type(err).__name__}: {err}); it will be recomputed{note}")
         return False, None
 
 
 def store(name: str, config: Any, value: Any, seed: int | None = None,
           code: tuple[str, ...] | None = None) -> Path:
-    """Write ``value`` atomically as the entry for (name, config, seed, code); returns its path."""
+    """Write ``value`` atomically as the entry for (name, config, seed, code); returns its path.
+
+    The value is serialised in memory, its checksum written in the meta file, and only then the value
+    file: a value file on disk always has the meta file it must match (a reader never sees a new value
+    before its checksum). Raises OSError when the cache cannot be written (:func:`cached` warns instead).
+    """
     key, description = cache_key(name, config, seed, code)
     paths = _entry_paths(name, key)
-    _atomic_write(paths["meta"], lambda h: json.dump(description, h, indent=1, sort_keys=True), "w")
-    if _is_json_value(value):
-        _atomic_write(paths["json"], lambda h: json.dump({"result": value}, h), "w")
-        paths["pt"].unlink(missing_ok=True)
-        return paths["json"]
-    _atomic_write(paths["pt"], lambda h: torch.save(value, h), "wb")
-    paths["json"].unlink(missing_ok=True)
-    return paths["pt"]
+    remove_stale_temporaries(paths["meta"].parent)
+    kind, other = ("json", "pt") if _is_json_value(value) else ("pt", "json")
+    if kind == "json":
+        data = json.dumps({"result": value}).encode()
+    else:
+        buffer = io.BytesIO()
+        torch.save(value, buffer)
+        data = buffer.getvalue()
+    meta = {**description, "sha256": {kind: hashlib.sha256(data).hexdigest()}}
+    _atomic_write(paths["meta"], lambda h: json.dump(meta, h, indent=1, sort_keys=True), "w")
+    _atomic_write(paths[kind], lambda h: h.write(data), "wb")
+    paths[other].unlink(missing_ok=True)
+    return paths[kind]
 
 
 def cached(name: str, config: Any, compute: Callable[[], R], *, seed: int | None = None,
-           refresh: bool = False, code: str | tuple[str, ...] | None = None) -> R:
+           refresh: bool = False, code: str | tuple[str, ...] | None = None,
+           check: Callable[[Any], Any] | None = None) -> R:
     """Return the stored result of ``compute()`` for (name, config, seed, code), computing it if needed.
 
     ``code``: the module(s) whose source, with everything of ours they import, the result depends on;
     by default the module that calls ``cached`` (all of both packages when that is not one of ours).
     ``refresh=True`` (or ``PAPERLAB_CACHE_DISABLE=1``) recomputes; the former also overwrites the entry.
+    ``check``: called on a value read from the cache; if it raises, the entry is treated as corrupt
+    (warned about, deleted, recomputed), e.g. ``check=has_keys("state_dict", "history")``.
     """
     code = (code,) if isinstance(code, str) else (tuple(code) if code is not None else _caller_code(1))
     disabled = os.environ.get("PAPERLAB_CACHE_DISABLE", "").strip() not in ("", "0")
     if not (refresh or disabled):
-        found, value = lookup(name, config, seed, code)
+        found, value = lookup(name, config, seed, code, check)
         if found:
             return value
     value = compute()
     if _is_json_value(value):
         value = json.loads(json.dumps(value))  # same types (lists, str keys) as a later cache hit
     if not disabled:
-        store(name, config, value, seed, code)
+        try:
+            store(name, config, value, seed, code)
+        except OSError as err:  # never lose a finished computation to the cache
+            _warn(f"could not store {name} in {cache_dir()} ({type(err).__name__}: {err}); the result is "
+                  "returned but not cached (set PAPERLAB_CACHE to a writable folder to keep it)")
     return value
 
 

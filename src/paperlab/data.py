@@ -47,6 +47,8 @@ from functools import cache
 
 import torch
 
+from paperlab.config import check_ints, check_numbers, check_that
+
 __all__ = [
     "GrammarConfig",
     "Sentence",
@@ -96,33 +98,15 @@ class GrammarConfig:
     seed: int = 0
 
     def __post_init__(self):
-        for name in (
-            "n_nouns",
-            "n_intransitive_verbs",
-            "n_transitive_verbs",
-            "n_adjectives",
-            "n_prepositions",
-        ):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"GrammarConfig.{name} must be a positive integer, got {value!r}")
-        if self.n_prepositions > len(PREPOSITIONS):
-            raise ValueError(
-                f"GrammarConfig.n_prepositions must be <= {len(PREPOSITIONS)}, got {self.n_prepositions}"
-            )
-        for name in ("max_depth", "max_adjectives"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 0:
-                raise ValueError(f"GrammarConfig.{name} must be a non-negative integer, got {value!r}")
-        for name in ("p_plural", "p_adjective", "p_modifier", "p_pp", "p_transitive"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"GrammarConfig.{name} must be a probability in [0, 1], got {value}")
+        check_ints(self, "n_nouns", "n_intransitive_verbs", "n_transitive_verbs", "n_adjectives")
+        check_ints(self, "n_prepositions", low=1, high=len(PREPOSITIONS))
+        check_ints(self, "max_depth", "max_adjectives", low=0)
+        check_ints(self, "seed", low=None)
+        check_numbers(self, "p_plural", "p_adjective", "p_modifier", "p_pp", "p_transitive", low=0, high=1)
+        check_numbers(self, "zipf_exponent", low=0)
         n_lemmas = self.n_nouns + self.n_intransitive_verbs + self.n_transitive_verbs + self.n_adjectives
-        if n_lemmas > 100_000:
-            raise ValueError(f"GrammarConfig asks for {n_lemmas} content words; at most 100000 can be made")
-        if self.zipf_exponent < 0:
-            raise ValueError(f"GrammarConfig.zipf_exponent must be >= 0, got {self.zipf_exponent}")
+        check_that(self, n_lemmas <= 100_000, "n_nouns",
+                   f"small enough for at most 100000 content words in all (asked for {n_lemmas})")
 
 
 @dataclass(frozen=True)

@@ -19,12 +19,20 @@ from paperlab.utils import parallel_map
 
 @dataclass(frozen=True)
 class Experiment:
-    """One chapter's headline run: ``run(configs[profile], device=...)`` returns JSON-able results."""
+    """One chapter's headline run: ``run(configs[profile], device=...)`` returns JSON-able results.
+
+    ``timings``: dotted paths of result subtrees that are wall-clock measurements (beyond the keys named
+    ``seconds`` or ``*_seconds``, which always are); ``python -m paperlab run`` writes them apart from the
+    results (see :func:`paperlab.cli.split_timings`). ``check``: what ``run`` needs of a config beyond the
+    config's own validation, raising ValueError; ``python -m paperlab run`` calls it before running.
+    """
 
     name: str
     chapter: str
     configs: dict[str, Any]
     run: Callable[..., dict]
+    timings: tuple[str, ...] = ()
+    check: Callable[[Any], None] | None = None
 
     def __post_init__(self) -> None:
         missing = [p for p in PROFILES if p not in self.configs]

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from paperlab.config import check_flags, check_ints, check_numbers, check_that
+
 __all__ = [
     "RMSNorm",
     "rope_cos_sin",
@@ -36,12 +38,34 @@ __all__ = [
     "Block",
     "GPTConfig",
     "GPT",
+    "check_token_ids",
     "count_parameters",
     "generate",
     "sequence_logprob",
 ]
 
 Hook = Callable[[int, torch.Tensor], torch.Tensor]
+
+
+def check_token_ids(idx: torch.Tensor, vocab_size: int, max_len: int | None = None,
+                    name: str = "idx") -> None:
+    """A ValueError naming the problem unless ``idx`` is a (batch, seq) integer tensor with
+    ``1 <= seq <= max_len`` and every id in ``[0, vocab_size)`` (for models whose layers cannot take an
+    empty sequence; :class:`GPT` accepts ``seq = 0`` and returns empty logits)."""
+    if not isinstance(idx, torch.Tensor) or idx.dim() != 2:
+        shape = tuple(idx.shape) if isinstance(idx, torch.Tensor) else type(idx).__name__
+        raise ValueError(f"{name} must be a 2-D (batch, seq) tensor of token ids, got {shape}")
+    if idx.dtype.is_floating_point or idx.dtype.is_complex or idx.dtype == torch.bool:
+        raise ValueError(f"{name} must hold integer token ids, got dtype {idx.dtype}")
+    seq = idx.shape[1]
+    if seq == 0:
+        raise ValueError(f"{name} has no tokens (shape {tuple(idx.shape)}); give at least one token per "
+                         "sequence")
+    if max_len is not None and seq > max_len:
+        raise ValueError(f"{name} has {seq} tokens, more than context_length = {max_len}")
+    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= vocab_size):
+        raise ValueError(f"{name} has token ids in [{int(idx.min())}, {int(idx.max())}], outside [0, "
+                         f"vocab_size = {vocab_size})")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -209,26 +233,17 @@ class GPTConfig:
     rope_base: float = 10000.0
 
     def __post_init__(self):
-        for name in ("vocab_size", "context_length", "d_model", "n_layers", "n_heads"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"GPTConfig.{name} must be a positive integer, got {value!r}")
-        if self.d_model % self.n_heads:
-            raise ValueError(
-                f"GPTConfig.d_model ({self.d_model}) must be divisible by GPTConfig.n_heads ({self.n_heads})"
-            )
-        if (self.d_model // self.n_heads) % 2:
-            raise ValueError(
-                f"GPTConfig.d_model / n_heads = {self.d_model // self.n_heads} must be even for RoPE"
-            )
+        check_ints(self, "vocab_size", "context_length", "d_model", "n_layers", "n_heads")
+        check_that(self, self.d_model % self.n_heads == 0, "n_heads",
+                   f"a divisor of d_model = {self.d_model} (d_model must be divisible by n_heads)")
+        check_that(self, (self.d_model // self.n_heads) % 2 == 0, "n_heads",
+                   f"such that d_model / n_heads is even for RoPE (d_model = {self.d_model})")
         if self.d_hidden is None:
             self.d_hidden = max(8, 8 * round(8 * self.d_model / 3 / 8))
-        if not isinstance(self.d_hidden, int) or self.d_hidden < 1:
-            raise ValueError(f"GPTConfig.d_hidden must be a positive integer or None, got {self.d_hidden!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout}")
-        if self.rope_base <= 1.0:
-            raise ValueError(f"GPTConfig.rope_base must be > 1, got {self.rope_base}")
+        check_ints(self, "d_hidden")
+        check_numbers(self, "dropout", low=0, high=1, open_high=True)
+        check_numbers(self, "rope_base", low=1, open_low=True)
+        check_flags(self, "tie_embeddings")
 
 
 class GPT(nn.Module):

@@ -27,6 +27,7 @@ from functools import cached_property
 import torch
 
 from paperlab import cache
+from paperlab.config import check_int_tuple, check_ints, check_numbers, check_that, check_type
 from paperlab.data import Grammar, GrammarConfig, lm_batches, split_train_val
 from paperlab.experiments import Experiment, over_seeds
 from paperlab.nn import GPT, GPTConfig, count_parameters, generate, sequence_logprob
@@ -45,12 +46,30 @@ class ToolkitConfig:
     d_model: int = 128
     n_layers: int = 2
     n_heads: int = 4
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=1000, batch_size=32))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=1000, batch_size=32, eval_every=50))
     eval_windows: int = 64  # validation windows per evaluation
     data_seed: int = 0
     seeds: tuple[int, ...] = (0, 1, 2)  # training seeds of run(); load_trained uses train.seed
     n_val_sentences: int = 2_000  # validation sentences scored against the grammar
     n_samples: int = 500  # sentences sampled (per seed) and parsed
+
+    def __post_init__(self):
+        check_type(self, "grammar", GrammarConfig)
+        check_type(self, "train", TrainConfig)
+        check_ints(self, "n_sentences", "context_length", "d_model", "n_layers", "n_heads", "eval_windows")
+        check_ints(self, "data_seed", low=0)
+        check_ints(self, "n_val_sentences", "n_samples")
+        check_int_tuple(self, "seeds", low=0, high=2**32 - 1)
+        check_that(self, len(set(self.seeds)) == len(self.seeds), "seeds", "distinct training seeds")
+        check_numbers(self, "val_fraction", low=0, high=1, open_low=True, open_high=True)
+        n_val = round(self.n_sentences * self.val_fraction)
+        check_that(self, 0 < n_val < self.n_sentences, "n_sentences",
+                   f"large enough that val_fraction = {self.val_fraction} leaves sentences on both sides")
+        try:  # the architecture's own rules (heads divide the width, even head size for RoPE), in one home
+            GPTConfig(vocab_size=1, context_length=self.context_length, d_model=self.d_model,
+                      n_layers=self.n_layers, n_heads=self.n_heads)
+        except ValueError as err:
+            raise ValueError(f"ToolkitConfig: {err}") from None
 
 
 CONFIGS = {
@@ -103,6 +122,16 @@ def build_corpus(config: ToolkitConfig) -> Corpus:
     return Corpus(grammar, train_sentences, val_sentences, tokenizer)
 
 
+def check_streams(corpus: Corpus, config: ToolkitConfig) -> None:
+    """Both token streams hold at least one window of ``context_length + 1`` tokens (else a ValueError
+    naming the fields to change, raised before training rather than at the first evaluation)."""
+    for split, ids in (("train", corpus.train_ids), ("validation", corpus.val_ids)):
+        if ids.numel() < config.context_length + 1:
+            raise ValueError(
+                f"the {split} stream has {ids.numel()} tokens, fewer than context_length + 1 = "
+                f"{config.context_length + 1}; raise n_sentences (or val_fraction) or lower context_length")
+
+
 def make_model(config: ToolkitConfig, vocab_size: int) -> GPT:
     return GPT(GPTConfig(vocab_size=vocab_size, context_length=config.context_length,
                          d_model=config.d_model, n_layers=config.n_layers, n_heads=config.n_heads))
@@ -132,6 +161,7 @@ def train_model(config: ToolkitConfig, device: str | torch.device | None = None)
     """Train the GPT of ``config``; returns its weights (on the CPU) and training history."""
     device = auto_device(device)
     corpus = build_corpus(config)
+    check_streams(corpus, config)
     train_ids = corpus.train_ids.to(device)
     seed_everything(config.train.seed)  # the initial weights come from the seed, not from earlier draws
     model = make_model(config, corpus.tokenizer.vocab_size).to(device)
@@ -155,7 +185,7 @@ def load_trained(config: ToolkitConfig,
                  device: str | torch.device | None = None) -> tuple[GPT, Corpus, TrainResult]:
     """The trained model (from the cache, training it first if needed), its corpus and its history."""
     artifact = cache.cached("toolkit-gpt", config, lambda: train_model(config, device),
-                            seed=config.train.seed)
+                            seed=config.train.seed, check=cache.has_keys("state_dict", "history"))
     corpus = build_corpus(config)
     model = make_model(config, corpus.tokenizer.vocab_size)
     model.load_state_dict(artifact["state_dict"])
@@ -201,10 +231,20 @@ def measure_seed(seed: int, config: ToolkitConfig, device: str | None = None) ->
     }
 
 
+def check_runnable(config: ToolkitConfig) -> None:
+    """What :func:`run` needs beyond a valid config: >= 3 evaluations per training run, for the
+    convergence check (a ValueError before any training; ``python -m paperlab run`` calls it up front)."""
+    every, steps = config.train.eval_every, config.train.steps
+    n_evals = steps // every + (steps % every > 0) if every else 1  # and always after the last step
+    check_that(config, n_evals >= 3, "train", f"a TrainConfig with >= 3 evaluations for run()'s "
+               f"convergence check (eval_every <= steps / 3 = {steps // 3}); it has {n_evals}")
+
+
 def run(config: ToolkitConfig, device: str | torch.device | None = None) -> dict:
     """Train (or load) one model per seed of ``config.seeds`` (two at a time, one per core) and measure
     each (:func:`measure_seed`); returns JSON-able results: ``seeds`` (one dict per seed) and the
     seed-independent numbers of the corpus."""
+    check_runnable(config)
     device = None if device is None else str(auto_device(device))
     corpus = build_corpus(config)
     model = make_model(config, corpus.tokenizer.vocab_size)
@@ -228,4 +268,5 @@ def unigram_entropy(ids: torch.Tensor) -> float:
     return float(-(p * p.log()).sum())
 
 
-EXPERIMENT = Experiment(name="toolkit", chapter="book/01-toolkit.md", configs=CONFIGS, run=run)
+EXPERIMENT = Experiment(name="toolkit", chapter="book/01-toolkit.md", configs=CONFIGS, run=run,
+                        check=check_runnable)

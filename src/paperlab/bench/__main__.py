@@ -12,6 +12,7 @@ import sys
 import torch
 
 from paperlab.bench import Context, Row, measure_machine, registry
+from paperlab.cli import UsageError, check_device
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,14 +58,14 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         bad = ", ".join(map(repr, unknown))
         parser.error(f"unknown benchmark(s) {bad}; valid names: {', '.join(benches)}")
+    try:
+        check_device(args.device)
+    except UsageError as err:
+        parser.error(str(err))
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda requested but CUDA is not available")
-    if device.type not in ("cpu", "cuda"):
-        parser.error(f"--device must be cuda or cpu, got {args.device!r}")
-    repeats = args.repeats or (5 if args.quick else 20)
-    if repeats < 1:
-        parser.error(f"--repeats must be >= 1, got {repeats}")
+    if args.repeats is not None and args.repeats < 1:
+        parser.error(f"--repeats must be >= 1, got {args.repeats}")
+    repeats = args.repeats if args.repeats is not None else (5 if args.quick else 20)
     ctx = Context(device=device, quick=args.quick, repeats=repeats)
 
     def emit(rows: list[Row]) -> None:

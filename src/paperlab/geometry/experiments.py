@@ -21,6 +21,14 @@ from dataclasses import dataclass, field
 import torch
 
 from paperlab import cache
+from paperlab.config import (
+    check_ints,
+    check_number_tuple,
+    check_numbers,
+    check_str_tuple,
+    check_that,
+    check_type,
+)
 from paperlab.experiments import Experiment
 from paperlab.geometry.estimate import (
     Whitening,
@@ -71,6 +79,19 @@ class GeometryConfig:
     points_per_group: int = 250  # tokens per group in the scatter plots
     planted: PlantedConfig = field(default_factory=PlantedConfig)
     seed: int = 0
+
+    def __post_init__(self):
+        check_type(self, "lm", LMConfig)
+        check_type(self, "planted", PlantedConfig)
+        check_ints(self, "min_tokens", low=2)
+        check_ints(self, "n_random_pairs", "n_contexts", "points_per_group")
+        check_ints(self, "heatmap_max_depth", "seed", low=0)
+        check_numbers(self, "held_out_fraction", low=0, high=1, open_low=True, open_high=True)
+        for name in ("plane", "parent_pair", "child_pair"):
+            check_str_tuple(self, name, length=2)
+        check_str_tuple(self, "simplex", length=3)
+        check_number_tuple(self, "alphas", min_len=2)  # the intervention's slope runs first to last
+        check_that(self, self.alphas[0] < self.alphas[-1], "alphas", "from a smaller to a larger alpha")
 
 
 CONFIGS = {

@@ -177,7 +177,12 @@ def extract_concepts(
             f"min_tokens must be an int >= 2 (a covariance needs two tokens), got {min_tokens!r}"
         )
     vocabulary = set(vocabulary)
+    if isinstance(roots, str):
+        raise ValueError(f"roots must be a sequence of synset names, not one string: wrap it, ({roots!r},)")
     roots = tuple(roots) if roots is not None else hierarchy.roots
+    if not roots or not all(isinstance(r, str) for r in roots):
+        raise ValueError(f"roots must be a non-empty sequence of synset names (e.g. 'animal.n.01'), "
+                         f"got {roots!r}")
     for root in roots:
         hierarchy.check(root)
     candidates: dict[str, tuple[str, ...]] = {}

@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from paperlab import cache
+from paperlab.config import check_ints, check_numbers, check_str_tuple, check_type
 from paperlab.geometry.hierarchy import Concepts, Hierarchy, extract_concepts, load_hierarchy
 from paperlab.nn import GPT, GPTConfig, rope_cos_sin
 from paperlab.tokenizers import SPECIAL_TOKENS, WordTokenizer
@@ -68,6 +69,12 @@ class CorpusConfig:
     n_context: int = 3
     p_noise: float = 0.1
 
+    def __post_init__(self):
+        check_str_tuple(self, "roots")
+        check_ints(self, "min_tokens", low=2)  # a concept's covariance needs two tokens
+        check_ints(self, "words_per_concept", "n_context")
+        check_numbers(self, "p_noise", low=0, high=1, open_high=True)
+
 
 @dataclass(frozen=True)
 class LMConfig:
@@ -88,6 +95,16 @@ class LMConfig:
     )
     eval_sentences: int = 2000
 
+    def __post_init__(self):
+        check_type(self, "corpus", CorpusConfig)
+        check_type(self, "train", TrainConfig)
+        check_ints(self, "d_model", "n_layers", "n_heads", "eval_sentences")
+        try:  # the architecture's own rules, in one home (the vocabulary comes from the corpus)
+            GPTConfig(vocab_size=1, context_length=1, d_model=self.d_model, n_layers=self.n_layers,
+                      n_heads=self.n_heads)
+        except ValueError as err:
+            raise ValueError(f"LMConfig: {err}") from None
+
 
 def check_width(vocab_size: int, d_model: int, ratio: int = MIN_VOCAB_RATIO) -> None:
     """The causal inner product needs a vocabulary much larger than the width (Cov(gamma) of full rank)."""
@@ -107,11 +124,8 @@ class HierarchyCorpus:
     """The tokenizer, the concept tree and a vectorised sampler of the generative process (module doc)."""
 
     def __init__(self, config: CorpusConfig, hierarchy: Hierarchy | None = None):
-        if not 0.0 <= config.p_noise < 1.0:
-            raise ValueError(f"p_noise must be in [0, 1), got {config.p_noise}")
-        for name in ("n_context", "words_per_concept"):
-            if getattr(config, name) < 1:
-                raise ValueError(f"CorpusConfig.{name} must be >= 1, got {getattr(config, name)}")
+        if not isinstance(config, CorpusConfig):  # its fields are checked when it is made
+            raise TypeError(f"config must be a CorpusConfig, got {type(config).__name__}")
         self.config = config
         self.hierarchy = hierarchy if hierarchy is not None else load_hierarchy()
         synsets = sorted({s for r in config.roots for s in self.hierarchy.descendants(r)})
@@ -314,7 +328,8 @@ def load_trained(config: LMConfig, device: str | torch.device | None = None):
     """The trained LM of ``config`` (from the artifact cache, training it on one CPU thread first if
     needed; the key covers this module and what it imports), its corpus and its training record."""
     with cpu_threads(1):  # a tiny model: one thread is faster than two busy cores
-        record = cache.cached("geometry-lm", config, lambda: train_lm(config, device), seed=config.train.seed)
+        record = cache.cached("geometry-lm", config, lambda: train_lm(config, device), seed=config.train.seed,
+                              check=cache.has_keys("state_dict", "history"))
     corpus = HierarchyCorpus(config.corpus)
     model = make_model(config, corpus)
     model.load_state_dict(record["state_dict"])

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
+from paperlab.config import check_ints, check_numbers
 from paperlab.geometry.hierarchy import Concepts
 
 __all__ = ["PlantedConfig", "planted_unembeddings"]
@@ -39,6 +40,12 @@ class PlantedConfig:
     anisotropy: float = 100.0  # ratio of M's largest to smallest singular value
     n_other: int = 1000
     seed: int = 0
+
+    def __post_init__(self):
+        check_ints(self, "d")
+        check_ints(self, "n_other", "seed", low=0)
+        check_numbers(self, "concept_scale", "root_scale", "noise", low=0)
+        check_numbers(self, "anisotropy", low=1)
 
 
 def planted_unembeddings(concepts: Concepts, tokens: list[str], config: PlantedConfig) -> dict:

@@ -25,6 +25,14 @@ from dataclasses import dataclass, field
 import torch
 
 from paperlab import cache, toolkit
+from paperlab.config import (
+    check_choice,
+    check_int_tuple,
+    check_ints,
+    check_number_tuple,
+    check_that,
+    check_type,
+)
 from paperlab.data import lm_batches
 from paperlab.experiments import Experiment
 from paperlab.matmulfree.model import MatMulFreeConfig, MatMulFreeLM
@@ -52,8 +60,13 @@ class RunConfig:
     eval_windows: int = 64
 
     def __post_init__(self):
-        if self.kind not in KINDS:
-            raise ValueError(f"RunConfig.kind must be one of {KINDS}, got {self.kind!r}")
+        check_choice(self, "kind", KINDS)
+        check_type(self, "corpus", toolkit.ToolkitConfig)
+        check_type(self, "train", TrainConfig)  # TrainConfig checks its own fields
+        check_ints(self, "d_model", "n_layers", "n_heads", "eval_windows")
+        head_dim = self.d_model / self.n_heads  # attention (GPT and ternary) splits d_model into even heads
+        check_that(self, head_dim == int(head_dim) and int(head_dim) % 2 == 0, "d_model",
+                   f"a multiple of 2 * n_heads = {2 * self.n_heads} (even heads for RoPE)")
 
 
 @dataclass(frozen=True)
@@ -70,6 +83,20 @@ class MatMulFreeExperimentConfig:
     sweep_lrs: tuple[float, ...] = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
     eval_windows: int = 64
     n_prompts: int = 8  # greedy generations compared packed vs float
+
+    def __post_init__(self):
+        check_type(self, "corpus", toolkit.ToolkitConfig)
+        check_int_tuple(self, "sizes")
+        check_number_tuple(self, "sweep_lrs", low=0, open_low=True)
+        check_type(self, "train", TrainConfig)
+        check_ints(self, "n_layers", "sweep_d_model", "eval_windows", "n_prompts")
+        check_that(self, self.corpus.context_length >= 5, "corpus",
+                   "a ToolkitConfig with context_length >= 5 (3 prompt tokens, then generation)")
+        for d_model in (*self.sizes, self.sweep_d_model):  # every run's own checks, before any training
+            try:
+                self.run_config("transformer", d_model, self.sweep_lrs[0])
+            except ValueError as err:
+                raise ValueError(f"MatMulFreeExperimentConfig (sizes, sweep_d_model): {err}") from None
 
     def run_config(self, kind: str, d_model: int, lr: float) -> RunConfig:
         return RunConfig(kind=kind, d_model=d_model, corpus=self.corpus, n_layers=self.n_layers,
@@ -132,7 +159,8 @@ def _train(run: RunConfig, device) -> dict:
 
 def train_run(run: RunConfig, device=None) -> dict:
     """Train (or load from the cache) one run; returns weights, history and summary numbers."""
-    return cache.cached("matmulfree-run", run, lambda: _train(run, device), seed=run.train.seed)
+    return cache.cached("matmulfree-run", run, lambda: _train(run, device), seed=run.train.seed,
+                        check=cache.has_keys("state_dict", "history"))
 
 
 def load_run(run: RunConfig, device=None) -> tuple[torch.nn.Module, toolkit.Corpus, dict]:
@@ -172,7 +200,8 @@ def add_only_check(model: torch.nn.Module, corpus: toolkit.Corpus, n_prompts: in
             lambda: generate(model, prompts, max_new_tokens, greedy=True))
         _, transient_packed = peak_cpu_allocation(
             lambda: generate(packed, prompts, max_new_tokens, greedy=True))
-        x = torch.randint(0, corpus.tokenizer.vocab_size, (4, model.config.context_length))
+        x = torch.randint(0, corpus.tokenizer.vocab_size, (4, model.config.context_length),
+                          generator=torch.Generator().manual_seed(0))  # not the global RNG: same x on reruns
         with torch.no_grad():
             logit_gap = (model(x) - packed(x)).abs().max().item()
     resident_float = sum(t.numel() * t.element_size() for t in model.state_dict().values())

@@ -94,6 +94,10 @@ def parallel_scan(f: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     return b
 
 
+SCANS = ("kernel", "sequential", "parallel")
+"""How :class:`MLGRU` computes its recurrence."""
+
+
 class MLGRU(nn.Module):
     r"""MatMul-free linear gated recurrent unit (paper eq. 4-6; ``layers/hgrn_bit.py``).
 
@@ -112,8 +116,8 @@ class MLGRU(nn.Module):
 
     def __init__(self, d_model: int, *, quantise: bool = True, scan: str = "kernel", impl: str = "auto"):
         super().__init__()
-        if scan not in ("kernel", "sequential", "parallel"):
-            raise ValueError(f"scan must be 'kernel', 'sequential' or 'parallel', got {scan!r}")
+        if scan not in SCANS:
+            raise ValueError(f"scan must be one of {SCANS}, got {scan!r}")
         self.scan = scan
         self.impl = impl
         self.f_proj, self.c_proj, self.g_proj, self.o_proj = (

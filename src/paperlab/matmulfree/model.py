@@ -21,7 +21,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from paperlab import nn as pnn
-from paperlab.matmulfree.layers import GLU, MLGRU, BitLinear, TernaryAttention
+from paperlab.config import check_choice, check_flags, check_ints, check_that
+from paperlab.matmulfree.layers import GLU, MLGRU, SCANS, BitLinear, TernaryAttention
+from paperlab_kernels._dispatch import IMPLS
 
 __all__ = ["MatMulFreeConfig", "MatMulFreeLM"]
 
@@ -47,13 +49,16 @@ class MatMulFreeConfig:
     impl: str = "auto"
 
     def __post_init__(self):
-        for name in ("vocab_size", "context_length", "d_model", "n_layers", "n_heads"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"MatMulFreeConfig.{name} must be a positive integer, got {value!r}")
-        if self.token_mixer not in ("mlgru", "attention"):
-            raise ValueError(
-                f"MatMulFreeConfig.token_mixer must be 'mlgru' or 'attention', got {self.token_mixer!r}")
+        check_ints(self, "vocab_size", "context_length", "d_model", "n_layers", "n_heads")
+        check_ints(self, "d_hidden", optional=True)
+        check_choice(self, "token_mixer", ("mlgru", "attention"))
+        check_choice(self, "scan", SCANS)
+        check_choice(self, "impl", ("auto", *IMPLS))
+        check_flags(self, "quantise")
+        if self.token_mixer == "attention":
+            head_dim = self.d_model / self.n_heads
+            check_that(self, head_dim == int(head_dim) and int(head_dim) % 2 == 0, "n_heads",
+                       f"such that d_model / n_heads is an even integer (d_model = {self.d_model})")
         if self.d_hidden is None:
             self.d_hidden = max(8, 8 * round(8 * self.d_model / 3 / 8))
 
@@ -92,12 +97,11 @@ class MatMulFreeLM(nn.Module):
 
     def forward(self, idx: torch.Tensor, *, attention_mask: torch.Tensor | None = None,
                 positions: torch.Tensor | None = None) -> torch.Tensor:
-        if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.dtype.is_floating_point:
-            raise ValueError("idx must be a 2-D (batch, seq) tensor of integer token ids")
-        if idx.shape[1] > self.config.context_length:
-            raise ValueError(f"idx has {idx.shape[1]} tokens, more than context_length = "
-                             f"{self.config.context_length}")
+        pnn.check_token_ids(idx, self.config.vocab_size, self.config.context_length)
         if attention_mask is not None:
+            if tuple(attention_mask.shape) != tuple(idx.shape):
+                raise ValueError(f"attention_mask must have the shape of idx {tuple(idx.shape)}, got "
+                                 f"{tuple(attention_mask.shape)}")
             attention_mask = attention_mask.to(device=idx.device, dtype=torch.bool)
             if bool(attention_mask.all()):
                 attention_mask = None

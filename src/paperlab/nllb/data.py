@@ -46,6 +46,7 @@ import functools
 import random
 from dataclasses import dataclass
 
+from paperlab.config import check_ints, check_numbers
 from paperlab.tokenizers import SPECIAL_TOKENS, WordTokenizer
 
 __all__ = [
@@ -301,9 +302,24 @@ def detokenize(text: str) -> str:
     return text.replace(" - ", "-").replace(" -", "-").replace("- ", "-")
 
 
+def check_languages(languages) -> tuple[str, ...]:
+    """``languages`` as a tuple if it is a non-empty sequence of distinct non-hub language codes, else a
+    ValueError naming the codes that are not."""
+    if isinstance(languages, str) or not isinstance(languages, (tuple, list)) or not languages:
+        raise ValueError(f"languages must be a non-empty tuple of language codes, got {languages!r}")
+    choices = [c for c in LANGUAGES if c != HUB]
+    unknown = [c for c in languages if c not in choices]
+    if unknown:
+        raise ValueError(f"unknown or hub language code(s) {unknown}; the non-hub languages are "
+                         f"{', '.join(choices)} (the hub {HUB!r} is on the other side of every direction)")
+    if len(set(languages)) != len(languages):
+        raise ValueError(f"languages must be distinct, got {languages!r}")
+    return tuple(languages)
+
+
 def train_directions(languages: tuple[str, ...] | None = None) -> list[tuple[str, str]]:
     """The training directions: ``(x, hub)`` and ``(hub, x)`` for every non-hub language ``x``."""
-    languages = tuple(c for c in LANGUAGES if c != HUB) if languages is None else languages
+    languages = tuple(c for c in LANGUAGES if c != HUB) if languages is None else check_languages(languages)
     return [d for x in languages for d in ((x, HUB), (HUB, x))]
 
 
@@ -326,12 +342,9 @@ class WorldConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if not 0.0 <= self.low_noise < 1.0:
-            raise ValueError(f"WorldConfig.low_noise must be in [0, 1), got {self.low_noise!r}")
-        for name in ("n_high", "n_low", "n_valid", "n_test"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"WorldConfig.{name} must be a positive integer, got {value!r}")
+        check_ints(self, "n_high", "n_low", "n_valid", "n_test")
+        check_ints(self, "seed", low=0)
+        check_numbers(self, "low_noise", low=0, high=1, open_high=True)
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ import math
 import random
 from dataclasses import dataclass
 
+from paperlab.config import check_ints, check_numbers, check_that, check_type
 from paperlab.experiments import Experiment
 from paperlab.nllb.data import FAMILIES, HIGH, HUB, LANGUAGES, LOW, ZERO_SHOT, WorldConfig, make_world
 from paperlab.nllb.train import NLLB_TRAIN, RunConfig, prefetch, run_cached, score
@@ -58,6 +59,24 @@ class NLLBExperimentConfig:
     eom_p: float = 0.2
     curriculum_start: float = 0.3
     workers: int = 2
+
+    def __post_init__(self):
+        check_type(self, "world", WorldConfig)
+        check_type(self, "train", TrainConfig)  # TrainConfig checks its own fields
+        check_ints(self, "d_model", "n_heads", "n_layers", "d_hidden", "n_experts", "bilingual_steps",
+                   "workers")
+        shortest = min(self.train.steps, self.bilingual_steps)
+        check_that(self, self.train.warmup_steps <= shortest, "train",
+                   f"a TrainConfig whose warmup_steps is at most min(steps, bilingual_steps) = {shortest}")
+        check_numbers(self, "capacity_factor", low=0, open_low=True)
+        check_numbers(self, "eom_p", "curriculum_start", low=0, high=1, open_high=True)
+        try:  # the MoE runs' own rules (top-2 needs n_experts >= 2; heads divide d_model)
+            RunConfig(world=self.world, d_model=self.d_model, n_heads=self.n_heads, n_layers=self.n_layers,
+                      d_hidden=self.d_hidden, ffn="moe", n_experts=self.n_experts,
+                      capacity_factor=self.capacity_factor, eom_p=self.eom_p,
+                      train=dataclasses.replace(self.train, steps=shortest))
+        except ValueError as err:
+            raise ValueError(f"NLLBExperimentConfig: {err}") from None
 
 
 CONFIGS = {

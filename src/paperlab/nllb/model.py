@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from paperlab.config import check_choice, check_flags, check_ints, check_numbers, check_that, is_int
 from paperlab.nn import CausalSelfAttention, RMSNorm, SwiGLU, apply_rope, rope_cos_sin
 from paperlab_kernels import moe
 
@@ -97,31 +98,25 @@ class ModelConfig:
     pad_id: int = 0
 
     def __post_init__(self):
-        for name in (
-            "vocab_size",
-            "max_len",
-            "d_model",
-            "n_heads",
-            "n_encoder_layers",
-            "n_decoder_layers",
-            "d_hidden",
-            "moe_every",
-            "n_experts",
-        ):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"ModelConfig.{name} must be a positive integer, got {value!r}")
-        if self.ffn not in FFN_KINDS:
-            raise ValueError(f"ModelConfig.ffn must be one of {FFN_KINDS}, got {self.ffn!r}")
-        if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
-            raise ValueError(f"d_model ({self.d_model}) / n_heads ({self.n_heads}) must be an even integer")
-        if not 0.0 <= self.eom_p < 1.0:
-            raise ValueError(f"ModelConfig.eom_p must be in [0, 1), got {self.eom_p}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"ModelConfig.dropout must be in [0, 1), got {self.dropout}")
-        for name in ("capacity_factor", "eval_capacity_factor"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"ModelConfig.{name} must be > 0, got {getattr(self, name)}")
+        check_ints(self, "vocab_size", "max_len", "d_model", "n_heads", "n_encoder_layers",
+                   "n_decoder_layers", "d_hidden", "moe_every", "n_experts")
+        check_ints(self, "expert_hidden", optional=True)
+        check_ints(self, "pad_id", low=0, high=self.vocab_size - 1)
+        check_choice(self, "ffn", FFN_KINDS)
+        head_dim = self.d_model / self.n_heads
+        check_that(self, head_dim == int(head_dim) and int(head_dim) % 2 == 0, "n_heads",
+                   f"such that d_model / n_heads is an even integer (d_model = {self.d_model})")
+        check_numbers(self, "eom_p", "dropout", low=0, high=1, open_high=True)
+        check_numbers(self, "label_smoothing", low=0, high=1, open_high=True)
+        check_numbers(self, "capacity_factor", "eval_capacity_factor", low=0, open_low=True)
+        check_numbers(self, "aux_weight", "cmoe_weight", low=0)
+        check_numbers(self, "cmoe_budget", low=0, high=1)
+        check_flags(self, "gumbel_second")
+        if self.ffn != "dense":
+            check_that(self, self.n_experts >= 2, "n_experts", "at least 2 for top-2 routing")
+            layers = min(self.n_encoder_layers, self.n_decoder_layers)
+            check_that(self, self.moe_every <= layers, "moe_every",
+                       f"at most the layers per stack ({layers}), so that each stack has a MoE layer")
 
     @property
     def hidden_per_expert(self) -> int:
@@ -195,7 +190,10 @@ class MoEFFN(nn.Module):
         dropout: float = 0.0,
     ):
         super().__init__()
-        self.n_experts, self.k = n_experts, min(2, n_experts)
+        for name, value in (("d_model", d_model), ("hidden", hidden), ("n_experts", n_experts)):
+            if not is_int(value) or value < 1:
+                raise ValueError(f"MoEFFN {name} must be a positive integer, got {value!r}")
+        self.n_experts, self.k = n_experts, min(2, n_experts)  # one expert: top-1 (ModelConfig needs >= 2)
         self.capacity_factor, self.eval_capacity_factor = capacity_factor, eval_capacity_factor
         self.gumbel_second, self.eom_p = gumbel_second, eom_p
         self.gate = nn.Linear(d_model, n_experts, bias=False)  # W_g

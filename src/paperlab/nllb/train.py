@@ -27,6 +27,7 @@ import sacrebleu
 import torch
 
 from paperlab import cache
+from paperlab.config import check_choice, check_flags, check_ints, check_numbers, check_type
 from paperlab.nllb.data import (
     HUB,
     LANGUAGES,
@@ -34,12 +35,14 @@ from paperlab.nllb.data import (
     ZERO_SHOT,
     WorldConfig,
     build_tokenizer,
+    check_languages,
     detokenize,
     make_world,
     tag,
     train_directions,
 )
 from paperlab.nllb.model import ModelConfig, Seq2Seq, beam_search, greedy_decode
+from paperlab.tokenizers import SPECIAL_TOKENS
 from paperlab.train import TrainConfig, TrainResult, batch_generator, train
 from paperlab.utils import cpu_threads
 
@@ -100,17 +103,21 @@ class RunConfig:
     test_zero_shot: bool = True
 
     def __post_init__(self):
-        unknown = [c for c in self.languages if c not in LANGUAGES or c == HUB]
-        if unknown or not self.languages:
-            raise ValueError(
-                f"languages must be non-hub languages of {tuple(LANGUAGES)}, got {self.languages}"
-            )
-        if not 0.0 <= self.curriculum_start < 1.0:
-            raise ValueError(f"curriculum_start must be in [0, 1), got {self.curriculum_start}")
-        if self.select not in ("last", "best"):
-            raise ValueError(f"select must be 'last' or 'best', got {self.select!r}")
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        check_type(self, "world", WorldConfig)
+        try:
+            check_languages(self.languages)
+        except ValueError as err:
+            raise ValueError(f"RunConfig.languages: {err}") from None
+        check_type(self, "train", TrainConfig)  # TrainConfig checks its own fields
+        check_ints(self, "max_len", "d_model", "n_heads", "n_layers", "d_hidden", "n_experts")
+        check_numbers(self, "temperature", "capacity_factor", low=0, open_low=True)
+        check_numbers(self, "curriculum_start", low=0, high=1, open_high=True)
+        check_choice(self, "select", ("last", "best"))
+        check_flags(self, "test_zero_shot")
+        try:  # dropout, ffn, eom_p, heads, experts: the model's own rules (the vocabulary comes later)
+            self.model_config(vocab_size=len(SPECIAL_TOKENS) + len(LANGUAGES))
+        except ValueError as err:
+            raise ValueError(f"RunConfig: {err}") from None
 
     def model_config(self, vocab_size: int) -> ModelConfig:
         return ModelConfig(
@@ -434,6 +441,7 @@ def _test_scores(run: RunConfig, translator: Translator, world, directions: list
     return test
 
 
+ARTIFACT_KEYS = cache.has_keys("state_dict", "record")  # a stored artifact without them is corrupt
 _MEMO: dict[RunConfig, dict] = {}  # artifacts of this process (needed when the disk cache is disabled)
 
 
@@ -448,7 +456,7 @@ def run_cached(run: RunConfig, device: str | torch.device | None = "cpu") -> dic
         state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         return {"state_dict": state, "record": record}
 
-    _MEMO[run] = cache.cached("nllb-run", run, compute, seed=run.train.seed)
+    _MEMO[run] = cache.cached("nllb-run", run, compute, seed=run.train.seed, check=ARTIFACT_KEYS)
     return _MEMO[run]
 
 
@@ -461,7 +469,7 @@ def prefetch(runs: list[RunConfig], workers: int = 2, device: str | torch.device
         if run in _MEMO:
             continue
         disabled = os.environ.get("PAPERLAB_CACHE_DISABLE", "").strip() not in ("", "0")
-        key = ("nllb-run", run, run.train.seed, (__name__,))
+        key = ("nllb-run", run, run.train.seed, (__name__,), ARTIFACT_KEYS)
         found, value = (False, None) if disabled else cache.lookup(*key)
         if found:
             _MEMO[run] = value

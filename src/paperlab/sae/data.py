@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from paperlab import cache, toolkit
+from paperlab.config import PROFILES, check_choice, check_ints, check_numbers
 from paperlab.utils import cpu_threads
 
 __all__ = ["SyntheticConfig", "SyntheticData", "make_synthetic", "LMDataConfig", "lm_activations",
@@ -43,6 +44,12 @@ class SyntheticConfig:
     zipf_exponent: float = 0.7
     noise_std: float = 0.02
     seed: int = 0
+
+    def __post_init__(self):
+        check_ints(self, "d_model", "n_features")
+        check_ints(self, "seed", low=0)
+        check_numbers(self, "mean_active", low=0, high=self.n_features, open_low=True)
+        check_numbers(self, "zipf_exponent", "noise_std", low=0)
 
 
 @dataclass
@@ -82,6 +89,12 @@ class LMDataConfig:
     n_train_sentences: int = 8_000
     n_val_sentences: int = 800
     seed: int = 1  # sentences sampled with seeds distinct from the toolkit's training data (seed 0)
+
+    def __post_init__(self):
+        check_choice(self, "toolkit_profile", PROFILES)
+        check_ints(self, "n_train_sentences", "n_val_sentences")
+        check_ints(self, "seed", low=0)
+        check_ints(self, "layer", low=0, high=toolkit.EXPERIMENT.config(self.toolkit_profile).n_layers)
 
 
 def _plural_noun_labels(grammar, sentences) -> list[int]:

@@ -18,6 +18,13 @@ from dataclasses import dataclass
 import torch
 
 from paperlab import toolkit
+from paperlab.config import (
+    check_int_tuple,
+    check_ints,
+    check_number_tuple,
+    check_numbers,
+    check_type,
+)
 from paperlab.experiments import Experiment
 from paperlab.sae.data import LMDataConfig, SyntheticConfig, lm_activations, make_synthetic
 from paperlab.sae.metrics import binary_entropy, downstream_loss, nmse, probe_loss
@@ -49,6 +56,23 @@ class SAEExperimentConfig:
     lm_size: int = 64
     lm_ks: tuple[int, ...] = (1, 2, 4, 8)
     lm_steps: int = 400
+
+    def __post_init__(self):
+        check_type(self, "synthetic", SyntheticConfig)
+        check_type(self, "lm", LMDataConfig)
+        check_type(self, "train", TrainConfig)  # TrainConfig checks its own fields
+        check_ints(self, "lr_reference_latents", "dead_tokens", "frontier_size", "lm_size", "lm_steps")
+        check_ints(self, "k_aux", low=0)
+        check_numbers(self, "recovery_l1", low=0)
+        check_number_tuple(self, "l1_coefficients", low=0)
+        check_int_tuple(self, "sizes", min_len=2)  # the scaling law is fitted across sizes
+        smallest = min(self.sizes)  # every k is used with every size of its sweep
+        check_int_tuple(self, "ks", high=smallest)
+        check_ints(self, "recovery_k", high=smallest)
+        check_int_tuple(self, "frontier_ks", high=self.frontier_size)
+        check_int_tuple(self, "test_ks", high=self.frontier_size)
+        check_ints(self, "multi_k", high=self.frontier_size)
+        check_int_tuple(self, "lm_ks", high=self.lm_size)
 
 
 CONFIGS = {

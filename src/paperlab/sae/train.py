@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from paperlab import cache
+from paperlab.config import check_choice, check_flags, check_ints, check_numbers, check_type
 from paperlab.sae.data import LMDataConfig, SyntheticConfig, lm_activations, make_synthetic
 from paperlab.sae.metrics import feature_recovery, l0, nmse
 from paperlab.sae.model import ReLUSAE, SparseAutoencoder, TopKSAE
@@ -58,10 +59,16 @@ class RunConfig:
     lr_reference_latents: int = 512
 
     def __post_init__(self):
-        if self.kind not in ("topk", "relu"):
-            raise ValueError(f"kind must be 'topk' or 'relu', got {self.kind!r}")
-        if self.data not in ("lm", "synthetic"):
-            raise ValueError(f"data must be 'lm' or 'synthetic', got {self.data!r}")
+        check_choice(self, "kind", ("topk", "relu"))
+        check_choice(self, "data", ("lm", "synthetic"))
+        check_type(self, "lm", LMDataConfig)
+        check_type(self, "synthetic", SyntheticConfig)
+        check_type(self, "train", TrainConfig)  # TrainConfig checks its own fields
+        check_ints(self, "n_latents", "dead_tokens", "lr_reference_latents")
+        check_ints(self, "k", low=1, high=self.n_latents)
+        check_ints(self, "k_aux", low=0)
+        check_numbers(self, "l1_coefficient", low=0)
+        check_flags(self, "multi_topk", "tied_init")
 
     @property
     def scaled_lr(self) -> float:
@@ -155,7 +162,8 @@ def run_cached(run: RunConfig) -> dict:
         sae, record = train_sae(run)
         return {"state_dict": {k: v.detach().clone() for k, v in sae.state_dict().items()}, "record": record}
 
-    return cache.cached("sae-run", run, compute, seed=run.train.seed)
+    return cache.cached("sae-run", run, compute, seed=run.train.seed,
+                        check=cache.has_keys("state_dict", "record"))
 
 
 def load_sae(run: RunConfig) -> tuple[SparseAutoencoder, dict]:

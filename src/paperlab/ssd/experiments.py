@@ -15,11 +15,18 @@ from dataclasses import dataclass, field
 import torch
 
 from paperlab import cache
+from paperlab.config import (
+    check_flags,
+    check_int_tuple,
+    check_ints,
+    check_numbers,
+    check_type,
+)
 from paperlab.experiments import Experiment
 from paperlab.nn import GPT, GPTConfig, count_parameters
 from paperlab.ssd.core import random_inputs, ssd_chunked, ssd_quadratic, ssd_recurrent
 from paperlab.ssd.model import Mamba2Config, Mamba2LM
-from paperlab.ssd.mqar import mqar_accuracy, mqar_batch
+from paperlab.ssd.mqar import check_mqar, mqar_accuracy, mqar_batch
 from paperlab.train import TrainConfig, auto_device, seeded_batches, train
 from paperlab.utils import cpu_threads, parallel_map
 from paperlab_kernels import ssd as kernels
@@ -42,6 +49,12 @@ class CostConfig:
     state_length: int = 8192  # long enough that fixed per-call costs do not hide the growth in N
     repeats: int = 2
     seed: int = 0
+
+    def __post_init__(self):
+        check_int_tuple(self, "lengths")
+        check_int_tuple(self, "state_sizes")
+        check_ints(self, "batch", "nheads", "headdim", "d_state", "chunk_size", "state_length", "repeats")
+        check_ints(self, "quadratic_max_length", "recurrent_max_length", "seed", low=0)
 
 
 @dataclass(frozen=True)
@@ -74,11 +87,42 @@ class MQARConfig:
     n_test: int = 512
     test_seed: int = 12345
 
+    def __post_init__(self):
+        check_type(self, "train", TrainConfig)
+        check_ints(self, "seq_len", "n_pairs", "vocab_size", "headdim", "chunk_size", "n_layers", "n_test")
+        check_ints(self, "test_seed", low=0)
+        check_int_tuple(self, "widths")
+        check_int_tuple(self, "state_sizes")
+        check_flags(self, "attention")
+        check_numbers(self, "attention_lr", low=0, open_low=True, optional=True)
+        try:  # the task's and the models' own rules, in their homes
+            check_mqar(self.seq_len, self.n_pairs, self.vocab_size)
+            for width in self.widths:
+                attention_config(self, width)
+                for d_state in self.state_sizes:
+                    mamba_config(self, width, d_state)
+        except ValueError as err:
+            raise ValueError(f"MQARConfig: {err}") from None
+
+
+def mamba_config(config: MQARConfig, width: int, d_state: int) -> Mamba2Config:
+    return Mamba2Config(d_model=width, d_state=d_state, headdim=config.headdim, vocab_size=config.vocab_size,
+                        n_layers=config.n_layers, chunk_size=config.chunk_size)
+
+
+def attention_config(config: MQARConfig, width: int) -> GPTConfig:
+    return GPTConfig(vocab_size=config.vocab_size, context_length=config.seq_len, d_model=width,
+                     n_layers=config.n_layers, n_heads=max(1, width // 16))
+
 
 @dataclass(frozen=True)
 class SSDConfig:
     cost: CostConfig = field(default_factory=CostConfig)
     mqar: MQARConfig = field(default_factory=MQARConfig)
+
+    def __post_init__(self):
+        check_type(self, "cost", CostConfig)
+        check_type(self, "mqar", MQARConfig)
 
 
 CONFIGS = {
@@ -208,14 +252,11 @@ def cost_sweep(config: CostConfig) -> dict:
 
 # ---------------------------------------------------------------------------------------------- MQAR
 def make_mamba(config: MQARConfig, width: int, d_state: int) -> Mamba2LM:
-    return Mamba2LM(Mamba2Config(d_model=width, d_state=d_state, headdim=config.headdim,
-                                 vocab_size=config.vocab_size, n_layers=config.n_layers,
-                                 chunk_size=config.chunk_size))
+    return Mamba2LM(mamba_config(config, width, d_state))
 
 
 def make_attention(config: MQARConfig, width: int) -> GPT:
-    return GPT(GPTConfig(vocab_size=config.vocab_size, context_length=config.seq_len, d_model=width,
-                         n_layers=config.n_layers, n_heads=max(1, width // 16)))
+    return GPT(attention_config(config, width))
 
 
 def mqar_job(config: MQARConfig, kind: str, width: int, d_state: int | None,
@@ -293,4 +334,5 @@ def run(config: SSDConfig, device: str | torch.device | None = None) -> dict:
     }
 
 
-EXPERIMENT = Experiment(name="ssd", chapter="book/02-ssd.md", configs=CONFIGS, run=run)
+EXPERIMENT = Experiment(name="ssd", chapter="book/02-ssd.md", configs=CONFIGS, run=run,
+                        timings=("cost",))  # the cost sweep is forward-pass times

@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from paperlab.nn import RMSNorm
+from paperlab.config import check_ints, check_numbers, check_that
+from paperlab.nn import RMSNorm, check_token_ids
 from paperlab.ssd.core import ssd_chunked, ssd_quadratic, ssd_recurrent
 
 ALGORITHMS = ("chunked", "recurrent", "quadratic")
@@ -50,19 +51,18 @@ class Mamba2Config:
     a_init_max: float = 16.0
 
     def __post_init__(self):
-        for name in ("d_model", "d_state", "expand", "headdim", "ngroups", "d_conv", "chunk_size",
-                     "vocab_size", "n_layers"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"Mamba2Config.{name} must be a positive integer, got {value!r}")
-        if self.d_inner % self.headdim:
-            raise ValueError(f"Mamba2Config: d_inner = expand * d_model = {self.d_inner} must be divisible "
-                             f"by headdim = {self.headdim}")
-        if self.nheads % self.ngroups:
-            raise ValueError(f"Mamba2Config: nheads = {self.nheads} must be divisible by ngroups = "
-                             f"{self.ngroups}")
-        if not 0 < self.dt_min <= self.dt_max:
-            raise ValueError(f"Mamba2Config: need 0 < dt_min <= dt_max, got {self.dt_min}, {self.dt_max}")
+        check_ints(self, "d_model", "d_state", "expand", "headdim", "ngroups", "d_conv", "chunk_size",
+                   "vocab_size", "n_layers")
+        check_that(self, self.d_inner % self.headdim == 0, "headdim",
+                   f"a divisor of d_inner = expand * d_model = {self.d_inner} (d_inner must be divisible by "
+                   "headdim)")
+        check_that(self, self.nheads % self.ngroups == 0, "ngroups",
+                   f"a divisor of nheads = {self.nheads} (nheads must be divisible by ngroups)")
+        # dt ~ log-uniform[dt_min, dt_max] and A ~ uniform[a_init_min, a_init_max] (A > 0; the SSM uses -A)
+        check_numbers(self, "dt_min", "dt_max", "a_init_min", "a_init_max", low=0, open_low=True)
+        check_that(self, self.dt_min <= self.dt_max, "dt_max", f">= dt_min = {self.dt_min}")
+        check_that(self, self.a_init_min <= self.a_init_max, "a_init_max",
+                   f">= a_init_min = {self.a_init_min}")
 
     @property
     def d_inner(self) -> int:
@@ -123,8 +123,9 @@ class Mamba2Block(nn.Module):
 
     def ssd_inputs(self, u: torch.Tensor):
         """The SSD inputs ``(x, dt, A, B, C, D)`` and the gate ``z`` for ``u: (batch, seq, d_model)``."""
-        if u.dim() != 3 or u.shape[-1] != self.config.d_model:
-            raise ValueError(f"u must be (batch, seq, d_model = {self.config.d_model}), got {tuple(u.shape)}")
+        if u.dim() != 3 or u.shape[-1] != self.config.d_model or u.shape[1] == 0:
+            raise ValueError(f"u must be (batch, seq >= 1, d_model = {self.config.d_model}), got "
+                             f"{tuple(u.shape)}")
         c = self.config
         batch, seq, _ = u.shape
         z, xBC, dt = self.in_proj(u).split([c.d_inner, self.conv_dim, c.nheads], dim=-1)  # in parallel
@@ -167,9 +168,7 @@ class Mamba2LM(nn.Module):
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         """``idx: (batch, seq)`` token ids -> logits ``(batch, seq, vocab_size)``."""
-        if idx.dim() != 2 or idx.dtype.is_floating_point:
-            raise ValueError(f"idx must be a 2-D (batch, seq) tensor of token ids, got {tuple(idx.shape)}, "
-                             f"{idx.dtype}")
+        check_token_ids(idx, self.config.vocab_size)
         h = self.token_embedding(idx)
         for norm, block in zip(self.norms, self.blocks):
             h = h + block(norm(h))

@@ -16,16 +16,25 @@ import torch
 IGNORE = -100
 
 
-def mqar_batch(batch: int, seq_len: int, n_pairs: int, vocab_size: int,
-               generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(inputs, targets)``, both ``(batch, seq_len)`` int64; targets are ``IGNORE`` except at the
-    positions of repeated keys, where they hold the key's value (next-token prediction)."""
+def check_mqar(seq_len: int, n_pairs: int, vocab_size: int) -> None:
+    """A ValueError unless ``n_pairs`` pairs and their queries fit in ``seq_len`` tokens and the keys in the
+    lower half of the vocabulary (ids ``1 .. vocab_size // 2 - 1``; 0 is padding)."""
+    if not isinstance(n_pairs, int) or isinstance(n_pairs, bool) or n_pairs < 1:
+        raise ValueError(f"n_pairs must be a positive integer, got {n_pairs!r}")
     if 4 * n_pairs > seq_len + 1:
         raise ValueError(f"n_pairs = {n_pairs} needs seq_len >= 4 * n_pairs - 1 = {4 * n_pairs - 1}, "
                          f"got {seq_len}")
     half = vocab_size // 2
     if n_pairs > half - 1:
         raise ValueError(f"n_pairs = {n_pairs} keys do not fit in vocab_size // 2 - 1 = {half - 1} key ids")
+
+
+def mqar_batch(batch: int, seq_len: int, n_pairs: int, vocab_size: int,
+               generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(inputs, targets)``, both ``(batch, seq_len)`` int64; targets are ``IGNORE`` except at the
+    positions of repeated keys, where they hold the key's value (next-token prediction)."""
+    check_mqar(seq_len, n_pairs, vocab_size)
+    half = vocab_size // 2
     keys = torch.rand(batch, half - 1, generator=generator).argsort(-1)[:, :n_pairs] + 1  # ids 1 .. half-1
     values = torch.randint(half, vocab_size, (batch, n_pairs), generator=generator)
     inputs = torch.zeros(batch, seq_len + 1, dtype=torch.long)
