@@ -60,7 +60,7 @@ unit: $(STAMP)
 
 chapters: $(STAMP)
 	$(BIN)/python tools/book.py convert .nbtest
-	PAPERLAB_PROFILE=fast PAPERLAB_PROGRESS=0 $(BIN)/python -m pytest -q --nbmake --nbmake-timeout=300 \
+	PAPERLAB_PROFILE=fast PAPERLAB_PROGRESS=0 PAPERLAB_STATIC=1 $(BIN)/python -m pytest -q --nbmake --nbmake-timeout=300 \
 		--durations=0 -p no:cacheprovider .nbtest
 
 content-check: $(STAMP)
