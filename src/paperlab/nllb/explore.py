@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from paperlab.explore import Choice, Explorer, IntSlider
-from paperlab.nllb.data import LANGUAGES, World
+from paperlab.nllb.data import HUB, LANGUAGES, World
 from paperlab.nllb.train import Translator
 from paperlab.plot import labelled
 
@@ -39,9 +39,10 @@ def gate_probabilities(translator: Translator,
                    for i, code in enumerate(sentences)} for name, value in logits.items()}
 
 
-def routing_explorer(translator: Translator, world: World) -> Explorer:
+def routing_explorer(translator: Translator, world: World, *, language: str | None = None) -> Explorer:
     """Controls: the ``sentence`` (a meaning of the multi-way test set, the same in every language), the
-    ``language`` it is read in, and the encoder MoE ``layer``.
+    ``language`` it is read in (first shown: ``language``, default the first language after the hub), and
+    the encoder MoE ``layer``.
 
     Left, the gate's probability of each expert for each token of the sentence in that language, the
     first choice (e1) and second choice (e2, in evaluation the next most likely) marked; right, for the
@@ -87,6 +88,7 @@ def routing_explorer(translator: Translator, world: World) -> Explorer:
 
     return Explorer(draw, {
         "sentence": IntSlider(0, len(world.test[languages[0]]) - 1, 0, label="test sentence"),
-        "language": Choice(languages, languages[1] if len(languages) > 1 else languages[0], label="language"),
+        "language": Choice(languages, language or next((c for c in languages if c != HUB), languages[0]),
+                           label="language"),
         "layer": Choice(layers, layers[0], label="encoder MoE layer"),
     }, what="the sentence, its language and the MoE layer", figsize=(12, 4.2))

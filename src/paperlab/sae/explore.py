@@ -40,7 +40,7 @@ def topk_explorer(saes: dict[str, TopKSAE], data: SyntheticData, *, n_tokens: in
         raise ValueError("topk_explorer needs at least one SAE")
     x = data.sample(n_tokens, torch.Generator().manual_seed(seed))
     largest = min(max_k, min(sae.n_latents for sae in saes.values()))
-    ks = [k for k in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128) if k <= largest]
+    ks = [k for k in (1, 2, 4, 8, 16, 32, 64, 128) if k <= largest]
     with torch.no_grad():
         curves = {name: [float(nmse(sae(x, k), x)) for k in ks] for name, sae in saes.items()}
         matches = {}

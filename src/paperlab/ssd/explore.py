@@ -55,6 +55,7 @@ def semiseparable_explorer(seqlen: int = 48, headdim: int = 4, d_state: int = 4,
                      mfc="none", color="C3", label=f"Q = {chunk_size}")
         axes[2].axhline(scan_flops(1, seqlen, 1, headdim, d_state), color="k", ls="--", label="recurrence")
         axes[2].axhline(2 * seqlen**2 * (d_state + headdim), color="grey", ls=":", label="quadratic (~)")
+        axes[2].set_ylim(bottom=0)
         axes[2].set_xscale("log", base=2)
         axes[2].set_xticks(sizes, [str(q) for q in sizes])
         labelled(axes[2], "chunk size Q", f"flops per head (T = {seqlen})")
@@ -73,4 +74,4 @@ def _outline_chunks(ax, seqlen: int, chunk_size: int) -> None:
         size = min(chunk_size, seqlen - start)
         ax.add_patch(Rectangle((start - 0.5, start - 0.5), size, size, fill=False, lw=1.2, ec="k"))
         if start:
-            ax.add_patch(Rectangle((-0.5, start - 0.5), start, size, fill=False, lw=0.8, ec="0.4", ls="--"))
+            ax.add_patch(Rectangle((-0.5, start - 0.5), start, size, fill=False, lw=1.0, ec="0.25", ls="--"))
