@@ -14,6 +14,15 @@ from paperlab import explore  # noqa: E402
 from paperlab.explore import Choice, Explorer, IntSlider, Slider  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def close_widgets():
+    """Close the widgets a test made (left open, they would be closed at interpreter shutdown, noisily)."""
+    yield
+    import ipywidgets
+
+    ipywidgets.Widget.close_all()
+
+
 def drive(explorer: Explorer, name: str, value) -> bytes:
     """Build the live view, move one control to ``value``; return the image before and check that the
     redraw happened with that value and changed the image."""
