@@ -6,6 +6,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.paperlab-installed
+LAB_SETTINGS := $(VENV)/share/jupyter/lab/settings/overrides.json
 PIP    := $(BIN)/python -m pip
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
@@ -14,15 +15,19 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 all: test
 
-venv: $(STAMP)
+venv: $(STAMP) $(LAB_SETTINGS)
 
 # Re-run only when the dependency definitions change (idempotent, skipped when up to date).
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --constraint constraints.txt --editable '.[book,dev]'
-	@mkdir -p $(VENV)/share/jupyter/lab/settings
-	@cp tools/jupyterlab-overrides.json $(VENV)/share/jupyter/lab/settings/overrides.json
 	@touch $(STAMP)
+
+# JupyterLab's settings for `make lab`: chapters open as notebooks (Jupytext), no news prompt, no update
+# check. Refreshed whenever tools/jupyterlab-overrides.json changes.
+$(LAB_SETTINGS): tools/jupyterlab-overrides.json $(STAMP)
+	@mkdir -p $(dir $@)
+	@cp $< $@
 
 ## The book: execute every chapter (cached) and render _build/html: the Jupyter Book 2 site when its theme
 ## can be downloaded, else the offline book (Sphinx). The last line says which, and how to view it.
@@ -55,7 +60,7 @@ unit: $(STAMP)
 
 chapters: $(STAMP)
 	$(BIN)/python tools/book.py convert .nbtest
-	PAPERLAB_PROFILE=fast PAPERLAB_PROGRESS=0 $(BIN)/python -m pytest -q --nbmake --nbmake-timeout=300 \
+	PAPERLAB_PROFILE=fast PAPERLAB_PROGRESS=0 PAPERLAB_STATIC=1 $(BIN)/python -m pytest -q --nbmake --nbmake-timeout=300 \
 		--durations=0 -p no:cacheprovider .nbtest
 
 content-check: $(STAMP)
@@ -64,8 +69,10 @@ content-check: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m paperlab.bench
 
-## Open the chapters in JupyterLab (Jupytext opens the .md files as notebooks).
-lab: $(STAMP)
+## Open the chapters in JupyterLab: the .md files open as notebooks (Jupytext, configured by
+## book/jupytext.toml so that saving leaves a chapter byte-identical), MyST renders (jupyterlab-myst),
+## and each chapter's explorer is live (ipywidgets).
+lab: $(STAMP) $(LAB_SETTINGS)
 	$(BIN)/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root,) book/
 
 ## Regenerate the lock file from the current venv (after changing pyproject.toml's pins).

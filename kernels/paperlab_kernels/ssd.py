@@ -63,6 +63,7 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
+from einops import rearrange, repeat
 
 from ._dispatch import HAS_NUMBA, HAS_TRITON, cpu_numpy, require_numba, require_triton, select_impl
 
@@ -140,7 +141,7 @@ def check_ssd_inputs(x, dt, A, B, C, D=None, initial_state=None) -> tuple[int, i
 def _heads_of_groups(t: torch.Tensor, nheads: int) -> torch.Tensor:
     """(batch, seqlen, ngroups, d_state) -> (batch, seqlen, nheads, d_state): head h reads group
     h // (nheads / ngroups)."""
-    return t.repeat_interleave(nheads // t.shape[2], dim=2)
+    return repeat(t, "b t g n -> b t (g r) n", r=nheads // t.shape[2])
 
 
 # ================================================================================ segment sums
@@ -156,7 +157,7 @@ def segsum(a: torch.Tensor) -> torch.Tensor:
     T = a.shape[-1]
     strict = torch.ones(T, T, dtype=torch.bool, device=a.device).tril(-1)
     # column s of row r holds a_r for r > s; summing down the rows gives sum_{r=s+1..t} a_r at row t
-    entries = a[..., :, None].expand(*a.shape, T).masked_fill(~strict, 0.0)
+    entries = repeat(a, "... r -> ... r s", s=T).masked_fill(~strict, 0.0)
     out = entries.cumsum(dim=-2)
     causal = torch.ones(T, T, dtype=torch.bool, device=a.device).tril()
     return out.masked_fill(~causal, -math.inf)
@@ -211,11 +212,11 @@ def ssd_chunked_reference(x, dt, A, B, C, D=None, initial_state=None, *, chunk_s
         xf, Bf, Cf = (F.pad(t, (0, 0, 0, 0, 0, pad)) for t in (xf, Bf, Cf))
         dtf = F.pad(dtf, (0, 0, 0, pad))
     # chunks: c = chunk, l/s = position in the chunk; heads split into (group g, head-in-group r)
-    X = xf.reshape(batch, n_chunks, Q, G, R, headdim)
-    Bc = Bf.reshape(batch, n_chunks, Q, G, d_state)
-    Cc = Cf.reshape(batch, n_chunks, Q, G, d_state)
-    dtc = dtf.reshape(batch, n_chunks, Q, G, R)
-    log_a = (dtc * A.to(dtype).reshape(G, R)).permute(0, 3, 4, 1, 2)  # (b, g, r, c, l): log a_t = dt_t A
+    X = rearrange(xf, "b (c l) (g r) p -> b c l g r p", l=Q, g=G)
+    Bc, Cc = (rearrange(t, "b (c l) g n -> b c l g n", l=Q) for t in (Bf, Cf))
+    dtc = rearrange(dtf, "b (c l) (g r) -> b c l g r", l=Q, g=G)
+    log_a = rearrange(dtc * rearrange(A.to(dtype), "(g r) -> g r", g=G),
+                      "b c l g r -> b g r c l")  # log a_t = dt_t A
     Xdt = X * dtc[..., None]  # dt_s x_s, (b, c, s, g, r, p)
 
     # 1. intra-chunk outputs: Y_diag = (L o C B^T) (dt X) inside each chunk
@@ -232,7 +233,7 @@ def ssd_chunked_reference(x, dt, A, B, C, D=None, initial_state=None, *, chunk_s
     if initial_state is None:
         h = xf.new_zeros((batch, G, R, headdim, d_state))
     else:
-        h = initial_state.to(dtype).reshape(batch, G, R, headdim, d_state)
+        h = rearrange(initial_state.to(dtype), "b (g r) p n -> b g r p n", g=G)
     carried = []  # the state entering each chunk
     for c in range(n_chunks):
         carried.append(h)
@@ -243,10 +244,10 @@ def ssd_chunked_reference(x, dt, A, B, C, D=None, initial_state=None, *, chunk_s
     decay_from_start = torch.exp(log_a.cumsum(-1))  # (b, g, r, c, l)
     Y_off = torch.einsum("bclgn,bcgrpn,bgrcl->bclgrp", Cc, carried, decay_from_start)
 
-    y = (Y_diag + Y_off).reshape(batch, n_chunks * Q, nheads, headdim)[:, :seqlen]
+    y = rearrange(Y_diag + Y_off, "b c l g r p -> b (c l) (g r) p")[:, :seqlen]
     if D is not None:
         y = y + D.to(dtype)[:, None] * xf[:, :seqlen]
-    return y.to(x.dtype), h.reshape(batch, nheads, headdim, d_state)
+    return y.to(x.dtype), rearrange(h, "b g r p n -> b (g r) p n")
 
 
 def _sum_after(a: torch.Tensor) -> torch.Tensor:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 from paperlab.config import check_flags, check_ints, check_numbers, check_that
@@ -41,6 +42,7 @@ __all__ = [
     "check_token_ids",
     "count_parameters",
     "generate",
+    "next_token_distribution",
     "sequence_logprob",
 ]
 
@@ -163,8 +165,9 @@ class CausalSelfAttention(nn.Module):
         sin: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        batch, seq, d_model = x.shape
-        q, k, v = self.qkv(x).view(batch, seq, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        seq = x.shape[1]
+        # one projection, split into queries, keys and values, each cut into heads
+        q, k, v = rearrange(self.qkv(x), "b t (three h d) -> three b h t d", three=3, h=self.n_heads)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)  # (batch, heads, seq, head_dim)
         dropout_p = self.dropout if self.training else 0.0
         if attention_mask is None:
@@ -175,7 +178,7 @@ class CausalSelfAttention(nn.Module):
             mask = causal & attention_mask[:, None, None, :]  # ... and key s is a real token
             mask = mask | torch.eye(seq, dtype=torch.bool, device=x.device)  # no all-masked rows
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
-        y = y.transpose(1, 2).reshape(batch, seq, d_model)
+        y = rearrange(y, "b h t d -> b t (h d)")  # heads side by side again
         return self.residual_dropout(self.out(y))
 
 
@@ -488,11 +491,7 @@ def generate(
             if greedy:
                 next_token = logits.argmax(dim=-1)
             else:
-                logits = logits / temperature
-                if top_k is not None and top_k < vocab_size:
-                    kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
-                    logits = logits.masked_fill(logits < kth, float("-inf"))
-                probs = torch.softmax(logits, dim=-1)
+                probs = next_token_distribution(logits, temperature, top_k)
                 next_token = torch.multinomial(probs, 1, generator=generator).squeeze(1)
             next_token = torch.where(done, torch.full_like(next_token, pad_id), next_token)
             tokens = torch.cat([tokens, next_token[:, None]], dim=1)
@@ -507,6 +506,17 @@ def generate(
     finally:
         model.train(was_training)
     return new_tokens
+
+
+def next_token_distribution(logits: torch.Tensor, temperature: float = 1.0,
+                            top_k: int | None = None) -> torch.Tensor:
+    """What :func:`generate` samples from: ``p(x) ∝ exp(logit(x) / temperature)`` over the ``top_k``
+    largest logits (all if None). logits: (..., vocab) -> probabilities of the same shape."""
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return torch.softmax(logits, dim=-1)
 
 
 def sequence_logprob(

@@ -32,6 +32,7 @@ Shapes: ``x (batch, seqlen, nheads, headdim)``, ``dt (batch, seqlen, nheads)``, 
 from __future__ import annotations
 
 import torch
+from einops import rearrange
 
 from paperlab_kernels.ssd import (
     _heads_of_groups,
@@ -57,7 +58,7 @@ __all__ = [
 
 def decay_mask(dt: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
     """``L = exp(segsum(dt A))``: ``dt (batch, seqlen, nheads)``, ``A (nheads,)`` -> (batch, nheads, T, T)."""
-    return torch.exp(segsum((dt * A).transpose(1, 2)))
+    return torch.exp(segsum(rearrange(dt * A, "b t h -> b h t")))
 
 
 def semiseparable_matrix(dt, A, B, C) -> torch.Tensor:
@@ -81,8 +82,8 @@ def ssd_quadratic(x, dt, A, B, C, D=None, initial_state=None):
     xdt = xf * dtf[..., None]
     y = torch.einsum("bhts,bshp->bthp", M, xdt)
     log_a = dtf * Af  # (b, t, h)
-    decay_to_end = torch.exp(_sum_after(log_a.transpose(1, 2))).transpose(1, 2)  # (b, s, h)
-    final = torch.einsum("bshp,bsh,bshn->bhpn", xdt, decay_to_end, Bh)
+    decay_to_end = torch.exp(_sum_after(rearrange(log_a, "b t h -> b h t")))  # (b, h, s)
+    final = torch.einsum("bshp,bhs,bshn->bhpn", xdt, decay_to_end, Bh)
     if initial_state is not None:
         h0 = initial_state.to(dtype)
         y = y + torch.einsum("bthn,bhpn->bthp", Ch, h0) * torch.exp(log_a.cumsum(1))[..., None]

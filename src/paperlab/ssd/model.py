@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 from paperlab.config import check_ints, check_numbers, check_that
@@ -127,13 +128,11 @@ class Mamba2Block(nn.Module):
             raise ValueError(f"u must be (batch, seq >= 1, d_model = {self.config.d_model}), got "
                              f"{tuple(u.shape)}")
         c = self.config
-        batch, seq, _ = u.shape
         z, xBC, dt = self.in_proj(u).split([c.d_inner, self.conv_dim, c.nheads], dim=-1)  # in parallel
         xBC = F.silu(causal_depthwise_conv(xBC, self.conv1d.weight, self.conv1d.bias))  # short conv, SiLU
         x, B, C = xBC.split([c.d_inner, c.ngroups * c.d_state, c.ngroups * c.d_state], dim=-1)
-        x = x.reshape(batch, seq, c.nheads, c.headdim)
-        B = B.reshape(batch, seq, c.ngroups, c.d_state)
-        C = C.reshape(batch, seq, c.ngroups, c.d_state)
+        x = rearrange(x, "b t (h p) -> b t h p", p=c.headdim)  # heads of headdim channels
+        B, C = (rearrange(t, "b t (g n) -> b t g n", n=c.d_state) for t in (B, C))  # groups of d_state
         dt = F.softplus(dt + self.dt_bias)  # Delta = softplus(dt + b_Delta) > 0
         A = -torch.exp(self.A_log.float())  # A = -exp(A_log) < 0: a scalar per head
         return (x, dt, A, B, C, self.D), z
@@ -146,7 +145,7 @@ class Mamba2Block(nn.Module):
             y, _ = ssd_recurrent(x, dt, A, B, C, D)  # h_t = a_t h_{t-1} + Delta_t x_t B_t^T, eq. 1-2
         else:
             y, _ = ssd_quadratic(x, dt, A, B, C, D)  # y = (L o C B^T)(Delta x) + D x, section 4
-        y = y.reshape(*u.shape[:2], self.config.d_inner)
+        y = rearrange(y, "b t h p -> b t (h p)")
         return self.out_proj(self.norm(y * F.silu(z)))  # gated norm: RMSNorm(y * SiLU(z)), then W_out
 
 
