@@ -110,3 +110,70 @@ def test_triton_cuda_realistic_shapes(seqlen, ngroups, chunk):
     scale = y_ref.abs().max().item()
     assert (y.double() - y_ref).abs().max().item() < 1e-4 * max(scale, 1.0)
     assert (h.double() - h_ref).abs().max().item() < 1e-4 * max(h_ref.abs().max().item(), 1.0)
+
+
+# ------------------------------------------------------------------- reliability (issue 23)
+ALL_FORWARDS = [("reference", "cpu"), ("recurrent", "cpu")] + KERNELS
+ALL_IDS = [k for k, _ in ALL_FORWARDS]
+
+
+def _forward(kind, inputs, chunk):
+    if kind == "reference":
+        return K.ssd_chunked_reference(*inputs, chunk_size=chunk)
+    if kind == "recurrent":
+        return K.ssd_recurrent_reference(*inputs)
+    return _run(kind, inputs, chunk)
+
+
+@pytest.mark.parametrize(("kind", "device"), ALL_FORWARDS, ids=ALL_IDS)
+@pytest.mark.parametrize("where", ["x", "dt", "B"])
+def test_nan_propagates_forward_in_time_only(kind, device, where):
+    """A NaN at position s leaves every output before s as it was and makes the affected outputs from s
+    on NaN, as the recurrence does. The chunked reference used to spread it backwards inside its chunk
+    (0 * NaN in the masked quadratic form)."""
+    seqlen, s, chunk = 21, 11, 16  # s inside the first chunk, with positions of that chunk after it
+    clean = _inputs(device, batch=2, seqlen=seqlen, nheads=2, headdim=3, ngroups=1, d_state=4,
+                    with_initial_state=True)
+    poisoned = [t.clone() if t is not None else None for t in clean]
+    index = {"x": 0, "dt": 1, "B": 3}[where]
+    if where == "x":
+        poisoned[0][0, s, 1, 2] = float("nan")
+    else:
+        poisoned[index][0, s] = float("nan")
+    y_clean, _ = _forward(kind, clean, chunk)
+    y, h = _forward(kind, poisoned, chunk)
+    torch.testing.assert_close(y[:, :s], y_clean[:, :s], rtol=1e-5, atol=1e-5)  # earlier outputs intact
+    assert torch.isfinite(y[1]).all()  # the other sequence of the batch is untouched
+    if where == "x":
+        assert torch.isnan(y[0, s:, 1, 2]).all() and torch.isfinite(y[0, :, 0]).all()
+        assert torch.isnan(h[0, 1, 2]).all()
+    else:
+        assert torch.isnan(y[0, s:]).all()
+
+
+@pytest.mark.parametrize(("kind", "device"), ALL_FORWARDS, ids=ALL_IDS)
+def test_value_preconditions_are_checked(kind, device):
+    """A > 0 (a growing state) and dt < 0 used to be accepted, giving inf in one implementation and NaN
+    in another; on CPU tensors they are errors now."""
+    x, dt, A, B, C, D, h0 = _inputs(device, batch=1, seqlen=5, nheads=2, headdim=2, d_state=3)
+    with pytest.raises(ValueError, match=r"A must be <= 0"):
+        _forward(kind, (x, dt, A.abs(), B, C, D, h0), 4)
+    bad_dt = dt.clone()
+    bad_dt[0, 2, 1] = -0.5
+    with pytest.raises(ValueError, match=r"dt must be >= 0.*-0.5"):
+        _forward(kind, (x, bad_dt, A, B, C, D, h0), 4)
+    with _dispatch.check_values(False):  # switched off, the same input runs
+        _forward(kind, (x, bad_dt, A, B, C, D, h0), 4)
+
+
+@pytest.mark.parametrize(("kind", "device"), ALL_FORWARDS, ids=ALL_IDS)
+@pytest.mark.parametrize("with_h0", [False, True])
+def test_empty_sequence_gives_an_empty_output_and_the_initial_state(kind, device, with_h0):
+    """seqlen = 0 is a valid input: no outputs, and the final state is the initial state (zeros without
+    one). The chunked reference used to fail on it (torch.stack of no chunks)."""
+    x, dt, A, B, C, D, h0 = _inputs(device, batch=2, seqlen=0, nheads=2, headdim=3, d_state=4,
+                                    with_initial_state=True)
+    y, h = _forward(kind, (x, dt, A, B, C, D, h0 if with_h0 else None), 4)
+    assert y.shape == x.shape and y.dtype == x.dtype
+    expected = h0 if with_h0 else torch.zeros_like(h0)
+    torch.testing.assert_close(h.to(expected.dtype), expected)

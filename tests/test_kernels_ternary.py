@@ -37,11 +37,26 @@ def test_pack_roundtrip_and_size(n, k, seed):
     assert torch.equal(T.unpack_ternary(packed, k), w)
 
 
-def test_pack_accepts_float_ternary_and_zero_padding():
+def test_pack_accepts_float_ternary_and_marks_padding():
     w = torch.tensor([[1.0, -1.0, 0.0, 1.0, -1.0]])
     packed = T.pack_ternary(w)
     assert torch.equal(T.unpack_ternary(packed, 5), w.to(torch.int8))
-    assert torch.equal(T.pack_ternary(torch.zeros(2, 7)), torch.zeros(2, 2, dtype=torch.uint8))
+    # k = 7: one padding position, in the last plane (bits 6-7) of the last byte, holds code 0b10
+    expected = torch.tensor([[0, 0b10 << 6]] * 2, dtype=torch.uint8)
+    assert torch.equal(T.pack_ternary(torch.zeros(2, 7)), expected)
+    assert torch.equal(T.pack_ternary(torch.zeros(2, 8)), torch.zeros(2, 2, dtype=torch.uint8))
+
+
+def test_unpack_rejects_a_k_other_than_the_packed_one():
+    """Same number of bytes, different k: a larger k would read padding as weights (it used to return
+    extra zero columns silently), a smaller one would drop weights."""
+    packed = T.pack_ternary(_ternary(3, 5))  # 2 bytes per row hold up to 8 columns
+    with pytest.raises(ValueError, match="larger than the 5 columns"):
+        T.unpack_ternary(packed, 8)
+    with pytest.raises(ValueError, match="smaller than"):
+        T.unpack_ternary(T.pack_ternary(_ternary(3, 8)), 6)
+    with pytest.raises(ValueError, match="padding code 0b10 at column 1"):
+        T.unpack_ternary(torch.tensor([[0b10 << 2]], dtype=torch.uint8), 4)
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -58,13 +73,26 @@ def test_matmul_int_is_exact(impl, m, n, k, seed):
 
 
 @pytest.mark.parametrize("impl", [i for i in IMPLS if i != "triton"])
-@pytest.mark.parametrize("m", [1, 3, 4, 16])
-def test_matmul_int_larger_both_numba_paths(impl, m):
-    """m < 4 uses the GEMV kernel, m >= 4 the GEMM kernel."""
-    n, k = 37, 203
+@pytest.mark.parametrize(("m", "n", "k"), [(1, 37, 203), (3, 37, 256), (16, 9, 1000), (5, 3, 64)])
+def test_matmul_int_larger_shapes(impl, m, n, k):
+    """k a multiple of 32 (the packed rows read as 64-bit words in place) and not (rows padded)."""
     w, x = _ternary(n, k), _activations(m, k)
     out = T.ternary_matmul_int(x, T.pack_ternary(w), k, impl=impl)
     assert torch.equal(out, (x.long() @ w.long().T).int())
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_matmul_int_extremes_are_exact(impl):
+    """-128 activations (the two's-complement sign bit alone) against all -1, all +1 and alternating
+    weights: the largest sums the format allows, exactly."""
+    dev = DEVICE[impl]
+    k = 300 if impl == "triton" and not CUDA else 4096
+    w = torch.stack([torch.full((k,), -1), torch.ones(k), torch.tensor([1, -1] * (k // 2))]).to(torch.int8)
+    x = torch.stack([torch.full((k,), -128), torch.full((k,), 127), torch.arange(k) % 256 - 128])
+    x = x.to(torch.int8)
+    out = T.ternary_matmul_int(x.to(dev), T.pack_ternary(w).to(dev), k, impl=impl).cpu()
+    assert torch.equal(out, (x.long() @ w.long().T).int())
+    assert out[0, 0] == 128 * k
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -108,3 +136,23 @@ def test_errors_name_the_problem():
         T.ternary_matmul_int(torch.zeros(1, 8, dtype=torch.int8), packed, 8, impl="cuda")
     with pytest.raises(ValueError, match="0b10"):
         T.unpack_ternary(torch.full((1, 1), 2, dtype=torch.uint8), 4)
+
+
+@pytest.mark.parametrize("w_scale", [0.0, -1.0, float("inf"), float("nan"), torch.tensor(0.0)])
+def test_linear_rejects_a_bad_weight_scale(w_scale):
+    """w_scale = 0 used to give inf / NaN outputs."""
+    packed, q = T.pack_ternary(_ternary(4, 8)), _activations(2, 8)
+    with pytest.raises(ValueError, match="w_scale"):
+        T.ternary_linear(q, torch.ones(2, 1), packed, w_scale, 8)
+
+
+def test_linear_checks_x_scale_before_the_product(monkeypatch):
+    """A wrong x_scale is reported before any kernel runs (it used to be checked after the matmul)."""
+    calls = []
+    monkeypatch.setitem(T._MATMUL_INT, "reference", lambda *a: calls.append(a))
+    packed, q = T.pack_ternary(_ternary(4, 8)), _activations(2, 8)
+    with pytest.raises(ValueError, match="x_scale must have shape"):
+        T.ternary_linear(q, torch.ones(3, 1), packed, 1.0, 8, impl="reference")
+    with pytest.raises(TypeError, match="x_scale"):
+        T.ternary_linear(q, torch.ones(2, 1, dtype=torch.int32), packed, 1.0, 8, impl="reference")
+    assert calls == []

@@ -7,6 +7,12 @@ Every topic module (``rmsnorm.py``, ...) imports from here, so that the rules ar
 * :func:`select_impl` turns ``impl="auto"`` into one of them for a given tensor, and checks a forced choice.
 * :func:`require_numba` / :func:`require_triton` raise a clear error when a forced backend cannot run.
 * ``check_*`` helpers validate arguments with errors that name the argument and the expected value.
+* :func:`value_checks` says whether checks that read tensor *values* (index ranges, signs, finiteness)
+  run for a tensor: always on CPU tensors, on other devices only in debug mode, because reading a CUDA
+  tensor's values on the host waits for the GPU (a device synchronisation on every call). Debug mode:
+  ``PAPERLAB_CHECK_VALUES=1`` in the environment, or ``with check_values():``. Without it, the CUDA
+  kernels guard what they must in the kernel itself (an out-of-range index poisons its output row with
+  NaN instead of reading outside the tensor), so that bad input is visible but costs no synchronisation.
 
 Triton is imported under a guard (it is not installed on macOS or ARM), and so is Numba. Triton's
 interpreter (``TRITON_INTERPRET=1``) must be switched on before the kernels are decorated, that is before
@@ -15,7 +21,9 @@ a kernel module is first imported: ``tests/conftest.py`` does this on machines w
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 
 import torch
 
@@ -39,6 +47,37 @@ except ImportError:  # pragma: no cover - numba is a declared dependency
 
 IMPLS = ("reference", "numba", "triton")
 """The implementations every operation offers; ``impl="auto"`` picks one of them."""
+
+
+CHECK_VALUES_ENV = "PAPERLAB_CHECK_VALUES"
+"""Environment variable: ``1`` runs the value checks on every device (debug mode, synchronises CUDA),
+``0`` on none, unset: on CPU tensors only."""
+
+_check_values_override: list[bool] = []
+
+
+def value_checks(t: torch.Tensor) -> bool:
+    """True when checks that read the values of tensors on ``t``'s device should run (see the module
+    docstring): on CPU tensors unless ``PAPERLAB_CHECK_VALUES=0``; elsewhere only in debug mode."""
+    if _check_values_override:
+        return _check_values_override[-1]
+    env = os.environ.get(CHECK_VALUES_ENV, "").strip().lower()
+    if env in ("1", "true", "yes", "on"):
+        return True
+    if env in ("0", "false", "no", "off"):
+        return False
+    return t.device.type == "cpu"
+
+
+@contextlib.contextmanager
+def check_values(enabled: bool = True) -> Iterator[None]:
+    """``with check_values():`` runs the value checks on every device (each one synchronises a GPU);
+    ``check_values(False)`` skips them everywhere. Nested uses restore the previous setting."""
+    _check_values_override.append(bool(enabled))
+    try:
+        yield
+    finally:
+        _check_values_override.pop()
 
 
 def triton_interpreted() -> bool:

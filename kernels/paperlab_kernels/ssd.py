@@ -65,7 +65,15 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange, repeat
 
-from ._dispatch import HAS_NUMBA, HAS_TRITON, cpu_numpy, require_numba, require_triton, select_impl
+from ._dispatch import (
+    HAS_NUMBA,
+    HAS_TRITON,
+    cpu_numpy,
+    require_numba,
+    require_triton,
+    select_impl,
+    value_checks,
+)
 
 __all__ = [
     "check_ssd_inputs",
@@ -97,7 +105,11 @@ def check_chunk_size(chunk_size) -> int:
 def check_ssd_inputs(x, dt, A, B, C, D=None, initial_state=None) -> tuple[int, int, int, int, int, int]:
     """Validate the SSD arguments; returns ``(batch, seqlen, nheads, headdim, ngroups, d_state)``.
 
-    Errors name the argument, the expected shape and the shape received.
+    Errors name the argument, the expected shape and the shape received. The preconditions on values,
+    ``A <= 0`` (a decay: ``a_t = exp(dt_t A) <= 1``) and ``dt >= 0`` (step sizes, e.g. softplus outputs;
+    0 is the padding step), are checked when :func:`paperlab_kernels._dispatch.value_checks` allows
+    reading values: always on CPU tensors, on a GPU only in debug mode (the check would synchronise).
+    NaN passes the checks and propagates forward in time only, as in the recurrence.
     """
     named = {"x": x, "dt": dt, "A": A, "B": B, "C": C}
     if D is not None:
@@ -135,7 +147,18 @@ def check_ssd_inputs(x, dt, A, B, C, D=None, initial_state=None) -> tuple[int, i
     if initial_state is not None and tuple(initial_state.shape) != expected:
         raise ValueError(f"initial_state must have shape (batch, nheads, headdim, d_state) = {expected}, "
                          f"got {_shape(initial_state)}")
+    if value_checks(x):
+        _check_ssd_values(dt, A)
     return batch, seqlen, nheads, headdim, ngroups, d_state
+
+
+def _check_ssd_values(dt: torch.Tensor, A: torch.Tensor) -> None:
+    if A.numel() and bool((A > 0).any()):
+        raise ValueError("A must be <= 0 (a decay rate: a_t = exp(dt_t A) <= 1), "
+                         f"got max(A) = {float(A.max()):g}")
+    if dt.numel() and bool((dt < 0).any()):
+        raise ValueError("dt must be >= 0 (step sizes, e.g. softplus outputs), "
+                         f"got min(dt) = {float(dt.min()):g}")
 
 
 def _heads_of_groups(t: torch.Tensor, nheads: int) -> torch.Tensor:
@@ -222,7 +245,14 @@ def ssd_chunked_reference(x, dt, A, B, C, D=None, initial_state=None, *, chunk_s
     # 1. intra-chunk outputs: Y_diag = (L o C B^T) (dt X) inside each chunk
     L = torch.exp(segsum(log_a))  # (b, g, r, c, l, s)
     CB = torch.einsum("bclgn,bcsgn->bgcls", Cc, Bc)  # (b, g, c, l, s)
-    Y_diag = torch.einsum("bgrcls,bcsgrp->bclgrp", L * CB[:, :, None], Xdt)
+    causal = torch.ones(Q, Q, dtype=torch.bool, device=x.device).tril()
+    M = torch.where(causal, L * CB[:, :, None], 0.0)  # explicit zeros above the diagonal: no 0 * NaN
+    # A NaN or inf in dt_s x_s reaches every later output through the state, as in the recurrence; in a
+    # matmul it would also reach the earlier ones (0 * NaN above the diagonal). So it is left out of the
+    # matmul and put back, as NaN, from its position on.
+    finite = torch.isfinite(Xdt)
+    Y_diag = torch.einsum("bgrcls,bcsgrp->bclgrp", M, torch.where(finite, Xdt, 0.0))
+    Y_diag = torch.where((~finite).cumsum(dim=2) > 0, float("nan"), Y_diag)
 
     # 2. chunk states from the chunk's own inputs: sum_s exp(sum_{r>s} log a_r) dt_s x_s B_s^T
     decay_to_end = torch.exp(_sum_after(log_a))  # (b, g, r, c, s)
@@ -238,6 +268,8 @@ def ssd_chunked_reference(x, dt, A, B, C, D=None, initial_state=None, *, chunk_s
     for c in range(n_chunks):
         carried.append(h)
         h = chunk_decay[..., c, None, None] * h + states[:, c]
+    if not carried:  # an empty sequence: no output, the final state is the initial one
+        return x.new_zeros(x.shape).to(x.dtype), h.reshape(batch, nheads, headdim, d_state)
     carried = torch.stack(carried, dim=1)  # (b, c, g, r, p, n)
 
     # 4. state -> output: y_l += exp(sum_{r<=l} log a_r) C_l h_{c-1}
@@ -275,97 +307,179 @@ def scan_flops(batch, seqlen, nheads, headdim, d_state) -> float:
 
 # ================================================================================ numba
 if HAS_NUMBA:
-    from numba import njit, prange
+    from numba import njit, prange, types
+    from numba.extending import intrinsic, overload
 
-    @njit(parallel=True, cache=True, fastmath=True)
-    def _chunked_numba_kernel(x, dt, A, B, C, D, has_d, h0, y, hT, chunk):  # pragma: no cover - jitted
-        """x (b, t, h, p), dt (b, t, h), B/C (b, t, g, n), h0/hT (b, h, p, n), y (b, t, h, p).
-        One (batch, head) per prange iteration; chunks in sequence; the state stays in ``state``. The two
-        passes over the state (read-out and update) handle four positions per pass, so that each state
-        element is loaded once per four multiply-adds rather than once per one."""
+    # Re-association and contraction (FMA) only: LLVM may vectorise sums, and NaN / inf keep their meaning.
+    _FASTMATH = {"reassoc", "contract"}
+
+    @intrinsic
+    def _bits_to_float32(typingctx, i):
+        """Reinterpret an int32's bits as a float32 (used to build ``2^n`` from its exponent field)."""
+        sig = types.float32(types.int32)
+
+        def codegen(context, builder, signature, args):
+            return builder.bitcast(args[0], context.get_value_type(types.float32))
+
+        return sig, codegen
+
+    @njit(fastmath=_FASTMATH)
+    def _exp_float32(x):  # pragma: no cover - jitted
+        """``e^x`` for float32 without a libm call, so that loops of it vectorise (Numba has no vector
+        math library here; ``np.exp`` is one scalar call per element). ``x = n ln 2 + r`` with
+        ``|r| <= ln 2 / 2``, a degree-7 polynomial for ``e^r`` (Cephes ``expf``, relative error below
+        ``1e-7``), and ``2^n`` assembled from exponent bits in two halves so that results down to the
+        denormals come out right. NaN gives NaN, ``x > 88.72`` inf, ``x < -104`` zero."""
+        xc = min(max(x, np.float32(-104.0)), np.float32(88.7))
+        n = np.floor(xc * np.float32(1.4426950408889634) + np.float32(0.5))
+        r = xc - n * np.float32(0.693359375) + n * np.float32(2.12194440e-4)
+        p = np.float32(1.9875691500e-4)
+        p = p * r + np.float32(1.3981999507e-3)
+        p = p * r + np.float32(8.3334519073e-3)
+        p = p * r + np.float32(4.1665795894e-2)
+        p = p * r + np.float32(1.6666665459e-1)
+        p = p * r + np.float32(5.0000001201e-1)
+        p = p * r * r + r + np.float32(1.0)
+        half = np.int32(n) >> np.int32(1)
+        rest = np.int32(n) - half
+        value = (p * _bits_to_float32((half + np.int32(127)) << np.int32(23))
+                 * _bits_to_float32((rest + np.int32(127)) << np.int32(23)))
+        value = np.float32(np.inf) if x > np.float32(88.72) else value
+        return value if x == x else x
+
+    def _exp(x):  # pragma: no cover - replaced by the overload in jitted code
+        return np.exp(x)
+
+    @overload(_exp)
+    def _exp_overload(x):
+        """The vectorisable exp for float32, ``np.exp`` (libm) for float64."""
+        if x == types.float32:
+            return lambda x: _exp_float32(x)
+        return lambda x: np.exp(x)
+
+    @njit(parallel=True, cache=True)
+    def _chunk_scores_numba_kernel(Bg, Cg, chunk, CB):  # pragma: no cover - jitted
+        """``C B^T`` of every chunk, once per group (heads of a group share it): Bg, Cg (b, g, t, n)
+        contiguous -> CB (b, g, n_chunks, chunk, chunk); rows and columns past the sequence unused."""
+        nb, ng, nt, _ = Bg.shape
+        nc = CB.shape[2]
+        for i in prange(nb * ng * nc):
+            b = i // (ng * nc)
+            g = (i // nc) % ng
+            c0 = (i % nc) * chunk
+            q = min(chunk, nt - c0)
+            CB[b, g, i % nc, :q, :q] = np.dot(Cg[b, g, c0:c0 + q], Bg[b, g, c0:c0 + q].T)
+
+    @njit(cache=True, fastmath=_FASTMATH)
+    def _causal_rows(L, R, n_state, t0, Y):  # pragma: no cover - jitted
+        """``Y[tt] = sum_col L[tt, col] R[col]`` over the state rows and the positions ``s <= t0 + tt``
+        only: the causal loop used for a chunk whose inputs are not all finite (a matmul would multiply
+        the zeros above the diagonal by a later NaN or inf and spread it to earlier outputs)."""
+        rows, npp = Y.shape
+        for tt in range(rows):
+            for p in range(npp):
+                Y[tt, p] = 0.0
+            for col in range(n_state + t0 + tt + 1):
+                coef = L[tt, col]
+                for p in range(npp):
+                    Y[tt, p] += coef * R[col, p]
+
+    @njit(cache=True, fastmath=_FASTMATH)
+    def _decay_rows(Cc, CBc, cs, t0, t1, L, zero):  # pragma: no cover - jitted
+        """Rows ``t0 <= t < t1`` of a chunk's left matmul operand, ``L[t - t0] = [C_t e^{cs_t} |
+        e^{cs_t - cs_s} (C_t . B_s) for s <= t, 0 for s > t]``. The loop over ``s`` runs over the whole
+        width (a fixed trip count vectorises) and selects 0 above the diagonal, so a NaN or inf there
+        never reaches ``L``."""
+        nn_ = Cc.shape[1]
+        width = L.shape[1] - nn_
+        for t in range(t0, t1):
+            row = t - t0
+            e = _exp(cs[t])
+            for n in range(nn_):
+                L[row, n] = Cc[t, n] * e
+            for s in range(width):
+                v = CBc[t, s] * _exp(cs[t] - cs[s])
+                L[row, nn_ + s] = v if s <= t else zero
+
+    @njit(parallel=True, cache=True, fastmath=_FASTMATH)
+    def _chunked_numba_kernel(x, dt, A, Bg, Cg, D, has_d, h0, y, hT, chunk, CB):  # pragma: no cover - jitted
+        """x (b, t, h, p), dt (b, t, h), Bg/Cg (b, g, t, n), CB from :func:`_chunk_scores_numba_kernel`,
+        h0/hT (b, h, p, n), y (b, t, h, p). One (batch, head) per prange iteration, chunks in sequence,
+        the state kept transposed in the first ``N`` rows of ``R = [h^T; dt x]``, so that steps 1 and 4
+        are one matmul per half chunk, ``[C e^{cs} | L o C B^T] @ [h^T; dt x]``, and steps 2-3 another,
+        ``h^T <- e^{total} h^T + B^T (e^{total - cs} dt x)`` (``np.dot``: the machine's BLAS). The upper
+        right quarter of each chunk's ``L o C B^T``, which is zero, is skipped by splitting the chunk's
+        rows in two halves. Exponentials are only taken on the lower triangle."""
         nb, nt, nh, npp = x.shape
-        ng, nn_ = B.shape[2], B.shape[3]
+        ng, nn_ = Bg.shape[1], Bg.shape[3]
         per_group = nh // ng
         for bh in prange(nb * nh):
             b = bh // nh
             h = bh % nh
             g = h // per_group
-            state = h0[b, h].copy()  # (p, n)
-            cs = np.empty(chunk, dtype=x.dtype)
-            cb = np.empty((chunk, chunk), dtype=x.dtype)
-            acc = np.empty((chunk, npp), dtype=x.dtype)
+            ty = x.dtype
+            zero = np.zeros(1, dtype=ty)[0]
+            cs = np.empty(chunk, dtype=ty)
+            R = np.empty((nn_ + chunk, npp), dtype=ty)
+            L_top = np.empty(chunk * (nn_ + chunk), dtype=ty)
+            L_bottom = np.empty(chunk * (nn_ + chunk), dtype=ty)
+            Xw = np.empty((chunk, npp), dtype=ty)
+            for n in range(nn_):
+                for p in range(npp):
+                    R[n, p] = h0[b, h, p, n]
             a_h = A[h]
-            zero = np.zeros(1, dtype=x.dtype)[0]
             for c0 in range(0, nt, chunk):
                 q = min(chunk, nt - c0)
+                h1 = (q + 1) // 2  # rows of the top half
+                h2 = q - h1
+                Bc = Bg[b, g, c0:c0 + q]
+                Cc = Cg[b, g, c0:c0 + q]
+                CBc = CB[b, g, c0 // chunk]
                 run = zero
-                for i in range(q):  # cumulative log decay inside the chunk
-                    run += dt[b, c0 + i, h] * a_h
+                poison = zero  # stays 0 unless some dt x is NaN or inf (then 0 * it is NaN)
+                for i in range(q):  # cumulative log decay, and dt x into R
+                    d_i = dt[b, c0 + i, h]
+                    run += d_i * a_h
                     cs[i] = run
+                    for p in range(npp):
+                        v = d_i * x[b, c0 + i, h, p]
+                        R[nn_ + i, p] = v
+                        poison += zero * v
+                finite = poison == zero
                 total = cs[q - 1]
-                for t in range(q):  # C B^T, lower triangle
-                    for s in range(t + 1):
-                        v = zero
-                        for n in range(nn_):
-                            v += C[b, c0 + t, g, n] * B[b, c0 + s, g, n]
-                        cb[t, s] = v
-                # 4. carried-in state read out: exp(cs_t) h C_t, four positions per pass over the state
-                t = 0
-                while t < q:
-                    t1, t2, t3 = min(t + 1, q - 1), min(t + 2, q - 1), min(t + 3, q - 1)
-                    e0, e1, e2, e3 = np.exp(cs[t]), np.exp(cs[t1]), np.exp(cs[t2]), np.exp(cs[t3])
+                # 1 + 4: rows t of [C_t e^{cs_t} | exp(cs_t - cs_s) (C_t . B_s), s <= t; 0 for s > t]
+                Lt = L_top[: h1 * (nn_ + h1)].reshape(h1, nn_ + h1)
+                Lb = L_bottom[: h2 * (nn_ + q)].reshape(h2, nn_ + q)
+                _decay_rows(Cc, CBc, cs, 0, h1, Lt, zero)
+                _decay_rows(Cc, CBc, cs, h1, q, Lb, zero)
+                if finite:
+                    Y_top = np.dot(Lt, R[: nn_ + h1])
+                    Y_bottom = np.dot(Lb, R[: nn_ + q])
+                else:
+                    Y_top = np.empty((h1, npp), dtype=ty)
+                    Y_bottom = np.empty((h2, npp), dtype=ty)
+                    _causal_rows(Lt, R, nn_, 0, Y_top)
+                    _causal_rows(Lb, R, nn_, h1, Y_bottom)
+                d_h = D[h] if has_d else zero
+                for t in range(h1):
                     for p in range(npp):
-                        v0 = zero
-                        v1 = zero
-                        v2 = zero
-                        v3 = zero
-                        for n in range(nn_):
-                            sv = state[p, n]
-                            v0 += sv * C[b, c0 + t, g, n]
-                            v1 += sv * C[b, c0 + t1, g, n]
-                            v2 += sv * C[b, c0 + t2, g, n]
-                            v3 += sv * C[b, c0 + t3, g, n]
-                        acc[t, p] = e0 * v0
-                        acc[t1, p] = e1 * v1
-                        acc[t2, p] = e2 * v2
-                        acc[t3, p] = e3 * v3
-                    t += 4
-                for t in range(q):
-                    # 1. intra-chunk: sum_{s<=t} exp(cs_t - cs_s) (C_t . B_s) dt_s x_s
-                    for s in range(t + 1):
-                        w = np.exp(cs[t] - cs[s]) * cb[t, s] * dt[b, c0 + s, h]
-                        for p in range(npp):
-                            acc[t, p] += w * x[b, c0 + s, h, p]
+                        y[b, c0 + t, h, p] = Y_top[t, p] + d_h * x[b, c0 + t, h, p]
+                for t in range(h2):
                     for p in range(npp):
-                        y[b, c0 + t, h, p] = acc[t, p] + (D[h] * x[b, c0 + t, h, p] if has_d else zero)
-                # 2.+3. state update: h = exp(total) h + sum_s exp(total - cs_s) dt_s x_s B_s^T
-                decay = np.exp(total)
+                        y[b, c0 + h1 + t, h, p] = Y_bottom[t, p] + d_h * x[b, c0 + h1 + t, h, p]
+                # 2 + 3: h^T <- exp(total) h^T + B^T (exp(total - cs) dt x)
+                for s in range(q):
+                    w = _exp(total - cs[s])
+                    for p in range(npp):
+                        Xw[s, p] = R[nn_ + s, p] * w
+                U = np.dot(Bc.T, Xw[:q])
+                decay = _exp(total)
+                for n in range(nn_):
+                    for p in range(npp):
+                        R[n, p] = decay * R[n, p] + U[n, p]
+            for n in range(nn_):
                 for p in range(npp):
-                    for n in range(nn_):
-                        state[p, n] *= decay
-                s = 0
-                while s + 4 <= q:
-                    w0 = np.exp(total - cs[s]) * dt[b, c0 + s, h]
-                    w1 = np.exp(total - cs[s + 1]) * dt[b, c0 + s + 1, h]
-                    w2 = np.exp(total - cs[s + 2]) * dt[b, c0 + s + 2, h]
-                    w3 = np.exp(total - cs[s + 3]) * dt[b, c0 + s + 3, h]
-                    for p in range(npp):
-                        x0 = w0 * x[b, c0 + s, h, p]
-                        x1 = w1 * x[b, c0 + s + 1, h, p]
-                        x2 = w2 * x[b, c0 + s + 2, h, p]
-                        x3 = w3 * x[b, c0 + s + 3, h, p]
-                        for n in range(nn_):
-                            state[p, n] += (x0 * B[b, c0 + s, g, n] + x1 * B[b, c0 + s + 1, g, n]
-                                            + x2 * B[b, c0 + s + 2, g, n] + x3 * B[b, c0 + s + 3, g, n])
-                    s += 4
-                while s < q:
-                    w = np.exp(total - cs[s]) * dt[b, c0 + s, h]
-                    for p in range(npp):
-                        xv = w * x[b, c0 + s, h, p]
-                        for n in range(nn_):
-                            state[p, n] += xv * B[b, c0 + s, g, n]
-                    s += 1
-            hT[b, h] = state
+                    hT[b, h, p, n] = R[n, p]
 
     @njit(parallel=True, cache=True, fastmath=True)
     def _scan_numba_kernel(x, dt, A, B, C, D, has_d, h0, y, hT):  # pragma: no cover - jitted
@@ -396,7 +510,7 @@ def _numba_run(kernel, x, dt, A, B, C, D, initial_state, extra):
     batch, seqlen, nheads, headdim = x.shape
     d_state = B.shape[3]
     np_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    arrays = [cpu_numpy(t, np_dtype) for t in (x, dt, A, B, C)]
+    arrays = [t if isinstance(t, np.ndarray) else cpu_numpy(t, np_dtype) for t in (x, dt, A, B, C)]
     d = cpu_numpy(D, np_dtype) if D is not None else np.zeros(nheads, dtype=arrays[0].dtype)
     if initial_state is not None:
         h0 = cpu_numpy(initial_state, np_dtype)
@@ -409,7 +523,17 @@ def _numba_run(kernel, x, dt, A, B, C, D, initial_state, extra):
 
 
 def _chunked_numba_forward(x, dt, A, B, C, D, initial_state, chunk_size):
-    return _numba_run(_chunked_numba_kernel, x, dt, A, B, C, D, initial_state, (chunk_size,))
+    batch, seqlen = x.shape[:2]
+    ngroups = B.shape[2]
+    np_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    # (b, g, t, n): a chunk of one group's B or C is then one contiguous block, as np.dot wants
+    Bg, Cg = (t.detach().to(device="cpu", dtype=np_dtype).transpose(1, 2).contiguous().numpy()
+              for t in (B, C))
+    n_chunks = -(-seqlen // chunk_size)
+    CB = np.empty((batch, ngroups, n_chunks, chunk_size, chunk_size), dtype=Bg.dtype)
+    if CB.size:
+        _chunk_scores_numba_kernel(Bg, Cg, chunk_size, CB)
+    return _numba_run(_chunked_numba_kernel, x, dt, A, Bg, Cg, D, initial_state, (chunk_size, CB))
 
 
 def _scan_numba_forward(x, dt, A, B, C, D, initial_state, chunk_size):
@@ -514,10 +638,14 @@ if HAS_TRITON:
         causal = offs_q[:, None] >= offs_q[None, :]
         CB = tl.dot(Cm, tl.trans(Bm), input_precision=PRECISION)  # (Q, Q)
         M = tl.where(causal, tl.exp(tl.where(causal, cs[:, None] - cs[None, :], 0.0)) * CB * dt[None, :], 0.0)
-        y = tl.dot(M, x, input_precision=PRECISION)
+        # A NaN or inf in x_s must reach y_t for t >= s only (as in the recurrence): keep it out of the
+        # matmul, where the zeros above the diagonal would multiply it, and put it back from s on.
+        bad = (x != x) | (tl.abs(x) == float("inf"))
+        y = tl.dot(M, tl.where(bad, 0.0, x), input_precision=PRECISION)
         y += tl.dot(Cm, tl.trans(state), input_precision=PRECISION) * tl.exp(cs)[:, None]
         if HAS_D:
             y += tl.load(D + h).to(tl.float32) * x
+        y = tl.where(tl.cumsum(bad.to(tl.int32), axis=0) > 0, float("nan"), y)
         tl.store(Y + x_off, y.to(Y.dtype.element_ty), mask=xm)
 
 

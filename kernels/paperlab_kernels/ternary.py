@@ -1,4 +1,4 @@
-r"""Packed ternary weights (2 bits each, 4 per byte) and the add-only matrix product with int8 activations.
+r"""Packed ternary weights (2 bits each, 4 per byte) and the matrix product with int8 activations.
 
 A ternary matrix ``W_t: (n, k)`` with entries in ``{-1, 0, +1}`` needs no multiplications: with int8
 activations ``q: (m, k)``,
@@ -11,12 +11,13 @@ an exact int32 sum of additions and subtractions. The MatMul-free LM (Zhu et al.
 ``W = W_t / s_w`` (absmean scale) and ``x = q / s_x`` (per-token absmax scale), so
 ``y = x W^T = a / (s_x s_w)``: one multiply per output, at the very end.
 
-**Packing.** Each weight takes a 2-bit code, ``0b00 = 0``, ``0b01 = +1``, ``0b11 = -1`` (``0b10`` is
-invalid), so an all-zero byte is four zero weights and padding is free. A row of ``k`` weights becomes
-``kp = ceil(k / 4)`` bytes in a *planar* layout: weight ``j`` lives in byte ``j % kp`` at bits
-``2 * (j // kp)``. Byte ``b`` of a row therefore holds weights ``b, b + kp, b + 2 kp, b + 3 kp``; a kernel
-decodes one byte into four codes that multiply four *contiguous* slices of the activations, which keeps
-the loads and the decode vectorisable. Positions ``j >= k`` (when ``k`` is not a multiple of 4) are zero.
+**Packing.** Each weight takes a 2-bit code, ``0b00 = 0``, ``0b01 = +1``, ``0b11 = -1``; ``0b10`` marks
+the padding positions ``j >= k`` of a row whose length is not a multiple of 4 (so that
+:func:`unpack_ternary` can tell the ``k`` the weights were packed with; every kernel reads it as 0). A row
+of ``k`` weights becomes ``kp = ceil(k / 4)`` bytes in a *planar* layout: weight ``j`` lives in byte
+``j % kp`` at bits ``2 * (j // kp)``. Byte ``b`` of a row therefore holds weights ``b, b + kp, b + 2 kp,
+b + 3 kp``; a kernel decodes one byte into four codes that meet four *contiguous* slices of the
+activations, which keeps the loads and the decode vectorisable.
 
 Operations (reference / Numba / Triton / dispatcher, as everywhere in :mod:`paperlab_kernels`):
 
@@ -24,20 +25,56 @@ Operations (reference / Numba / Triton / dispatcher, as everywhere in :mod:`pape
 * :func:`ternary_matmul_int`: ``a = q W_t^T`` exactly, int32 ``(m, n)``.
 * :func:`ternary_linear`: ``y = a / (s_x s_w)`` in float32, the BitLinear inference product.
 
+**The CPU kernel counts bits.** Write each int8 activation in two's complement,
+``q_j = \sum_t c_t q_{tj}`` with bits ``q_{tj}``, ``c_t = 2^t`` for ``t < 7`` and ``c_7 = -128``, and use
+``-q = \lnot q + 1`` (the complement's bits are ``1 - q_{tj}``). Read a packed row as 64-bit words: the low
+bit of each code says "weight non-zero" (mask ``NZ``), the high bit "weight -1" (mask ``NEG``, kept under
+the low bits). With ``X_t`` the word holding bit ``t`` of the activations at the same positions,
+
+.. math::
+
+    a = \#\{j : W_j = -1\} \;+\; \sum_{t=0}^{7} c_t\,
+        \operatorname{popcount}\bigl(NZ \mathbin{\&} (X_t \oplus NEG)\bigr),
+
+because a +1 weight adds the bits of ``q_j``, a -1 weight adds the bits of ``\lnot q_j`` plus one, and a
+zero weight nothing. Each 64-bit word covers 32 weights; per word and bit-plane that is one XOR, one AND
+(LLVM fuses them into one AVX-512 ``vpternlogq``) and one ``vpopcntq`` (a ``pshufb`` popcount on AVX2), on
+the bytes exactly as they are stored: no decoding, no lookup table, no multiplication. The lookup-table
+kernels of T-MAC and bitnet.cpp (TL1/TL2) solve the same problem with ``pshufb`` table lookups over
+groups of 2-4 weights' activations, which Numba cannot emit; the bit-serial form needs only operations
+LLVM vectorises by itself. The activations' bit-planes are built once per call (``8 k`` bits per row).
+
+**The GPU kernel uses the tensor cores.** It decodes a tile of codes to int8 ``{-1, 0, 1}`` in registers
+and multiplies it with the int8 activations by ``tl.dot`` (int8 products, int32 sums: exact), then
+applies ``1 / (s_x s_w)`` before the one store, so ``ternary_linear`` is a single launch. On a GPU an
+add-only loop on the CUDA cores costs several integer instructions per weight and cannot keep up with
+the memory; the matrix units can, and the weights still travel as 2 bits.
+
 What bounds the speed: at batch 1 (a GEMV) **memory traffic**: the packed weights are ``n k / 4`` bytes,
-16x fewer than fp32 (``4 n k``), so an fp32 GEMV at full bandwidth is the bar to beat. On a CPU the add-only
-inner loop (decode, select, add) costs a few integer operations per weight, so with few cores it is
-bounded by **integer throughput** rather than by reading the 4 MiB of a 4096x4096 matrix; at batch 16 the
-decode is shared by the 16 rows of activations. ``python -m paperlab.bench matmulfree`` reports GB/s of the
-packed weights against the machine's copy bandwidth, and the speedup over ``torch`` fp32 ``F.linear``.
+16x fewer than fp32 (``4 n k``), so an fp32 GEMV at full bandwidth is the bar to beat by up to 16x. On a
+CPU with few cores the bit-serial inner loop (about 3 vector instructions per 32 weights and bit-plane,
+25 per 256 weights) is bounded by **vector integer throughput**; its work grows with the batch, while
+the fp32 product's weight traffic is shared by the batch. ``python -m paperlab.bench matmulfree`` reports
+GB/s of the packed weights against the machine's copy bandwidth, and the speedup over ``torch`` fp32
+``F.linear``.
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
-from ._dispatch import HAS_NUMBA, HAS_TRITON, cpu_numpy, require_numba, require_triton, select_impl
+from ._dispatch import (
+    HAS_NUMBA,
+    HAS_TRITON,
+    cpu_numpy,
+    require_numba,
+    require_triton,
+    select_impl,
+    value_checks,
+)
 
 __all__ = [
     "pack_ternary",
@@ -50,8 +87,8 @@ __all__ = [
     "ternary_linear",
 ]
 
-CODE_PLUS, CODE_MINUS = 1, 3
-"""2-bit codes of +1 and -1 (0 is 0b00)."""
+CODE_PLUS, CODE_PAD, CODE_MINUS = 1, 2, 3
+"""2-bit codes of +1, of a padding position (read as 0) and of -1 (0 is 0b00)."""
 
 
 def packed_columns(k: int) -> int:
@@ -64,7 +101,8 @@ def pack_ternary(w: torch.Tensor) -> torch.Tensor:
     """Pack ``w: (n, k)`` with integer values in ``{-1, 0, 1}`` into uint8 ``(n, ceil(k / 4))``.
 
     ``w`` may be any integer dtype or a floating tensor holding exactly -1, 0 or 1; anything else raises
-    ``ValueError`` naming the offending value (the packed format cannot represent it).
+    ``ValueError`` naming the offending value (the packed format cannot represent it). Packing is done
+    once per model, so the check reads the values on any device.
     """
     if not isinstance(w, torch.Tensor):
         raise TypeError(f"w must be a torch.Tensor, got {type(w).__name__}")
@@ -72,6 +110,8 @@ def pack_ternary(w: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"w must be a 2-D (n, k) ternary matrix, got shape {tuple(w.shape)}")
     if w.dtype == torch.bool or w.is_complex():
         raise TypeError(f"w must hold the integers -1, 0, 1 (an integer or float dtype), got {w.dtype}")
+    if w.shape[1] < 1:
+        raise ValueError(f"w must have at least one column (k >= 1), got shape {tuple(w.shape)}")
     bad = (w != -1) & (w != 0) & (w != 1)
     if bool(bad.any()):
         value = w[bad][0].item()
@@ -83,21 +123,44 @@ def pack_ternary(w: torch.Tensor) -> torch.Tensor:
     kp = packed_columns(k)
     wi = w.to(torch.int32)
     codes = torch.where(wi == 1, CODE_PLUS, torch.where(wi == -1, CODE_MINUS, 0)).to(torch.int32)
-    codes = torch.nn.functional.pad(codes, (0, 4 * kp - k))  # zero codes for the padding
+    codes = torch.nn.functional.pad(codes, (0, 4 * kp - k), value=CODE_PAD)  # mark the padding
     planes = codes.view(n, 4, kp)  # planes[:, p, b] = weight b + p * kp
     packed = planes[:, 0] | (planes[:, 1] << 2) | (planes[:, 2] << 4) | (planes[:, 3] << 6)
     return packed.to(torch.uint8)
 
 
 def unpack_ternary(packed: torch.Tensor, k: int) -> torch.Tensor:
-    """Inverse of :func:`pack_ternary`: uint8 ``(n, ceil(k / 4))`` -> int8 ``(n, k)`` in ``{-1, 0, 1}``."""
+    """Inverse of :func:`pack_ternary`: uint8 ``(n, ceil(k / 4))`` -> int8 ``(n, k)`` in ``{-1, 0, 1}``.
+
+    ``k`` must be the number of columns the weights were packed with: a larger ``k`` with the same number
+    of bytes would read padding as weights, a smaller one would drop weights; both are errors (checked
+    from the padding codes when :func:`~paperlab_kernels._dispatch.value_checks` allows reading values).
+    """
     _check_packed(packed, k)
     n, kp = packed.shape
     p = packed.to(torch.int32)
-    codes = torch.stack([(p >> (2 * plane)) & 3 for plane in range(4)], dim=1).reshape(n, 4 * kp)[:, :k]
-    if bool((codes == 2).any()):
-        raise ValueError("packed holds the invalid 2-bit code 0b10; it was not made by pack_ternary")
+    codes = torch.stack([(p >> (2 * plane)) & 3 for plane in range(4)], dim=1).reshape(n, 4 * kp)
+    if n and value_checks(packed):
+        _check_codes(codes, k)
+    codes = codes[:, :k]
     return torch.where(codes == CODE_PLUS, 1, torch.where(codes == CODE_MINUS, -1, 0)).to(torch.int8)
+
+
+def _check_codes(codes: torch.Tensor, k: int) -> None:
+    """Codes (n, 4 kp): padding exactly at positions >= k, no padding code before k."""
+    is_pad = codes == CODE_PAD
+    pad_before = is_pad[:, :k]
+    if bool(pad_before.any()):
+        first = int(pad_before.any(0).nonzero()[0])
+        packed_k = first if bool(is_pad[:, first:].all()) else None
+        if packed_k is not None:
+            raise ValueError(f"k = {k} is larger than the {packed_k} columns these weights were packed with "
+                             "(positions from there on hold the padding code 0b10)")
+        raise ValueError(f"packed holds the padding code 0b10 at column {first} < k = {k}: "
+                         "it was not made by pack_ternary")
+    if not bool(is_pad[:, k:].all()):
+        raise ValueError(f"k = {k} is smaller than the number of columns these weights were packed with "
+                         "(weights after column k would be dropped)")
 
 
 # ================================================================================== validation
@@ -131,6 +194,35 @@ def _check_matmul(x_q: torch.Tensor, packed: torch.Tensor, k: int) -> None:
         raise ValueError(f"x_q ({x_q.device}) and packed ({packed.device}) must be on the same device")
 
 
+def _check_scales(x_q: torch.Tensor, x_scale: torch.Tensor, w_scale) -> None:
+    """x_scale: floating ``(..., 1)`` on x_q's device; w_scale: a number or a one-element floating tensor
+    on that device, > 0 and finite (checked on the value when it can be read without a device sync)."""
+    if not isinstance(x_scale, torch.Tensor) or not x_scale.is_floating_point():
+        raise TypeError("x_scale must be a floating tensor of shape (..., 1) (from rms_norm_quant), got "
+                        f"{getattr(x_scale, 'dtype', type(x_scale).__name__)}")
+    if tuple(x_scale.shape) != (*x_q.shape[:-1], 1):
+        raise ValueError(f"x_scale must have shape {(*x_q.shape[:-1], 1)}, got {tuple(x_scale.shape)}")
+    if x_scale.device != x_q.device:
+        raise ValueError(f"x_scale must be on the device of x_q ({x_q.device}), got {x_scale.device}")
+    if isinstance(w_scale, torch.Tensor):
+        if not w_scale.is_floating_point() or w_scale.numel() != 1:
+            raise TypeError(f"w_scale must be a number or a one-element floating tensor, got dtype "
+                            f"{w_scale.dtype} and shape {tuple(w_scale.shape)}")
+        if w_scale.device != x_q.device:
+            raise ValueError(f"w_scale must be on the device of x_q ({x_q.device}), got {w_scale.device}")
+        if not value_checks(w_scale):
+            return
+        value = float(w_scale.reshape(()))
+    elif isinstance(w_scale, (int, float)) and not isinstance(w_scale, bool):
+        value = float(w_scale)
+    else:
+        raise TypeError("w_scale must be a number or a one-element floating tensor, "
+                        f"got {type(w_scale).__name__}")
+    if not (0 < value < math.inf):
+        raise ValueError(f"w_scale (the absmean scale s_w, W ~ W_t / s_w) must be finite and > 0, "
+                         f"got {value}")
+
+
 # =================================================================================== reference
 def ternary_matmul_int_reference(x_q: torch.Tensor, packed: torch.Tensor, k: int) -> torch.Tensor:
     """``a = x_q W_t^T`` exactly (int32 ``(..., n)``), by unpacking and a float64 matmul: every partial
@@ -143,83 +235,94 @@ def ternary_matmul_int_reference(x_q: torch.Tensor, packed: torch.Tensor, k: int
 # ======================================================================================= numba
 if HAS_NUMBA:
     from numba import njit, prange
+    from numba.extending import intrinsic
 
-    @njit(inline="always")
-    def _signed(xv, code):  # pragma: no cover - jitted
-        """``+xv`` for code 0b01, ``-xv`` for 0b11, 0 for 0b00, with bit operations and one add:
-        ``nz = -(code & 1)`` is all ones for a non-zero weight, ``s = -(code >> 1)`` all ones for -1, and
-        ``(v ^ s) - s`` negates ``v`` in two's complement when ``s`` is all ones. No multiply, no branch."""
-        nz = -(code & np.int32(1))
-        s = -(code >> np.int32(1))
-        return ((xv & nz) ^ s) - s
+    @intrinsic
+    def _popcount(typingctx, x):
+        """LLVM's ``ctpop``: the number of set bits of an integer (``vpopcntq`` once vectorised)."""
+        sig = x(x)
+
+        def codegen(context, builder, signature, args):
+            return builder.ctpop(args[0])
+
+        return sig, codegen
+
+    LOW_BITS = np.uint64(0x5555555555555555)
+    """The low bit of every 2-bit code in a 64-bit word."""
 
     @njit(parallel=True, cache=True)
-    def _gemv_numba_kernel(x_planes, packed, out):  # pragma: no cover - jitted
-        """Few activation rows. x_planes: (m, 4, kp) int32 (plane p = activations p*kp .. p*kp + kp - 1,
-        zero-padded); packed: (n, kp) uint8 -> out: (m, n) int32. One row of W per prange iteration; the
-        loop over bytes is branch-free, so LLVM vectorises it (one byte -> four planes -> four adds)."""
-        m = x_planes.shape[0]
-        n, kp = packed.shape
+    def _bitplanes_numba_kernel(x, kp, out):  # pragma: no cover - jitted
+        """x: (m, k) int8 -> out: (m, 8, n_words) uint64, zeroed by the caller. Bit ``8 j + 2 p`` of word
+        ``w`` of plane ``t`` is bit ``t`` (two's complement) of activation ``8 w + j + p kp``: the position
+        of the low code bit of that weight in the packed row read as 64-bit words."""
+        m, k = x.shape
+        for r in prange(m):
+            for col in range(k):
+                p = col // kp
+                byte = col - p * kp
+                w = byte >> 3
+                shift = np.uint64(8 * (byte & 7) + 2 * p)
+                v = np.int32(x[r, col]) & np.int32(255)
+                for t in range(8):
+                    out[r, t, w] |= np.uint64((v >> t) & 1) << shift
+
+    @njit(parallel=True, cache=True)
+    def _popcount_numba_kernel(xbits, words, out):  # pragma: no cover - jitted
+        """xbits: (m, 8, n_words) uint64; words: (n, n_words) uint64, the packed rows -> out: (m, n) int32.
+        One weight row per prange iteration. Per 64-bit word (32 weights): ``nz`` and ``neg`` from the
+        code bits, then per bit-plane one XOR, AND and popcount, written out for the 8 planes so that the
+        loop over words is 9 vectorised reductions (see the module docstring for the identity)."""
+        m = xbits.shape[0]
+        n, n_words = words.shape
+        one = np.uint64(1)
         for i in prange(n):
-            row = packed[i]
+            row = words[i]
             for r in range(m):
-                x0 = x_planes[r, 0]
-                x1 = x_planes[r, 1]
-                x2 = x_planes[r, 2]
-                x3 = x_planes[r, 3]
-                acc = np.int32(0)
-                for b in range(kp):
-                    byte = np.int32(row[b])
-                    acc += (_signed(x0[b], byte & np.int32(3))
-                            + _signed(x1[b], (byte >> np.int32(2)) & np.int32(3))
-                            + _signed(x2[b], (byte >> np.int32(4)) & np.int32(3))
-                            + _signed(x3[b], (byte >> np.int32(6)) & np.int32(3)))
-                out[r, i] = acc
-
-    @njit(parallel=True, cache=True)
-    def _gemm_numba_kernel(xt, packed, out_t):  # pragma: no cover - jitted
-        """Many activation rows. xt: (4 kp, m) int32 (transposed, zero-padded) -> out_t: (n, m) int32.
-        Each weight is decoded once, then added to or subtracted from all m accumulators (a vector loop)."""
-        m = xt.shape[1]
-        n, kp = packed.shape
-        for i in prange(n):
-            acc = np.zeros(m, dtype=np.int32)
-            for b in range(kp):
-                byte = np.int32(packed[i, b])
-                for plane in range(4):
-                    code = (byte >> np.int32(2 * plane)) & np.int32(3)
-                    xrow = xt[b + plane * kp]
-                    if code == 1:  # +1: add the activations of all m rows
-                        for r in range(m):
-                            acc[r] += xrow[r]
-                    elif code == 3:  # -1: subtract them
-                        for r in range(m):
-                            acc[r] -= xrow[r]
-            out_t[i] = acc
+                x0, x1, x2, x3 = xbits[r, 0], xbits[r, 1], xbits[r, 2], xbits[r, 3]
+                x4, x5, x6, x7 = xbits[r, 4], xbits[r, 5], xbits[r, 6], xbits[r, 7]
+                c0 = c1 = c2 = c3 = c4 = c5 = c6 = c7 = n_minus = np.int64(0)
+                for w in range(n_words):
+                    nz = row[w] & LOW_BITS  # weight != 0
+                    neg = (row[w] >> one) & LOW_BITS  # weight == -1 (code 0b11; padding 0b10 has nz = 0)
+                    neg = neg & nz
+                    n_minus += _popcount(neg)
+                    c0 += _popcount(nz & (x0[w] ^ neg))
+                    c1 += _popcount(nz & (x1[w] ^ neg))
+                    c2 += _popcount(nz & (x2[w] ^ neg))
+                    c3 += _popcount(nz & (x3[w] ^ neg))
+                    c4 += _popcount(nz & (x4[w] ^ neg))
+                    c5 += _popcount(nz & (x5[w] ^ neg))
+                    c6 += _popcount(nz & (x6[w] ^ neg))
+                    c7 += _popcount(nz & (x7[w] ^ neg))
+                out[r, i] = np.int32(n_minus + c0 + (c1 << 1) + (c2 << 2) + (c3 << 3) + (c4 << 4) + (c5 << 5)
+                                     + (c6 << 6) - (c7 << 7))  # c_7 = -128: the two's-complement sign bit
 
 
-GEMM_MIN_ROWS = 4
-"""From this many activation rows on, the Numba kernel decodes each weight once for all rows."""
+def _packed_words(packed: torch.Tensor) -> np.ndarray:
+    """The packed rows as uint64 words ``(n, ceil(kp / 8))``; rows are padded with zero bytes (a copy)
+    when ``kp`` is not a multiple of 8, i.e. ``k`` not a multiple of 32."""
+    n, kp = packed.shape
+    pn = cpu_numpy(packed, torch.uint8)
+    if kp % 8:
+        pn = np.pad(pn, ((0, 0), (0, 8 - kp % 8)))
+    return pn.view(np.uint64)
 
 
 def ternary_matmul_int_numba(x_q: torch.Tensor, packed: torch.Tensor, k: int) -> torch.Tensor:
-    """Numba add/subtract kernel for :func:`ternary_matmul_int` (CPU tensors)."""
+    """Numba bit-serial popcount kernel for :func:`ternary_matmul_int` (CPU tensors)."""
     _check_matmul(x_q, packed, k)
     require_numba(x_q)
     lead = x_q.shape[:-1]
     x2 = x_q.reshape(-1, k)
     m, (n, kp) = x2.shape[0], packed.shape
-    xpad = torch.nn.functional.pad(x2, (0, 4 * kp - k)) if 4 * kp != k else x2.contiguous()
+    out = torch.empty(m, n, dtype=torch.int32)
     if m == 0 or n == 0:
-        return torch.zeros(*lead, n, dtype=torch.int32)
-    pn = cpu_numpy(packed, torch.uint8)
-    if m < GEMM_MIN_ROWS:
-        out = torch.empty(m, n, dtype=torch.int32)
-        _gemv_numba_kernel(cpu_numpy(xpad, torch.int32).reshape(m, 4, kp), pn, out.numpy())
         return out.view(*lead, n)
-    out_t = torch.empty(n, m, dtype=torch.int32)
-    _gemm_numba_kernel(np.ascontiguousarray(cpu_numpy(xpad, torch.int32).T), pn, out_t.numpy())
-    return out_t.T.reshape(*lead, n)
+    words = _packed_words(packed)
+    xbits = np.zeros((m, 8, words.shape[1]), dtype=np.uint64)
+    _bitplanes_numba_kernel(cpu_numpy(x2, torch.int8), kp, xbits)
+    _popcount_numba_kernel(xbits, words, out.numpy())
+    return out.view(*lead, n)
 
 
 # ====================================================================================== triton
@@ -229,47 +332,75 @@ if HAS_TRITON:
 
     @triton.jit
     def _ternary_triton_kernel(
-        X, P, OUT, n, kp, stride_x, stride_p, stride_out,
-        BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr,
+        X, P, XS, WS, OUT, m, n, k, kp, stride_x, stride_p, stride_out, w_scale,
+        SCALE: tl.constexpr, WS_PTR: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr,
     ):
-        """Program (r, block of BLOCK_N output columns): loops over the packed bytes in chunks of BLOCK_B,
-        decodes four planes and accumulates ``where(+1, x, 0) - where(-1, x, 0)`` in int32: no multiply."""
-        r = tl.program_id(0).to(tl.int64)
+        """Program (block of BLOCK_M activation rows, block of BLOCK_N weight rows): for each chunk of
+        BLOCK_B packed bytes, decode the four planes of codes to int8 in registers and accumulate
+        ``x_plane @ w_plane^T`` with int8 ``tl.dot`` (int32 sums, exact). SCALE: store
+        ``acc / (x_scale * w_scale)`` in float32; otherwise the int32 sums."""
+        rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
         cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+        row_mask = rows < m
         col_mask = cols < n
-        acc = tl.zeros([BLOCK_N], dtype=tl.int32)
+        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32)
         for start in range(0, kp, BLOCK_B):
             b = start + tl.arange(0, BLOCK_B)
             b_mask = b < kp
             byte = tl.load(P + cols[:, None].to(tl.int64) * stride_p + b[None, :],
                            mask=col_mask[:, None] & b_mask[None, :], other=0).to(tl.int32)
             for plane in tl.static_range(4):
-                xv = tl.load(X + r * stride_x + b + plane * kp, mask=b_mask, other=0).to(tl.int32)
+                j = b + plane * kp  # activation column of this plane's weights
+                xv = tl.load(X + rows[:, None].to(tl.int64) * stride_x + j[None, :],
+                             mask=row_mask[:, None] & (b_mask & (j < k))[None, :], other=0)
                 code = (byte >> (2 * plane)) & 3
-                plus = tl.where(code == 1, xv[None, :], 0)
-                minus = tl.where(code == 3, xv[None, :], 0)
-                acc += tl.sum(plus - minus, axis=1)
-        tl.store(OUT + r * stride_out + cols, acc, mask=col_mask)
+                w = tl.where(code == 1, 1, tl.where(code == 3, -1, 0)).to(tl.int8)
+                acc += tl.dot(xv, tl.trans(w), out_dtype=tl.int32)
+        out_ptr = OUT + rows[:, None].to(tl.int64) * stride_out + cols[None, :]
+        mask = row_mask[:, None] & col_mask[None, :]
+        if SCALE:
+            xs = tl.load(XS + rows, mask=row_mask, other=1.0).to(tl.float32)
+            if WS_PTR:
+                ws = tl.load(WS).to(tl.float32)
+            else:
+                ws = w_scale
+            tl.store(out_ptr, acc.to(tl.float32) * (1.0 / (xs * ws))[:, None], mask=mask)
+        else:
+            tl.store(out_ptr, acc, mask=mask)
+
+
+def _triton_launch(x_q, packed, k, x_scale=None, w_scale=None) -> torch.Tensor:
+    """One launch: the int32 product, or with scales the float32 BitLinear output."""
+    lead = x_q.shape[:-1]
+    x2 = x_q.reshape(-1, k)
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    m, (n, kp) = x2.shape[0], packed.shape
+    scaled = x_scale is not None
+    out = torch.empty(m, n, dtype=torch.float32 if scaled else torch.int32, device=x_q.device)
+    if m and n:
+        if packed.stride(-1) != 1:
+            packed = packed.contiguous()
+        xs = x_scale.reshape(-1) if scaled else out
+        ws_ptr = isinstance(w_scale, torch.Tensor)
+        cuda = x_q.device.type == "cuda"
+        block_n = 64 if cuda else 16
+        block_b = 64 if cuda else 16
+        grid = (triton.cdiv(m, 16), triton.cdiv(n, block_n))
+        _ternary_triton_kernel[grid](
+            x2, packed, xs, w_scale if ws_ptr else out, out, m, n, k, kp,
+            x2.stride(0), packed.stride(0), out.stride(0), 1.0 if ws_ptr or not scaled else float(w_scale),
+            SCALE=scaled, WS_PTR=ws_ptr, BLOCK_M=16, BLOCK_N=block_n, BLOCK_B=block_b,
+        )
+    return out.view(*lead, n)
 
 
 def ternary_matmul_int_triton(x_q: torch.Tensor, packed: torch.Tensor, k: int) -> torch.Tensor:
-    """Triton add/subtract kernel for :func:`ternary_matmul_int` (CUDA tensors, or the interpreter)."""
+    """Triton int8 tensor-core kernel for :func:`ternary_matmul_int` (CUDA tensors, or the interpreter)."""
     _check_matmul(x_q, packed, k)
     require_triton(x_q)
-    lead = x_q.shape[:-1]
-    x2 = x_q.reshape(-1, k)
-    m, (n, kp) = x2.shape[0], packed.shape
-    xpad = torch.nn.functional.pad(x2, (0, 4 * kp - k)).contiguous()
-    out = torch.empty(m, n, dtype=torch.int32, device=x_q.device)
-    if m and n:
-        packed = packed.contiguous()
-        block_n = 64 if x_q.device.type == "cuda" else 16
-        block_b = 128 if x_q.device.type == "cuda" else 16
-        grid = (m, triton.cdiv(n, block_n))
-        _ternary_triton_kernel[grid](xpad, packed, out, n, kp,
-                                     xpad.stride(0), packed.stride(0), out.stride(0),
-                                     BLOCK_N=block_n, BLOCK_B=block_b)
-    return out.view(*lead, n)
+    return _triton_launch(x_q, packed, k)
 
 
 # ================================================================================== public API
@@ -297,13 +428,16 @@ def ternary_linear(x_q: torch.Tensor, x_scale: torch.Tensor, packed: torch.Tenso
     """BitLinear inference with packed weights: ``y = (x_q W_t^T) / (s_x s_w)``, float32 ``(..., n)``.
 
     x_q: int8 ``(..., k)`` and x_scale: ``(..., 1)`` from per-token absmax quantisation
-    (``x ~ x_q / s_x``); packed: the ternary weights; w_scale: the absmean scale ``s_w`` (``W ~ W_t / s_w``).
-    The integer sum is exact; the single multiply by ``1 / (s_x s_w)`` is the only floating-point step.
+    (``x ~ x_q / s_x``); packed: the ternary weights; w_scale: the absmean scale ``s_w > 0``
+    (``W ~ W_t / s_w``), a number or a one-element tensor. The integer sum is exact; the single multiply
+    by ``1 / (s_x s_w)`` is the only floating-point step (fused into the Triton kernel). Every argument is
+    checked before any work; ``w_scale``'s value only where reading it costs no device synchronisation.
     """
-    acc = ternary_matmul_int(x_q, packed, k, impl=impl)
-    if not isinstance(x_scale, torch.Tensor) or not x_scale.is_floating_point():
-        raise TypeError("x_scale must be a floating tensor of shape (..., 1) (from rms_norm_quant)")
-    if tuple(x_scale.shape) != (*x_q.shape[:-1], 1):
-        raise ValueError(f"x_scale must have shape {(*x_q.shape[:-1], 1)}, got {tuple(x_scale.shape)}")
+    _check_matmul(x_q, packed, k)
+    _check_scales(x_q, x_scale, w_scale)
+    chosen = select_impl(impl, x_q)
+    if chosen == "triton":
+        return _triton_launch(x_q, packed, k, x_scale.to(torch.float32), w_scale)
+    acc = _MATMUL_INT[chosen](x_q, packed, k)
     w_scale = torch.as_tensor(w_scale, dtype=torch.float32, device=x_q.device)
     return acc.to(torch.float32) * (1.0 / (x_scale.to(torch.float32) * w_scale))
