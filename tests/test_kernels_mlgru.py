@@ -54,3 +54,16 @@ def test_bad_inputs():
         M.mlgru_scan(torch.rand(1, 3, 4), torch.rand(1, 3, 5))
     with pytest.raises(TypeError, match="floating"):
         M.mlgru_scan(torch.ones(1, 3, 4, dtype=torch.long), torch.rand(1, 3, 4))
+
+
+@pytest.mark.parametrize("impl", ["reference", *KERNELS])
+@pytest.mark.parametrize("shape", [(2, 0, 3), (0, 4, 3), (2, 4, 0)])
+def test_empty_inputs_give_empty_results(impl, shape):
+    """An empty sequence (or batch, or width) gives an empty result with empty gradients; a sequence of
+    length 0 used to raise IndexError (reference) or a reshape error (Numba)."""
+    device = DEVICE.get(impl, "cpu")
+    f, c, dh = _inputs(shape, device)
+    h = M.mlgru_scan(f, c, impl=impl)
+    assert h.shape == shape and h.dtype == f.dtype
+    df, dc = torch.autograd.grad(h, (f, c), dh)
+    assert df.shape == shape and dc.shape == shape

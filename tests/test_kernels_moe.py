@@ -255,16 +255,17 @@ def _good(device="cpu"):
 def test_bad_input_errors_name_the_problem(impl):
     x, ei, slot, gate = _good(_device(impl))
     buffer = M.dispatch(x, ei, slot, 3, 3, impl=impl)
-    with pytest.raises(ValueError, match=r"expert_index must lie in \[0, n_experts = 3\)"):
-        M.dispatch(x, ei + 1, slot, 3, 3, impl=impl)
-    with pytest.raises(ValueError, match=r"expert_index must lie in \[0, n_experts = 3\)"):
-        M.combine(buffer, ei - 1, slot, gate, impl=impl)
-    with pytest.raises(ValueError, match=r"slot must lie in \[-1, capacity = 2\)"):
-        M.dispatch(x, ei, slot, 3, 2, impl=impl)
-    with pytest.raises(ValueError, match=r"slot must lie in \[-1, capacity = 3\)"):
-        M.combine(buffer, ei, slot.clamp(max=2) - 2, gate, impl=impl)
-    with pytest.raises(ValueError, match="share the buffer slot"):
-        M.dispatch(x, ei, torch.zeros_like(slot), 3, 3, impl=impl)
+    with _dispatch.check_values():  # value checks: always on CPU tensors, in debug mode on a GPU
+        with pytest.raises(ValueError, match=r"expert_index must lie in \[0, n_experts = 3\)"):
+            M.dispatch(x, ei + 1, slot, 3, 3, impl=impl)
+        with pytest.raises(ValueError, match=r"expert_index must lie in \[0, n_experts = 3\)"):
+            M.combine(buffer, ei - 1, slot, gate, impl=impl)
+        with pytest.raises(ValueError, match=r"slot must lie in \[-1, capacity = 2\)"):
+            M.dispatch(x, ei, slot, 3, 2, impl=impl)
+        with pytest.raises(ValueError, match=r"slot must lie in \[-1, capacity = 3\)"):
+            M.combine(buffer, ei, slot.clamp(max=2) - 2, gate, impl=impl)
+        with pytest.raises(ValueError, match="share the buffer slot"):
+            M.dispatch(x, ei, torch.zeros_like(slot), 3, 3, impl=impl)
     with pytest.raises(ValueError, match="must have 5 rows"):
         M.dispatch(x[:5], ei, slot, 3, 3, impl=impl)
     with pytest.raises(ValueError, match="slot must have the shape of expert_index"):
@@ -287,6 +288,29 @@ def test_bad_input_errors_name_the_problem(impl):
         M.dispatch(x, ei.float(), slot, 3, 3, impl=impl)
     with pytest.raises(TypeError, match="slot must be an int32 or int64 tensor"):
         M.combine(buffer, ei, slot.float(), gate, impl=impl)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_out_of_range_routing_without_value_checks_poisons_with_nan(impl):
+    """With the value checks off (the default for GPU tensors, so that no call synchronises), an
+    out-of-range expert or slot is never read or written: the outputs that depend on it are NaN, the
+    others are unchanged (combine), and dispatch's whole buffer is NaN (it has no row for the pair)."""
+    x, ei, slot, gate = _good(_device(impl))
+    good_buffer = M.dispatch(x, ei, slot, 3, 3, impl=impl)
+    good_y = M.combine(good_buffer, ei, slot, gate, impl=impl)
+    bad_ei = ei.clone()
+    bad_ei[2, 0] = 7  # expert 7 of 3
+    with _dispatch.check_values(False):
+        assert torch.isnan(M.dispatch(x, bad_ei, slot, 3, 3, impl=impl)).all()
+        y = M.combine(good_buffer, bad_ei, slot, gate, impl=impl)
+        bad_slot = slot.clone()
+        bad_slot[4, 1] = 99
+        y_slot = M.combine(good_buffer, ei, bad_slot, gate, impl=impl)
+        slots = M.assign_slots(bad_ei, 3, 3)  # no error, no device assert: the pair takes no capacity
+    assert torch.isnan(y[2]).all() and torch.isnan(y_slot[4]).all()
+    others = [t for t in range(x.shape[0]) if t != 2]
+    torch.testing.assert_close(y[others], good_y[others])
+    assert slots[2, 0] == -1 and (slots >= -1).all()
 
 
 def test_assign_slots_bad_input():

@@ -92,3 +92,42 @@ def test_bad_inputs_name_the_problem(bad, match):
     args.update(bad)
     with pytest.raises((ValueError, TypeError), match=match):
         S.sparse_decode(args["values"], args["indices"], args["weight"], impl="reference")
+
+
+ALL = [("reference", "cpu")] + KERNELS
+ALL_FNS = {"reference": S.sparse_decode_reference, **FNS}
+
+
+@pytest.mark.parametrize("impl,device", ALL, ids=[i for i, _ in ALL])
+@pytest.mark.parametrize(("values_dtype", "weight_dtype"), [(torch.float64, torch.float64),
+                                                           (torch.float64, torch.float32),
+                                                           (torch.float32, torch.float64)])
+def test_result_dtype_is_the_promoted_one_everywhere(impl, device, values_dtype, weight_dtype):
+    """Every implementation returns promote_types(values, weight), computed at that precision. Numba used
+    to return float32 for float64 inputs (with float32 accuracy) where the reference returned float64."""
+    values, indices, weight, grad = _inputs(5, 3, 9, 6, device)
+    values = values.detach().to(values_dtype).requires_grad_()
+    weight = weight.detach().to(weight_dtype).requires_grad_()
+    out = ALL_FNS[impl](values, indices, weight)
+    assert out.dtype == torch.float64
+    exact = S.sparse_decode_reference(values.double(), indices, weight.double())
+    torch.testing.assert_close(out, exact, rtol=1e-12, atol=1e-12)
+    grads = torch.autograd.grad(out, (values, weight), grad.double())
+    assert grads[0].dtype == values_dtype and grads[1].dtype == weight_dtype
+
+
+@pytest.mark.parametrize("impl,device", ALL, ids=[i for i, _ in ALL])
+def test_out_of_range_index_without_value_checks_gives_nan_rows(impl, device):
+    """With the value checks off (the default for GPU tensors, where the check would synchronise), an
+    out-of-range index is never read: its output row is NaN, the other rows are right."""
+    values, indices, weight, grad = _inputs(4, 3, 8, 5, device)
+    good = S.sparse_decode_reference(values, indices, weight)
+    bad = indices.clone()
+    bad[1, 2] = 8  # n_latents = 8
+    with _dispatch.check_values(False):
+        out = ALL_FNS[impl](values, bad, weight)
+        grad_values, _ = torch.autograd.grad(out, (values, weight), grad)
+    assert torch.isnan(out[1]).all()
+    assert impl == "reference" or torch.isnan(grad_values[1, 2])  # (autograd gives the dense twin a 0)
+    rows = [0, 2, 3]
+    torch.testing.assert_close(out[rows], good[rows], rtol=1e-5, atol=1e-5)

@@ -61,6 +61,8 @@ def mlgru_scan_reference(f: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     f, c: (batch, seq, d) -> h: (batch, seq, d).
     """
     _check(f, c)
+    if f.shape[1] == 0:  # an empty sequence: an empty result (kept in the graph of f and c)
+        return f * c
     h = torch.zeros_like(f[:, 0])
     out = []
     for t in range(f.shape[1]):
@@ -98,7 +100,7 @@ if HAS_NUMBA:
 
 def _channels_last_to_rows(t: torch.Tensor) -> torch.Tensor:
     """(batch, seq, d) -> (batch * d, seq), contiguous: each row one channel's sequence."""
-    return t.transpose(1, 2).reshape(-1, t.shape[1]).contiguous()
+    return t.transpose(1, 2).reshape(t.shape[0] * t.shape[2], t.shape[1]).contiguous()
 
 
 def _rows_to_channels_last(rows: torch.Tensor, shape: torch.Size) -> torch.Tensor:
@@ -230,8 +232,9 @@ _SCAN = {"reference": mlgru_scan_reference, "numba": mlgru_scan_numba, "triton":
 def mlgru_scan(f: torch.Tensor, c: torch.Tensor, *, impl: str = "auto") -> torch.Tensor:
     """``h_t = f_t h_{t-1} + (1 - f_t) c_t``, ``h_0 = 0``, differentiable w.r.t. ``f`` and ``c``.
 
-    f, c: (batch, seq, d) floating -> h: (batch, seq, d) in f.dtype. ``impl``: "auto" (Triton on CUDA,
-    Numba on CPU), "reference", "numba", "triton".
+    f, c: (batch, seq, d) floating -> h: (batch, seq, d) in f.dtype. Any of the sizes may be 0 (an empty
+    sequence gives an empty result). ``impl``: "auto" (Triton on CUDA, Numba on CPU), "reference",
+    "numba", "triton".
     """
     _check(f, c)
     return _SCAN[select_impl(impl, f)](f, c)

@@ -63,6 +63,7 @@ from ._dispatch import (
     require_numba,
     require_triton,
     select_impl,
+    value_checks,
 )
 
 __all__ = [
@@ -106,8 +107,8 @@ def _range_error(name: str, low: int, high: int, lower: int, upper: int, what: s
 
 def _check_expert_index(expert_index: torch.Tensor, n_experts: int) -> None:
     _check_index_tensor("expert_index", expert_index)
-    if expert_index.numel():
-        low, high = torch.stack([expert_index.min(), expert_index.max()]).tolist()  # one device sync
+    if expert_index.numel() and value_checks(expert_index):
+        low, high = torch.stack([expert_index.min(), expert_index.max()]).tolist()
         err = _range_error("expert_index", low, high, 0, n_experts, "n_experts")
         if err:
             raise err
@@ -124,8 +125,12 @@ def _check_routing(
 ) -> None:
     """expert_index and slot: (n_tokens, k) ints on ref's device, in range, no two pairs in one slot.
 
-    The value checks cost one device synchronisation (a single ``tolist`` of five statistics); a
-    duplicate slot is found by counting the pairs per buffer row (``index_add_`` of ones).
+    Shapes, dtypes and devices are always checked. The values (ranges, a slot used twice) are checked when
+    :func:`~paperlab_kernels._dispatch.value_checks` allows it: on CPU tensors, or on a GPU in debug mode,
+    at the cost of one device synchronisation (a single ``tolist`` of five statistics). Without it, an
+    out-of-range pair is not read or written by any kernel: it poisons the outputs that depend on it
+    with NaN (see :func:`_flat_rows`); a duplicate slot, which :func:`assign_slots` never makes, is not
+    detected.
     """
     _check_index_tensor("expert_index", expert_index)
     _check_index_tensor("slot", slot)
@@ -140,13 +145,12 @@ def _check_routing(
         )
     check_same_device("expert_index", expert_index, ref_name, ref)
     check_same_device("slot", slot, ref_name, ref)
-    if not slot.numel():
+    if not slot.numel() or not value_checks(ref):
         return
     n_rows = n_experts * capacity
-    # Occupancy of each buffer row (row n_rows collects the dropped and any out-of-range pairs).
-    flat = _flat_rows(expert_index, slot, capacity)
-    flat = torch.where((flat >= 0) & (flat < n_rows), flat, torch.full_like(flat, n_rows))
-    flat = flat.reshape(-1)
+    # Occupancy of each buffer row (row n_rows collects the dropped and the out-of-range pairs).
+    flat = _flat_rows(expert_index, slot, capacity, n_experts)
+    flat = torch.where(flat >= 0, flat, torch.full_like(flat, n_rows)).reshape(-1)
     occupancy = torch.zeros(n_rows + 1, dtype=torch.int32, device=flat.device)
     occupancy = occupancy.index_add_(0, flat, torch.ones_like(flat, dtype=torch.int32))[:n_rows]
     e_lo, e_hi = torch.aminmax(expert_index)
@@ -166,10 +170,23 @@ def _check_routing(
         )
 
 
-def _flat_rows(expert_index: torch.Tensor, slot: torch.Tensor, capacity: int) -> torch.Tensor:
-    """Row of the flattened (E C, d) buffer for each (token, choice): ``e C + slot``, or -1 when dropped."""
+DROPPED, INVALID = -1, -2
+"""Entries of the ``flat`` table besides buffer rows: a dropped choice, and an out-of-range pair."""
+
+
+def _flat_rows(expert_index: torch.Tensor, slot: torch.Tensor, capacity: int, n_experts: int) -> torch.Tensor:
+    """Row of the flattened (E C, d) buffer for each (token, choice): ``e C + slot``; :data:`DROPPED` (-1)
+    for ``slot = -1``; :data:`INVALID` (-2) when ``e`` or ``slot`` is out of range (only possible when the
+    value checks are off). Elementwise, no device synchronisation."""
     e, s = expert_index.long(), slot.long()
-    return torch.where(s >= 0, e * capacity + s, torch.full_like(s, -1))
+    in_range = (e >= 0) & (e < n_experts) & (s >= -1) & (s < capacity)
+    kept = torch.where(s >= 0, e * capacity + s, torch.full_like(s, DROPPED))
+    return torch.where(in_range, kept, torch.full_like(s, INVALID))
+
+
+def _poisoned(flat: torch.Tensor) -> torch.Tensor:
+    """A 0-dim bool tensor on flat's device: does any pair have an out-of-range index? (No sync.)"""
+    return (flat == INVALID).any() if flat.numel() else torch.zeros((), dtype=torch.bool, device=flat.device)
 
 
 # ========================================================================================= routing
@@ -195,7 +212,8 @@ def assign_slots(
     Priority as in GShard / fairseq ``top2gating``: all first choices (j = 0) in token order, then all
     second choices, ...; the running count per expert is a cumulative sum over the one-hot choices, and a
     choice whose count reaches ``capacity`` is dropped. Returns (T, k) int64 slots in [-1, capacity).
-    Pure PyTorch, any device; not differentiable (integer output).
+    Pure PyTorch, any device, no device synchronisation (an out-of-range expert index, possible only with
+    the value checks off, takes no capacity and gets slot -1); not differentiable (integer output).
     """
     _check_int("n_experts", n_experts)
     _check_int("capacity", capacity)
@@ -208,8 +226,10 @@ def assign_slots(
             )
         check_vector("valid", valid, n_tokens, "tokens (rows of expert_index)")
         check_same_device("valid", valid, "expert_index", expert_index)
-    # (k, T, E): choice-major order, so that every first choice counts before any second choice.
-    onehot = torch.nn.functional.one_hot(expert_index.long().t(), n_experts)
+    # (k, T, E): choice-major order, so that every first choice counts before any second choice. (A
+    # comparison rather than F.one_hot, which reads the largest index back to the host on a GPU.)
+    experts = torch.arange(n_experts, device=expert_index.device)
+    onehot = (expert_index.long().t()[..., None] == experts).long()
     if valid is not None:
         onehot = onehot * valid.view(1, n_tokens, 1).long()
     running = onehot.reshape(k * n_tokens, n_experts).cumsum(0).reshape(k, n_tokens, n_experts)
@@ -259,11 +279,12 @@ def dispatch_reference(
 def _dispatch_torch(x, expert_index, slot, n_experts, capacity):
     n_tokens, k = expert_index.shape
     n_rows = n_experts * capacity
-    flat = _flat_rows(expert_index, slot, capacity).reshape(-1)
+    flat = _flat_rows(expert_index, slot, capacity, n_experts).reshape(-1)
     # Dropped pairs go to an extra row n_rows that is cut off; kept rows are unique, so adding = copying.
     target = torch.where(flat >= 0, flat, torch.full_like(flat, n_rows))
     buffer = x.new_zeros(n_rows + 1, x.shape[1]).index_add(0, target, x.repeat_interleave(k, dim=0))
-    return buffer[:n_rows].view(n_experts, capacity, x.shape[1])
+    buffer = torch.where(_poisoned(flat), float("nan"), buffer[:n_rows])  # an out-of-range pair: all NaN
+    return buffer.view(n_experts, capacity, x.shape[1])
 
 
 def combine_reference(
@@ -279,11 +300,12 @@ def combine_reference(
 
 def _combine_torch(expert_out, expert_index, slot, gate):
     n_experts, capacity, d = expert_out.shape
-    flat = _flat_rows(expert_index, slot, capacity)
+    flat = _flat_rows(expert_index, slot, capacity, n_experts)
     kept = flat >= 0
     rows = expert_out.reshape(n_experts * capacity, d)[flat.clamp(min=0)]  # (T, k, d)
     weight = gate.to(expert_out.dtype) * kept.to(expert_out.dtype)
-    return (rows * weight.unsqueeze(-1)).sum(1)
+    y = (rows * weight.unsqueeze(-1)).sum(1)
+    return torch.where((flat == INVALID).any(1, keepdim=True), float("nan"), y)  # out-of-range pair: NaN
 
 
 def dispatch_combine_loop(
@@ -331,7 +353,8 @@ def dispatch_combine_loop(
 
 # ============================================================================= kernel primitives
 # Three row primitives on the flattened buffer (R = E C rows) and the (T, k) table ``flat`` of buffer rows
-# (-1 = dropped); both operations and both backward passes are made of them:
+# (-1 = dropped, -2 = out of range: its outputs become NaN); both operations and both backward passes are
+# made of them:
 #   gather(src (R, d), flat, w) -> (T, d):  out[t] = sum_j w[t, j] src[flat[t, j]]    (combine, dispatch bwd)
 #   scatter(src (T, d), flat, w, R) -> (R, d): out[flat[t, j]] = w[t, j] src[t], 0 if unused  (dispatch,
 #                                                                                         combine bwd)
@@ -346,20 +369,29 @@ if HAS_NUMBA:
 
     @njit(cache=True)
     def _inverse_numba_kernel(flat, inv):  # pragma: no cover - compiled
-        """inv[r] = the flat (token, choice) entry that owns buffer row r, or -1 (serial, T k steps)."""
+        """inv[r] = the flat (token, choice) entry that owns buffer row r, or -1 (serial, T k steps).
+        Returns True when some entry is out of range (-2)."""
         for r in range(inv.shape[0]):
             inv[r] = -1
+        poisoned = False
         for i in range(flat.shape[0]):
             if flat[i] >= 0:
                 inv[flat[i]] = i
+            elif flat[i] == -2:
+                poisoned = True
+        return poisoned
 
     @njit(parallel=True, cache=True)
-    def _scatter_numba_kernel(src, inv, weight, use_weight, k, out):  # pragma: no cover - compiled
-        """Parallel over buffer rows: each row is written once, with its token's row or zeros."""
+    def _scatter_numba_kernel(src, inv, weight, use_weight, k, poisoned, out):  # pragma: no cover - compiled
+        """Parallel over buffer rows: each row is written once, with its token's row or zeros (all NaN
+        when some pair was out of range)."""
         n_rows, d = out.shape
         for r in prange(n_rows):
             i = inv[r]
-            if i < 0:
+            if poisoned:
+                for c in range(d):
+                    out[r, c] = np.nan
+            elif i < 0:
                 for c in range(d):
                     out[r, c] = 0.0
             elif use_weight:
@@ -390,6 +422,10 @@ if HAS_NUMBA:
                     else:
                         for c in range(d):
                             out[t, c] += src[r, c]
+            for j in range(k):
+                if flat[t, j] == -2:  # an out-of-range pair: the token's row is NaN
+                    for c in range(d):
+                        out[t, c] = np.nan
 
     @njit(parallel=True, cache=True)
     def _dots_numba_kernel(a, flat, b, out):  # pragma: no cover - compiled
@@ -402,7 +438,7 @@ if HAS_NUMBA:
                 if r >= 0:
                     for c in range(d):
                         acc += a[r, c] * b[t, c]
-                out[t, j] = acc
+                out[t, j] = acc if r != -2 else np.nan
 
 
 class _NumbaBackend:
@@ -412,10 +448,10 @@ class _NumbaBackend:
         s = cpu_numpy(src, dt)
         f = cpu_numpy(flat, torch.int64)
         inv = np.empty(n_rows, dtype=np.int64)
-        _inverse_numba_kernel(f.reshape(-1), inv)
+        poisoned = _inverse_numba_kernel(f.reshape(-1), inv)
         w = cpu_numpy(weight, dt).reshape(-1) if weight is not None else np.zeros(1, dtype=s.dtype)
         out = np.empty((n_rows, s.shape[1]), dtype=s.dtype)
-        _scatter_numba_kernel(s, inv, w, weight is not None, max(1, f.shape[1]), out)
+        _scatter_numba_kernel(s, inv, w, weight is not None, max(1, f.shape[1]), poisoned, out)
         return torch.from_numpy(out).to(src.dtype)
 
     @staticmethod
@@ -446,6 +482,7 @@ if HAS_TRITON:
         SRC,
         INV,
         W,
+        POISON,
         OUT,
         n_rows,
         k,
@@ -456,7 +493,8 @@ if HAS_TRITON:
         BLOCK_D: tl.constexpr,
     ):
         """Program (block of buffer rows, block of columns): OUT[r] = W[i] SRC[i // k] for the entry i
-        owning row r, zeros for an unused row; every row written once."""
+        owning row r, zeros for an unused row; every row written once; all NaN when POISON (some pair was
+        out of range: a device flag, read here rather than on the host)."""
         rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
         cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
         rmask = rows < n_rows
@@ -472,6 +510,7 @@ if HAS_TRITON:
         if USE_W:
             w = tl.load(W + tl.where(kept, i, 0), mask=kept, other=0.0).to(v.dtype)
             v = v * w[:, None]
+        v = tl.where(tl.load(POISON) != 0, float("nan"), v)
         tl.store(
             OUT + rows[:, None] * d + cols[None, :],
             v.to(OUT.dtype.element_ty),
@@ -500,9 +539,11 @@ if HAS_TRITON:
         acc = tl.zeros([BLOCK_T, BLOCK_D], dtype=tl.float32)
         if F64:
             acc = acc.to(tl.float64)
+        bad = tok < 0  # all False: a token with an out-of-range pair (-2) gets a NaN row
         for j in range(k):
             r = tl.load(FLAT + tok * k + j, mask=tmask, other=-1)
             kept = r >= 0
+            bad = bad | (r == -2)
             rr = tl.where(kept, r, 0)
             v = tl.load(SRC + rr[:, None] * d + cols[None, :], mask=kept[:, None] & cmask[None, :], other=0.0)
             v = v.to(acc.dtype)
@@ -510,6 +551,7 @@ if HAS_TRITON:
                 w = tl.load(W + tok * k + j, mask=kept, other=0.0).to(acc.dtype)
                 v = v * w[:, None]
             acc += v
+        acc = tl.where(bad[:, None], float("nan"), acc)
         tl.store(
             OUT + tok[:, None] * d + cols[None, :],
             acc.to(OUT.dtype.element_ty),
@@ -536,7 +578,8 @@ if HAS_TRITON:
                 a = tl.load(A + rr[:, None] * d + cols[None, :], mask=m, other=0.0).to(acc.dtype)
                 b = tl.load(B + tok[:, None] * d + cols[None, :], mask=m, other=0.0).to(acc.dtype)
                 acc += a * b
-            tl.store(OUT + tok * k + j, tl.sum(acc, axis=1).to(OUT.dtype.element_ty), mask=tmask)
+            dot = tl.where(r == -2, float("nan"), tl.sum(acc, axis=1))
+            tl.store(OUT + tok * k + j, dot.to(OUT.dtype.element_ty), mask=tmask)
 
 
 def _triton_blocks(d: int) -> tuple[int, int]:
@@ -556,6 +599,7 @@ class _TritonBackend:
             0, torch.where(f >= 0, f, torch.full_like(f, n_rows)), torch.arange(f.numel(), device=src.device)
         )
         inv = inv[:n_rows]
+        poison = _poisoned(f).to(torch.int32)
         out = torch.empty((n_rows, d), dtype=src.dtype, device=src.device)
         w = weight.contiguous() if weight is not None else src  # unused pointer when USE_W is False
         block_r, block_d = _triton_blocks(d)
@@ -564,6 +608,7 @@ class _TritonBackend:
                 src,
                 inv,
                 w,
+                poison,
                 out,
                 n_rows,
                 max(1, k),
@@ -655,14 +700,14 @@ class _CombineFunction(torch.autograd.Function):
 
 
 def _dispatch_kernel(x, expert_index, slot, n_experts, capacity, backend):
-    flat = _flat_rows(expert_index, slot, capacity)
+    flat = _flat_rows(expert_index, slot, capacity, n_experts)
     buffer = _DispatchFunction.apply(x, flat, n_experts * capacity, backend)
     return buffer.view(n_experts, capacity, x.shape[1])
 
 
 def _combine_kernel(expert_out, expert_index, slot, gate, backend):
     n_experts, capacity, d = expert_out.shape
-    flat = _flat_rows(expert_index, slot, capacity)
+    flat = _flat_rows(expert_index, slot, capacity, n_experts)
     rows = expert_out.reshape(n_experts * capacity, d)
     return _CombineFunction.apply(rows, flat, gate.to(expert_out.dtype), backend)
 

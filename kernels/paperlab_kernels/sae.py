@@ -32,7 +32,13 @@ it and adds up its entries: no atomics, deterministic, and every row of ``dW`` w
 
 Each operation has the package quartet: :func:`sparse_decode_reference` (dense PyTorch, autograd),
 :func:`sparse_decode_numba`, :func:`sparse_decode_triton` and the dispatcher :func:`sparse_decode`.
-Kernels load any float dtype and compute in float32; outputs and gradients have the weight's dtype.
+Every implementation returns ``promote_types(values.dtype, weight.dtype)``; the kernels load any float
+dtype and compute in float32, or in float64 when that is the result type. Gradients have the dtypes of
+``values`` and ``weight``.
+
+Indices are range-checked where that costs no device synchronisation (on CPU tensors, or on a GPU in
+debug mode, see :func:`paperlab_kernels._dispatch.value_checks`). Without the check the kernels never
+read outside ``weight``: an out-of-range index makes its output row (and its value's gradient) NaN.
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ from ._dispatch import (
     require_numba,
     require_triton,
     select_impl,
+    value_checks,
 )
 
 __all__ = [
@@ -77,8 +84,8 @@ def _check_inputs(values: torch.Tensor, indices: torch.Tensor, weight: torch.Ten
         raise ValueError(f"weight must be 2-D (n_latents >= 1, d), got shape {tuple(weight.shape)}")
     check_same_device("indices", indices, "values", values)
     check_same_device("weight", weight, "values", values)
-    if indices.numel():
-        low, high = int(indices.min()), int(indices.max())
+    if indices.numel() and value_checks(indices):
+        low, high = torch.stack([indices.min(), indices.max()]).tolist()
         if low < 0 or high >= weight.shape[0]:
             raise ValueError(
                 f"indices must lie in [0, n_latents = {weight.shape[0]}), got values in [{low}, {high}]"
@@ -95,19 +102,26 @@ def sparse_decode_reference(
     Returns (batch, d); differentiable (autograd) w.r.t. values and weight.
     """
     _check_inputs(values, indices, weight)
-    dtype = torch.promote_types(values.dtype, weight.dtype)
+    dtype = _result_dtype(values, weight)
+    idx = indices.long()
+    ok = (idx >= 0) & (idx < weight.shape[0])  # all True unless the value checks were switched off
     z = torch.zeros(values.shape[0], weight.shape[0], dtype=dtype, device=values.device)
-    z = z.scatter_add(1, indices.long(), values.to(dtype))
-    return z @ weight.to(dtype)
+    z = z.scatter_add(1, torch.where(ok, idx, 0), torch.where(ok, values.to(dtype), 0.0))
+    return torch.where(ok.all(1, keepdim=True), z @ weight.to(dtype), float("nan"))
+
+
+def _result_dtype(values: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
+    return torch.promote_types(values.dtype, weight.dtype)
 
 
 def _csr_by_latent(flat_indices: torch.Tensor, n_latents: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Counting sort of the ``batch k`` entries by latent: (offsets (n_latents + 1,), order (batch k,))."""
+    """Sort of the ``batch k`` entries by latent: (offsets (n_latents + 1,), order (batch k,)); entries of
+    latent ``i`` are ``order[offsets[i]:offsets[i + 1]]``. A sort and a binary search, no device sync
+    (``torch.bincount`` would read the largest index back to the host); out-of-range indices fall outside
+    every latent's range."""
     flat = flat_indices.long()
-    order = torch.argsort(flat, stable=True)
-    counts = torch.bincount(flat, minlength=n_latents)
-    offsets = torch.zeros(n_latents + 1, dtype=torch.long, device=flat.device)
-    torch.cumsum(counts, 0, out=offsets[1:])
+    sorted_flat, order = torch.sort(flat, stable=True)
+    offsets = torch.searchsorted(sorted_flat, torch.arange(n_latents + 1, device=flat.device))
     return offsets, order
 
 
@@ -117,13 +131,18 @@ if HAS_NUMBA:
 
     @njit(parallel=True, cache=True, fastmath=False)
     def _forward_numba_kernel(values, indices, weight, out):  # pragma: no cover - compiled
+        """out (in the compute dtype) = sum_j values[r, j] weight[indices[r, j]]; an out-of-range index
+        is not read and makes its row NaN."""
         n_rows, k = values.shape
-        d = weight.shape[1]
+        n_latents, d = weight.shape
         for r in prange(n_rows):
-            acc = np.zeros(d, dtype=np.float32)
+            acc = np.zeros(d, dtype=out.dtype)
             for j in range(k):
                 v = values[r, j]
                 i = indices[r, j]
+                if i < 0 or i >= n_latents:
+                    acc[:] = np.nan
+                    break
                 for c in range(d):
                     acc[c] += v * weight[i, c]
             for c in range(d):
@@ -132,29 +151,35 @@ if HAS_NUMBA:
     @njit(parallel=True, cache=True)
     def _grad_values_numba_kernel(grad_out, indices, weight, grad_values):  # pragma: no cover - compiled
         n_rows, k = indices.shape
-        d = weight.shape[1]
+        n_latents, d = weight.shape
         for r in prange(n_rows):
             for j in range(k):
                 i = indices[r, j]
-                acc = np.float32(0.0)
+                if i < 0 or i >= n_latents:
+                    grad_values[r, j] = np.nan
+                    continue
+                acc = 0.0
                 for c in range(d):
                     acc += grad_out[r, c] * weight[i, c]
                 grad_values[r, j] = acc
 
     @njit(cache=True)
     def _csr_numba_kernel(flat, n_latents, offsets, order):  # pragma: no cover - compiled
-        """Serial counting sort: offsets[i]..offsets[i+1] are the positions in ``order`` of latent i."""
+        """Serial counting sort: offsets[i]..offsets[i+1] are the positions in ``order`` of latent i
+        (out-of-range indices are left out)."""
         for i in range(n_latents + 1):
             offsets[i] = 0
         for e in range(flat.shape[0]):
-            offsets[flat[e] + 1] += 1
+            if 0 <= flat[e] < n_latents:
+                offsets[flat[e] + 1] += 1
         for i in range(n_latents):
             offsets[i + 1] += offsets[i]
         fill = offsets[:-1].copy()
         for e in range(flat.shape[0]):
             i = flat[e]
-            order[fill[i]] = e
-            fill[i] += 1
+            if 0 <= i < n_latents:
+                order[fill[i]] = e
+                fill[i] += 1
 
     @njit(parallel=True, cache=True)
     def _grad_weight_numba_kernel(grad_out, flat_values, offsets, order, k, grad_weight):  # pragma: no cover
@@ -170,24 +195,30 @@ if HAS_NUMBA:
                     grad_weight[i, c] += v * grad_out[r, c]
 
 
+def _compute_dtype(values, weight) -> torch.dtype:
+    return torch.float64 if _result_dtype(values, weight) == torch.float64 else torch.float32
+
+
 def _numba_forward(values, indices, weight):
-    v = cpu_numpy(values, torch.float32)
+    dt = _compute_dtype(values, weight)
+    v = cpu_numpy(values, dt)
     i = cpu_numpy(indices, torch.int64)
-    w = cpu_numpy(weight, torch.float32)
-    out = np.empty((v.shape[0], w.shape[1]), dtype=np.float32)
+    w = cpu_numpy(weight, dt)
+    out = np.empty((v.shape[0], w.shape[1]), dtype=w.dtype)
     if v.shape[0] and w.shape[1]:
         _forward_numba_kernel(v, i, w, out)
-    return torch.from_numpy(out).to(weight.dtype)
+    return torch.from_numpy(out).to(_result_dtype(values, weight))
 
 
 def _numba_backward(grad_out, values, indices, weight, need_values: bool, need_weight: bool):
-    g = cpu_numpy(grad_out, torch.float32)
+    dt = _compute_dtype(values, weight)
+    g = cpu_numpy(grad_out, dt)
     i = cpu_numpy(indices, torch.int64)
-    w = cpu_numpy(weight, torch.float32)
+    w = cpu_numpy(weight, dt)
     n_latents, d = w.shape
     grad_values = grad_weight = None
     if need_values:
-        gv = np.zeros(i.shape, dtype=np.float32)
+        gv = np.zeros(i.shape, dtype=w.dtype)
         if d and i.size:
             _grad_values_numba_kernel(g, i, w, gv)
         grad_values = torch.from_numpy(gv).to(values.dtype)
@@ -196,8 +227,8 @@ def _numba_backward(grad_out, values, indices, weight, need_values: bool, need_w
         offsets = np.empty(n_latents + 1, dtype=np.int64)
         order = np.empty(flat.shape[0], dtype=np.int64)
         _csr_numba_kernel(flat, n_latents, offsets, order)
-        gw = np.empty((n_latents, d), dtype=np.float32)
-        _grad_weight_numba_kernel(g, cpu_numpy(values, torch.float32).reshape(-1), offsets, order,
+        gw = np.empty((n_latents, d), dtype=w.dtype)
+        _grad_weight_numba_kernel(g, cpu_numpy(values, dt).reshape(-1), offsets, order,
                                   max(1, i.shape[1]), gw)
         grad_weight = torch.from_numpy(gw).to(weight.dtype)
     return grad_values, grad_weight
@@ -209,47 +240,61 @@ if HAS_TRITON:
     import triton.language as tl
 
     @triton.jit
-    def _forward_triton_kernel(V, I, W, OUT, k, d, BLOCK_D: tl.constexpr):
-        """Program (row, column block): out[row, cols] = sum_j V[row, j] W[I[row, j], cols]."""
+    def _forward_triton_kernel(V, I, W, OUT, k, d, n_latents, F64: tl.constexpr,
+                               BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr):
+        """Program (row, column block): out[row, cols] = sum_j V[row, j] W[I[row, j], cols]. The k indices
+        and values are loaded as one vector and the k weight rows as one (BLOCK_K, BLOCK_D) tile, so all
+        the row reads are in flight at once; an out-of-range index is not read and makes the row NaN."""
         row = tl.program_id(0).to(tl.int64)
         cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
         mask = cols < d
-        acc = tl.zeros([BLOCK_D], dtype=tl.float32)
-        for j in range(k):
-            i = tl.load(I + row * k + j).to(tl.int64)
-            v = tl.load(V + row * k + j).to(tl.float32)
-            w = tl.load(W + i * d + cols, mask=mask, other=0.0).to(tl.float32)
-            acc += v * w
+        acc = tl.zeros([BLOCK_D], dtype=tl.float64 if F64 else tl.float32)
+        bad = tl.zeros([BLOCK_K], dtype=tl.int32)
+        for start in range(0, k, BLOCK_K):
+            j = start + tl.arange(0, BLOCK_K)
+            jm = j < k
+            i = tl.load(I + row * k + j, mask=jm, other=0).to(tl.int64)
+            ok = jm & (i >= 0) & (i < n_latents)
+            bad += (jm & ~ok).to(tl.int32)
+            v = tl.load(V + row * k + j, mask=ok, other=0.0).to(acc.dtype)
+            w = tl.load(W + i[:, None] * d + cols[None, :], mask=ok[:, None] & mask[None, :], other=0.0)
+            acc += tl.sum(v[:, None] * w.to(acc.dtype), axis=0)
+        acc = tl.where(tl.sum(bad, axis=0) > 0, float("nan"), acc)
         tl.store(OUT + row * d + cols, acc.to(OUT.dtype.element_ty), mask=mask)
 
     @triton.jit
-    def _grad_values_triton_kernel(G, I, W, GV, k, d, BLOCK_D: tl.constexpr):
-        """Program e = (row, j): GV[e] = G[row] . W[I[e]] (dense-dense, only at the chosen indices)."""
-        e = tl.program_id(0).to(tl.int64)
-        row = e // k
-        i = tl.load(I + e).to(tl.int64)
-        acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+    def _grad_values_triton_kernel(G, I, W, GV, k, d, n_latents, F64: tl.constexpr,
+                                   BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr):
+        """Program (row, block of BLOCK_K entries): GV[row, j] = G[row] . W[I[row, j]] (dense-dense, only at
+        the chosen indices); G's row is read once for the block. NaN for an out-of-range index."""
+        row = tl.program_id(0).to(tl.int64)
+        j = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
+        jm = j < k
+        i = tl.load(I + row * k + j, mask=jm, other=0).to(tl.int64)
+        ok = jm & (i >= 0) & (i < n_latents)
+        acc = tl.zeros([BLOCK_K, BLOCK_D], dtype=tl.float64 if F64 else tl.float32)
         for start in range(0, d, BLOCK_D):
             cols = start + tl.arange(0, BLOCK_D)
             mask = cols < d
-            g = tl.load(G + row * d + cols, mask=mask, other=0.0).to(tl.float32)
-            w = tl.load(W + i * d + cols, mask=mask, other=0.0).to(tl.float32)
-            acc += g * w
-        tl.store(GV + e, tl.sum(acc, axis=0).to(GV.dtype.element_ty))
+            g = tl.load(G + row * d + cols, mask=mask, other=0.0).to(acc.dtype)
+            w = tl.load(W + i[:, None] * d + cols[None, :], mask=ok[:, None] & mask[None, :], other=0.0)
+            acc += w.to(acc.dtype) * g[None, :]
+        dots = tl.where(ok, tl.sum(acc, axis=1), float("nan"))
+        tl.store(GV + row * k + j, dots.to(GV.dtype.element_ty), mask=jm)
 
     @triton.jit
-    def _grad_weight_triton_kernel(G, V, OFFSETS, ORDER, GW, k, d, BLOCK_D: tl.constexpr):
+    def _grad_weight_triton_kernel(G, V, OFFSETS, ORDER, GW, k, d, F64: tl.constexpr, BLOCK_D: tl.constexpr):
         """Program (latent, column block): GW[latent, cols] = sum over its entries e: V[e] G[e // k, cols]."""
         latent = tl.program_id(0).to(tl.int64)
         cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
         mask = cols < d
         start = tl.load(OFFSETS + latent)
         end = tl.load(OFFSETS + latent + 1)
-        acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+        acc = tl.zeros([BLOCK_D], dtype=tl.float64 if F64 else tl.float32)
         for p in range(start, end):
             e = tl.load(ORDER + p).to(tl.int64)
-            v = tl.load(V + e).to(tl.float32)
-            g = tl.load(G + (e // k) * d + cols, mask=mask, other=0.0).to(tl.float32)
+            v = tl.load(V + e).to(acc.dtype)
+            g = tl.load(G + (e // k) * d + cols, mask=mask, other=0.0).to(acc.dtype)
             acc += v * g
         tl.store(GW + latent * d + cols, acc.to(GW.dtype.element_ty), mask=mask)
 
@@ -258,14 +303,19 @@ def _block_d(d: int) -> int:
     return min(256, triton.next_power_of_2(max(d, 1)))
 
 
+def _block_k(k: int) -> int:
+    return min(32, triton.next_power_of_2(max(k, 1)))
+
+
 def _triton_forward(values, indices, weight):
     n_rows, k = values.shape
-    d = weight.shape[1]
-    out = torch.empty((n_rows, d), dtype=weight.dtype, device=weight.device)
+    n_latents, d = weight.shape
+    out = torch.empty((n_rows, d), dtype=_result_dtype(values, weight), device=weight.device)
     if n_rows and d:
         block = _block_d(d)
         _forward_triton_kernel[(n_rows, triton.cdiv(d, block))](
-            values.contiguous(), indices.contiguous(), weight.contiguous(), out, k, d, BLOCK_D=block,
+            values.contiguous(), indices.contiguous(), weight.contiguous(), out, k, d, n_latents,
+            F64=out.dtype == torch.float64, BLOCK_K=_block_k(k), BLOCK_D=block,
         )
     return out
 
@@ -277,17 +327,20 @@ def _triton_backward(grad_out, values, indices, weight, need_values: bool, need_
     idx = indices.contiguous()
     w = weight.contiguous()
     block = _block_d(d)
+    f64 = _result_dtype(values, weight) == torch.float64
     grad_values = grad_weight = None
     if need_values:
         grad_values = torch.zeros((n_rows, k), dtype=values.dtype, device=values.device)
         if n_rows * k and d:
-            _grad_values_triton_kernel[(n_rows * k,)](g, idx, w, grad_values, k, d, BLOCK_D=block)
+            block_k = _block_k(k)
+            _grad_values_triton_kernel[(n_rows, triton.cdiv(k, block_k))](
+                g, idx, w, grad_values, k, d, n_latents, F64=f64, BLOCK_K=block_k, BLOCK_D=min(block, 128))
     if need_weight:
         offsets, order = _csr_by_latent(idx.reshape(-1), n_latents)
         grad_weight = torch.empty((n_latents, d), dtype=weight.dtype, device=weight.device)
         if d:
             _grad_weight_triton_kernel[(n_latents, triton.cdiv(d, block))](
-                g, values.contiguous(), offsets, order, grad_weight, max(1, k), d, BLOCK_D=block,
+                g, values.contiguous(), offsets, order, grad_weight, max(1, k), d, F64=f64, BLOCK_D=block,
             )
     return grad_values, grad_weight
 
@@ -335,7 +388,8 @@ def sparse_decode(
     """``y[b] = sum_j values[b, j] * weight[indices[b, j]]``: the TopK SAE decoder without ``b_pre``.
 
     values: (batch, k) float; indices: (batch, k) int32/int64 in [0, n_latents); weight: (n_latents, d).
-    Returns (batch, d) in weight's dtype, differentiable w.r.t. values and weight. ``impl``: ``"auto"``
+    Returns (batch, d) in ``promote_types(values.dtype, weight.dtype)``, differentiable w.r.t. values and
+    weight. ``impl``: ``"auto"``
     (Triton on CUDA, Numba on CPU), ``"reference"`` (dense PyTorch), ``"numba"`` or ``"triton"``.
     """
     _check_inputs(values, indices, weight)
