@@ -172,6 +172,34 @@ def test_quant_edge_values(impl, device):
     assert q1.flatten().tolist() == [127, -127]
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the Triton interpreter's numpy warns about NaN
+@pytest.mark.parametrize(("impl", "device"), [("reference", "cpu"), *KERNELS], ids=["reference", *KERNEL_IDS])
+def test_non_finite_rows_get_a_nan_scale_and_zero_codes(impl, device):
+    """A row with NaN or inf has no meaningful absmax scale: s = NaN and q = 0 everywhere, and the fake
+    quantised row is NaN; the other rows are untouched. The Numba kernel used to give such a row q = 0
+    and a finite scale (its running max dropped the NaN), the reference NaN."""
+    x = torch.randn(4, 9, generator=torch.Generator().manual_seed(2)).to(device)
+    clean_q, clean_s = R.rms_norm_quant(x, impl=impl)
+    x[1, 3] = float("nan")
+    x[2, 0] = float("inf")
+    q, s = R.rms_norm_quant(x, impl=impl)
+    assert torch.isnan(s[[1, 2]]).all() and (q[[1, 2]] == 0).all()
+    assert torch.equal(q[[0, 3]], clean_q[[0, 3]]) and torch.equal(s[[0, 3]], clean_s[[0, 3]])
+    fake = R.rms_norm_fake_quant(x, impl=impl)
+    assert torch.isnan(fake[[1, 2]]).all() and torch.isfinite(fake[[0, 3]]).all()
+
+
+@pytest.mark.parametrize(("impl", "device"), [("reference", "cpu"), *KERNELS], ids=["reference", *KERNEL_IDS])
+def test_inference_path_equals_the_autograd_path(impl, device):
+    """Without a gradient to track the kernels skip the autograd Function; same values either way."""
+    x, w, _ = _inputs((5, 33), device, seed=4)
+    tracked = R.rms_norm(x, w, impl=impl)
+    with torch.no_grad():
+        plain = R.rms_norm(x, w, impl=impl)
+    assert tracked.requires_grad and not plain.requires_grad
+    torch.testing.assert_close(plain, tracked.detach(), rtol=0, atol=0)
+
+
 @pytest.mark.parametrize(("impl", "device"), [("reference", "cpu"), *KERNELS], ids=["reference", *KERNEL_IDS])
 def test_empty_leading_dimension(impl, device):
     x = torch.empty(0, 3, 8, device=device)

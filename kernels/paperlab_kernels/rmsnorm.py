@@ -12,7 +12,9 @@ The BitNet / MatMul-free LM recipe then quantises each token's activations to in
 
     s = 127 / \max(\max_j |y_j|,\ 10^{-5}), \qquad q_j = \mathrm{clamp}(\mathrm{round}(y_j s), -128, 127),
 
-where ``round`` rounds half to even (as ``torch.round`` does). Three operations, each with the
+where ``round`` rounds half to even (as ``torch.round`` does). A row whose ``y`` is not all finite (a NaN
+or inf in ``x``) has no meaningful scale: every implementation gives it ``s = NaN`` and ``q = 0`` (so the
+fake-quantised ``q / s`` is NaN), and leaves the other rows alone. Three operations, each with the
 reference / Numba / Triton / dispatcher quartet of the package convention:
 
 ==========================  ==========================================================  =============
@@ -126,9 +128,12 @@ def _reference_y(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> to
 
 
 def _reference_quantise(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row absmax quantisation of ``y: (..., d)`` -> (integer-valued float ``q``, ``s: (..., 1)``)."""
+    """Per-row absmax quantisation of ``y: (..., d)`` -> (integer-valued float ``q``, ``s: (..., 1)``);
+    a row with a non-finite entry gets ``s = NaN`` and ``q = 0``."""
+    bad = ~torch.isfinite(y).all(dim=-1, keepdim=True)
     s = QMAX / y.abs().amax(dim=-1, keepdim=True).clamp(min=SCALE_FLOOR)
-    q = (y * s).round().clamp(-QMAX - 1, QMAX)
+    s = torch.where(bad, float("nan"), s)
+    q = torch.where(bad, 0.0, (y * s).round().clamp(-QMAX - 1, QMAX))
     return q, s
 
 
@@ -187,12 +192,15 @@ if HAS_NUMBA:
                     y[i, j] = v * w[j] if has_weight else v
             else:
                 m = np.float32(0.0)  # absmax of the row, recomputing y (the row is in cache)
+                poison = np.float32(0.0)  # 0 unless some y is NaN or inf (0 * NaN = 0 * inf = NaN)
                 for j in range(d):
                     v = x[i, j] * r
                     if has_weight:
                         v = v * w[j]
-                    m = max(m, abs(v))
-                s = np.float32(127.0) / max(m, np.float32(1e-5))
+                    m = max(m, abs(v))  # (max drops a NaN, hence the poison sum)
+                    poison += np.float32(0.0) * v
+                finite = poison == np.float32(0.0)
+                s = np.float32(127.0) / max(m, np.float32(1e-5)) if finite else np.float32(np.nan)
                 if mode == 1:
                     scale[i] = s
                 for j in range(d):
@@ -200,6 +208,7 @@ if HAS_NUMBA:
                     if has_weight:
                         v = v * w[j]
                     qv = min(max(np.rint(v * s), np.float32(-128.0)), np.float32(127.0))  # rint: half to even
+                    qv = qv if finite else np.float32(0.0)
                     if mode == 1:
                         q[i, j] = np.int8(qv)
                     else:
@@ -234,7 +243,8 @@ _EMPTY_I8_2D = np.zeros((0, 0), dtype=np.int8)
 _EMPTY_F32_1D = np.zeros(0, dtype=np.float32)
 
 
-def _numba_forward(x2: torch.Tensor, weight: torch.Tensor | None, eps: float, mode: int):
+def _numba_forward(x2: torch.Tensor, weight: torch.Tensor | None, eps: float, mode: int,
+                   store_rstd: bool = True):
     """x2: (n, d) on CPU -> (y in x.dtype | None, q int8 | None, scale float32 (n,) | None, rstd (n,))."""
     n, d = x2.shape
     xn = cpu_numpy(x2, torch.float32)
@@ -289,16 +299,18 @@ if HAS_TRITON:
     def _forward_triton_kernel(
         X, W, Y, Q, SCALE, RSTD,
         stride_x, d, eps,
-        HAS_WEIGHT: tl.constexpr, MODE: tl.constexpr, BLOCK: tl.constexpr,
+        HAS_WEIGHT: tl.constexpr, MODE: tl.constexpr, STORE_RSTD: tl.constexpr, BLOCK: tl.constexpr,
     ):
         """One program per row; the row (``d <= BLOCK``) is loaded once and stays in registers.
-        MODE 0: Y = x r w. MODE 1: Q = int8 quantised y, SCALE = s. MODE 2: Y = fake-quantised q / s."""
+        MODE 0: Y = x r w. MODE 1: Q = int8 quantised y, SCALE = s. MODE 2: Y = fake-quantised q / s.
+        STORE_RSTD: keep r for the backward pass (not needed for inference)."""
         row = tl.program_id(0).to(tl.int64)  # int64: row * stride may exceed 2**31
         cols = tl.arange(0, BLOCK)
         mask = cols < d
         x = tl.load(X + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
         r = tl.rsqrt(tl.sum(x * x, axis=0) / d + eps)  # float32 accumulation
-        tl.store(RSTD + row, r)
+        if STORE_RSTD:
+            tl.store(RSTD + row, r)
         y = x * r
         if HAS_WEIGHT:
             y = y * tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
@@ -306,8 +318,11 @@ if HAS_TRITON:
             tl.store(Y + row * d + cols, y.to(Y.dtype.element_ty), mask=mask)
         else:
             m = tl.maximum(tl.max(tl.abs(y), axis=0), 1e-5)  # masked columns hold 0, harmless for a max
-            s = 127.0 / m
+            # a max may drop a NaN: count the non-finite entries instead
+            n_bad = tl.sum(((y != y) | (tl.abs(y) == float("inf"))).to(tl.int32), axis=0)
+            s = tl.where(n_bad > 0, float("nan"), 127.0 / m)
             qv = tl.minimum(tl.maximum(_round_half_even(y * s), -128.0), 127.0)
+            qv = tl.where(n_bad > 0, 0.0, qv)
             if MODE == 1:
                 tl.store(Q + row * d + cols, qv.to(tl.int8), mask=mask)
                 tl.store(SCALE + row, s)
@@ -357,12 +372,14 @@ def _triton_launch_config(d: int) -> tuple[int, int]:
     return block, num_warps
 
 
-def _triton_forward(x2: torch.Tensor, weight: torch.Tensor | None, eps: float, mode: int):
-    """Same contract as :func:`_numba_forward`, on CUDA (or the interpreter)."""
+def _triton_forward(x2: torch.Tensor, weight: torch.Tensor | None, eps: float, mode: int,
+                    store_rstd: bool = True):
+    """Same contract as :func:`_numba_forward`, on CUDA (or the interpreter); ``rstd`` is left unwritten
+    when ``store_rstd`` is False (inference)."""
     n, d = x2.shape
     block, num_warps = _triton_launch_config(d)
     dev = x2.device
-    rstd = torch.empty(n, dtype=torch.float32, device=dev)
+    rstd = torch.empty(n if store_rstd else 1, dtype=torch.float32, device=dev)
     y = torch.empty((n, d), dtype=x2.dtype, device=dev) if mode != _QUANT else None
     q = torch.empty((n, d), dtype=torch.int8, device=dev) if mode == _QUANT else None
     scale = torch.empty(n, dtype=torch.float32, device=dev) if mode == _QUANT else None
@@ -373,7 +390,7 @@ def _triton_forward(x2: torch.Tensor, weight: torch.Tensor | None, eps: float, m
             y if y is not None else rstd, q if q is not None else rstd,
             scale if scale is not None else rstd, rstd,
             x2.stride(0), d, float(eps),
-            HAS_WEIGHT=weight is not None, MODE=mode, BLOCK=block, num_warps=num_warps,
+            HAS_WEIGHT=weight is not None, MODE=mode, STORE_RSTD=store_rstd, BLOCK=block, num_warps=num_warps,
         )
     return y, q, scale, rstd
 
@@ -436,22 +453,34 @@ def _quant(x, weight, eps, backend):
     x2 = _rows(x)
     w = weight.detach() if weight is not None else None
     with torch.no_grad():
-        _, q, scale, _ = backend.forward(x2.detach(), w, eps, _QUANT)
+        _, q, scale, _ = backend.forward(x2.detach(), w, eps, _QUANT, False)
     return q.view(x.shape), scale.view(*x.shape[:-1], 1)
+
+
+def _norm(x, weight, eps, backend, mode):
+    """``rms_norm`` (mode 0) or ``rms_norm_fake_quant`` (mode 2) with a kernel backend, inputs checked.
+    Without a gradient to track (inference, or ``torch.no_grad``) it is one kernel call, without the
+    autograd Function and the saved ``rstd``: on a GPU the Python overhead per call is what a small
+    normalisation costs."""
+    tracked = torch.is_grad_enabled() and (x.requires_grad or (weight is not None and weight.requires_grad))
+    if tracked:
+        return _RMSNormFunction.apply(x, weight, eps, backend, mode)
+    y2, _, _, _ = backend.forward(_rows(x), weight, eps, mode, False)
+    return y2.view(x.shape)
 
 
 def rms_norm_numba(x: torch.Tensor, weight: torch.Tensor | None = None, eps: float = 1e-6) -> torch.Tensor:
     """RMSNorm with the Numba CPU kernel (differentiable). ``x: (..., d)`` on CPU, ``weight: (d,)``."""
     _check_inputs(x, weight, eps)
     require_numba(x)
-    return _RMSNormFunction.apply(x, weight, eps, _NUMBA_BACKEND, _NORM)
+    return _norm(x, weight, eps, _NUMBA_BACKEND, _NORM)
 
 
 def rms_norm_triton(x: torch.Tensor, weight: torch.Tensor | None = None, eps: float = 1e-6) -> torch.Tensor:
     """RMSNorm with the Triton kernel (differentiable). ``x: (..., d)`` on CUDA, ``d <= TRITON_MAX_D``."""
     _check_inputs(x, weight, eps)
     require_triton(x)
-    return _RMSNormFunction.apply(x, weight, eps, _TRITON_BACKEND, _NORM)
+    return _norm(x, weight, eps, _TRITON_BACKEND, _NORM)
 
 
 def rms_norm_quant_numba(x, weight=None, eps=1e-6):
@@ -472,25 +501,17 @@ def rms_norm_fake_quant_numba(x, weight=None, eps=1e-6):
     """Fused RMSNorm + fake quantisation ``q / s`` (Numba), straight-through gradient."""
     _check_inputs(x, weight, eps)
     require_numba(x)
-    return _RMSNormFunction.apply(x, weight, eps, _NUMBA_BACKEND, _FAKE_QUANT)
+    return _norm(x, weight, eps, _NUMBA_BACKEND, _FAKE_QUANT)
 
 
 def rms_norm_fake_quant_triton(x, weight=None, eps=1e-6):
     """Fused RMSNorm + fake quantisation ``q / s`` (Triton), straight-through gradient."""
     _check_inputs(x, weight, eps)
     require_triton(x)
-    return _RMSNormFunction.apply(x, weight, eps, _TRITON_BACKEND, _FAKE_QUANT)
+    return _norm(x, weight, eps, _TRITON_BACKEND, _FAKE_QUANT)
 
 
-_RMS_NORM = {"reference": rms_norm_reference, "numba": rms_norm_numba, "triton": rms_norm_triton}
-_RMS_NORM_QUANT = {
-    "reference": rms_norm_quant_reference, "numba": rms_norm_quant_numba, "triton": rms_norm_quant_triton,
-}
-_RMS_NORM_FAKE_QUANT = {
-    "reference": rms_norm_fake_quant_reference,
-    "numba": rms_norm_fake_quant_numba,
-    "triton": rms_norm_fake_quant_triton,
-}
+_BACKENDS = {"numba": _NUMBA_BACKEND, "triton": _TRITON_BACKEND}
 
 
 def rms_norm(
@@ -502,8 +523,11 @@ def rms_norm(
     differentiable w.r.t. ``x`` and ``weight``. ``impl``: ``"auto"`` (Triton on CUDA, Numba on CPU),
     ``"reference"``, ``"numba"`` or ``"triton"``.
     """
-    _check_inputs(x, weight, eps)
-    return _RMS_NORM[select_impl(impl, x)](x, weight, eps)
+    _check_inputs(x, weight, eps)  # once: the dispatcher calls the implementations' unchecked cores
+    which = select_impl(impl, x)
+    if which == "reference":
+        return _reference_y(x, weight, eps).to(x.dtype)
+    return _norm(x, weight, eps, _BACKENDS[which], _NORM)
 
 
 def rms_norm_quant(
@@ -515,7 +539,10 @@ def rms_norm_quant(
     ``q = clamp(round(y * s), -128, 127)``, so ``q / s ~ rms_norm(x, weight, eps)``.
     """
     _check_inputs(x, weight, eps)
-    return _RMS_NORM_QUANT[select_impl(impl, x)](x, weight, eps)
+    which = select_impl(impl, x)
+    if which == "reference":
+        return rms_norm_quant_reference(x, weight, eps)
+    return _quant(x, weight, eps, _BACKENDS[which])
 
 
 def rms_norm_fake_quant(
@@ -527,4 +554,7 @@ def rms_norm_fake_quant(
     estimator: exactly the gradient of :func:`rms_norm`, as if the rounding were the identity.
     """
     _check_inputs(x, weight, eps)
-    return _RMS_NORM_FAKE_QUANT[select_impl(impl, x)](x, weight, eps)
+    which = select_impl(impl, x)
+    if which == "reference":
+        return rms_norm_fake_quant_reference(x, weight, eps)
+    return _norm(x, weight, eps, _BACKENDS[which], _FAKE_QUANT)
