@@ -439,5 +439,6 @@ def ternary_linear(x_q: torch.Tensor, x_scale: torch.Tensor, packed: torch.Tenso
     if chosen == "triton":
         return _triton_launch(x_q, packed, k, x_scale.to(torch.float32), w_scale)
     acc = _MATMUL_INT[chosen](x_q, packed, k)
-    w_scale = torch.as_tensor(w_scale, dtype=torch.float32, device=x_q.device)
+    if isinstance(w_scale, torch.Tensor):  # (a Python number stays one: no copy to the device)
+        w_scale = w_scale.to(torch.float32).reshape(())
     return acc.to(torch.float32) * (1.0 / (x_scale.to(torch.float32) * w_scale))
