@@ -7,27 +7,44 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
-from paperlab.bench import Context, registry, time_interleaved
+from paperlab.bench import Context, machine_info, registry, roofline, time_interleaved
 from paperlab.bench.__main__ import format_table, main
 
-KEYS = {"bench", "op", "shape", "impl", "ms", "speedup", "gbps", "gflops", "fraction", "device"}
+KEYS = {"bench", "op", "shape", "impl", "ms", "speedup", "gbps", "gflops", "fraction", "device", "flops",
+        "bytes", "bound"}
+MACHINE_KEYS = {"device", "device_name", "cpu", "threads", "date", "versions", "python", "commit"}
 
 
 def test_quick_json_rows(capsys):
     assert main(["rmsnorm", "--quick", "--json", "--device", "cpu", "--repeats", "1"]) == 0
-    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.strip()]
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.strip()]
+    machine, rows = lines[0]["machine"], lines[1:]
+    assert MACHINE_KEYS <= set(machine) and machine["device"] == "cpu"
+    assert machine["versions"]["torch"] == torch.__version__ and machine["date"].endswith("Z")
     assert rows and all(KEYS <= set(row) for row in rows)
-    machine = {row["impl"]: row for row in rows if row["bench"] == "machine"}
-    assert machine["memcpy"]["gbps"] > 0 and machine["matmul"]["gflops"] > 0
+    limits = {row["impl"]: row for row in rows if row["bench"] == "machine"}
+    assert limits["memcpy"]["gbps"] > 0 and limits["matmul"]["gflops"] > 0
     kernel_rows = [row for row in rows if row["bench"] == "rmsnorm"]
     assert {row["op"] for row in kernel_rows} == {"fwd", "fwd+bwd", "quant"}
     assert {"reference", "numba"} <= {row["impl"] for row in kernel_rows}
     assert "triton" not in {row["impl"] for row in kernel_rows}  # the interpreter is never timed
     for row in kernel_rows:
         assert row["ms"] > 0 and row["speedup"] > 0 and 0 < row["fraction"]
+        assert row["flops"] > 0 and row["bytes"] > 0 and row["bound"] == "memory"  # < 1 flop per byte
         if row["impl"] == "reference":
             assert row["speedup"] == 1.0
+
+
+def test_out_writes_the_whole_run_with_its_machine(tmp_path, capsys):
+    out = tmp_path / "run.json"
+    assert main(["ssd", "--quick", "--device", "cpu", "--repeats", "1", "--out", str(out)]) == 0
+    document = json.loads(out.read_text())
+    assert MACHINE_KEYS <= set(document["machine"])
+    ssd_rows = [row for row in document["rows"] if row["bench"] == "ssd"]
+    assert ssd_rows and all(row["flops"] > 0 and row["bytes"] > 0 for row in ssd_rows)
+    assert "GFLOP/s" in capsys.readouterr().out  # compute-bound rows show their flop rate
 
 
 def test_table_output(capsys):
@@ -44,9 +61,18 @@ def test_unknown_name_lists_valid_ones(capsys):
     assert "rmsnorm" in registry()
 
 
-def test_time_interleaved_counts_every_function():
-    import torch
+@pytest.mark.parametrize(("args", "message"), [
+    (["--device", "tpu"], "is not a device"),
+    (["--device", "meta"], "only cpu and cuda are supported"),
+    (["--out", "/no/such/folder/run.json"], "does not exist"),
+])
+def test_bad_arguments_are_one_line_errors(args, message, capsys):
+    with pytest.raises(SystemExit) as err:
+        main(["rmsnorm", "--quick", *args])
+    assert err.value.code == 2 and message in capsys.readouterr().err
 
+
+def test_time_interleaved_counts_every_function():
     calls = {"a": 0, "b": 0}
 
     def bump(name):
@@ -56,11 +82,28 @@ def test_time_interleaved_counts_every_function():
                              repeats=3, warmup=1, min_sample_s=0.0)
     assert set(times) == {"a", "b"} and all(t >= 0 for t in times.values())
     assert calls == {"a": 1 + 1 + 3, "b": 1 + 1 + 3}  # warm-up, calibration, 3 timed rounds
-    ctx = Context(device=torch.device("cpu"), limits={"gbps": 10.0})
+    ctx = Context(device=torch.device("cpu"), limits={"gbps": 10.0, "gflops": 100.0})
     rows = ctx.rows("x", "op", "s", {"reference": 2.0, "fast": 1.0}, bytes_moved=1e7)
     assert [r.speedup for r in rows] == [1.0, 2.0] and rows[1].gbps == pytest.approx(10.0)
-    assert rows[1].fraction == pytest.approx(1.0)
+    assert rows[1].fraction == pytest.approx(1.0) and rows[1].bound == "memory"
     assert "fast" in format_table(rows)
+
+
+def test_fraction_is_of_the_roofline():
+    """At intensity I the attainable rate is min(peak, I * bandwidth); the fraction is against that."""
+    ctx = Context(device=torch.device("cpu"), limits={"gbps": 10.0, "gflops": 100.0})
+    low, high = ctx.rows("x", "op", "s", {"a": 1.0}, bytes_moved=1e7, flops=1e7)[0], \
+        ctx.rows("x", "op", "s", {"a": 1.0}, bytes_moved=1e6, flops=1e8)[0]
+    assert low.intensity == 1.0 and low.bound == "memory"
+    assert low.fraction == pytest.approx(low.gflops / roofline(low.intensity, 10.0, 100.0))
+    assert high.intensity == 100.0 and high.bound == "compute"
+    assert high.fraction == pytest.approx(high.gflops / roofline(high.intensity, 10.0, 100.0))
+
+
+def test_machine_info_describes_the_cpu():
+    info = machine_info(torch.device("cpu"))
+    assert info["threads"] == torch.get_num_threads() and info["cpu_count"] >= 1
+    assert set(info["versions"]) >= {"torch", "numba", "triton"}
 
 
 def test_command_line_entry_point():

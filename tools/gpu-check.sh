@@ -1,23 +1,55 @@
 #!/usr/bin/env bash
-# Checks for a CUDA machine: the GPU-only tests (Triton kernels on real shapes, CUDA training), the
-# kernel benchmark with Triton rows, and the toolkit experiment on the GPU. Results go to ${OUT:-gpu-out}.
+# The checks that need a CUDA machine, as one script (issue 19). Run once on a GPU, from the repository root:
+#
+#   OUT=gpu-out tools/gpu-check.sh              # everything (about 10 minutes on an H200)
+#   STAGES="tests bench" tools/gpu-check.sh     # a subset: tests, bench, experiments
+#
+# 1. tests:       the kernel tests on the GPU (Triton on real shapes, every hot path under
+#                 torch.cuda.set_sync_debug_mode("error"): tests/test_kernels_cuda_sync.py), the benchmark
+#                 harness, and the device handling of the experiments;
+# 2. bench:       python -m paperlab.bench --device cuda at the GPU-sized shapes, written to
+#                 $OUT/bench-gpu.json (machine, date, library versions, every row) and $OUT/bench-gpu.txt;
+#                 commit the JSON as data/bench/gpu.json: the appendix "Kernels and speed" reads it;
+# 3. experiments: each chapter's experiment in the full profile on the GPU, uncached, with its wall time
+#                 ($OUT/experiments-gpu.tsv), to set against the same runs on 2 CPU cores.
+#
 # Uses the machine's own torch/triton when the venv is absent (PYTHONPATH points at the checkout).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-out}
+STAGES=${STAGES:-tests bench experiments}
+EXPERIMENTS=${EXPERIMENTS:-sae ssd matmulfree toolkit geometry nllb}
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD/src:$PWD/kernels PYTHONUNBUFFERED=1 PAPERLAB_CACHE=$OUT/cache PAPERLAB_PROGRESS=0
 PY=${PY:-python3}
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+[ -x .venv/bin/python ] && PY=${PY_VENV:-.venv/bin/python}
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, 'cuda', torch.cuda.is_available())"
-$PY -m pytest -q -p no:cacheprovider -o addopts="" tests/test_kernels_rmsnorm.py tests/test_nn.py \
-    tests/test_train.py tests/test_data.py tests/test_bench.py 2>&1 | tail -15
-$PY -m paperlab.bench rmsnorm --device cuda | tee "$OUT/bench-cuda.txt"
-$PY -m paperlab.bench rmsnorm --device cuda --json > "$OUT/bench-cuda.jsonl"
-/usr/bin/time -v $PY -m paperlab run toolkit --profile full --device cuda --out "$OUT" 2>&1 | grep -E "wrote|Elapsed|Maximum resident"
-$PY - "$OUT" <<'PY'
-import json, sys
-r = json.load(open(f"{sys.argv[1]}/toolkit-full.json"))["results"]
-print({k: r[k] for k in ("entropy_per_token", "val_sentence_loss", "final_val_window_loss", "samples_in_grammar",
-                         "train_seconds")})
-PY
+status=0
+
+if [[ " $STAGES " == *" tests "* ]]; then
+    echo "== tests"
+    $PY -m pytest -q -p no:cacheprovider -o addopts="" tests/test_kernels_*.py tests/test_bench.py \
+        tests/test_experiments_device.py 2>&1 | tail -25 | tee "$OUT/tests-gpu.txt"
+    [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+fi
+
+if [[ " $STAGES " == *" bench "* ]]; then
+    echo "== bench"
+    $PY -m paperlab.bench --device cuda --out "$OUT/bench-gpu.json" 2>&1 | tee "$OUT/bench-gpu.txt"
+    [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+fi
+
+if [[ " $STAGES " == *" experiments "* ]]; then
+    echo "== experiments (full profile, on the GPU, uncached)"
+    printf "experiment\tdevice\tseconds\tstatus\n" > "$OUT/experiments-gpu.tsv"
+    for name in $EXPERIMENTS; do
+        start=$(date +%s%N)
+        $PY -m paperlab run "$name" --profile full --device cuda --no-cache --out "$OUT" > "$OUT/run-$name.log" 2>&1
+        rc=$?
+        ms=$(( ($(date +%s%N) - start) / 1000000 ))
+        printf "%s\tcuda\t%d.%03d\t%s\n" "$name" $((ms / 1000)) $((ms % 1000)) "$rc" | tee -a "$OUT/experiments-gpu.tsv"
+        [ "$rc" -eq 0 ] || { status=1; tail -5 "$OUT/run-$name.log"; }
+    done
+fi
+exit $status

@@ -2,16 +2,25 @@
 
     python -m paperlab.bench                       # every benchmark, full shapes
     python -m paperlab.bench rmsnorm --quick       # one benchmark, small shapes (seconds)
-    python -m paperlab.bench --json --device cpu   # one JSON object per line
+    python -m paperlab.bench --json --device cpu   # JSON lines: the machine first, then one row per line
+    python -m paperlab.bench --device cuda --out data/bench/gpu.json   # the whole run as one JSON file
 
 Each run first measures two machine limits in the same process, as rows of bench ``machine``: copy
 bandwidth (``memcpy``: a large tensor copy, bytes read + written, in GB/s) and float32 matmul throughput
 (``matmul``: a square matmul, 2 n^3 flops, in GFLOP/s). Every kernel row then reports its time, its
-speedup over the PyTorch reference, and what it achieved (GB/s for memory-bound kernels, GFLOP/s for
-compute-bound ones) as a fraction of the matching limit. Implementations are timed interleaved: each
-repeat runs every implementation once, in rotating order, so that clock and thermal drift hit all of
-them alike; warm-up calls (compilation included) are not timed; the reported time is the median over
-repeats; CUDA is synchronised around every measurement.
+speedup over the PyTorch reference, the work of one call (``flops``: arithmetic operations, integer
+ones for the ternary product; ``bytes``: the ideal memory traffic, each input read and each output
+written once), and what it achieved: GB/s, GFLOP/s, and the fraction of the **roofline**
+``min(peak, intensity x bandwidth)`` at its arithmetic intensity ``flops / bytes`` (for a memory-bound
+kernel, the fraction of the copy bandwidth; for a compute-bound one, of the matmul rate).
+Implementations are timed interleaved: each repeat runs every implementation once, in rotating order, so
+that clock and thermal drift hit all of them alike; warm-up calls (compilation included) are not timed;
+the reported time is the median over repeats; CUDA is synchronised around every measurement.
+
+On CUDA every benchmark adds GPU-sized shapes, large enough that one call moves well over the L2 cache
+(tens of MB on current GPUs), to the CPU ones. :func:`machine_info` describes the machine, the date and
+the library versions; ``--json`` and ``--out`` put it first, so that a results file says where it came
+from.
 
 Adding a benchmark (about 20 lines): create ``src/paperlab/bench/<name>.py``. Every module in this
 package whose name does not start with ``_`` is imported on first use, and :func:`register` adds it::
@@ -36,19 +45,26 @@ memory-bound kernel or ``flops`` for a compute-bound one; ``ctx.rows`` fills in 
 
 from __future__ import annotations
 
+import datetime
 import importlib
 import math
+import os
 import pkgutil
+import platform
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 
 from paperlab_kernels._dispatch import available_impls
 
-__all__ = ["Benchmark", "Context", "Row", "register", "registry", "measure_machine", "time_interleaved"]
+__all__ = ["Benchmark", "Context", "Row", "register", "registry", "measure_machine", "machine_info",
+           "time_interleaved", "roofline"]
 
 
 @dataclass
@@ -61,10 +77,18 @@ class Row:
     impl: str
     ms: float
     speedup: float | None = None  # reference ms / this ms
-    gbps: float | None = None  # bytes moved / time
+    gbps: float | None = None  # bytes / time
     gflops: float | None = None  # flops / time
-    fraction: float | None = None  # of the machine limit (copy bandwidth or matmul throughput)
+    fraction: float | None = None  # of the roofline at this intensity (or of the machine limit itself)
     device: str = ""
+    flops: float | None = None  # arithmetic operations of one call
+    bytes: float | None = None  # ideal memory traffic of one call
+    bound: str | None = None  # "memory" or "compute": which roof the fraction is of
+
+    @property
+    def intensity(self) -> float | None:
+        """Arithmetic intensity, flops per byte of ideal traffic."""
+        return self.flops / self.bytes if self.flops and self.bytes else None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -149,6 +173,11 @@ def time_interleaved(
     return {name: 1e3 * statistics.median(s) for name, s in samples.items()}
 
 
+def roofline(intensity: float, gbps: float, gflops: float) -> float:
+    """The attainable GFLOP/s at ``intensity`` flops per byte: ``min(peak, intensity x bandwidth)``."""
+    return min(gflops, intensity * gbps)
+
+
 @dataclass
 class Context:
     """What a benchmark needs: where to run, how big, the machine limits, and timing helpers."""
@@ -162,6 +191,11 @@ class Context:
     def impls(self) -> list[str]:
         """Implementations worth timing on this device, ``"reference"`` first."""
         return available_impls(self.device)
+
+    @property
+    def gpu(self) -> bool:
+        """True on CUDA: benchmarks add their GPU-sized shapes."""
+        return self.device.type == "cuda"
 
     def time(self, fns: dict[str, Callable[[], object]], **kwargs) -> dict[str, float]:
         kwargs.setdefault("repeats", self.repeats)
@@ -179,21 +213,27 @@ class Context:
         flops: float | None = None,
         baseline: str = "reference",
     ) -> list[Row]:
-        """Rows for ``times`` ({impl: ms}), with speedup over ``baseline`` and the achieved rate as a
-        fraction of the machine limit (copy bandwidth for ``bytes_moved``, matmul for ``flops``)."""
+        """Rows for ``times`` ({impl: ms}), with speedup over ``baseline``, the work of one call
+        (``bytes_moved``: ideal traffic; ``flops``: operations) and the achieved rates. The fraction is of
+        the roofline at the call's intensity, ``max(GB/s / bandwidth, GFLOP/s / peak)`` (with only one of
+        the two counts, of that one limit)."""
         out = []
         for impl, ms in times.items():
-            row = Row(bench, op, shape, impl, ms, device=str(self.device))
+            row = Row(bench, op, shape, impl, ms, device=str(self.device), flops=flops, bytes=bytes_moved)
             if baseline in times:
                 row.speedup = times[baseline] / ms
+            fractions = {}
             if bytes_moved is not None:
                 row.gbps = bytes_moved / (ms * 1e-3) / 1e9
                 if self.limits.get("gbps"):
-                    row.fraction = row.gbps / self.limits["gbps"]
+                    fractions["memory"] = row.gbps / self.limits["gbps"]
             if flops is not None:
                 row.gflops = flops / (ms * 1e-3) / 1e9
-                if self.limits.get("gflops") and bytes_moved is None:
-                    row.fraction = row.gflops / self.limits["gflops"]
+                if self.limits.get("gflops"):
+                    fractions["compute"] = row.gflops / self.limits["gflops"]
+            if fractions:
+                row.bound = max(fractions, key=fractions.get)
+                row.fraction = fractions[row.bound]
             out.append(row)
         return out
 
@@ -211,12 +251,66 @@ def measure_machine(ctx: Context) -> list[Row]:
     b = torch.randn(n, n, device=dev)
     c = torch.empty(n, n, device=dev)
     mm_ms = ctx.time({"matmul": lambda: torch.mm(a, b, out=c)})["matmul"]
-    gbps = 2 * mib * 2**20 / (copy_ms * 1e-3) / 1e9  # read + write
+    copy_bytes = 2 * mib * 2**20  # read + write
+    gbps = copy_bytes / (copy_ms * 1e-3) / 1e9
     gflops = 2 * n**3 / (mm_ms * 1e-3) / 1e9
     ctx.limits.update(gbps=gbps, gflops=gflops)
     tf32 = " tf32" if cuda and torch.backends.cuda.matmul.allow_tf32 else ""
     return [
-        Row("machine", "copy", f"{mib} MiB", "memcpy", copy_ms, gbps=gbps, fraction=1.0, device=str(dev)),
+        Row("machine", "copy", f"{mib} MiB", "memcpy", copy_ms, gbps=gbps, fraction=1.0, device=str(dev),
+            bytes=copy_bytes),
         Row("machine", "matmul", f"{n}x{n}x{n} fp32{tf32}", "matmul", mm_ms, gflops=gflops, fraction=1.0,
-            device=str(dev)),
+            device=str(dev), flops=2.0 * n**3),
     ]
+
+
+def _version(module: str) -> str | None:
+    try:
+        return importlib.import_module(module).__version__
+    except Exception:  # noqa: BLE001 - an optional or broken package is simply not reported
+        return None
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _git_commit() -> str | None:
+    root = Path(__file__).resolve().parents[3]
+    try:
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (out.stdout.strip() or None) if out.returncode == 0 else None
+
+
+def machine_info(device: torch.device) -> dict:
+    """Where and when a run happened: the device's name, CPU and thread count, the date (UTC), the
+    library versions and the repository commit. Written first by ``--json`` and ``--out``."""
+    info = {
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
+        "cpu": _cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "versions": {name: _version(name) for name in ("torch", "triton", "numba", "numpy", "scipy")},
+        "cuda": torch.version.cuda if device.type == "cuda" else None,
+        "commit": _git_commit(),
+        "argv": sys.argv[1:],
+    }
+    if device.type == "cpu":
+        try:
+            info["load_average"] = list(os.getloadavg())  # other processes' load inflates CPU timings
+        except OSError:
+            pass
+    return info

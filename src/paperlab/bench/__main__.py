@@ -1,4 +1,4 @@
-"""``python -m paperlab.bench [NAME ...] [--quick] [--json] [--device cuda|cpu]``.
+"""``python -m paperlab.bench [NAME ...] [--quick] [--json] [--out FILE] [--device cuda|cpu]``.
 
 See :mod:`paperlab.bench` for what is measured and how to add a benchmark.
 """
@@ -8,10 +8,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import torch
 
-from paperlab.bench import Context, Row, measure_machine, registry
+from paperlab.bench import Context, Row, machine_info, measure_machine, registry
 from paperlab.cli import UsageError, check_device
 
 
@@ -25,7 +26,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("names", nargs="*", metavar="NAME", help="benchmarks to run (default: all)")
     parser.add_argument("--quick", action="store_true", help="small shapes and few repeats (seconds)")
-    parser.add_argument("--json", action="store_true", help="print one JSON object per row")
+    parser.add_argument("--json", action="store_true",
+                        help="print JSON lines: {\"machine\": ...} first, then one object per row")
+    parser.add_argument("--out", default=None, metavar="FILE",
+                        help="also write the whole run ({\"machine\": ..., \"rows\": [...]}) to FILE as JSON")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
     parser.add_argument("--repeats", type=int, default=None, help="timed rounds (default: 5 quick, 20 full)")
     return parser
@@ -39,7 +43,8 @@ def format_table(rows: list[Row]) -> str:
     header = ["bench", "op", "shape", "impl", "ms", "speedup", "achieved", "of limit"]
     lines = []
     for r in rows:
-        achieved = _fmt(r.gbps, ".1f", " GB/s") if r.gbps is not None else _fmt(r.gflops, ".1f", " GFLOP/s")
+        compute = r.gflops is not None and (r.gbps is None or r.bound == "compute")
+        achieved = _fmt(r.gflops, ".1f", " GFLOP/s") if compute else _fmt(r.gbps, ".1f", " GB/s")
         fraction = _fmt(None if r.fraction is None else 100 * r.fraction, ".0f", "%")
         lines.append([r.bench, r.op, r.shape, r.impl, _fmt(r.ms, ".3f"), _fmt(r.speedup, ".2f", "x"),
                       achieved, fraction])
@@ -65,26 +70,31 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if args.repeats is not None and args.repeats < 1:
         parser.error(f"--repeats must be >= 1, got {args.repeats}")
+    if args.out is not None and not Path(args.out).parent.is_dir():
+        parser.error(f"--out: folder {str(Path(args.out).parent)!r} does not exist")
     repeats = args.repeats if args.repeats is not None else (5 if args.quick else 20)
     ctx = Context(device=device, quick=args.quick, repeats=repeats)
+    machine = {**machine_info(device), "quick": args.quick, "repeats": repeats}
 
     def emit(rows: list[Row]) -> None:
         if args.json:
             for row in rows:
                 print(json.dumps(row.to_dict()), flush=True)
 
+    if args.json:
+        print(json.dumps({"machine": machine}), flush=True)
     rows = measure_machine(ctx)
     emit(rows)
     for name in args.names or list(benches):
         new = benches[name].fn(ctx)
         emit(new)
         rows += new
+    if args.out is not None:
+        document = {"machine": machine, "rows": [row.to_dict() for row in rows]}
+        Path(args.out).write_text(json.dumps(document, indent=1) + "\n")
     if not args.json:
-        if device.type == "cuda":
-            name = torch.cuda.get_device_name(device)
-        else:
-            name = f"CPU, {torch.get_num_threads()} threads"
-        print(f"device: {device} ({name}); torch {torch.__version__}; median of {repeats} interleaved rounds")
+        print(f"device: {device} ({machine['device_name']}, {machine['threads']} threads); torch "
+              f"{torch.__version__}; {machine['date']}; median of {repeats} interleaved rounds")
         print(format_table(rows))
     return 0
 

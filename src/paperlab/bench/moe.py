@@ -1,7 +1,8 @@
 """MoE dispatch + combine (NLLB / GShard top-2 routing): PyTorch reference vs kernels vs the per-token loop.
 
-Shape (the issue's): 8192 tokens, d 512, 8 experts, top-2, capacity factor 1.25, so
-``C = ceil(1.25 * 2 * 8192 / 8) = 2560`` slots per expert; fp32 (``--quick``: 1024 tokens, d 128). Routing
+Shapes: 8192 tokens, d 512, 8 experts, top-2, capacity factor 1.25, so
+``C = ceil(1.25 * 2 * 8192 / 8) = 2560`` slots per expert; fp32 (``--quick``: 1024 tokens, d 128); on CUDA
+also 65536 tokens, d 1024 (256 MiB of tokens, 640 MiB of expert buffers: far past the L2 cache). Routing
 is the top-2 of random logits (about uniform load, so few tokens are dropped), and the expert is the
 identity, so that the rows measure only the data movement: ``y = combine(dispatch(x))``.
 
@@ -13,11 +14,12 @@ Memory bound (see :mod:`paperlab_kernels.moe`), so rows report effective bandwid
 * backward: combine's backward writes ``E C`` gradient rows from ``n_kept`` rows of ``dL/dy`` and reads
   ``2 n_kept`` rows for the gate gradients; dispatch's backward reads ``n_kept`` rows, writes ``T``.
 
-On CUDA (``--device cuda``) the kernel rows are Triton's; at this size a call there takes well under a
-millisecond and is bound by kernel launches and the one validation sync per call, not by bandwidth.
+Flops: the gate's multiply-add in combine, ``2 n_kept d`` forward; ``6 n_kept d`` forward + backward.
+No call synchronises the GPU (the routing's value checks run on CPU tensors or in debug mode).
 
 The naive per-token loop (:func:`paperlab_kernels.moe.dispatch_combine_loop`) runs Python per token, so it
-is timed with 3 repeats only (its row says so); its speedup column shows how much slower it is.
+is timed with 3 repeats only (its row says so), at the CPU shapes only; its speedup column shows how much
+slower it is.
 """
 
 from __future__ import annotations
@@ -28,13 +30,15 @@ from paperlab.bench import Context, Row, register
 from paperlab_kernels import moe as kernels
 
 
-def _case(ctx: Context) -> tuple[int, int, int, int, float]:
-    return (1024, 128, 8, 2, 1.25) if ctx.quick else (8192, 512, 8, 2, 1.25)
+def _cases(ctx: Context) -> list[tuple[int, int, int, int, float]]:
+    if ctx.quick:
+        return [(1024, 128, 8, 2, 1.25)]
+    cases = [(8192, 512, 8, 2, 1.25)]
+    return cases + [(65536, 1024, 8, 2, 1.25)] if ctx.gpu else cases
 
 
-@register("moe", "MoE dispatch + combine (top-2, capacity 1.25): reference vs Numba / Triton vs token loop")
-def bench_moe(ctx: Context) -> list[Row]:
-    n_tokens, d, n_experts, k, factor = _case(ctx)
+def _bench_case(ctx: Context, n_tokens: int, d: int, n_experts: int, k: int, factor: float,
+                with_loop: bool) -> list[Row]:
     capacity = kernels.capacity_for(n_tokens, n_experts, k, factor)
     dev = ctx.device
     g = torch.Generator(device=dev).manual_seed(0)
@@ -68,16 +72,22 @@ def bench_moe(ctx: Context) -> list[Row]:
 
     impls = ctx.impls
     times = ctx.time({impl: (lambda impl=impl: forward(impl)) for impl in impls})
-    loop_times = ctx.time({"loop": loop}, repeats=3, warmup=1, min_sample_s=0.0)
-    rows = ctx.rows("moe", "dispatch+combine", shape, times, bytes_moved=fwd_bytes)
-    loop_row = ctx.rows(
-        "moe",
-        "dispatch+combine (loop: 3 repeats)",
-        shape,
-        {"reference": times["reference"], **loop_times},
-        bytes_moved=fwd_bytes,
-    )[1]
-    rows.append(loop_row)
+    rows = ctx.rows("moe", "dispatch+combine", shape, times, bytes_moved=fwd_bytes, flops=2.0 * n_kept * d)
+    if with_loop:
+        loop_times = ctx.time({"loop": loop}, repeats=3, warmup=1, min_sample_s=0.0)
+        loop_row = ctx.rows("moe", "dispatch+combine (loop: 3 repeats)", shape,
+                            {"reference": times["reference"], **loop_times}, bytes_moved=fwd_bytes,
+                            flops=2.0 * n_kept * d)[1]
+        rows.append(loop_row)
     times = ctx.time({impl: (lambda impl=impl: fwd_bwd(impl)) for impl in impls})
-    rows += ctx.rows("moe", "dispatch+combine fwd+bwd", shape, times, bytes_moved=fwd_bytes + bwd_bytes)
+    rows += ctx.rows("moe", "dispatch+combine fwd+bwd", shape, times, bytes_moved=fwd_bytes + bwd_bytes,
+                     flops=6.0 * n_kept * d)
+    return rows
+
+
+@register("moe", "MoE dispatch + combine (top-2, capacity 1.25): reference vs Numba / Triton vs token loop")
+def bench_moe(ctx: Context) -> list[Row]:
+    rows = []
+    for i, case in enumerate(_cases(ctx)):
+        rows += _bench_case(ctx, *case, with_loop=i == 0)
     return rows

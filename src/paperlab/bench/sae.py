@@ -1,13 +1,15 @@
 """TopK SAE sparse decoder: forward + backward (w.r.t. values and weight), dense reference vs kernels.
 
-Shapes (the issue's): batch 1024 tokens, n_latents 32768, d 512, k 32, fp32 (``--quick``: 256, 4096, 256,
-16); also the chapter's training size (256, 1024, 64, 8) to show whether the kernel pays off there.
+Shapes: batch 1024 tokens, n_latents 32768, d 512, k 32, fp32 (``--quick``: 256, 4096, 256, 16); the
+chapter's training size (256, 1024, 64, 8) to show whether the kernel pays off there; on CUDA also
+4096 tokens, 65536 latents, d 1024, k 32 (a 256 MiB decoder, past the L2 cache).
 
 Memory bound (see :mod:`paperlab_kernels.sae`), so rows report effective bandwidth from the ideal
 traffic of the sparse algorithm: values and indices (``batch k`` x 12 bytes), the ``batch k`` decoder rows
 read twice (forward and ``dv``), the output and its gradient (``2 batch d``), and the dense ``dW`` written
-once (``n_latents d``); 4 bytes per float. The dense reference's rate on the same byte count shows how
-much work it wastes. A small shape that fits in cache can beat the copy "limit".
+once (``n_latents d``); 4 bytes per float. Flops: ``2 batch k d`` for each of the forward pass, ``dv`` and
+``dW`` (the dense reference does ``n_latents / k`` times more, mostly multiplications by zero). A small
+shape that fits in cache can beat the copy "limit".
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from paperlab_kernels import sae as kernels
 def _cases(ctx: Context) -> list[tuple[int, int, int, int]]:
     if ctx.quick:
         return [(256, 4096, 256, 16), (256, 1024, 64, 8)]
-    return [(1024, 32768, 512, 32), (256, 1024, 64, 8)]
+    cases = [(1024, 32768, 512, 32), (256, 1024, 64, 8)]
+    return cases + [(4096, 65536, 1024, 32)] if ctx.gpu else cases
 
 
 def _bytes(batch: int, n_latents: int, d: int, k: int) -> float:
@@ -43,7 +46,8 @@ def _bench_case(ctx: Context, batch: int, n_latents: int, d: int, k: int) -> lis
 
     times = ctx.time({impl: (lambda impl=impl: fwd_bwd(impl)) for impl in ctx.impls})
     shape = f"b{batch} n{n_latents} d{d} k{k} fp32"
-    return ctx.rows("sae", "decode fwd+bwd", shape, times, bytes_moved=_bytes(batch, n_latents, d, k))
+    return ctx.rows("sae", "decode fwd+bwd", shape, times, bytes_moved=_bytes(batch, n_latents, d, k),
+                    flops=6.0 * batch * k * d)
 
 
 @register("sae", "TopK SAE sparse decoder (forward + backward): dense reference vs Numba / Triton")
