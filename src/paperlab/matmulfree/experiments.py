@@ -224,8 +224,11 @@ def run(config: MatMulFreeExperimentConfig, device=None) -> dict:
 
     The learning-rate sweep comes first, at ``sweep_d_model``; every other run of a family then uses the
     sweep's best learning rate for it (the fp variant and ternary attention take the MatMul-free LM's), so
-    the size comparison is not decided by a learning rate that suits one family only.
+    the size comparison is not decided by a learning rate that suits one family only. Every model trains on
+    ``device`` (checked before any work); the add-only inference check measures CPU time and memory, so it
+    runs on the CPU.
     """
+    device = auto_device(device)
     sweep = [_summary(r, train_run(r, device)) for kind in ("transformer", "matmulfree")
              for r in [config.run_config(kind, config.sweep_d_model, lr) for lr in config.sweep_lrs]]
     best_lr = {kind: min((r for r in sweep if r["kind"] == kind), key=lambda r: r["final_val_loss"])["lr"]

@@ -27,7 +27,7 @@ from paperlab.config import check_ints, check_numbers, check_that, check_type
 from paperlab.experiments import Experiment
 from paperlab.nllb.data import FAMILIES, HIGH, HUB, LANGUAGES, LOW, ZERO_SHOT, WorldConfig, make_world
 from paperlab.nllb.train import NLLB_TRAIN, RunConfig, prefetch, run_cached, score
-from paperlab.train import TrainConfig
+from paperlab.train import TrainConfig, auto_device
 
 __all__ = [
     "NLLBExperimentConfig",
@@ -298,8 +298,9 @@ def zero_shot(config: NLLBExperimentConfig) -> dict:
 
 
 def run(config: NLLBExperimentConfig, device: str | None = None) -> dict:
-    """Every experiment of the chapter (trained on ``device``, default the CPU); JSON-able results."""
-    prefetch_all(config, device or "cpu")
+    """Every experiment of the chapter (trained on ``device``, default the CPU, checked before any work);
+    JSON-able results."""
+    prefetch_all(config, auto_device(device or "cpu"))
     return {
         "transfer": transfer(config),
         "dense_vs_moe": dense_vs_moe(config),

@@ -29,7 +29,7 @@ from paperlab.experiments import Experiment
 from paperlab.sae.data import LMDataConfig, SyntheticConfig, lm_activations, make_synthetic
 from paperlab.sae.metrics import binary_entropy, downstream_loss, nmse, probe_loss
 from paperlab.sae.train import SAE_TRAIN, RunConfig, evaluate, load_sae, run_cached
-from paperlab.train import TrainConfig
+from paperlab.train import TrainConfig, auto_device
 from paperlab.utils import cpu_threads
 
 __all__ = ["SAEExperimentConfig", "CONFIGS", "frontier", "scaling", "fit_scaling_law", "scaling_law",
@@ -96,18 +96,18 @@ def _run(config: SAEExperimentConfig, steps: int | None = None, **overrides) -> 
     return dataclasses.replace(base, **overrides)
 
 
-def _summary(run: RunConfig) -> dict:
-    record = run_cached(run)["record"]
+def _summary(run: RunConfig, device=None) -> dict:
+    record = run_cached(run, device)["record"]
     return {"n_latents": run.n_latents, "k": run.k, "l1_coefficient": run.l1_coefficient, **record["final"],
             "feature_recovery": record.get("feature_recovery")}
 
 
 # ------------------------------------------------------------------------------------- 1. frontier
 @cpu_threads(1)
-def frontier(config: SAEExperimentConfig) -> dict:
+def frontier(config: SAEExperimentConfig, device=None) -> dict:
     """NMSE vs L0 at ``frontier_size`` latents: TopK at several k, ReLU+L1 at several coefficients."""
-    topk = [_summary(_run(config, n_latents=config.frontier_size, k=k)) for k in config.frontier_ks]
-    relu = [_summary(_run(config, kind="relu", n_latents=config.frontier_size, l1_coefficient=c))
+    topk = [_summary(_run(config, n_latents=config.frontier_size, k=k), device) for k in config.frontier_ks]
+    relu = [_summary(_run(config, kind="relu", n_latents=config.frontier_size, l1_coefficient=c), device)
             for c in config.l1_coefficients]
     return {"topk": topk, "relu": relu}
 
@@ -130,9 +130,9 @@ def below_frontier(topk: list[dict], relu: list[dict]) -> list[bool]:
 
 # -------------------------------------------------------------------------------- 2. scaling law
 @cpu_threads(1)
-def scaling(config: SAEExperimentConfig) -> dict:
+def scaling(config: SAEExperimentConfig, device=None) -> dict:
     """Final NMSE for every (n_latents, k) of the grid, and the fitted L(n, k)."""
-    points = [_summary(_run(config, n_latents=n, k=k)) for k in config.ks for n in config.sizes]
+    points = [_summary(_run(config, n_latents=n, k=k), device) for k in config.ks for n in config.sizes]
     return {"points": points, "fit": fit_scaling_law(points)}
 
 
@@ -189,13 +189,13 @@ MITIGATIONS = {"none": dict(tied_init=False, k_aux=0), "tied init": dict(tied_in
 
 
 @cpu_threads(1)
-def dead_latents(config: SAEExperimentConfig) -> dict:
+def dead_latents(config: SAEExperimentConfig, device=None) -> dict:
     """Dead fraction over training at the largest size, with and without the two mitigations."""
     n, k = max(config.sizes), config.recovery_k
     out = {}
     for name, overrides in MITIGATIONS.items():
         run = _run(config, n_latents=n, k=k, **overrides)
-        record = run_cached(run)["record"]
+        record = run_cached(run, device)["record"]
         steps = [e["step"] for e in record["history"]["evals"]]
         out[name] = {"tokens": [s * config.train.batch_size for s in steps],
                      "dead_fraction": [e["dead_fraction"] for e in record["history"]["evals"]],
@@ -205,23 +205,25 @@ def dead_latents(config: SAEExperimentConfig) -> dict:
 
 # ---------------------------------------------------------------------------- 4. feature recovery
 @cpu_threads(1)
-def recovery(config: SAEExperimentConfig) -> dict:
+def recovery(config: SAEExperimentConfig, device=None) -> dict:
     """Mean best cosine between true features and decoder directions, against n_latents."""
-    topk = [_summary(_run(config, n_latents=n, k=config.recovery_k)) for n in config.sizes]
-    relu = [_summary(_run(config, kind="relu", n_latents=n, l1_coefficient=config.recovery_l1))
+    topk = [_summary(_run(config, n_latents=n, k=config.recovery_k), device) for n in config.sizes]
+    relu = [_summary(_run(config, kind="relu", n_latents=n, l1_coefficient=config.recovery_l1), device)
             for n in config.sizes]
     return {"n_features": config.synthetic.n_features, "topk": topk, "relu": relu}
 
 
 # ----------------------------------------------------------------------------------- 5. Multi-TopK
 @cpu_threads(1)
-def multi_topk(config: SAEExperimentConfig) -> dict:
+def multi_topk(config: SAEExperimentConfig, device=None) -> dict:
     """NMSE against the k used at test time, for a TopK and a Multi-TopK SAE trained at ``multi_k``."""
+    dev = auto_device(device)
     synthetic = make_synthetic(config.synthetic)
-    x = synthetic.sample(4096, torch.Generator().manual_seed(10_000 + config.synthetic.seed))
+    x = synthetic.sample(4096, torch.Generator().manual_seed(10_000 + config.synthetic.seed)).to(dev)
     out = {"train_k": config.multi_k, "test_ks": list(config.test_ks)}
     for name, multi in (("TopK", False), ("Multi-TopK", True)):
-        sae, _ = load_sae(_run(config, n_latents=config.frontier_size, k=config.multi_k, multi_topk=multi))
+        run = _run(config, n_latents=config.frontier_size, k=config.multi_k, multi_topk=multi)
+        sae = load_sae(run, dev)[0].to(dev)
         with torch.no_grad():
             out[name] = [float(nmse(sae(x, k), x)) for k in config.test_ks]
     return out
@@ -234,11 +236,12 @@ def _lm_runs(config: SAEExperimentConfig) -> list[RunConfig]:
 
 
 @cpu_threads(1)
-def downstream(config: SAEExperimentConfig) -> dict:
+def downstream(config: SAEExperimentConfig, device=None) -> dict:
     """Next-token loss with the layer's residual stream replaced by each SAE's reconstruction."""
-    model, _, _ = toolkit.load_trained(toolkit.EXPERIMENT.config(config.lm.toolkit_profile), device="cpu")
+    dev = auto_device(device)
+    model, _, _ = toolkit.load_trained(toolkit.EXPERIMENT.config(config.lm.toolkit_profile), device=dev)
     data = lm_activations(config.lm)
-    idx, targets = data["val"]["idx"], data["val"]["targets"]
+    idx, targets = data["val"]["idx"].to(dev), data["val"]["targets"].to(dev)
     with torch.no_grad():
         _, hidden = model(idx, return_hidden=True)
     mean = hidden[config.lm.layer].reshape(-1, hidden[0].shape[-1]).mean(0)
@@ -247,34 +250,40 @@ def downstream(config: SAEExperimentConfig) -> dict:
            "mean_ablation": downstream_loss(model, None, layer, idx, targets, mode="mean", mean=mean),
            "saes": []}
     for run in _lm_runs(config):
-        sae, record = load_sae(run)
+        sae, record = load_sae(run, dev)
         out["saes"].append({"k": run.k, "n_latents": run.n_latents, "nmse": record["final"]["nmse"],
-                            "loss": downstream_loss(model, sae, layer, idx, targets)})
+                            "loss": downstream_loss(model, sae.to(dev), layer, idx, targets)})
     return out
 
 
 @cpu_threads(1)
-def probe(config: SAEExperimentConfig) -> dict:
+def probe(config: SAEExperimentConfig, device=None) -> dict:
     """Best 1-D probe loss for "the token is a plural noun", on SAE latents and on raw dimensions."""
+    dev = auto_device(device)
     data = lm_activations(config.lm)["val"]
     x, labels = data["activations"], data["labels"]
     out = {"prior_entropy": binary_entropy(labels), "positive_fraction": float(labels.float().mean()),
            "raw_dimensions": probe_loss(x, labels)[0], "saes": []}
     for run in _lm_runs(config):
-        sae, _ = load_sae(run)
+        sae, _ = load_sae(run, dev)
         with torch.no_grad():
-            z = sae.encode(x)
+            z = sae.to(dev).encode(x.to(dev)).cpu()  # the SAE on the device; the 1-D probes on the CPU
         loss, latent = probe_loss(z, labels)
         out["saes"].append({"k": run.k, "n_latents": run.n_latents, "probe_loss": loss, "latent": latent})
     return out
 
 
 def run(config: SAEExperimentConfig, device: str | None = None) -> dict:
-    """Every experiment of the chapter (SAE runs on the CPU: they are tiny); JSON-able results."""
-    return {"frontier": frontier(config), "scaling": scaling(config), "dead_latents": dead_latents(config),
-            "recovery": recovery(config), "multi_topk": multi_topk(config), "downstream": downstream(config),
-            "probe": probe(config), "lm_final": [evaluate(load_sae(r)[0], lm_activations(config.lm)["val"][
-                "activations"]) for r in _lm_runs(config)]}
+    """Every experiment of the chapter on ``device`` (default: CUDA if available; checked before any
+    work): SAE training (the sparse decoder is the Triton kernel on a GPU, Numba on the CPU), the LM
+    metrics and Multi-TopK. JSON-able results. The SAE runs are cached by their config, whichever device
+    trained them."""
+    dev = auto_device(device)
+    return {"frontier": frontier(config, dev), "scaling": scaling(config, dev),
+            "dead_latents": dead_latents(config, dev), "recovery": recovery(config, dev),
+            "multi_topk": multi_topk(config, dev), "downstream": downstream(config, dev),
+            "probe": probe(config, dev), "lm_final": [evaluate(load_sae(r, dev)[0], lm_activations(config.lm)[
+                "val"]["activations"]) for r in _lm_runs(config)]}
 
 
 EXPERIMENT = Experiment(name="sae", chapter="book/04-sae.md", configs=CONFIGS, run=run)

@@ -36,10 +36,6 @@ from paperlab_kernels.sae import sparse_decode
 __all__ = ["SparseAutoencoder", "TopKSAE", "ReLUSAE", "SAEAdam", "geometric_median",
            "project_decoder_grad_", "normalise_decoder_"]
 
-SPARSE_CUDA_MIN_LATENTS = 8192
-"""With ``decoder_impl="auto"`` on CUDA, below this many latents the dense decoder is used: on an H200 the
-Triton kernel was 3x faster than dense at 32768 latents but 2x slower at 1024 (launch and sort overhead);
-on the CPU the Numba kernel was faster at every size we measured (``python -m paperlab.bench sae``)."""
 
 FIRE_THRESHOLD = 1e-3
 """A latent "fires" on a token when its activation exceeds this (the reference code's threshold)."""
@@ -186,9 +182,10 @@ class TopKSAE(SparseAutoencoder):
         return torch.relu(top.values), top.indices
 
     def _impl(self, values: torch.Tensor) -> str:
-        small = self.n_latents < SPARSE_CUDA_MIN_LATENTS
-        if self.decoder_impl == "auto" and values.device.type == "cuda" and small:
-            return "reference"
+        """The sparse decoder's implementation: with ``"auto"``, Triton on CUDA and Numba on the CPU, at
+        every size (whether Triton beats the dense decoder on a small SAE is for
+        ``python -m paperlab.bench sae --device cuda`` to say; before its kernels stopped synchronising
+        the GPU it was 2x slower at 1024 latents on an H200)."""
         return self.decoder_impl
 
     def decode_sparse(self, values: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,7 @@ from paperlab.config import check_choice, check_flags, check_ints, check_numbers
 from paperlab.sae.data import LMDataConfig, SyntheticConfig, lm_activations, make_synthetic
 from paperlab.sae.metrics import feature_recovery, l0, nmse
 from paperlab.sae.model import ReLUSAE, SparseAutoencoder, TopKSAE
-from paperlab.train import TrainConfig, seeded_batches, train
+from paperlab.train import TrainConfig, auto_device, seeded_batches, train
 from paperlab.utils import cpu_threads
 
 __all__ = ["RunConfig", "SAE_TRAIN", "build_sae", "train_sae", "run_cached", "load_sae"]
@@ -119,8 +119,9 @@ def evaluate(sae: SparseAutoencoder, x: torch.Tensor, k: int | None = None) -> d
 
 
 def train_sae(run: RunConfig, device: str | torch.device | None = "cpu") -> tuple[SparseAutoencoder, dict]:
-    """Train the SAE of ``run``; returns it (on the CPU, eval mode) and a JSON-able record."""
-    with cpu_threads(1, device=device or "cpu"):  # tiny models: one thread is faster than two busy cores
+    """Train the SAE of ``run`` on ``device``; returns it (on the CPU, eval mode) and a JSON-able record."""
+    device = auto_device(device)
+    with cpu_threads(1, device=device):  # tiny models: one thread is faster than two busy cores
         return _train_sae(run, device)
 
 
@@ -131,7 +132,7 @@ def _train_sae(run: RunConfig, device) -> tuple[SparseAutoencoder, dict]:
     sae = build_sae(run)
     sae.init_b_pre(_b_pre_sample(get_batch, run.train.batch_size))
     optimizer = SAEAdam(sae, lr=run.scaled_lr)
-    val_eval = val[:2048]
+    val_eval = val[:2048].to(device)  # evaluated where the model trains
 
     def eval_fn(model):
         return evaluate(model, val_eval)
@@ -155,20 +156,21 @@ def _b_pre_sample(get_batch, batch_size: int, n: int = 1024) -> torch.Tensor:
     return torch.cat([get_batch(step)[0] for step in steps])[:n]
 
 
-def run_cached(run: RunConfig) -> dict:
-    """``{"state_dict": ..., "record": ...}`` for ``run``, from the artifact cache (trained if missing)."""
+def run_cached(run: RunConfig, device: str | torch.device | None = "cpu") -> dict:
+    """``{"state_dict": ..., "record": ...}`` for ``run``, from the artifact cache (trained on ``device``
+    if missing)."""
 
     def compute():
-        sae, record = train_sae(run)
+        sae, record = train_sae(run, device)
         return {"state_dict": {k: v.detach().clone() for k, v in sae.state_dict().items()}, "record": record}
 
     return cache.cached("sae-run", run, compute, seed=run.train.seed,
                         check=cache.has_keys("state_dict", "record"))
 
 
-def load_sae(run: RunConfig) -> tuple[SparseAutoencoder, dict]:
-    """The trained SAE of ``run`` (eval mode, CPU) and its record."""
-    artifact = run_cached(run)
+def load_sae(run: RunConfig, device: str | torch.device | None = "cpu") -> tuple[SparseAutoencoder, dict]:
+    """The trained SAE of ``run`` (eval mode, CPU; trained on ``device`` if not cached) and its record."""
+    artifact = run_cached(run, device)
     sae = build_sae(run)
     sae.load_state_dict(artifact["state_dict"])
     return sae.eval(), artifact["record"]

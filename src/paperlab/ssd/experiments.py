@@ -326,7 +326,10 @@ def mqar_sweep(config: MQARConfig, device: str | torch.device | None = None,
 
 # ------------------------------------------------------------------------------------------ the run
 def run(config: SSDConfig, device: str | torch.device | None = None) -> dict:
-    """Everything the chapter reports, as JSON-able results."""
+    """Everything the chapter reports, as JSON-able results. The MQAR models train on ``device`` (checked
+    before any work); the equivalence checks and the cost sweep time the CPU algorithms and kernels, so
+    they run on the CPU whatever the device."""
+    device = auto_device(device)
     return {
         "equivalence": {"float64": equivalence(torch.float64), "float32": equivalence(torch.float32)},
         "cost": cost_sweep(config.cost),
