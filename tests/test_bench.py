@@ -110,3 +110,55 @@ def test_command_line_entry_point():
     proc = subprocess.run([sys.executable, "-m", "paperlab.bench", "nope"], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 2 and "valid names: " in proc.stderr and "rmsnorm" in proc.stderr
+
+
+# ---------------------------------------------------------------- the appendix's results (bench.results)
+def _fake_run(kernel_ms: float, baseline_ms: float, device_name: str = "test CPU", quick: bool = False):
+    """A results document with one ternary batch-1 pair, timing rounds scattered around the medians."""
+    shape = "1024x1024 batch 1" if quick else "4096x4096 batch 1"
+    rng = [1.0, 0.97, 1.03, 0.99, 1.02, 1.01, 0.98, 1.0, 1.01, 0.99]
+    rows = [{"bench": "matmulfree", "op": "ternary linear", "shape": shape, "impl": impl, "ms": ms,
+             "samples": [ms * r for r in rng], "bytes": 1e6, "flops": 1e6}
+            for impl, ms in (("torch", baseline_ms), ("numba", kernel_ms))]
+    rows.append({"bench": "machine", "op": "copy", "shape": "", "impl": "memcpy", "gbps": 10.0})
+    return {"machine": {"device_name": device_name, "quick": quick}, "rows": rows}
+
+
+def test_speed_targets_are_judged_on_paired_timing_rounds():
+    from paperlab.bench import results as R
+
+    target = R.SPEED_TARGETS[0]  # ternary batch 1 >= 6x on the CPU
+    assert target.claim.smallest_effect == 6.0 and target.device == "cpu"
+    held = R.speed_rows(_fake_run(kernel_ms=1.0, baseline_ms=9.0), None)[0]
+    not_held = R.speed_rows(_fake_run(kernel_ms=1.0, baseline_ms=3.0), None)[0]
+    unclear = R.speed_rows(_fake_run(kernel_ms=1.0, baseline_ms=6.0), None)[0]
+    assert (held.verdict, not_held.verdict, unclear.verdict) == ("held", "not held", "inconclusive")
+    assert held.estimate.value == pytest.approx(9.0) and "timing rounds" in held.estimate.method
+    quick = R.speed_rows(_fake_run(kernel_ms=1.0, baseline_ms=9.0, quick=True), None)[0]
+    assert "1024x1024" in quick.setting  # the fast profile's stand-in shape is named in the row
+
+
+def test_gpu_targets_are_not_testable_without_a_results_file(tmp_path):
+    from paperlab.bench import results as R
+
+    rows = R.speed_rows(_fake_run(1.0, 9.0), R.load_gpu(tmp_path / "none.json"))
+    gpu = [row for row, target in zip(rows, R.SPEED_TARGETS) if target.device == "cuda"]
+    assert gpu and all(row.verdict == "not testable here" for row in gpu)
+    assert "gpu-check.sh" in gpu[0].notes[0]
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    with pytest.raises(ValueError, match="not a benchmark results file"):
+        R.load_gpu(bad)
+
+
+def test_the_catalogue_names_real_kernels_and_benchmarks():
+    import importlib
+
+    from paperlab.bench import results as R
+
+    names = registry()
+    for kernel in R.KERNELS:
+        module = importlib.import_module("paperlab_kernels." + kernel.name.split(".")[0])
+        for function in kernel.name.split(".", 1)[1].split(" / "):
+            assert callable(getattr(module, function.split(".")[-1]))
+        assert kernel.bench in names

@@ -176,6 +176,17 @@ def check_vector(name: str, t: torch.Tensor, length: int, length_desc: str) -> N
         raise ValueError(f"{name} must be 1-D of length {length_desc} = {length}, got shape {tuple(t.shape)}")
 
 
+PARALLEL_MIN_WORK = 1 << 22
+"""Below about this many elementary operations a Numba kernel runs on one thread: waking the other
+threads costs tens of microseconds (far more when the cores are shared with other processes, since every
+thread must get a core before the parallel region ends), more than a small call's whole work."""
+
+
+def numba_parallel(work: float) -> bool:
+    """Whether a Numba kernel with ``work`` elementary operations should use its parallel build."""
+    return HAS_NUMBA and work >= PARALLEL_MIN_WORK and numba.get_num_threads() > 1
+
+
 def cpu_numpy(t: torch.Tensor, dtype: torch.dtype):
     """A contiguous NumPy view of ``t`` (detached, on CPU) in ``dtype``; copies only when needed."""
     return t.detach().to(device="cpu", dtype=dtype).contiguous().numpy()

@@ -66,6 +66,7 @@ from ._dispatch import (
     check_same_device,
     check_vector,
     cpu_numpy,
+    numba_parallel,
     require_numba,
     require_triton,
     select_impl,
@@ -175,8 +176,7 @@ if HAS_NUMBA:
     # Allow re-association (only): LLVM may then vectorise the row sums, as the GPU reduction tree does.
     _FASTMATH = {"reassoc"}
 
-    @njit(parallel=True, cache=True, fastmath=_FASTMATH)
-    def _forward_numba_kernel(x, w, has_weight, eps, mode, y, q, scale, rstd):  # pragma: no cover - jitted
+    def _forward_kernel(x, w, has_weight, eps, mode, y, q, scale, rstd):  # pragma: no cover - jitted
         """One row per prange iteration. x: (n, d) float32 -> y (modes 0, 2) or q, scale (mode 1), rstd."""
         n, d = x.shape
         inv_d = np.float32(1.0 / d)
@@ -213,6 +213,9 @@ if HAS_NUMBA:
                         q[i, j] = np.int8(qv)
                     else:
                         y[i, j] = qv / s
+
+    _forward_numba_kernel = njit(parallel=True, cache=True, fastmath=_FASTMATH)(_forward_kernel)
+    _forward_numba_kernel_serial = njit(cache=True, fastmath=_FASTMATH)(_forward_kernel)  # small inputs
 
     @njit(parallel=True, cache=True, fastmath=_FASTMATH)
     def _backward_numba_kernel(dy, x, w, has_weight, rstd, dx, dw_partial):  # pragma: no cover - jitted
@@ -254,7 +257,8 @@ def _numba_forward(x2: torch.Tensor, weight: torch.Tensor | None, eps: float, mo
     q = torch.empty((n, d), dtype=torch.int8) if mode == _QUANT else None
     scale = torch.empty(n, dtype=torch.float32) if mode == _QUANT else None
     if n > 0:
-        _forward_numba_kernel(
+        kernel = _forward_numba_kernel if numba_parallel(8 * n * d) else _forward_numba_kernel_serial
+        kernel(
             xn, wn, weight is not None, np.float32(eps), mode,
             y.numpy() if y is not None else _EMPTY_F32_2D,
             q.numpy() if q is not None else _EMPTY_I8_2D,

@@ -70,6 +70,7 @@ from ._dispatch import (
     HAS_NUMBA,
     HAS_TRITON,
     cpu_numpy,
+    numba_parallel,
     require_numba,
     require_triton,
     select_impl,
@@ -250,13 +251,13 @@ if HAS_NUMBA:
     LOW_BITS = np.uint64(0x5555555555555555)
     """The low bit of every 2-bit code in a 64-bit word."""
 
-    @njit(parallel=True, cache=True)
+    @njit(cache=True)
     def _bitplanes_numba_kernel(x, kp, out):  # pragma: no cover - jitted
         """x: (m, k) int8 -> out: (m, 8, n_words) uint64, zeroed by the caller. Bit ``8 j + 2 p`` of word
         ``w`` of plane ``t`` is bit ``t`` (two's complement) of activation ``8 w + j + p kp``: the position
         of the low code bit of that weight in the packed row read as 64-bit words."""
         m, k = x.shape
-        for r in prange(m):
+        for r in range(m):  # 8 k bit operations per row: one thread (the product is the work)
             for col in range(k):
                 p = col // kp
                 byte = col - p * kp
@@ -266,8 +267,7 @@ if HAS_NUMBA:
                 for t in range(8):
                     out[r, t, w] |= np.uint64((v >> t) & 1) << shift
 
-    @njit(parallel=True, cache=True)
-    def _popcount_numba_kernel(xbits, words, out):  # pragma: no cover - jitted
+    def _popcount_kernel(xbits, words, out):  # pragma: no cover - jitted
         """xbits: (m, 8, n_words) uint64; words: (n, n_words) uint64, the packed rows -> out: (m, n) int32.
         One weight row per prange iteration. Per 64-bit word (32 weights): ``nz`` and ``neg`` from the
         code bits, then per bit-plane one XOR, AND and popcount, written out for the 8 planes so that the
@@ -297,6 +297,9 @@ if HAS_NUMBA:
                 out[r, i] = np.int32(n_minus + c0 + (c1 << 1) + (c2 << 2) + (c3 << 3) + (c4 << 4) + (c5 << 5)
                                      + (c6 << 6) - (c7 << 7))  # c_7 = -128: the two's-complement sign bit
 
+    _popcount_numba_kernel = njit(parallel=True, cache=True)(_popcount_kernel)
+    _popcount_numba_kernel_serial = njit(cache=True)(_popcount_kernel)  # small products: one thread
+
 
 def _packed_words(packed: torch.Tensor) -> np.ndarray:
     """The packed rows as uint64 words ``(n, ceil(kp / 8))``; rows are padded with zero bytes (a copy)
@@ -321,7 +324,8 @@ def ternary_matmul_int_numba(x_q: torch.Tensor, packed: torch.Tensor, k: int) ->
     words = _packed_words(packed)
     xbits = np.zeros((m, 8, words.shape[1]), dtype=np.uint64)
     _bitplanes_numba_kernel(cpu_numpy(x2, torch.int8), kp, xbits)
-    _popcount_numba_kernel(xbits, words, out.numpy())
+    parallel = numba_parallel(m * n * 4 * kp)
+    (_popcount_numba_kernel if parallel else _popcount_numba_kernel_serial)(xbits, words, out.numpy())
     return out.view(*lead, n)
 
 

@@ -63,8 +63,8 @@ import torch
 
 from paperlab_kernels._dispatch import available_impls
 
-__all__ = ["Benchmark", "Context", "Row", "register", "registry", "measure_machine", "machine_info",
-           "time_interleaved", "roofline"]
+__all__ = ["Benchmark", "Context", "Row", "Times", "register", "registry", "measure_machine",
+           "machine_info", "time_interleaved", "roofline"]
 
 
 @dataclass
@@ -84,6 +84,7 @@ class Row:
     flops: float | None = None  # arithmetic operations of one call
     bytes: float | None = None  # ideal memory traffic of one call
     bound: str | None = None  # "memory" or "compute": which roof the fraction is of
+    samples: list[float] | None = None  # ms per timed round (rounds are interleaved across impls)
 
     @property
     def intensity(self) -> float | None:
@@ -133,6 +134,15 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+class Times(dict):
+    """``{name: median ms}`` from :func:`time_interleaved`, with ``samples``: ``{name: [ms per round]}``.
+    Round ``r`` of every function ran back to back, so rounds pair up across functions."""
+
+    def __init__(self, medians: dict[str, float], samples: dict[str, list[float]]):
+        super().__init__(medians)
+        self.samples = samples
+
+
 def time_interleaved(
     fns: dict[str, Callable[[], object]],
     device: torch.device,
@@ -140,8 +150,9 @@ def time_interleaved(
     repeats: int = 20,
     warmup: int = 2,
     min_sample_s: float = 0.02,
-) -> dict[str, float]:
-    """Median milliseconds per call of each function, timed round-robin.
+) -> Times:
+    """Median milliseconds per call of each function, timed round-robin (a :class:`Times`: the per-round
+    samples come with it).
 
     After ``warmup`` untimed calls of each, every function gets an inner loop count such that one timed
     sample lasts about ``min_sample_s`` (so that fast GPU kernels are not lost in launch and timer noise);
@@ -170,7 +181,8 @@ def time_interleaved(
                 fn()
             _synchronize(device)
             samples[name].append((time.perf_counter() - t0) / n)
-    return {name: 1e3 * statistics.median(s) for name, s in samples.items()}
+    ms = {name: [1e3 * t for t in s] for name, s in samples.items()}
+    return Times({name: statistics.median(s) for name, s in ms.items()}, ms)
 
 
 def roofline(intensity: float, gbps: float, gflops: float) -> float:
@@ -218,8 +230,10 @@ class Context:
         the roofline at the call's intensity, ``max(GB/s / bandwidth, GFLOP/s / peak)`` (with only one of
         the two counts, of that one limit)."""
         out = []
+        samples = getattr(times, "samples", {})
         for impl, ms in times.items():
-            row = Row(bench, op, shape, impl, ms, device=str(self.device), flops=flops, bytes=bytes_moved)
+            row = Row(bench, op, shape, impl, ms, device=str(self.device), flops=flops, bytes=bytes_moved,
+                      samples=samples.get(impl))
             if baseline in times:
                 row.speedup = times[baseline] / ms
             fractions = {}

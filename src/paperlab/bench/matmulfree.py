@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from paperlab.bench import Context, Row, register
+from paperlab.bench import Context, Row, Times, register
 from paperlab_kernels import mlgru as mlgru_kernels
 from paperlab_kernels import ternary as T
 
@@ -38,7 +38,8 @@ def _ternary_rows(ctx: Context, n: int, k: int, m: int) -> list[Row]:
     for impl, ms in times.items():
         weight_bytes = 4 * n * k if impl == "torch" else packed.numel()
         activation_bytes = m * k * (4 if impl == "torch" else 1) + 4 * m * n
-        rows += ctx.rows("matmulfree", "ternary linear", shape, {impl: ms},
+        one = Times({impl: ms}, {impl: times.samples[impl]})
+        rows += ctx.rows("matmulfree", "ternary linear", shape, one,
                          bytes_moved=weight_bytes + activation_bytes, flops=2.0 * m * n * k)
     for row in rows:
         row.speedup = times["torch"] / row.ms

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import torch
 
-from paperlab.bench import Context, Row, register
+from paperlab.bench import Context, Row, Times, register
 from paperlab_kernels import moe as kernels
 
 
@@ -76,8 +76,8 @@ def _bench_case(ctx: Context, n_tokens: int, d: int, n_experts: int, k: int, fac
     if with_loop:
         loop_times = ctx.time({"loop": loop}, repeats=3, warmup=1, min_sample_s=0.0)
         loop_row = ctx.rows("moe", "dispatch+combine (loop: 3 repeats)", shape,
-                            {"reference": times["reference"], **loop_times}, bytes_moved=fwd_bytes,
-                            flops=2.0 * n_kept * d)[1]
+                            Times({"reference": times["reference"], **loop_times}, loop_times.samples),
+                            bytes_moved=fwd_bytes, flops=2.0 * n_kept * d)[1]
         rows.append(loop_row)
     times = ctx.time({impl: (lambda impl=impl: fwd_bwd(impl)) for impl in impls})
     rows += ctx.rows("moe", "dispatch+combine fwd+bwd", shape, times, bytes_moved=fwd_bytes + bwd_bytes,

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from paperlab.bench import Context, Row, register
+from paperlab.bench import Context, Row, Times, register
 from paperlab_kernels import ssd as kernels
 
 
@@ -51,10 +51,10 @@ def _bench_case(ctx: Context, batch: int, seqlen: int, nheads: int) -> list[Row]
         times = ctx.time(fns)
     flops = kernels.chunked_flops(batch, seqlen, nheads, headdim, 1, d_state, chunk)
     io_bytes = 4.0 * batch * seqlen * (2 * nheads * headdim + nheads + 2 * d_state)
-    chunked_times = {k: v for k, v in times.items() if k != "scan-numba"}
+    chunked_times = Times({k: v for k, v in times.items() if k != "scan-numba"}, times.samples)
     rows = ctx.rows("ssd", "chunked fwd", shape, chunked_times, flops=flops, bytes_moved=io_bytes)
     if "scan-numba" in times:
-        pair = {"reference": times["reference"], "scan-numba": times["scan-numba"]}
+        pair = Times({"reference": times["reference"], "scan-numba": times["scan-numba"]}, times.samples)
         scan = ctx.rows("ssd", "scan fwd", shape, pair, bytes_moved=io_bytes,
                         flops=kernels.scan_flops(batch, seqlen, nheads, headdim, d_state))
         rows.append(scan[1])
