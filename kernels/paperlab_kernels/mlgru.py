@@ -22,8 +22,9 @@ kernels inside a ``torch.autograd.Function``; the backward reads the saved ``h``
 
 What bounds the speed: **memory traffic**. Per element the forward reads ``f`` and ``c`` and writes ``h``
 (3 flops against 12 bytes in float32); the backward reads ``f, c, h, g`` and writes two gradients. The
-sequential dependence is only along ``seq``; the ``batch * d`` channels run in parallel (prange rows on the
-CPU, one program per block of channels on the GPU), each walking its sequence once.
+sequential dependence is only along ``seq``; the ``batch * d`` channels run in parallel (prange jobs of channel blocks on the
+CPU and one program per block of channels on the GPU, in the (batch, seq, d) layout as given), each
+walking its sequence once.
 """
 
 from __future__ import annotations
@@ -72,59 +73,65 @@ def mlgru_scan_reference(f: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
 
 
 # ======================================================================================= numba
+NUMBA_BLOCK = 256
+"""Channels per prange job of the Numba kernels: each job walks the sequence for one block of channels."""
+
 if HAS_NUMBA:
     from numba import njit, prange
 
     @njit(parallel=True, cache=True)
-    def _forward_numba_kernel(f, c, h):  # pragma: no cover - jitted
-        """f, c, h: (rows, seq) float32, one channel per row (rows = batch * d, time contiguous)."""
-        rows, seq = f.shape
-        for i in prange(rows):
-            state = np.float32(0.0)
+    def _forward_numba_kernel(f, c, h, block):  # pragma: no cover - jitted
+        """f, c, h: (batch, seq, d) float32, channels last. One (batch, block of channels) per prange job,
+        walking t = 0..seq-1 with the block's states in a small array; the loop over channels is
+        contiguous, so it vectorises, and nothing is transposed."""
+        batch, seq, d = f.shape
+        n_blocks = (d + block - 1) // block
+        for job in prange(batch * n_blocks):
+            b = job // n_blocks
+            j0 = (job % n_blocks) * block
+            j1 = min(d, j0 + block)
+            state = np.zeros(j1 - j0, dtype=np.float32)
             for t in range(seq):
-                state = f[i, t] * state + (np.float32(1.0) - f[i, t]) * c[i, t]
-                h[i, t] = state
+                for j in range(j0, j1):
+                    s = f[b, t, j] * state[j - j0] + (np.float32(1.0) - f[b, t, j]) * c[b, t, j]
+                    state[j - j0] = s
+                    h[b, t, j] = s
 
     @njit(parallel=True, cache=True)
-    def _backward_numba_kernel(f, c, h, g, df, dc):  # pragma: no cover - jitted
-        rows, seq = f.shape
-        for i in prange(rows):
-            delta = np.float32(0.0)
+    def _backward_numba_kernel(f, c, h, g, df, dc, block):  # pragma: no cover - jitted
+        """The recurrence in reverse (see the module docstring), same layout and jobs as the forward."""
+        batch, seq, d = f.shape
+        n_blocks = (d + block - 1) // block
+        for job in prange(batch * n_blocks):
+            b = job // n_blocks
+            j0 = (job % n_blocks) * block
+            j1 = min(d, j0 + block)
+            delta = np.zeros(j1 - j0, dtype=np.float32)  # carries f_{t+1} * delta_{t+1}
             for t in range(seq - 1, -1, -1):
-                delta = g[i, t] + delta  # delta already carries f_{t+1} * delta_{t+1}
-                previous = h[i, t - 1] if t > 0 else np.float32(0.0)
-                df[i, t] = delta * (previous - c[i, t])
-                dc[i, t] = delta * (np.float32(1.0) - f[i, t])
-                delta = delta * f[i, t]
-
-
-def _channels_last_to_rows(t: torch.Tensor) -> torch.Tensor:
-    """(batch, seq, d) -> (batch * d, seq), contiguous: each row one channel's sequence."""
-    return t.transpose(1, 2).reshape(t.shape[0] * t.shape[2], t.shape[1]).contiguous()
-
-
-def _rows_to_channels_last(rows: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-    batch, seq, d = shape
-    return rows.view(batch, d, seq).transpose(1, 2)
+                for j in range(j0, j1):
+                    dl = g[b, t, j] + delta[j - j0]
+                    previous = h[b, t - 1, j] if t > 0 else np.float32(0.0)
+                    df[b, t, j] = dl * (previous - c[b, t, j])
+                    dc[b, t, j] = dl * (np.float32(1.0) - f[b, t, j])
+                    delta[j - j0] = dl * f[b, t, j]
 
 
 def _numba_forward(f, c):
-    shape = f.shape
-    fr, cr = _channels_last_to_rows(f.float()), _channels_last_to_rows(c.float())
-    hr = torch.empty_like(fr)
-    if fr.numel():
-        _forward_numba_kernel(fr.numpy(), cr.numpy(), hr.numpy())
-    return _rows_to_channels_last(hr, shape), (fr, cr, hr)
+    fc, cc = f.float().contiguous(), c.float().contiguous()
+    h = torch.empty_like(fc)
+    if fc.numel():
+        _forward_numba_kernel(fc.numpy(), cc.numpy(), h.numpy(), NUMBA_BLOCK)
+    return h, (fc, cc, h)
 
 
 def _numba_backward(saved, g):
-    fr, cr, hr = saved
-    gr = _channels_last_to_rows(g.float())
-    dfr, dcr = torch.empty_like(fr), torch.empty_like(fr)
-    if fr.numel():
-        _backward_numba_kernel(fr.numpy(), cr.numpy(), hr.numpy(), cpu_numpy(gr, torch.float32),
-                               dfr.numpy(), dcr.numpy())
-    return dfr, dcr
+    fc, cc, h = saved
+    gc = g.float().contiguous()
+    df, dc = torch.empty_like(fc), torch.empty_like(fc)
+    if fc.numel():
+        _backward_numba_kernel(fc.numpy(), cc.numpy(), h.numpy(), cpu_numpy(gc, torch.float32),
+                               df.numpy(), dc.numpy(), NUMBA_BLOCK)
+    return df, dc
 
 
 # ====================================================================================== triton
@@ -207,8 +214,6 @@ class _ScanFunction(torch.autograd.Function):
     def backward(ctx, g):
         saved = ctx.saved_tensors
         df, dc = ctx.backward_fn(saved, g)
-        if df.dim() == 2:  # numba rows layout
-            df, dc = (_rows_to_channels_last(t, ctx.shape) for t in (df, dc))
         return df.to(ctx.dtype), dc.to(ctx.dtype), None
 
 
