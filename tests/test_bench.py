@@ -115,7 +115,7 @@ def test_command_line_entry_point():
 # ---------------------------------------------------------------- the appendix's results (bench.results)
 def _fake_run(kernel_ms: float, baseline_ms: float, device_name: str = "test CPU", quick: bool = False):
     """A results document with one ternary batch-1 pair, timing rounds scattered around the medians."""
-    shape = "1024x1024 batch 1" if quick else "4096x4096 batch 1"
+    shape = "4096x4096 batch 1"
     rng = [1.0, 0.97, 1.03, 0.99, 1.02, 1.01, 0.98, 1.0, 1.01, 0.99]
     rows = [{"bench": "matmulfree", "op": "ternary linear", "shape": shape, "impl": impl, "ms": ms,
              "samples": [ms * r for r in rng], "bytes": 1e6, "flops": 1e6}
@@ -134,8 +134,9 @@ def test_speed_targets_are_judged_on_paired_timing_rounds():
     unclear = R.speed_rows(_fake_run(kernel_ms=1.0, baseline_ms=6.0), None)[0]
     assert (held.verdict, not_held.verdict, unclear.verdict) == ("held", "not held", "inconclusive")
     assert held.estimate.value == pytest.approx(9.0) and "timing rounds" in held.estimate.method
-    quick = R.speed_rows(_fake_run(kernel_ms=1.0, baseline_ms=9.0, quick=True), None)[0]
-    assert "1024x1024" in quick.setting  # the fast profile's stand-in shape is named in the row
+    quick = R.speed_rows(_fake_run(kernel_ms=1.0, baseline_ms=9.0, quick=True), None)
+    assert "4096x4096" in quick[0].setting  # the ternary product keeps its shape in the fast profile
+    assert "T1024" in quick[2].setting  # the SSD scan's stand-in shape is named in its row
 
 
 def test_gpu_targets_are_not_testable_without_a_results_file(tmp_path):

@@ -22,9 +22,9 @@ kernels inside a ``torch.autograd.Function``; the backward reads the saved ``h``
 
 What bounds the speed: **memory traffic**. Per element the forward reads ``f`` and ``c`` and writes ``h``
 (3 flops against 12 bytes in float32); the backward reads ``f, c, h, g`` and writes two gradients. The
-sequential dependence is only along ``seq``; the ``batch * d`` channels run in parallel (prange jobs of channel blocks on the
-CPU and one program per block of channels on the GPU, in the (batch, seq, d) layout as given), each
-walking its sequence once.
+sequential dependence is only along ``seq``; the ``batch * d`` channels run in parallel (prange jobs of
+channel blocks on the CPU, one program per block of channels on the GPU, in the (batch, seq, d) layout
+as given), each walking its sequence once.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from ._dispatch import (
     HAS_TRITON,
     check_floating,
     cpu_numpy,
+    numba_parallel,
     require_numba,
     require_triton,
     select_impl,
@@ -79,8 +80,7 @@ NUMBA_BLOCK = 256
 if HAS_NUMBA:
     from numba import njit, prange
 
-    @njit(parallel=True, cache=True)
-    def _forward_numba_kernel(f, c, h, block):  # pragma: no cover - jitted
+    def _forward_numba_kernel_py(f, c, h, block):  # pragma: no cover - jitted
         """f, c, h: (batch, seq, d) float32, channels last. One (batch, block of channels) per prange job,
         walking t = 0..seq-1 with the block's states in a small array; the loop over channels is
         contiguous, so it vectorises, and nothing is transposed."""
@@ -97,8 +97,10 @@ if HAS_NUMBA:
                     state[j - j0] = s
                     h[b, t, j] = s
 
-    @njit(parallel=True, cache=True)
-    def _backward_numba_kernel(f, c, h, g, df, dc, block):  # pragma: no cover - jitted
+    _forward_numba_kernel = njit(parallel=True, cache=True)(_forward_numba_kernel_py)
+    _forward_numba_kernel_serial = njit(cache=True)(_forward_numba_kernel_py)  # small calls: one thread
+
+    def _backward_numba_kernel_py(f, c, h, g, df, dc, block):  # pragma: no cover - jitted
         """The recurrence in reverse (see the module docstring), same layout and jobs as the forward."""
         batch, seq, d = f.shape
         n_blocks = (d + block - 1) // block
@@ -115,12 +117,16 @@ if HAS_NUMBA:
                     dc[b, t, j] = dl * (np.float32(1.0) - f[b, t, j])
                     delta[j - j0] = dl * f[b, t, j]
 
+    _backward_numba_kernel = njit(parallel=True, cache=True)(_backward_numba_kernel_py)
+    _backward_numba_kernel_serial = njit(cache=True)(_backward_numba_kernel_py)  # small calls: one thread
+
 
 def _numba_forward(f, c):
     fc, cc = f.float().contiguous(), c.float().contiguous()
     h = torch.empty_like(fc)
     if fc.numel():
-        _forward_numba_kernel(fc.numpy(), cc.numpy(), h.numpy(), NUMBA_BLOCK)
+        kernel = _forward_numba_kernel if numba_parallel(4 * fc.numel()) else _forward_numba_kernel_serial
+        kernel(fc.numpy(), cc.numpy(), h.numpy(), NUMBA_BLOCK)
     return h, (fc, cc, h)
 
 
@@ -129,7 +135,8 @@ def _numba_backward(saved, g):
     gc = g.float().contiguous()
     df, dc = torch.empty_like(fc), torch.empty_like(fc)
     if fc.numel():
-        _backward_numba_kernel(fc.numpy(), cc.numpy(), h.numpy(), cpu_numpy(gc, torch.float32),
+        kernel = _backward_numba_kernel if numba_parallel(8 * fc.numel()) else _backward_numba_kernel_serial
+        kernel(fc.numpy(), cc.numpy(), h.numpy(), cpu_numpy(gc, torch.float32),
                                df.numpy(), dc.numpy(), NUMBA_BLOCK)
     return df, dc
 

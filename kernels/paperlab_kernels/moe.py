@@ -60,6 +60,7 @@ from ._dispatch import (
     check_same_device,
     check_vector,
     cpu_numpy,
+    numba_parallel,
     require_numba,
     require_triton,
     select_impl,
@@ -368,7 +369,7 @@ if HAS_NUMBA:
     from numba import njit, prange
 
     @njit(cache=True)
-    def _inverse_numba_kernel(flat, inv):  # pragma: no cover - compiled
+    def _inverse_numba_kernel(flat, inv):  # pragma: no cover
         """inv[r] = the flat (token, choice) entry that owns buffer row r, or -1 (serial, T k steps).
         Returns True when some entry is out of range (-2)."""
         for r in range(inv.shape[0]):
@@ -381,8 +382,7 @@ if HAS_NUMBA:
                 poisoned = True
         return poisoned
 
-    @njit(parallel=True, cache=True)
-    def _scatter_numba_kernel(src, inv, weight, use_weight, k, poisoned, out):  # pragma: no cover - compiled
+    def _scatter_numba_kernel_py(src, inv, weight, use_weight, k, poisoned, out):  # pragma: no cover
         """Parallel over buffer rows: each row is written once, with its token's row or zeros (all NaN
         when some pair was out of range)."""
         n_rows, d = out.shape
@@ -404,8 +404,11 @@ if HAS_NUMBA:
                 for c in range(d):
                     out[r, c] = src[t, c]
 
-    @njit(parallel=True, cache=True)
-    def _gather_numba_kernel(src, flat, weight, use_weight, out):  # pragma: no cover - compiled
+    _scatter_numba_kernel = njit(parallel=True, cache=True)(_scatter_numba_kernel_py)
+    _scatter_numba_kernel_serial = njit(cache=True)(_scatter_numba_kernel_py)  # small calls: one thread
+
+
+    def _gather_numba_kernel_py(src, flat, weight, use_weight, out):  # pragma: no cover
         """Parallel over tokens: each output row is owned by one thread (no write races)."""
         n_tokens, k = flat.shape
         d = out.shape[1]
@@ -427,8 +430,11 @@ if HAS_NUMBA:
                     for c in range(d):
                         out[t, c] = np.nan
 
-    @njit(parallel=True, cache=True)
-    def _dots_numba_kernel(a, flat, b, out):  # pragma: no cover - compiled
+    _gather_numba_kernel = njit(parallel=True, cache=True)(_gather_numba_kernel_py)
+    _gather_numba_kernel_serial = njit(cache=True)(_gather_numba_kernel_py)  # small calls: one thread
+
+
+    def _dots_numba_kernel_py(a, flat, b, out):  # pragma: no cover
         n_tokens, k = flat.shape
         d = b.shape[1]
         for t in prange(n_tokens):
@@ -439,6 +445,10 @@ if HAS_NUMBA:
                     for c in range(d):
                         acc += a[r, c] * b[t, c]
                 out[t, j] = acc if r != -2 else np.nan
+
+    _dots_numba_kernel = njit(parallel=True, cache=True)(_dots_numba_kernel_py)
+    _dots_numba_kernel_serial = njit(cache=True)(_dots_numba_kernel_py)  # small calls: one thread
+
 
 
 class _NumbaBackend:
@@ -451,7 +461,8 @@ class _NumbaBackend:
         poisoned = _inverse_numba_kernel(f.reshape(-1), inv)
         w = cpu_numpy(weight, dt).reshape(-1) if weight is not None else np.zeros(1, dtype=s.dtype)
         out = np.empty((n_rows, s.shape[1]), dtype=s.dtype)
-        _scatter_numba_kernel(s, inv, w, weight is not None, max(1, f.shape[1]), poisoned, out)
+        kernel = _scatter_numba_kernel if numba_parallel(out.size) else _scatter_numba_kernel_serial
+        kernel(s, inv, w, weight is not None, max(1, f.shape[1]), poisoned, out)
         return torch.from_numpy(out).to(src.dtype)
 
     @staticmethod
@@ -461,7 +472,8 @@ class _NumbaBackend:
         f = cpu_numpy(flat, torch.int64)
         w = cpu_numpy(weight, dt) if weight is not None else np.zeros((1, 1), dtype=s.dtype)
         out = np.empty((f.shape[0], s.shape[1]), dtype=s.dtype)
-        _gather_numba_kernel(s, f, w, weight is not None, out)
+        parallel = numba_parallel(f.size * s.shape[1])
+        (_gather_numba_kernel if parallel else _gather_numba_kernel_serial)(s, f, w, weight is not None, out)
         return torch.from_numpy(out).to(src.dtype)
 
     @staticmethod
@@ -469,7 +481,8 @@ class _NumbaBackend:
         dt = _compute_dtype(a.dtype)
         f = cpu_numpy(flat, torch.int64)
         out = np.empty(f.shape, dtype=np.dtype("float64" if dt == torch.float64 else "float32"))
-        _dots_numba_kernel(cpu_numpy(a, dt), f, cpu_numpy(b, dt), out)
+        kernel = _dots_numba_kernel if numba_parallel(2 * f.size * b.shape[1]) else _dots_numba_kernel_serial
+        kernel(cpu_numpy(a, dt), f, cpu_numpy(b, dt), out)
         return torch.from_numpy(out).to(a.dtype)
 
 

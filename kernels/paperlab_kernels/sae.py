@@ -52,6 +52,7 @@ from ._dispatch import (
     check_floating,
     check_same_device,
     cpu_numpy,
+    numba_parallel,
     require_numba,
     require_triton,
     select_impl,
@@ -129,8 +130,7 @@ def _csr_by_latent(flat_indices: torch.Tensor, n_latents: int) -> tuple[torch.Te
 if HAS_NUMBA:
     from numba import njit, prange
 
-    @njit(parallel=True, cache=True, fastmath=False)
-    def _forward_numba_kernel(values, indices, weight, out):  # pragma: no cover - compiled
+    def _forward_numba_kernel_py(values, indices, weight, out):  # pragma: no cover
         """out (in the compute dtype) = sum_j values[r, j] weight[indices[r, j]]; an out-of-range index
         is not read and makes its row NaN."""
         n_rows, k = values.shape
@@ -148,8 +148,11 @@ if HAS_NUMBA:
             for c in range(d):
                 out[r, c] = acc[c]
 
-    @njit(parallel=True, cache=True)
-    def _grad_values_numba_kernel(grad_out, indices, weight, grad_values):  # pragma: no cover - compiled
+    _forward_numba_kernel = njit(parallel=True, cache=True, fastmath=False)(_forward_numba_kernel_py)
+    _forward_numba_kernel_serial = njit(cache=True, fastmath=False)(_forward_numba_kernel_py)  # small calls
+
+
+    def _grad_values_numba_kernel_py(grad_out, indices, weight, grad_values):  # pragma: no cover
         n_rows, k = indices.shape
         n_latents, d = weight.shape
         for r in prange(n_rows):
@@ -163,8 +166,12 @@ if HAS_NUMBA:
                     acc += grad_out[r, c] * weight[i, c]
                 grad_values[r, j] = acc
 
+    _grad_values_numba_kernel = njit(parallel=True, cache=True)(_grad_values_numba_kernel_py)
+    _grad_values_numba_kernel_serial = njit(cache=True)(_grad_values_numba_kernel_py)  # small calls
+
+
     @njit(cache=True)
-    def _csr_numba_kernel(flat, n_latents, offsets, order):  # pragma: no cover - compiled
+    def _csr_numba_kernel(flat, n_latents, offsets, order):  # pragma: no cover
         """Serial counting sort: offsets[i]..offsets[i+1] are the positions in ``order`` of latent i
         (out-of-range indices are left out)."""
         for i in range(n_latents + 1):
@@ -181,8 +188,7 @@ if HAS_NUMBA:
                 order[fill[i]] = e
                 fill[i] += 1
 
-    @njit(parallel=True, cache=True)
-    def _grad_weight_numba_kernel(grad_out, flat_values, offsets, order, k, grad_weight):  # pragma: no cover
+    def _grad_weight_numba_kernel_py(grad_out, flat_values, offsets, order, k, grad_weight):
         n_latents, d = grad_weight.shape
         for i in prange(n_latents):
             for c in range(d):
@@ -193,6 +199,10 @@ if HAS_NUMBA:
                 v = flat_values[e]
                 for c in range(d):
                     grad_weight[i, c] += v * grad_out[r, c]
+
+    _grad_weight_numba_kernel = njit(parallel=True, cache=True)(_grad_weight_numba_kernel_py)
+    _grad_weight_numba_kernel_serial = njit(cache=True)(_grad_weight_numba_kernel_py)  # small calls
+
 
 
 def _compute_dtype(values, weight) -> torch.dtype:
@@ -206,7 +216,8 @@ def _numba_forward(values, indices, weight):
     w = cpu_numpy(weight, dt)
     out = np.empty((v.shape[0], w.shape[1]), dtype=w.dtype)
     if v.shape[0] and w.shape[1]:
-        _forward_numba_kernel(v, i, w, out)
+        parallel = numba_parallel(2 * v.size * w.shape[1])
+        (_forward_numba_kernel if parallel else _forward_numba_kernel_serial)(v, i, w, out)
     return torch.from_numpy(out).to(_result_dtype(values, weight))
 
 
@@ -220,7 +231,8 @@ def _numba_backward(grad_out, values, indices, weight, need_values: bool, need_w
     if need_values:
         gv = np.zeros(i.shape, dtype=w.dtype)
         if d and i.size:
-            _grad_values_numba_kernel(g, i, w, gv)
+            parallel = numba_parallel(2 * i.size * d)
+            (_grad_values_numba_kernel if parallel else _grad_values_numba_kernel_serial)(g, i, w, gv)
         grad_values = torch.from_numpy(gv).to(values.dtype)
     if need_weight:
         flat = np.ascontiguousarray(i.reshape(-1))
@@ -228,8 +240,9 @@ def _numba_backward(grad_out, values, indices, weight, need_values: bool, need_w
         order = np.empty(flat.shape[0], dtype=np.int64)
         _csr_numba_kernel(flat, n_latents, offsets, order)
         gw = np.empty((n_latents, d), dtype=w.dtype)
-        _grad_weight_numba_kernel(g, cpu_numpy(values, dt).reshape(-1), offsets, order,
-                                  max(1, i.shape[1]), gw)
+        parallel = numba_parallel(n_latents * d + 2 * i.size * d)
+        (_grad_weight_numba_kernel if parallel else _grad_weight_numba_kernel_serial)(
+            g, cpu_numpy(values, dt).reshape(-1), offsets, order, max(1, i.shape[1]), gw)
         grad_weight = torch.from_numpy(gw).to(weight.dtype)
     return grad_values, grad_weight
 
