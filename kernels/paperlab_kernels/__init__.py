@@ -20,6 +20,15 @@ validates its inputs (``_dispatch.check_*``) with errors that name the argument 
 and its module docstring states what bounds the kernel's speed (memory traffic or arithmetic), so that
 ``python -m paperlab.bench`` numbers can be read against the machine's copy bandwidth or matmul rate.
 
+No call synchronises a GPU with the host on its hot path. Checks that read tensor *values* (index
+ranges, signs of ``dt`` and ``A``, a slot used twice) run when ``_dispatch.value_checks(t)`` says so:
+always for CPU tensors, on a GPU only in debug mode (``PAPERLAB_CHECK_VALUES=1`` or
+``with paperlab_kernels._dispatch.check_values():``). Without them a kernel still never reads or writes
+out of bounds: an out-of-range index makes the outputs that depend on it NaN.
+``tests/test_kernels_cuda_sync.py`` runs every hot path under ``torch.cuda.set_sync_debug_mode("error")``.
+Numba kernels come in a parallel build and a one-thread build, chosen by the size of the call
+(``_dispatch.numba_parallel``): waking a thread pool costs more than a small call's work.
+
 Optional backends: Triton is imported under a guard (``_dispatch.HAS_TRITON``; it is not installed on
 macOS or ARM), Numba likewise (``_dispatch.HAS_NUMBA``). Without a GPU, Triton kernels run only in its
 interpreter, which must be switched on (``TRITON_INTERPRET=1``) before a kernel module is imported,
