@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The checks that need a CUDA machine, as one script (issue 19). Run once on a GPU, from the repository root:
 #
-#   OUT=gpu-out tools/gpu-check.sh              # everything (about 10 minutes on an H200)
+#   OUT=gpu-out tools/gpu-check.sh              # everything (the experiments take most of the time)
 #   STAGES="tests bench" tools/gpu-check.sh     # a subset: tests, bench, experiments
 #
 # 1. tests:       the kernel tests on the GPU (Triton on real shapes, every hot path under

@@ -252,7 +252,7 @@ def ssd_chunked_reference(x, dt, A, B, C, D=None, initial_state=None, *, chunk_s
     # matmul and put back, as NaN, from its position on.
     finite = torch.isfinite(Xdt)
     Y_diag = torch.einsum("bgrcls,bcsgrp->bclgrp", M, torch.where(finite, Xdt, 0.0))
-    Y_diag = torch.where((~finite).cumsum(dim=2) > 0, float("nan"), Y_diag)
+    Y_diag = torch.where((~finite).cumsum(dim=2, dtype=torch.int32) > 0, float("nan"), Y_diag)
 
     # 2. chunk states from the chunk's own inputs: sum_s exp(sum_{r>s} log a_r) dt_s x_s B_s^T
     decay_to_end = torch.exp(_sum_after(log_a))  # (b, g, r, c, s)
