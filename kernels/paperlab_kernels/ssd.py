@@ -20,7 +20,10 @@ Two PyTorch references compute it (both differentiable by autograd, any device, 
 and two kernels compute the same forward pass:
 
 * ``ssd_chunked_numba``: the chunked algorithm, one (batch, head) pair per ``prange`` iteration, the
-  chunks in sequence inside it, the state ``(P, N)`` kept in a local array; float32 or float64.
+  chunks in sequence inside it; ``C B^T`` once per group and chunk (a first pass), then per chunk two
+  matmuls on the machine's BLAS (``np.dot``): outputs from ``[C e^{cs} | L o C B^T] @ [h^T; dt x]`` and the
+  state update ``B^T (e^{total - cs} dt x)``; a chunk whose ``dt x`` is not all finite takes a causal loop
+  instead (a matmul would spread a NaN to earlier positions); float32 or float64.
 * ``ssd_chunked_triton``: the same four steps as three launches, as in the paper's GPU implementation:
   chunk states (one program per (batch x head, chunk)), the recurrence over chunk states (one program per
   (batch x head, block of P rows), chunks in sequence), and chunk outputs (one program per (batch x head,
