@@ -49,6 +49,33 @@ def test_sft_batch_trains_on_response_tokens_only():
     assert torch.count_nonzero(logits.grad[~masked].abs().sum(-1)) == int((~masked).sum())
 
 
+def test_sft_turns_batch_trains_on_trainable_turns_only():
+    model = tiny_gpt()
+    conversations = [[([1, 5, 6], False), ([7, 8, 2], True), ([9, 10], False), ([11, 2], True)],
+                     [([1, 4], False), ([3, 2], True)]]
+    idx, targets = align.sft_turns_batch(conversations)
+    assert [[t for t in row if t != -100] for row in targets.tolist()] == [[7, 8, 2, 11, 2], [3, 2]]
+    # the first conversation's context tokens (environment turns) are inputs, never targets
+    assert idx[0].tolist() == [1, 5, 6, 7, 8, 2, 9, 10, 11]
+    # two turns is exactly sft_batch
+    single = align.sft_batch([[1, 4]], [[3, 2]])
+    pair = align.sft_turns_batch([[([1, 4], False), ([3, 2], True)]])
+    assert all(torch.equal(a, b) for a, b in zip(single, pair))
+    # environment turns contribute zero loss: they are no target, and their logits get no gradient
+    logits = model(idx).detach().requires_grad_(True)
+    loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
+    loss.backward()
+    masked = targets == -100
+    assert torch.count_nonzero(logits.grad[masked]) == 0
+    assert torch.count_nonzero(logits.grad[~masked].abs().sum(-1)) == int((~masked).sum())
+    with pytest.raises(ValueError, match="no trainable token"):
+        align.sft_turns_batch([[([1, 5], False), ([6], False)]])
+    with pytest.raises(ValueError, match="trainable: bool"):
+        align.sft_turns_batch([[([1, 5], 1)]])
+    with pytest.raises(ValueError, match="non-empty list of conversations"):
+        align.sft_turns_batch([])
+
+
 def test_sft_rejects_bad_input():
     with pytest.raises(ValueError, match="every response is empty"):
         align.sft_batch([[1, 3]], [[]])

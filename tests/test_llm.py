@@ -63,6 +63,16 @@ def test_token_logprobs_agree_with_sequence_logprob(tiny):
     assert completion.logprob == pytest.approx(reference, abs=1e-4)
 
 
+def test_cached_decoding_and_no_logprobs_give_the_same_samples(tiny):
+    fast = llm.TinyLM(tiny.model, tiny.tokenizer, seed=3, logprobs=False, use_cache=True)
+    tiny.reseed(3)
+    plain = tiny.complete(["1+2=", "12+3="], n=4, temperature=1.0, max_tokens=6)
+    quick = fast.complete(["1+2=", "12+3="], n=4, temperature=1.0, max_tokens=6)
+    assert [[c.tokens for c in g] for g in quick] == [[c.tokens for c in g] for g in plain]
+    assert all(c.logprobs is None and c.logprob is None for g in quick for c in g)
+    tiny.reseed(0)
+
+
 def test_greedy_is_deterministic_and_sampling_reproducible(tiny):
     greedy = tiny.complete(["3+4="], n=4, temperature=0, max_tokens=5)[0]
     assert len({c.text for c in greedy}) == 1

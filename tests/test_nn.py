@@ -13,6 +13,7 @@ from paperlab.nn import (
     GPT,
     CausalSelfAttention,
     GPTConfig,
+    KVCache,
     RMSNorm,
     SwiGLU,
     apply_rope,
@@ -233,6 +234,38 @@ def test_generation_stops_at_eos_and_is_reproducible():
         assert eos not in out[:-1]
     top1 = generate(model, prompts, 5, top_k=1, generator=torch.Generator().manual_seed(0))
     assert top1 == generate(model, prompts, 5, greedy=True)
+
+
+def test_kv_cache_logits_equal_one_full_pass():
+    model = tiny_model(dtype=torch.float64, seed=4)
+    tokens = torch.randint(0, 23, (3, 12))
+    mask = torch.ones(3, 12, dtype=torch.bool)
+    mask[0, :4] = False  # a left-padded row
+    mask[2, 7] = False  # a masked token in the middle (a finished row's padding in generate)
+    full = model(tokens, attention_mask=mask)
+    cache = KVCache(model.config.n_layers)
+    pieces = [model(tokens[:, a:b], attention_mask=mask[:, a:b], cache=cache)
+              for a, b in ((0, 5), (5, 6), (6, 9), (9, 12))]  # a prompt, then 1 and 3 tokens at a time
+    real = mask.clone()
+    assert cache.length == 12
+    assert torch.allclose(torch.cat(pieces, dim=1)[real], full[real], atol=1e-10)
+    with pytest.raises(ValueError, match="context_length"):
+        model(torch.zeros(3, 5, dtype=torch.long), cache=cache)
+    with pytest.raises(ValueError, match="batch"):
+        model(torch.zeros(2, 1, dtype=torch.long), cache=cache)
+
+
+def test_cached_generation_equals_uncached():
+    model = tiny_model(dtype=torch.float64, seed=5)
+    prompts = [[5, 6, 7, 8, 9], [1], [2, 3, 4]]
+    greedy = generate(model, prompts, 8, greedy=True, eos_id=7)
+    assert generate(model, prompts, 8, greedy=True, eos_id=7, use_cache=True) == greedy
+    sampled = generate(model, prompts, 8, generator=torch.Generator().manual_seed(0))
+    cached = generate(model, prompts, 8, generator=torch.Generator().manual_seed(0), use_cache=True)
+    assert cached == sampled
+    # past the context the cache cannot hold everything: the uncached (sliding-window) path runs instead
+    long = generate(model, [[1] * 14], 6, greedy=True)
+    assert generate(model, [[1] * 14], 6, greedy=True, use_cache=True) == long
 
 
 def test_generation_validation():

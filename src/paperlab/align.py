@@ -12,6 +12,9 @@ Prompts and responses are token-id lists (encode text with the chapter's tokeniz
     idx, targets = align.sft_batch(prompts, responses, pad_id=tok.pad_id)
     loss = model.loss(idx, targets)
 
+    # multi-turn SFT (an agent's turns between an environment's): loss on the trainable turns only
+    idx, targets = align.sft_turns_batch([[(obs, False), (reply, True), (obs2, False), (reply2, True)]])
+
     # Reward model from preference pairs (Bradley-Terry), initialised from a GPT
     rm = align.RewardModel.from_gpt(sft_model)
     idx, lengths = align.reward_batch(prompts, responses)
@@ -56,6 +59,7 @@ __all__ = [
     "token_logprobs",
     "sequence_kl",
     "sft_batch",
+    "sft_turns_batch",
     "PreferencePair",
     "RewardModel",
     "reward_batch",
@@ -205,6 +209,46 @@ def sft_batch(prompts, responses, *, pad_id: int = 0, ignore_index: int = IGNORE
     ends = (prompt_lengths + response_lengths)[:, None]
     is_response = (position >= prompt_lengths[:, None]) & (position < ends)
     targets[~is_response] = ignore_index
+    return idx, targets
+
+
+def sft_turns_batch(conversations, *, pad_id: int = 0, ignore_index: int = IGNORE_INDEX):
+    """``(idx, targets)`` for :meth:`paperlab.nn.GPT.loss` on multi-turn conversations, trained on the
+    trainable turns only (an agent's replies; the user's or environment's turns are context).
+
+    ``conversations``: one list per conversation of ``(token_ids, trainable)`` turns, in order. A token is
+    a target iff its turn is trainable, so ``L = -1/N sum_{t in trainable turns} log pi(x_t | x_<t)``
+    and every other position (other turns, padding) gets exactly zero gradient. :func:`sft_batch` is the
+    case ``[(prompt, False), (response, True)]``. Both tensors are ``(batch, longest - 1)``, right-padded.
+    """
+    if isinstance(conversations, (str, bytes)) or not isinstance(conversations, Sequence) \
+            or len(conversations) == 0:
+        raise ValueError("conversations must be a non-empty list of conversations")
+    rows, flags = [], []
+    for i, turns in enumerate(conversations):
+        if isinstance(turns, (str, bytes)) or not isinstance(turns, Sequence) or len(turns) == 0:
+            raise ValueError(f"conversation {i} must be a non-empty list of (token_ids, trainable) turns")
+        tokens, trainable = [], []
+        for j, turn in enumerate(turns):
+            if not (isinstance(turn, (tuple, list)) and len(turn) == 2 and isinstance(turn[1], bool)):
+                raise ValueError(f"conversation {i}, turn {j} must be a (token_ids, trainable: bool) pair")
+            ids = _token_lists(f"conversation {i}, turn {j}", [turn[0]], allow_empty=True)[0]
+            tokens += ids
+            trainable += [turn[1]] * len(ids)
+        if len(tokens) < 2:
+            raise ValueError(f"conversation {i} has {len(tokens)} token(s); it needs at least 2")
+        if not any(trainable[1:]):
+            raise ValueError(f"conversation {i} has no trainable token after its first: nothing to train on")
+        rows.append(tokens)
+        flags.append(trainable)
+    longest = max(map(len, rows))
+    idx = torch.full((len(rows), longest - 1), pad_id, dtype=torch.long)
+    targets = torch.full((len(rows), longest - 1), ignore_index, dtype=torch.long)
+    for i, (tokens, trainable) in enumerate(zip(rows, flags)):
+        row = torch.tensor(tokens, dtype=torch.long)
+        idx[i, : len(tokens) - 1] = row[:-1]
+        keep = torch.tensor(trainable[1:], dtype=torch.bool)  # target t is token t + 1
+        targets[i, : len(tokens) - 1] = torch.where(keep, row[1:], ignore_index)
     return idx, targets
 
 

@@ -11,7 +11,8 @@ One block maps the residual stream ``h: (batch, seq, d_model)`` to
     h = h + SwiGLU(RMSNorm(h))
 
 Besides the model this module has the helpers the chapters need around it: :func:`count_parameters`,
-batched :func:`generate` (left padding, so prompts of different lengths share one batch) and a
+batched :func:`generate` (left padding, so prompts of different lengths share one batch; optionally with a
+:class:`KVCache`, so that each new token costs one position instead of the whole context) and a
 differentiable :func:`sequence_logprob` (right padding; DPO and RL chapters backpropagate through it).
 
 Nothing here picks a device: tensors are created on the device of the input (or of the model).
@@ -40,6 +41,7 @@ __all__ = [
     "GPTConfig",
     "GPT",
     "check_token_ids",
+    "KVCache",
     "count_parameters",
     "generate",
     "next_token_distribution",
@@ -139,11 +141,13 @@ class CausalSelfAttention(nn.Module):
 
     ``softmax(q k^T / sqrt(head_dim) + mask) v`` per head, through ``scaled_dot_product_attention``.
 
-    forward(x, cos, sin, attention_mask=None):
+    forward(x, cos, sin, attention_mask=None, cache=None):
         x: (batch, seq, d_model); cos, sin: from :func:`rope_cos_sin`;
         attention_mask: (batch, seq) bool, True = real token, or None (no padding: the fast ``is_causal``
         path). With a mask, query ``t`` sees key ``s`` iff ``s <= t`` and key ``s`` is real; every query
         also sees itself, so padding queries (whose output is garbage and must be ignored) do not yield NaN.
+        cache: this layer's :class:`LayerCache` (incremental decoding): ``x`` continues the tokens whose
+        keys and values it holds; then ``attention_mask`` is (batch, past + seq) and covers them too.
         Returns (batch, seq, d_model).
     """
 
@@ -164,13 +168,22 @@ class CausalSelfAttention(nn.Module):
         cos: torch.Tensor,
         sin: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
+        cache: LayerCache | None = None,
     ) -> torch.Tensor:
         seq = x.shape[1]
         # one projection, split into queries, keys and values, each cut into heads
         q, k, v = rearrange(self.qkv(x), "b t (three h d) -> three b h t d", three=3, h=self.n_heads)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)  # (batch, heads, seq, head_dim)
         dropout_p = self.dropout if self.training else 0.0
-        if attention_mask is None:
+        if cache is not None:
+            k, v = cache.extend(k, v)  # every token so far: (batch, heads, past + seq, head_dim)
+            key = torch.arange(k.shape[2], device=x.device)
+            query = key[-seq:]  # the new tokens are the last seq positions
+            causal = key[None, :] <= query[:, None]
+            mask = causal[None, None] & attention_mask[:, None, None, :]  # (batch, 1, seq, past + seq)
+            mask = mask | (key[None, :] == query[:, None])  # every query sees itself: no all-masked rows
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+        elif attention_mask is None:
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
         else:
             idx = torch.arange(seq, device=x.device)
@@ -209,9 +222,44 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(config.d_model)
         self.mlp = SwiGLU(config.d_model, config.d_hidden, config.dropout)
 
-    def forward(self, h, cos, sin, attention_mask=None):
-        h = h + self.attention(self.attention_norm(h), cos, sin, attention_mask)
+    def forward(self, h, cos, sin, attention_mask=None, cache=None):
+        h = h + self.attention(self.attention_norm(h), cos, sin, attention_mask, cache)
         return h + self.mlp(self.mlp_norm(h))
+
+
+class LayerCache:
+    """One layer's keys and values so far, ``(batch, heads, seen, head_dim)`` each (None before the first)."""
+
+    def __init__(self) -> None:
+        self.keys: torch.Tensor | None = None
+        self.values: torch.Tensor | None = None
+
+    def extend(self, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append the new tokens' keys and values; return all of them."""
+        if self.keys is not None:
+            keys, values = torch.cat([self.keys, keys], dim=2), torch.cat([self.values, values], dim=2)
+        self.keys, self.values = keys, values
+        return keys, values
+
+
+class KVCache:
+    """What a :class:`GPT` has read so far, for incremental decoding: each layer's keys and values
+    (:class:`LayerCache`) and ``mask``, (batch, seen) bool, True at real (non-padding) tokens.
+
+    ``model(idx, attention_mask=m, cache=cache)`` reads ``idx`` as the continuation of the cached tokens:
+    its queries attend to the cached keys (and causally to each other), its positions continue the
+    count of real tokens, and the cache then holds ``idx`` too. The logits equal those of one forward pass
+    over the whole sequence (up to floating-point rounding), at the cost of the new positions only.
+    """
+
+    def __init__(self, n_layers: int) -> None:
+        self.layers = [LayerCache() for _ in range(n_layers)]
+        self.mask: torch.Tensor | None = None
+
+    @property
+    def length(self) -> int:
+        """Positions held (padding included)."""
+        return 0 if self.mask is None else self.mask.shape[1]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -312,6 +360,7 @@ class GPT(nn.Module):
         attention_mask: torch.Tensor | None = None,
         hook: Hook | None = None,
         return_hidden: bool = False,
+        cache: KVCache | None = None,
     ):
         """Next-token logits.
 
@@ -322,12 +371,15 @@ class GPT(nn.Module):
         hook: ``hook(layer_index, h) -> h`` applied to the residual stream ``h: (batch, seq, d_model)`` after
             the embedding (layer_index 0) and after block i (layer_index i + 1); its return value replaces h.
         return_hidden: also return the ``n_layers + 1`` residual-stream tensors (after any hook).
+        cache: a :class:`KVCache`; ``idx`` continues the tokens it holds (see there), and it is updated.
 
         Returns logits (batch, seq, vocab_size), or ``(logits, hidden)`` with ``return_hidden``.
         """
         self._check_inputs(idx, positions, attention_mask)
         if attention_mask is not None:
             attention_mask = attention_mask.to(device=idx.device, dtype=torch.bool)
+        if cache is not None:
+            attention_mask, positions = self._extend_cache_mask(cache, idx, positions, attention_mask)
         if positions is None:
             if attention_mask is None:
                 positions = torch.arange(idx.shape[1], device=idx.device)
@@ -353,9 +405,26 @@ class GPT(nn.Module):
 
         h = apply_hook(0, h)
         for i, block in enumerate(self.blocks):
-            h = apply_hook(i + 1, block(h, cos, sin, attention_mask))
+            layer_cache = None if cache is None else cache.layers[i]
+            h = apply_hook(i + 1, block(h, cos, sin, attention_mask, layer_cache))
         logits = self.lm_head(self.final_norm(h))
         return (logits, hidden) if return_hidden else logits
+
+    def _extend_cache_mask(self, cache: KVCache, idx, positions, attention_mask):
+        """The mask over cached + new tokens (stored in the cache) and the new tokens' positions."""
+        if len(cache.layers) != self.config.n_layers:
+            raise ValueError(f"cache has {len(cache.layers)} layers, the model {self.config.n_layers}")
+        if cache.mask is not None and cache.mask.shape[0] != idx.shape[0]:
+            raise ValueError(f"cache holds a batch of {cache.mask.shape[0]} rows, idx has {idx.shape[0]}")
+        if cache.length + idx.shape[1] > self.config.context_length:
+            raise ValueError(f"cache ({cache.length}) + idx ({idx.shape[1]}) tokens exceed context_length = "
+                             f"{self.config.context_length}")
+        new = attention_mask if attention_mask is not None else torch.ones_like(idx, dtype=torch.bool)
+        full = new if cache.mask is None else torch.cat([cache.mask, new], dim=1)
+        cache.mask = full
+        if positions is None:  # the count of real tokens before each one, as without a cache
+            positions = (full.long().cumsum(dim=1) - 1).clamp(min=0)[:, -idx.shape[1]:]
+        return full, positions
 
     def loss(
         self,
@@ -444,12 +513,16 @@ def generate(
     eos_id: int | None = None,
     pad_id: int = 0,
     generator: torch.Generator | None = None,
+    use_cache: bool = False,
 ) -> list[list[int]]:
     """Sample ``max_new_tokens`` continuations of a batch of prompts of possibly different lengths.
 
     The prompts are LEFT-padded with ``pad_id`` into one (batch, seq) tensor, with an attention mask and
     positions that start at 0 at each row's first real token, so each row gets the same tokens it would
-    get alone. Each step feeds the last ``context_length`` tokens (no KV cache: this is for tiny models).
+    get alone. Each step feeds the last ``context_length`` tokens; with ``use_cache`` the prompts are read
+    once into a :class:`KVCache` and each step feeds only the newest token (the same distributions up to
+    floating-point rounding, at a fraction of the cost), as long as prompt and continuation fit in the
+    context (else the uncached path runs, which slides its window over the context).
 
     Sampling: ``p(x) ∝ exp(logit(x) / temperature)`` over the ``top_k`` largest logits (all if None), or
     argmax with ``greedy``. A row stops after it emits ``eos_id`` (the eos token is included in its
@@ -480,12 +553,18 @@ def generate(
         mask[i, longest - len(prompt) :] = True
     done = torch.zeros(batch, dtype=torch.bool, device=device)
     new_tokens: list[list[int]] = [[] for _ in range(batch)]
+    fits = longest + max_new_tokens - 1 <= context_length  # the last new token is never fed back
+    cache = KVCache(model.config.n_layers) if use_cache and fits else None
+    feed, feed_mask = tokens, mask  # what the cached path reads next: the prompts, then each new token
 
     was_training = model.training
     model.eval()
     try:
         for _ in range(max_new_tokens):
-            logits = model(tokens[:, -context_length:], attention_mask=mask[:, -context_length:])
+            if cache is not None:
+                logits = model(feed, attention_mask=feed_mask, cache=cache)
+            else:
+                logits = model(tokens[:, -context_length:], attention_mask=mask[:, -context_length:])
             logits = logits[:, -1, :]
             logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # (batch, vocab)
             if greedy:
@@ -494,8 +573,9 @@ def generate(
                 probs = next_token_distribution(logits, temperature, top_k)
                 next_token = torch.multinomial(probs, 1, generator=generator).squeeze(1)
             next_token = torch.where(done, torch.full_like(next_token, pad_id), next_token)
-            tokens = torch.cat([tokens, next_token[:, None]], dim=1)
-            mask = torch.cat([mask, ~done[:, None]], dim=1)
+            feed, feed_mask = next_token[:, None], ~done[:, None]
+            tokens = torch.cat([tokens, feed], dim=1)
+            mask = torch.cat([mask, feed_mask], dim=1)
             for i, (token, finished) in enumerate(zip(next_token.tolist(), done.tolist())):
                 if not finished:
                     new_tokens[i].append(token)
