@@ -205,12 +205,45 @@ def test_policy_gradient_learns_a_token_reward_and_keeps_the_reference():
     initial_rate = (first[0].gather(1, first[1][:, None]).squeeze(1) == target).float().mean().item()
     train(policy, pg.get_batch(policy), pg.loss_fn, TrainConfig(steps=60, batch_size=32, lr=2e-2,
                                                                 warmup_steps=0), device="cpu")
-    tokens, prompt_lengths, _, _ = pg.sample(policy, 10_000)
+    tokens, prompt_lengths, *_ = pg.sample(policy, 10_000)
     final_rate = (tokens.gather(1, prompt_lengths[:, None]).squeeze(1) == target).float().mean().item()
     assert initial_rate < 0.3 and final_rate > 0.8
     for name, value in pg.reference.state_dict().items():
         assert torch.equal(value, before[name]), f"reference parameter {name} changed"
     assert pg.last["kl"] > 0
+
+
+def test_policy_gradient_optimise_mask_reaches_only_the_flagged_tokens():
+    """With optimise flagging the last response token, every other token's log-probability gets exactly
+    zero gradient, and the KL penalty sums over the flagged token only."""
+    policy = tiny_gpt(3)
+    with torch.no_grad():  # move the policy away from its reference, so the KL is not zero
+        reference = align.freeze(policy)
+        policy.lm_head.weight.add_(0.5 * torch.randn_like(policy.lm_head.weight))
+
+    def last_only(prompt, response):
+        return [i == len(response) - 1 for i in range(len(response))]
+
+    config = align.PolicyGradientConfig(prompts_per_step=4, n_samples=3, max_new_tokens=4, kl_coef=0.1)
+    rewards = lambda prompts, responses: [float(len(r)) for r in responses]  # noqa: E731
+    masked = align.PolicyGradient(reference, [[1, 3], [1, 4]], rewards, config, eos_id=2, optimise=last_only)
+    tokens, prompt_lengths, response_lengths, advantages, optimised = masked.sample(policy, 5)
+    assert optimised.sum(1).tolist() == [1 if n > 0 else 0 for n in response_lengths.tolist()]
+    logprobs, mask, _ = align._logprobs_of_padded(policy, tokens, prompt_lengths, response_lengths)
+    leaf = logprobs.detach().requires_grad_(True)
+    align.reinforce_loss(leaf, mask & optimised, advantages).backward()
+    assert torch.count_nonzero(leaf.grad[~optimised]) == 0
+    assert torch.count_nonzero(leaf.grad[optimised]) > 0 or torch.count_nonzero(advantages) == 0
+    # the KL penalty of the masked sampler is the full one restricted to the last tokens
+    with torch.no_grad():
+        reference_logprobs, _, _ = align._logprobs_of_padded(masked.reference, tokens, prompt_lengths,
+                                                             response_lengths)
+    kl_last = align.kl_penalty(logprobs.detach(), reference_logprobs, mask & optimised)
+    assert masked.last["kl"] == pytest.approx(kl_last.mean().item(), abs=1e-6)
+    full = align.PolicyGradient(reference, [[1, 3], [1, 4]], rewards, config, eos_id=2)
+    assert full.sample(policy, 5)[4].sum() == response_lengths.sum()  # default: every response token
+    with pytest.raises(TypeError, match="optimise must be None or callable"):
+        align.PolicyGradient(reference, [[1, 3]], rewards, config, eos_id=2, optimise=3)
 
 
 def test_reward_model_recovers_a_planted_preference():

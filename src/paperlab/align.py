@@ -484,20 +484,28 @@ class PolicyGradient:
     4. advantage ``A = R - b`` with the baseline ``b`` of the config, and the loss :func:`reinforce_loss`
        over the sampled tokens only (prompt and padding are masked out).
 
+    ``optimise(prompt, response) -> list[bool]`` (token-id lists in, one flag per response token out)
+    restricts steps 3 and 4 to the flagged tokens: the KL penalty sums over them only, and every other
+    token's log-probability gets exactly zero gradient (e.g. SaySelf trains only the tokens of a stated
+    confidence). By default every response token is optimised.
+
     The sampling happens in :meth:`get_batch`, before the update, so every batch is on-policy; the
-    returned tensors carry the samples and advantages to :meth:`loss_fn`. (The loop is
+    returned tensors carry the samples, advantages and token mask to :meth:`loss_fn`. (The loop is
     :func:`paperlab.train.train` itself: only the batch depends on the model.)
     """
 
     def __init__(self, reference: GPT, prompts, reward_fn: Callable[[list, list], Sequence[float]],
-                 config: PolicyGradientConfig, *, eos_id: int, pad_id: int = 0, seed: int = 0):
+                 config: PolicyGradientConfig, *, eos_id: int, pad_id: int = 0, seed: int = 0,
+                 optimise: Callable[[list, list], Sequence[bool]] | None = None):
         self.prompts = _token_lists("prompts", prompts, allow_empty=False)
         if not isinstance(config, PolicyGradientConfig):
             raise TypeError(f"config must be a PolicyGradientConfig, got {type(config).__name__}")
         if not callable(reward_fn):
             raise TypeError("reward_fn must be callable: (prompts, responses) -> rewards")
+        if optimise is not None and not callable(optimise):
+            raise TypeError("optimise must be None or callable: (prompt, response) -> one bool per token")
         self.reference = freeze(reference)
-        self.reward_fn, self.config = reward_fn, config
+        self.reward_fn, self.config, self.optimise = reward_fn, config, optimise
         self.eos_id, self.pad_id, self.seed = eos_id, pad_id, seed
         self.last: dict[str, float] = {}
 
@@ -529,6 +537,8 @@ class PolicyGradient:
         policy.eval()
         logprobs, mask, _ = _logprobs_of_padded(policy, *batch)
         policy.train(was_training)
+        if self.optimise is not None:
+            mask = mask & self._optimised(rows, responses, mask)
         reference_logprobs, _, _ = _logprobs_of_padded(self.reference, *batch)
         kl = kl_penalty(logprobs, reference_logprobs, mask)
         shaped = rewards - c.kl_coef * kl  # R = r - beta * log(pi / pi_ref)
@@ -539,12 +549,23 @@ class PolicyGradient:
         else:
             advantages = shaped - shaped.mean()
         self.last = {"reward": rewards.mean().item(), "kl": kl.mean().item()}
-        return tokens, prompt_lengths, response_lengths, advantages
+        return tokens, prompt_lengths, response_lengths, advantages, mask
+
+    def _optimised(self, prompts: list, responses: list, mask: torch.Tensor) -> torch.Tensor:
+        """The ``optimise`` flags of each response, padded to ``mask``'s (batch, T) shape."""
+        flags = torch.zeros_like(mask)
+        for i, (prompt, response) in enumerate(zip(prompts, responses)):
+            row = [bool(f) for f in self.optimise(prompt, response)]
+            if len(row) != len(response):
+                raise ValueError(f"optimise returned {len(row)} flags for a response of {len(response)} "
+                                 "tokens")
+            flags[i, :len(row)] = torch.tensor(row, dtype=torch.bool)
+        return flags
 
     def loss_fn(self, policy: GPT, batch: tuple) -> torch.Tensor:
-        tokens, prompt_lengths, response_lengths, advantages = batch
+        tokens, prompt_lengths, response_lengths, advantages, optimised = batch
         logprobs, mask, _ = _logprobs_of_padded(policy, tokens, prompt_lengths, response_lengths)
-        return reinforce_loss(logprobs, mask, advantages)
+        return reinforce_loss(logprobs, mask & optimised, advantages)
 
 
 # --------------------------------------------------------------------------------------------------
