@@ -319,8 +319,15 @@ def test_best_of_n_kl_matches_the_distribution_it_describes():
     assert kl == pytest.approx(align.best_of_n_kl(n), abs=1e-4)
 
 
-def test_policy_gradient_config_checks():
-    with pytest.raises(ValueError, match="leave-one-out baseline needs n_samples >= 2"):
-        align.PolicyGradientConfig(n_samples=1)
-    with pytest.raises(ValueError, match="kl_coef must be >= 0"):
-        align.PolicyGradientConfig(kl_coef=-1.0)
+@pytest.mark.parametrize("field, value, message", [
+    ("n_samples", 1, "n_samples must be at least 2 for the leave-one-out baseline"),
+    ("kl_coef", -1.0, "kl_coef must be a finite number >= 0"),
+    ("kl_coef", float("nan"), "kl_coef must be a finite number >= 0"),
+    ("temperature", 0.0, "temperature must be a finite number > 0"),
+    ("prompts_per_step", True, "prompts_per_step must be a positive integer, got True"),
+    ("max_new_tokens", 0, "max_new_tokens must be a positive integer"),
+    ("baseline", "mean", "baseline must be one of 'loo', 'batch'"),
+])
+def test_policy_gradient_config_checks(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        align.PolicyGradientConfig(**{field: value})

@@ -50,6 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from paperlab.config import check_choice, check_ints, check_numbers, check_that
 from paperlab.nn import GPT, GPTConfig, generate, sequence_logprob
 from paperlab.train import batch_seed
 
@@ -458,18 +459,12 @@ class PolicyGradientConfig:
     baseline: str = "loo"
 
     def __post_init__(self) -> None:
-        for name in ("prompts_per_step", "n_samples", "max_new_tokens"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"PolicyGradientConfig.{name} must be a positive integer, got "
-                                 f"{getattr(self, name)!r}")
-        if self.baseline not in ("loo", "batch"):
-            raise ValueError(f"PolicyGradientConfig.baseline must be 'loo' or 'batch', got {self.baseline!r}")
-        if self.baseline == "loo" and self.n_samples < 2:
-            raise ValueError("the leave-one-out baseline needs n_samples >= 2")
-        if not self.temperature > 0:
-            raise ValueError(f"PolicyGradientConfig.temperature must be > 0, got {self.temperature}")
-        if self.kl_coef < 0:
-            raise ValueError(f"PolicyGradientConfig.kl_coef must be >= 0, got {self.kl_coef}")
+        check_ints(self, "prompts_per_step", "n_samples", "max_new_tokens")
+        check_numbers(self, "temperature", low=0, open_low=True)
+        check_numbers(self, "kl_coef", low=0)
+        check_choice(self, "baseline", ("loo", "batch"))
+        check_that(self, self.baseline == "batch" or self.n_samples >= 2, "n_samples",
+                   "at least 2 for the leave-one-out baseline")
 
 
 class PolicyGradient:
