@@ -170,6 +170,7 @@ def execute_chapter(chapter: Chapter, timeout: int) -> tuple[Path, float, bool]:
         return target, 0.0, True
     notebook = read_notebook(chapter.path)
     os.environ["PAPERLAB_PROGRESS"] = "0"  # no progress bars in the rendered pages
+    os.environ["PAPERLAB_STATIC"] = "1"  # explorers render their static view (no kernel behind a page)
     start = time.perf_counter()
     client = NotebookClient(notebook, timeout=timeout, kernel_name="python3",
                             resources={"metadata": {"path": str(chapter.path.parent)}})
