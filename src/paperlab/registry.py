@@ -37,6 +37,12 @@ REGISTRY: dict[str, tuple[str, str]] = {
         "NLLB: multilingual transfer vs bilingual, dense vs top-2 MoE (same active parameters), EOM and "
         "curriculum on low-resource directions, routing by language, zero-shot, on a synthetic world.",
     ),
+    "survey": (
+        "paperlab.survey.experiments:EXPERIMENT",
+        "Automated alignment, one demo per signal source on an addition task with a gold checker: "
+        "self-consistency, generator-verifier gap, weak-to-strong, reward models, best-of-n, policy "
+        "gradient, DPO, environment feedback.",
+    ),
     "geometry": (
         "paperlab.geometry.experiments:EXPERIMENT",
         "Geometry of categorical/hierarchical concepts: causal inner product, concept vectors, hierarchical "

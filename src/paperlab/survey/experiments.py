@@ -1,0 +1,429 @@
+"""The survey chapter's experiments: one demo per source of alignment signal, on the addition task.
+
+Per seed (:func:`seed_run`, cached; :func:`run_seeds` runs the seeds on both cores), starting from the
+base policy of :func:`paperlab.survey.models.base_policy` (SFT on the demonstrations):
+
+1. **inductive bias**, self-consistency: accuracy of the majority vote over ``k`` sampled answers,
+   sampled through :class:`paperlab.llm.TinyLM` (so the cost in generated tokens is counted);
+2. **mechanism**, the generator-verifier gap: how well the policy checks answers (its own sampled
+   answers, and near misses) against how well it produces them. Two checkers: the policy's own
+   probability of the candidate (no new labels), and the policy fine-tuned to answer ``"a+b=c?"`` on
+   as many labelled checks as it had demonstrations;
+3. **behaviour imitation**, weak-to-strong: the base fine-tuned on a weak supervisor's answers to the
+   transfer questions, against the supervisor and against the same fine-tuning on true answers;
+4. **model feedback**: preference pairs of the policy's own answers (one right, one wrong, labelled by
+   the gold checker); two reward models trained on them with the Bradley-Terry loss (a scalar head on
+   the transformer, and DPO's implicit reward ``beta log pi / pi_ref``); best-of-n against each; policy
+   gradient against the implicit reward; the DPO policy itself. Each traced as gold reward against KL
+   from the base policy;
+5. **environment feedback**: the same policy gradient with the environment's checker as the reward.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from paperlab import align, cache
+from paperlab.config import pick
+from paperlab.experiments import Experiment, over_seeds
+from paperlab.llm import TinyLM
+from paperlab.nn import generate, sequence_logprob
+from paperlab.survey.models import (
+    BaseConfig,
+    ModelConfig,
+    answer_logprob,
+    base_policy,
+    check_examples,
+    greedy_answers,
+    make_gpt,
+    sample_answers,
+    sft,
+    train_reward_model,
+    verifier_probability,
+)
+from paperlab.survey.task import AdditionTask, Question, TaskConfig
+from paperlab.train import TrainConfig, auto_device, seed_everything, train
+from paperlab.utils import progress
+
+__all__ = ["SurveyConfig", "CONFIGS", "config_for", "seed_run", "run_seeds", "run", "EXPERIMENT",
+           "vote_accuracy", "best_of_n_curve", "environment_reward", "balanced_accuracy"]
+
+
+@dataclass(frozen=True)
+class SurveyConfig:
+    """Everything the chapter's numbers depend on (and so the cache key)."""
+
+    base: BaseConfig = field(default_factory=BaseConfig)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    # 1. self-consistency
+    n_vote_questions: int = 300
+    vote_samples: int = 32
+    vote_ks: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
+    # 2. checking
+    checker: TrainConfig = field(default_factory=lambda: TrainConfig(steps=400, batch_size=64, lr=1e-3,
+                                                                     warmup_steps=20))
+    n_test_checks: int = 500
+    # 3. weak-to-strong
+    weak_model: ModelConfig = field(default_factory=lambda: ModelConfig(d_model=32, n_layers=1, n_heads=2))
+    weak: TrainConfig = field(default_factory=lambda: TrainConfig(steps=800, batch_size=64, lr=3e-3,
+                                                                  warmup_steps=20))
+    # fine-tuning on the transfer set; its steps are set from transfer_epochs
+    transfer: TrainConfig = field(default_factory=lambda: TrainConfig(steps=100, batch_size=64, lr=1e-3,
+                                                                      warmup_steps=5))
+    transfer_epochs: tuple[int, ...] = (2, 20)  # passes over the transfer set; 2 is Burns et al.'s default
+    # 4. model feedback
+    pair_samples: int = 4  # answers sampled per unlabelled prompt to find (right, wrong) pairs
+    reward: TrainConfig = field(default_factory=lambda: TrainConfig(steps=300, batch_size=64, lr=1e-3,
+                                                                    warmup_steps=20))
+    bon_samples: int = 64
+    n_bon_questions: int = 200
+    dpo_betas: tuple[float, ...] = (0.5, 0.1)  # the first one's implicit reward is the learnt reward model
+    dpo: TrainConfig = field(default_factory=lambda: TrainConfig(steps=300, batch_size=32, lr=1e-4,
+                                                                 warmup_steps=10, eval_every=30))
+    policy_gradient: align.PolicyGradientConfig = field(
+        default_factory=lambda: align.PolicyGradientConfig(prompts_per_step=16, n_samples=4, max_new_tokens=4,
+                                                           kl_coef=0.02))
+    rl: TrainConfig = field(default_factory=lambda: TrainConfig(steps=300, batch_size=64, lr=3e-4,
+                                                                warmup_steps=30, eval_every=10))
+    n_eval_questions: int = 200
+    eval_samples: int = 4
+    # smallest effect that counts for every accuracy claim (declared before computing)
+    min_accuracy_gain: float = 0.02
+
+
+CONFIGS = {
+    "fast": SurveyConfig(
+        base=BaseConfig(task=TaskConfig(n_demos=500, n_transfer=200, n_unlabelled=400, n_test=200),
+                        model=ModelConfig(d_model=64, n_layers=2, n_heads=4),
+                        train=TrainConfig(steps=300, batch_size=64, lr=3e-3, warmup_steps=30, eval_every=50),
+                        n_val=128),
+        n_vote_questions=60, vote_samples=8, vote_ks=(1, 2, 4, 8),
+        checker=TrainConfig(steps=30, batch_size=32, lr=1e-3, warmup_steps=5), n_test_checks=60,
+        weak=TrainConfig(steps=60, batch_size=32, lr=3e-3, warmup_steps=5),
+        transfer=TrainConfig(steps=100, batch_size=32, lr=1e-3, warmup_steps=2), transfer_epochs=(2, 4),
+        reward=TrainConfig(steps=30, batch_size=32, lr=1e-3, warmup_steps=5),
+        bon_samples=8, n_bon_questions=40,
+        dpo=TrainConfig(steps=30, batch_size=16, lr=1e-4, warmup_steps=5, eval_every=10),
+        policy_gradient=align.PolicyGradientConfig(prompts_per_step=8, n_samples=4, max_new_tokens=4,
+                                                   kl_coef=0.02),
+        rl=TrainConfig(steps=30, batch_size=32, lr=3e-4, warmup_steps=5, eval_every=10),
+        n_eval_questions=40, eval_samples=2,
+    ),
+    "full": SurveyConfig(),
+}
+
+
+def config_for(profile: str | None = None) -> SurveyConfig:
+    return pick(CONFIGS, profile)
+
+
+# --------------------------------------------------------------------------------------------------
+# Small measurements
+# --------------------------------------------------------------------------------------------------
+def balanced_accuracy(accepted: torch.Tensor, correct: torch.Tensor) -> float | None:
+    """Mean of the acceptance rate of correct candidates and the rejection rate of wrong ones: 0.5 for a
+    checker that ignores the candidate, whatever the share of correct ones. None (undefined) when all
+    candidates are correct or all are wrong."""
+    accepted, correct = accepted.bool(), correct.bool()
+    if correct.all() or not correct.any():
+        return None
+    accept_right = (accepted & correct).sum() / correct.sum()
+    reject_wrong = (~accepted & ~correct).sum() / (~correct).sum()
+    return 0.5 * (accept_right + reject_wrong).item()
+
+
+def vote_accuracy(task: AdditionTask, questions: Sequence[Question], samples: Sequence[Sequence[str]],
+                  k: int) -> float:
+    """Accuracy of the majority vote over ``k`` samples, averaged over the disjoint blocks of ``k``
+    samples each question has (``len(samples[i]) // k`` of them), so that every ``k`` uses all samples."""
+    correct, total = 0.0, 0
+    for question, answers in zip(questions, samples):
+        blocks = len(answers) // k
+        for block in range(blocks):
+            vote, _ = align.majority_vote([task.parse(a) for a in answers[block * k:(block + 1) * k]])
+            correct += (vote == question.a + question.b) / blocks
+        total += 1
+    return correct / total
+
+
+def best_of_n_curve(gold: torch.Tensor, proxy: torch.Tensor, ns: Sequence[int]) -> dict:
+    """Best-of-n by ``proxy`` scores for each ``n``: mean gold and proxy of the chosen sample.
+
+    gold, proxy: (questions, samples). Each question's samples are cut into ``samples // n`` disjoint
+    blocks; the best of each block is chosen and the results averaged (an unbiased estimate of best-of-n
+    from one set of samples). Ties in the proxy go to the first sample.
+    """
+    out = {"n": [], "gold": [], "proxy": [], "kl": []}
+    questions, samples = gold.shape
+    for n in ns:
+        blocks = samples // n
+        g = gold[:, : blocks * n].reshape(questions, blocks, n)
+        p = proxy[:, : blocks * n].reshape(questions, blocks, n)
+        best = torch.tensor([[align.best_of_n([row])[0] for row in block] for block in p.tolist()])
+        out["n"].append(n)
+        out["gold"].append(g.gather(2, best[..., None]).mean().item())
+        out["proxy"].append(p.gather(2, best[..., None]).mean().item())
+        out["kl"].append(align.best_of_n_kl(n))
+    return out
+
+
+def environment_reward(task: AdditionTask):
+    """The environment's reward: it reads the question back from the prompt and checks the answer
+    (1 if exactly the sum, else 0) -- a calculator, not a model."""
+
+    def reward(prompts: list[list[int]], responses: list[list[int]]) -> list[float]:
+        out = []
+        for prompt, response in zip(prompts, responses):
+            a, b = task.tokenizer.decode(prompt).rstrip("=").split("+")
+            out.append(task.gold(Question(int(a), int(b)), task.decode(response)))
+        return out
+
+    return reward
+
+
+def greedy_accuracy(model, task: AdditionTask, questions: Sequence[Question]) -> float:
+    """Share of ``questions`` the model answers exactly right at temperature 0."""
+    answers = greedy_answers(model, task, questions)
+    return sum(task.gold(q, a) for q, a in zip(questions, answers)) / len(questions)
+
+
+def _policy_eval(task: AdditionTask, questions: Sequence[Question], reference, proxy: Callable | None,
+                 n_samples: int, seed: int):
+    """eval_fn tracing a fine-tuned policy on fixed questions with a fixed sampling seed: mean gold reward
+    and proxy reward of its samples (temperature 1) and KL(policy || reference) over whole answers."""
+    prompts = [task.prompt_ids(q) for q in questions for _ in range(n_samples)]
+    truth = [q for q in questions for _ in range(n_samples)]
+
+    def eval_fn(policy) -> dict:
+        device = next(policy.parameters()).device
+        generator = torch.Generator(device=device).manual_seed(seed)
+        responses = generate(policy, prompts, task.max_answer_tokens, eos_id=task.tokenizer.eos_id,
+                             generator=generator)
+        gold = [task.gold(q, task.decode(r)) for q, r in zip(truth, responses)]
+        kl = align.sequence_kl(policy, reference, prompts, responses)
+        out = {"gold": sum(gold) / len(gold), "kl": kl.mean().item()}
+        if proxy is not None:
+            out["proxy"] = sum(proxy(prompts, responses)) / len(responses)
+        return out
+
+    return eval_fn
+
+
+def _curve(history, start: dict) -> dict:
+    """The eval trace as lists, with the base policy's point (step 0) first."""
+    rows = [{"step": 0, **start}] + history.evals
+    return {key: [row[key] for row in rows] for key in rows[-1]}
+
+
+def implicit_reward(policy, reference, beta: float, pad_id: int = 0):
+    """DPO's implicit reward ``r(x, y) = beta * log(pi(y|x) / pi_ref(y|x))`` as a reward function of
+    token ids (Rafailov et al. 2023, eq. 5 up to a term that depends on x only)."""
+
+    @torch.no_grad()
+    def reward(prompts: list[list[int]], responses: list[list[int]]) -> list[float]:
+        ratio = sequence_logprob(policy, prompts, responses, pad_id=pad_id) \
+            - sequence_logprob(reference, prompts, responses, pad_id=pad_id)
+        return (beta * ratio).tolist()
+
+    return reward
+
+
+def _pairs_of_own_answers(task, questions, texts, ids, rng) -> list[tuple[Question, list[int], list[int]]]:
+    """(question, chosen ids, rejected ids): a right and a wrong answer of the policy to the same question."""
+    triples = []
+    for q, answers, tokens in zip(questions, texts, ids):
+        right = [i for i, a in enumerate(answers) if task.gold(q, a)]
+        wrong = [i for i, a in enumerate(answers) if not task.gold(q, a)]
+        if right and wrong:
+            triples.append((q, tokens[right[0]], tokens[wrong[rng.randrange(len(wrong))]]))
+    return triples
+
+
+def _pair_accuracy(score: Callable, task, triples) -> float:
+    """Share of (right, wrong) pairs a reward function ranks right above wrong (ties count half)."""
+    prompts = [task.prompt_ids(q) for q, _, _ in triples]
+    chosen = torch.tensor(score(prompts, [c for _, c, _ in triples]))
+    rejected = torch.tensor(score(prompts, [r for _, _, r in triples]))
+    return ((chosen > rejected).float() + 0.5 * (chosen == rejected).float()).mean().item()
+
+
+# --------------------------------------------------------------------------------------------------
+# One seed
+# --------------------------------------------------------------------------------------------------
+def _compute_seed(config: SurveyConfig, seed: int, device) -> dict:
+    device = auto_device(device)
+    clock = time.perf_counter()
+    seconds: dict[str, float] = {}
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        seconds[name] = time.perf_counter() - clock
+        clock = time.perf_counter()
+
+    base, task, history = base_policy(config.base, seed, device)
+    rng = random.Random(seed)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    steps, val_loss = history.eval_history("val_loss")
+    convergence = history.convergence("val_loss")
+    test = task.test
+    greedy = greedy_answers(base, task, test)  # the policy's answers at temperature 0
+    out: dict = {"seed": seed, "base": {
+        "steps": steps, "val_loss": val_loss, "converged": convergence.converged,
+        "convergence": convergence.describe(), "seconds": history.seconds,
+        "greedy_accuracy": sum(task.gold(q, a) for q, a in zip(test, greedy)) / len(test)}}
+    lap("base")
+
+    # 1. Inductive bias: self-consistency, sampled through the LLM interface (which counts the tokens)
+    vote_questions = test[: config.n_vote_questions]
+    tiny = TinyLM(base, task.tokenizer, seed=seed)
+    completions = tiny.complete([q.prompt for q in vote_questions], n=config.vote_samples, temperature=1.0,
+                                max_tokens=task.max_answer_tokens)
+    samples = [[task.decode(c.tokens) for c in group] for group in completions]
+    tokens_per_sample = tiny.usage.generated_tokens / (len(vote_questions) * config.vote_samples)
+    greedy_correct = [task.gold(q, a) for q, a in zip(vote_questions, greedy)]
+    out["vote"] = {"k": list(config.vote_ks),
+                   "accuracy": [vote_accuracy(task, vote_questions, samples, k) for k in config.vote_ks],
+                   "greedy": sum(greedy_correct) / len(vote_questions),
+                   "tokens_per_sample": tokens_per_sample}
+    lap("vote")
+
+    # 2. The generator-verifier gap: the policy's own probability as a checker, and a trained checker
+    own = [answers[0] for answers in samples]  # the policy's own (first) sampled answer to each question
+    own_correct = torch.tensor([task.gold(q, a) for q, a in zip(vote_questions, own)]).bool()
+    test_checks, test_candidates, test_truth = check_examples(task, test[: config.n_test_checks],
+                                                              random.Random(seed + 2))
+    check_questions, truth = test[: config.n_test_checks], torch.tensor(test_truth)
+    half = torch.log(torch.tensor(0.5))  # accept a candidate the policy gives probability > 1/2
+    own_logprob = answer_logprob(base, task, vote_questions, own)
+    check_logprob = answer_logprob(base, task, check_questions, test_candidates)
+    likelihood = {"own": balanced_accuracy(own_logprob > half, own_correct),
+                  "near_misses": balanced_accuracy(check_logprob > half, truth)}
+    checker = copy.deepcopy(base).train()
+    # as many labelled checks as the policy had demonstrations
+    train_checks, _, _ = check_examples(task, task.transfer[: len(task.demos)], random.Random(seed + 1))
+    sft(checker, train_checks, replace(config.checker, seed=seed), device=device, desc="checker")
+    checker.eval()
+    own_yes = verifier_probability(checker, task, vote_questions, own) > 0.5
+    check_yes = verifier_probability(checker, task, check_questions, test_candidates) > 0.5
+    trained = {"own": balanced_accuracy(own_yes, own_correct),
+               "near_misses": balanced_accuracy(check_yes, truth)}
+    out["gap"] = {"generation_accuracy": out["vote"]["greedy"],
+                  "sample_accuracy": own_correct.float().mean().item(),
+                  "likelihood_checker": likelihood, "trained_checker": trained,
+                  "n_labelled_checks": len(train_checks)}
+    lap("gap")
+
+    # 3. Weak-to-strong: the strong base fine-tuned on a weak supervisor's answers to new questions
+    seed_everything(seed + 4)
+    weak = make_gpt(config.weak_model, task)
+    demos = [(task.prompt_ids(q), task.answer_ids(q.answer)) for q in task.demos]
+    sft(weak, demos, replace(config.weak, seed=seed), device=device, desc="weak supervisor")
+    weak.eval()
+    weak_answers = greedy_answers(weak, task, task.transfer)
+    accuracy: dict = {"epochs": list(config.transfer_epochs), "student": [], "ceiling": []}
+    for epochs in config.transfer_epochs:
+        steps = max(1, round(epochs * len(task.transfer) / config.transfer.batch_size))
+        for name, answers in (("student", weak_answers), ("ceiling", [q.answer for q in task.transfer])):
+            model = copy.deepcopy(base).train()
+            examples = [(task.prompt_ids(q), task.answer_ids(a)) for q, a in zip(task.transfer, answers)]
+            sft(model, examples, replace(config.transfer, steps=steps, seed=seed), device=device, desc=name)
+            model.eval()
+            accuracy[name].append(greedy_accuracy(model, task, test))
+    accuracy["weak"] = greedy_accuracy(weak, task, test)
+    accuracy["strong_before"] = out["base"]["greedy_accuracy"]
+    accuracy["weak_label_accuracy"] = sum(task.gold(q, a) for q, a in zip(task.transfer, weak_answers)) \
+        / len(task.transfer)
+    out["w2s"] = accuracy
+    lap("w2s")
+
+    # 4. Model feedback: pairs of the policy's own answers, two reward models, best-of-n
+    texts, ids = sample_answers(base, task, task.unlabelled, config.pair_samples, generator)
+    triples = _pairs_of_own_answers(task, task.unlabelled, texts, ids, rng)
+    held_texts, held_ids = sample_answers(base, task, test, config.pair_samples, generator)
+    held_out = _pairs_of_own_answers(task, test, held_texts, held_ids, rng)
+    scalar_model, _ = train_reward_model(base, task, triples, replace(config.reward, seed=seed), device)
+
+    def scalar_reward(prompts, responses):
+        return align.score(scalar_model, prompts, responses).tolist()
+
+    reference = align.freeze(base)
+    eval_questions = test[: config.n_eval_questions]
+    gold_only = _policy_eval(task, eval_questions, reference, None, config.eval_samples, seed)
+    start = gold_only(base)
+    curves, dpo_policies = {}, []
+    for beta in config.dpo_betas:
+        policy = copy.deepcopy(base).train()
+        dpo = align.DPO(base, [task.prompt_ids(q) for q, _, _ in triples], [c for _, c, _ in triples],
+                        [r for _, _, r in triples], beta=beta, pad_id=task.tokenizer.pad_id)
+
+        def dpo_batch(step: int, rank: int, world_size: int, dpo=dpo) -> tuple:
+            return (dpo.sample_indices(step, config.dpo.batch_size, rank),)
+
+        dpo_history = train(policy, dpo_batch, dpo.loss_fn, replace(config.dpo, seed=seed), eval_fn=gold_only,
+                            device=device, desc=f"DPO beta={beta}")
+        curves[f"dpo (beta={beta})"] = _curve(dpo_history, start)
+        dpo_policies.append(align.freeze(policy))
+    learnt_reward = implicit_reward(dpo_policies[0], reference, config.dpo_betas[0], task.tokenizer.pad_id)
+
+    def likelihood_score(prompts, responses):
+        return sequence_logprob(reference, prompts, responses).tolist()
+
+    out["reward_models"] = {
+        "pairs": len(triples), "prompts": len(task.unlabelled), "held_out_pairs": len(held_out),
+        "pair_accuracy": {"scalar head": _pair_accuracy(scalar_reward, task, held_out),
+                          "implicit (DPO)": _pair_accuracy(learnt_reward, task, held_out),
+                          "base likelihood (untrained)": _pair_accuracy(likelihood_score, task, held_out)}}
+    bon_questions = test[: config.n_bon_questions]
+    bon_texts, bon_ids = sample_answers(base, task, bon_questions, config.bon_samples, generator)
+    bon_prompts = [task.prompt_ids(q) for q in bon_questions for _ in range(config.bon_samples)]
+    flat_ids = [i for ids_ in bon_ids for i in ids_]
+    gold = torch.tensor([[task.gold(q, a) for a in answers] for q, answers in zip(bon_questions, bon_texts)])
+    ns = [n for n in (1, 2, 4, 8, 16, 32, 64, 128) if n <= config.bon_samples]
+    out["best_of_n"] = {}
+    for name, fn in (("implicit (DPO)", learnt_reward), ("scalar head", scalar_reward)):
+        proxy = torch.tensor(fn(bon_prompts, flat_ids)).view(len(bon_questions), -1)
+        out["best_of_n"][name] = best_of_n_curve(gold, proxy, ns)
+    lap("model_feedback")
+
+    # 4b. Policy gradient against the learnt (implicit) reward; 5. against the environment's checker
+    unlabelled_prompts = [task.prompt_ids(q) for q in task.unlabelled]
+    for name, reward_fn in (("rl_reward_model", learnt_reward),
+                            ("rl_environment", environment_reward(task))):
+        eval_fn = _policy_eval(task, eval_questions, reference, learnt_reward, config.eval_samples, seed)
+        policy = copy.deepcopy(base).train()
+        method = align.PolicyGradient(base, unlabelled_prompts, reward_fn, config.policy_gradient,
+                                      eos_id=task.tokenizer.eos_id, pad_id=task.tokenizer.pad_id, seed=seed)
+        rl_history = train(policy, method.get_batch(policy), method.loss_fn, replace(config.rl, seed=seed),
+                           eval_fn=eval_fn, device=device, desc=name)
+        curves[name] = _curve(rl_history, eval_fn(base))
+        lap(name)
+    out["curves"] = curves
+    out["seconds"] = seconds
+    return out
+
+
+def seed_run(seed: int, config: SurveyConfig, device: str | None = None) -> dict:
+    """Every experiment of one seed (cached by config, seed and code)."""
+    return cache.cached("survey-seed", config, lambda: _compute_seed(config, seed, device), seed=seed)
+
+
+def run_seeds(config: SurveyConfig, device: str | None = None) -> list[dict]:
+    """:func:`seed_run` for every seed of the config, side by side on the CPU cores (in this process,
+    one after the other, on a GPU)."""
+    if device is not None and auto_device(device).type == "cuda":
+        return [seed_run(seed, config, device) for seed in progress(config.seeds, desc="seeds")]
+    return over_seeds(seed_run, config.seeds, config, device, desc="survey seeds")
+
+
+def run(config: SurveyConfig, device: str | None = None) -> dict:
+    """For ``python -m paperlab run survey``: every seed's results."""
+    return {"seeds": run_seeds(config, device)}
+
+
+EXPERIMENT = Experiment(name="survey", chapter="book/07-alignment.md", configs=CONFIGS, run=run)
