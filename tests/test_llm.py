@@ -374,7 +374,7 @@ def test_hf_backend_on_a_tiny_random_model(tmp_path):
     torch.manual_seed(0)
     model = transformers.GPT2LMHeadModel(transformers.GPT2Config(
         vocab_size=len(vocabulary), n_positions=32, n_embd=16, n_layer=1, n_head=2,
-        eos_token_id=1, bos_token_id=1, pad_token_id=1))
+        eos_token_id=1, bos_token_id=1, pad_token_id=1)).eval()  # eval: no dropout
     tokenizer.save_pretrained(tmp_path)
     model.save_pretrained(tmp_path)
 

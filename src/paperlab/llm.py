@@ -626,9 +626,10 @@ class HFCausalLM(LLM):
             inputs = torch.tensor([ids], device=self.device)
             sequences = self.model.generate(
                 inputs, attention_mask=torch.ones_like(inputs), max_new_tokens=max_tokens,
-                num_return_sequences=n, pad_token_id=self.pad_id, **sampling)
+                num_return_sequences=n if temperature > 0 else 1, pad_token_id=self.pad_id, **sampling)
+            rows = sequences.tolist() if temperature > 0 else sequences.tolist() * n  # greedy: one answer
             samples = []
-            for row in sequences.tolist():
+            for row in rows:
                 new = row[len(ids):]
                 ended = self.eos_id is not None and self.eos_id in new
                 if ended:
