@@ -90,7 +90,7 @@ class SurveyConfig:
         default_factory=lambda: align.PolicyGradientConfig(prompts_per_step=16, n_samples=4, max_new_tokens=4,
                                                            kl_coef=0.02))
     rl: TrainConfig = field(default_factory=lambda: TrainConfig(steps=300, batch_size=64, lr=3e-4,
-                                                                warmup_steps=30, eval_every=10))
+                                                                warmup_steps=30, eval_every=15))
     n_eval_questions: int = 200
     eval_samples: int = 4
     # smallest effect that counts for every accuracy claim (declared before computing)
@@ -187,6 +187,19 @@ def environment_reward(task: AdditionTask):
     return reward
 
 
+def _checked(accepted: torch.Tensor, correct: torch.Tensor) -> dict:
+    """What a checker did to a set of answers: the share of right answers it accepted and of wrong ones
+    it rejected, its balanced accuracy (the mean of the two), the share it accepted and the accuracy of
+    the accepted answers (None where undefined)."""
+    accepted, correct = accepted.bool(), correct.bool()
+    right, wrong, kept = int(correct.sum()), int((~correct).sum()), int(accepted.sum())
+    return {"accepts_right": (accepted & correct).sum().item() / right if right else None,
+            "rejects_wrong": (~accepted & ~correct).sum().item() / wrong if wrong else None,
+            "balanced": balanced_accuracy(accepted, correct),
+            "accepted_share": kept / len(accepted),
+            "accepted_accuracy": (accepted & correct).sum().item() / kept if kept else None}
+
+
 def greedy_accuracy(model, task: AdditionTask, questions: Sequence[Question]) -> float:
     """Share of ``questions`` the model answers exactly right at temperature 0."""
     answers = greedy_answers(model, task, questions)
@@ -254,157 +267,192 @@ def _pair_accuracy(score: Callable, task, triples) -> float:
 
 
 # --------------------------------------------------------------------------------------------------
-# One seed
+# One seed, one stage at a time
 # --------------------------------------------------------------------------------------------------
-def _compute_seed(config: SurveyConfig, seed: int, device) -> dict:
-    device = auto_device(device)
-    clock = time.perf_counter()
-    seconds: dict[str, float] = {}
+@dataclass
+class _Seed:
+    """What every stage of one seed shares: the config, the base policy and its task, the device and one
+    sampling generator (used in stage order, so each seed's results are reproducible)."""
 
-    def lap(name: str) -> None:
-        nonlocal clock
-        seconds[name] = time.perf_counter() - clock
-        clock = time.perf_counter()
+    config: SurveyConfig
+    seed: int
+    base: torch.nn.Module
+    task: AdditionTask
+    device: torch.device
+    generator: torch.Generator
 
-    base, task, history = base_policy(config.base, seed, device)
-    rng = random.Random(seed)
-    generator = torch.Generator(device=device).manual_seed(seed)
-    steps, val_loss = history.eval_history("val_loss")
-    convergence = history.convergence("val_loss")
-    test = task.test
-    greedy = greedy_answers(base, task, test)  # the policy's answers at temperature 0
-    out: dict = {"seed": seed, "base": {
-        "steps": steps, "val_loss": val_loss, "converged": convergence.converged,
-        "convergence": convergence.describe(), "seconds": history.seconds,
-        "greedy_accuracy": sum(task.gold(q, a) for q, a in zip(test, greedy)) / len(test)}}
-    lap("base")
+    def tuned(self, train_config: TrainConfig, **changes) -> TrainConfig:
+        """A training config with this seed (and any other changes)."""
+        return replace(train_config, seed=self.seed, **changes)
 
-    # 1. Inductive bias: self-consistency, sampled through the LLM interface (which counts the tokens)
-    vote_questions = test[: config.n_vote_questions]
-    tiny = TinyLM(base, task.tokenizer, seed=seed)
-    completions = tiny.complete([q.prompt for q in vote_questions], n=config.vote_samples, temperature=1.0,
+
+def _self_consistency(s: _Seed, greedy: list[str]) -> tuple[dict, list[list[str]]]:
+    """1. Majority votes over k samples, drawn through the LLM interface (which counts the tokens)."""
+    c, task = s.config, s.task
+    questions = task.test[: c.n_vote_questions]
+    tiny = TinyLM(s.base, task.tokenizer, seed=s.seed)
+    completions = tiny.complete([q.prompt for q in questions], n=c.vote_samples, temperature=1.0,
                                 max_tokens=task.max_answer_tokens)
-    samples = [[task.decode(c.tokens) for c in group] for group in completions]
-    tokens_per_sample = tiny.usage.generated_tokens / (len(vote_questions) * config.vote_samples)
-    greedy_correct = [task.gold(q, a) for q, a in zip(vote_questions, greedy)]
-    out["vote"] = {"k": list(config.vote_ks),
-                   "accuracy": [vote_accuracy(task, vote_questions, samples, k) for k in config.vote_ks],
-                   "greedy": sum(greedy_correct) / len(vote_questions),
-                   "tokens_per_sample": tokens_per_sample}
-    lap("vote")
+    samples = [[task.decode(done.tokens) for done in group] for group in completions]
+    votes = [align.majority_vote(answers)[0] for answers in samples]
+    greedy = greedy[: len(questions)]
+    return {"k": list(c.vote_ks),
+            "accuracy": [vote_accuracy(task, questions, samples, k) for k in c.vote_ks],
+            "greedy": sum(task.gold(q, a) for q, a in zip(questions, greedy)) / len(questions),
+            "vote_equals_greedy": sum(v == g for v, g in zip(votes, greedy)) / len(questions),
+            "tokens_per_sample": tiny.usage.generated_tokens / (len(questions) * c.vote_samples)}, samples
 
-    # 2. The generator-verifier gap: the policy's own probability as a checker, and a trained checker
-    own = [answers[0] for answers in samples]  # the policy's own (first) sampled answer to each question
-    own_correct = torch.tensor([task.gold(q, a) for q, a in zip(vote_questions, own)]).bool()
-    test_checks, test_candidates, test_truth = check_examples(task, test[: config.n_test_checks],
-                                                              random.Random(seed + 2))
-    check_questions, truth = test[: config.n_test_checks], torch.tensor(test_truth)
-    half = torch.log(torch.tensor(0.5))  # accept a candidate the policy gives probability > 1/2
-    own_logprob = answer_logprob(base, task, vote_questions, own)
-    check_logprob = answer_logprob(base, task, check_questions, test_candidates)
-    likelihood = {"own": balanced_accuracy(own_logprob > half, own_correct),
-                  "near_misses": balanced_accuracy(check_logprob > half, truth)}
-    checker = copy.deepcopy(base).train()
-    # as many labelled checks as the policy had demonstrations
-    train_checks, _, _ = check_examples(task, task.transfer[: len(task.demos)], random.Random(seed + 1))
-    sft(checker, train_checks, replace(config.checker, seed=seed), device=device, desc="checker")
+
+def _generator_verifier_gap(s: _Seed, samples: list[list[str]]) -> dict:
+    """2. Two checkers (the policy's own probability > 1/2, and the policy fine-tuned on as many labelled
+    checks as it had demonstrations) on all of the policy's own samples and on balanced near misses."""
+    c, task = s.config, s.task
+    questions = [q for q in task.test[: c.n_vote_questions] for _ in range(c.vote_samples)]
+    own = [a for answers in samples for a in answers]
+    correct = torch.tensor([task.gold(q, a) for q, a in zip(questions, own)]).bool()
+    check_questions = task.test[: c.n_test_checks]
+    _, candidates, truth = check_examples(task, check_questions, random.Random(s.seed + 2))
+    half = torch.log(torch.tensor(0.5))
+    likelihood = {"near_misses": balanced_accuracy(
+        answer_logprob(s.base, task, check_questions, candidates) > half, torch.tensor(truth)),
+        **_checked(answer_logprob(s.base, task, questions, own) > half, correct)}
+    checker = copy.deepcopy(s.base).train()
+    labelled, _, _ = check_examples(task, task.transfer[: len(task.demos)], random.Random(s.seed + 1))
+    sft(checker, labelled, s.tuned(c.checker), device=s.device, desc="checker")
     checker.eval()
-    own_yes = verifier_probability(checker, task, vote_questions, own) > 0.5
-    check_yes = verifier_probability(checker, task, check_questions, test_candidates) > 0.5
-    trained = {"own": balanced_accuracy(own_yes, own_correct),
-               "near_misses": balanced_accuracy(check_yes, truth)}
-    out["gap"] = {"generation_accuracy": out["vote"]["greedy"],
-                  "sample_accuracy": own_correct.float().mean().item(),
-                  "likelihood_checker": likelihood, "trained_checker": trained,
-                  "n_labelled_checks": len(train_checks)}
-    lap("gap")
+    trained = {"near_misses": balanced_accuracy(
+        verifier_probability(checker, task, check_questions, candidates) > 0.5, torch.tensor(truth)),
+        **_checked(verifier_probability(checker, task, questions, own) > 0.5, correct)}
+    return {"sample_accuracy": correct.float().mean().item(), "likelihood_checker": likelihood,
+            "trained_checker": trained, "n_labelled_checks": len(labelled)}
 
-    # 3. Weak-to-strong: the strong base fine-tuned on a weak supervisor's answers to new questions
-    seed_everything(seed + 4)
-    weak = make_gpt(config.weak_model, task)
+
+def _weak_to_strong(s: _Seed) -> dict:
+    """3. The strong base fine-tuned on a weak supervisor's answers to the transfer questions (student) or
+    on their true answers (ceiling), for each number of passes."""
+    c, task = s.config, s.task
+    seed_everything(s.seed + 4)
+    weak = make_gpt(c.weak_model, task)
     demos = [(task.prompt_ids(q), task.answer_ids(q.answer)) for q in task.demos]
-    sft(weak, demos, replace(config.weak, seed=seed), device=device, desc="weak supervisor")
+    sft(weak, demos, s.tuned(c.weak), device=s.device, desc="weak supervisor")
     weak.eval()
     weak_answers = greedy_answers(weak, task, task.transfer)
-    accuracy: dict = {"epochs": list(config.transfer_epochs), "student": [], "ceiling": []}
-    for epochs in config.transfer_epochs:
-        steps = max(1, round(epochs * len(task.transfer) / config.transfer.batch_size))
+    out: dict = {"epochs": list(c.transfer_epochs), "student": [], "ceiling": []}
+    for epochs in c.transfer_epochs:
+        steps = max(1, round(epochs * len(task.transfer) / c.transfer.batch_size))
         for name, answers in (("student", weak_answers), ("ceiling", [q.answer for q in task.transfer])):
-            model = copy.deepcopy(base).train()
+            model = copy.deepcopy(s.base).train()
             examples = [(task.prompt_ids(q), task.answer_ids(a)) for q, a in zip(task.transfer, answers)]
-            sft(model, examples, replace(config.transfer, steps=steps, seed=seed), device=device, desc=name)
-            model.eval()
-            accuracy[name].append(greedy_accuracy(model, task, test))
-    accuracy["weak"] = greedy_accuracy(weak, task, test)
-    accuracy["strong_before"] = out["base"]["greedy_accuracy"]
-    accuracy["weak_label_accuracy"] = sum(task.gold(q, a) for q, a in zip(task.transfer, weak_answers)) \
+            sft(model, examples, s.tuned(c.transfer, steps=steps), device=s.device, desc=name)
+            out[name].append(greedy_accuracy(model.eval(), task, task.test))
+    out["weak"] = greedy_accuracy(weak, task, task.test)
+    out["weak_label_accuracy"] = sum(task.gold(q, a) for q, a in zip(task.transfer, weak_answers)) \
         / len(task.transfer)
-    out["w2s"] = accuracy
-    lap("w2s")
+    return out
 
-    # 4. Model feedback: pairs of the policy's own answers, two reward models, best-of-n
-    texts, ids = sample_answers(base, task, task.unlabelled, config.pair_samples, generator)
+
+def _reward_models(s: _Seed, reference, curves: dict) -> tuple[dict, Callable, Callable]:
+    """4. Pairs of the policy's own answers (right, wrong), a scalar-head reward model and DPO (one run
+    per beta, traced into ``curves``) on them. Returns the pair accuracies and the two learnt rewards."""
+    c, task = s.config, s.task
+    rng = random.Random(s.seed)
+    texts, ids = sample_answers(s.base, task, task.unlabelled, c.pair_samples, s.generator)
     triples = _pairs_of_own_answers(task, task.unlabelled, texts, ids, rng)
-    held_texts, held_ids = sample_answers(base, task, test, config.pair_samples, generator)
-    held_out = _pairs_of_own_answers(task, test, held_texts, held_ids, rng)
-    scalar_model, _ = train_reward_model(base, task, triples, replace(config.reward, seed=seed), device)
+    held_texts, held_ids = sample_answers(s.base, task, task.test, c.pair_samples, s.generator)
+    held_out = _pairs_of_own_answers(task, task.test, held_texts, held_ids, rng)
+    scalar_model, _ = train_reward_model(s.base, task, triples, s.tuned(c.reward), s.device)
 
     def scalar_reward(prompts, responses):
         return align.score(scalar_model, prompts, responses).tolist()
 
-    reference = align.freeze(base)
-    eval_questions = test[: config.n_eval_questions]
-    gold_only = _policy_eval(task, eval_questions, reference, None, config.eval_samples, seed)
-    start = gold_only(base)
-    curves, dpo_policies = {}, []
-    for beta in config.dpo_betas:
-        policy = copy.deepcopy(base).train()
-        dpo = align.DPO(base, [task.prompt_ids(q) for q, _, _ in triples], [c for _, c, _ in triples],
-                        [r for _, _, r in triples], beta=beta, pad_id=task.tokenizer.pad_id)
+    gold_only = _policy_eval(task, task.test[: c.n_eval_questions], reference, None, c.eval_samples, s.seed)
+    start, dpo_policies = gold_only(s.base), []
+    for beta in c.dpo_betas:
+        policy = copy.deepcopy(s.base).train()
+        dpo = align.DPO(s.base, [task.prompt_ids(q) for q, _, _ in triples], [t[1] for t in triples],
+                        [t[2] for t in triples], beta=beta, pad_id=task.tokenizer.pad_id)
 
         def dpo_batch(step: int, rank: int, world_size: int, dpo=dpo) -> tuple:
-            return (dpo.sample_indices(step, config.dpo.batch_size, rank),)
+            return (dpo.sample_indices(step, c.dpo.batch_size, rank),)
 
-        dpo_history = train(policy, dpo_batch, dpo.loss_fn, replace(config.dpo, seed=seed), eval_fn=gold_only,
-                            device=device, desc=f"DPO beta={beta}")
-        curves[f"dpo (beta={beta})"] = _curve(dpo_history, start)
+        history = train(policy, dpo_batch, dpo.loss_fn, s.tuned(c.dpo), eval_fn=gold_only, device=s.device,
+                        desc=f"DPO beta={beta}")
+        curves[f"dpo (beta={beta})"] = _curve(history, start)
         dpo_policies.append(align.freeze(policy))
-    learnt_reward = implicit_reward(dpo_policies[0], reference, config.dpo_betas[0], task.tokenizer.pad_id)
+    learnt_reward = implicit_reward(dpo_policies[0], reference, c.dpo_betas[0], task.tokenizer.pad_id)
 
     def likelihood_score(prompts, responses):
         return sequence_logprob(reference, prompts, responses).tolist()
 
-    out["reward_models"] = {
-        "pairs": len(triples), "prompts": len(task.unlabelled), "held_out_pairs": len(held_out),
-        "pair_accuracy": {"scalar head": _pair_accuracy(scalar_reward, task, held_out),
-                          "implicit (DPO)": _pair_accuracy(learnt_reward, task, held_out),
-                          "base likelihood (untrained)": _pair_accuracy(likelihood_score, task, held_out)}}
-    bon_questions = test[: config.n_bon_questions]
-    bon_texts, bon_ids = sample_answers(base, task, bon_questions, config.bon_samples, generator)
-    bon_prompts = [task.prompt_ids(q) for q in bon_questions for _ in range(config.bon_samples)]
-    flat_ids = [i for ids_ in bon_ids for i in ids_]
-    gold = torch.tensor([[task.gold(q, a) for a in answers] for q, answers in zip(bon_questions, bon_texts)])
-    ns = [n for n in (1, 2, 4, 8, 16, 32, 64, 128) if n <= config.bon_samples]
-    out["best_of_n"] = {}
-    for name, fn in (("implicit (DPO)", learnt_reward), ("scalar head", scalar_reward)):
-        proxy = torch.tensor(fn(bon_prompts, flat_ids)).view(len(bon_questions), -1)
-        out["best_of_n"][name] = best_of_n_curve(gold, proxy, ns)
-    lap("model_feedback")
+    scores = {"scalar head": scalar_reward, "implicit (DPO)": learnt_reward,
+              "base likelihood (untrained)": likelihood_score}
+    return ({"pairs": len(triples), "prompts": len(task.unlabelled), "held_out_pairs": len(held_out),
+             "pair_accuracy": {name: _pair_accuracy(fn, task, held_out) for name, fn in scores.items()}},
+            learnt_reward, scalar_reward)
 
-    # 4b. Policy gradient against the learnt (implicit) reward; 5. against the environment's checker
-    unlabelled_prompts = [task.prompt_ids(q) for q in task.unlabelled]
-    for name, reward_fn in (("rl_reward_model", learnt_reward),
-                            ("rl_environment", environment_reward(task))):
-        eval_fn = _policy_eval(task, eval_questions, reference, learnt_reward, config.eval_samples, seed)
-        policy = copy.deepcopy(base).train()
-        method = align.PolicyGradient(base, unlabelled_prompts, reward_fn, config.policy_gradient,
-                                      eos_id=task.tokenizer.eos_id, pad_id=task.tokenizer.pad_id, seed=seed)
-        rl_history = train(policy, method.get_batch(policy), method.loss_fn, replace(config.rl, seed=seed),
-                           eval_fn=eval_fn, device=device, desc=name)
-        curves[name] = _curve(rl_history, eval_fn(base))
-        lap(name)
-    out["curves"] = curves
-    out["seconds"] = seconds
+
+def _best_of_n(s: _Seed, rewards: dict[str, Callable]) -> dict:
+    """4. Best-of-n against each learnt reward, on ``bon_samples`` samples per test question."""
+    c, task = s.config, s.task
+    questions = task.test[: c.n_bon_questions]
+    texts, ids = sample_answers(s.base, task, questions, c.bon_samples, s.generator)
+    prompts = [task.prompt_ids(q) for q in questions for _ in range(c.bon_samples)]
+    flat = [i for group in ids for i in group]
+    gold = torch.tensor([[task.gold(q, a) for a in answers] for q, answers in zip(questions, texts)])
+    ns = [n for n in (1, 2, 4, 8, 16, 32, 64, 128) if n <= c.bon_samples]
+    return {name: best_of_n_curve(gold, torch.tensor(fn(prompts, flat)).view(len(questions), -1), ns)
+            for name, fn in rewards.items()}
+
+
+def _policy_gradient(s: _Seed, reference, reward_fn: Callable, proxy: Callable, name: str) -> dict:
+    """4b and 5. REINFORCE with the KL penalty against ``reward_fn``, traced (gold, proxy, KL)."""
+    c, task = s.config, s.task
+    eval_fn = _policy_eval(task, task.test[: c.n_eval_questions], reference, proxy, c.eval_samples, s.seed)
+    policy = copy.deepcopy(s.base).train()
+    tok = task.tokenizer
+    method = align.PolicyGradient(s.base, [task.prompt_ids(q) for q in task.unlabelled], reward_fn,
+                                  c.policy_gradient, eos_id=tok.eos_id, pad_id=tok.pad_id, seed=s.seed)
+    history = train(policy, method.get_batch(policy), method.loss_fn, s.tuned(c.rl), eval_fn=eval_fn,
+                    device=s.device, desc=name)
+    return _curve(history, eval_fn(s.base))
+
+
+def _compute_seed(config: SurveyConfig, seed: int, device) -> dict:
+    """Every stage for one seed, in order; ``seconds`` records each stage's wall-clock time."""
+    device = auto_device(device)
+    base, task, history = base_policy(config.base, seed, device)
+    s = _Seed(config, seed, base, task, device, torch.Generator(device=device).manual_seed(seed))
+    seconds, clock = {}, time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        seconds[name], clock = time.perf_counter() - clock, time.perf_counter()
+
+    steps, val_loss = history.eval_history("val_loss")
+    convergence = history.convergence("val_loss")
+    greedy = greedy_answers(base, task, task.test)  # the policy's answers at temperature 0
+    out: dict = {"seed": seed, "base": {
+        "steps": steps, "val_loss": val_loss, "converged": convergence.converged,
+        "convergence": convergence.describe(), "seconds": history.seconds,
+        "greedy_accuracy": sum(task.gold(q, a) for q, a in zip(task.test, greedy)) / len(task.test),
+        "train_accuracy": greedy_accuracy(base, task, task.demos)}}
+    out["vote"], samples = _self_consistency(s, greedy)
+    lap("self-consistency")
+    out["gap"] = {"generation_accuracy": out["vote"]["greedy"], **_generator_verifier_gap(s, samples)}
+    lap("generator-verifier gap")
+    out["w2s"] = {"strong_before": out["base"]["greedy_accuracy"], **_weak_to_strong(s)}
+    lap("weak-to-strong")
+    reference, curves = align.freeze(base), {}
+    out["reward_models"], learnt_reward, scalar_reward = _reward_models(s, reference, curves)
+    out["best_of_n"] = _best_of_n(s, {"implicit (DPO)": learnt_reward, "scalar head": scalar_reward})
+    lap("reward models, DPO, best-of-n")
+    curves["rl_reward_model"] = _policy_gradient(s, reference, learnt_reward, learnt_reward,
+                                                 "rl_reward_model")
+    lap("policy gradient, reward model")
+    curves["rl_environment"] = _policy_gradient(s, reference, environment_reward(task), learnt_reward,
+                                                "rl_environment")
+    lap("policy gradient, environment")
+    out["curves"], out["seconds"] = curves, seconds
     return out
 
 

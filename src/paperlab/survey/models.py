@@ -36,7 +36,7 @@ class ModelConfig:
 class BaseConfig:
     """The base policy: a :class:`ModelConfig` trained by SFT on the task's demonstrations."""
 
-    task: TaskConfig = field(default_factory=lambda: TaskConfig(n_demos=500, n_transfer=1000,
+    task: TaskConfig = field(default_factory=lambda: TaskConfig(n_demos=700, n_transfer=1000,
                                                                 n_unlabelled=2000, n_test=500))
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=1200, batch_size=64, lr=3e-3,
