@@ -70,27 +70,27 @@ class SurveyConfig:
                                                                      warmup_steps=20))
     n_test_checks: int = 500
     # 3. weak-to-strong
-    weak_model: ModelConfig = field(default_factory=lambda: ModelConfig(d_model=32, n_layers=1, n_heads=2))
-    weak: TrainConfig = field(default_factory=lambda: TrainConfig(steps=800, batch_size=64, lr=3e-3,
-                                                                  warmup_steps=20))
+    weak_model: ModelConfig = field(default_factory=lambda: ModelConfig(d_model=32, n_layers=2, n_heads=2))
+    weak: TrainConfig = field(default_factory=lambda: TrainConfig(steps=1200, batch_size=64, lr=3e-3,
+                                                                  warmup_steps=50))
     # fine-tuning on the transfer set; its steps are set from transfer_epochs
     transfer: TrainConfig = field(default_factory=lambda: TrainConfig(steps=100, batch_size=64, lr=1e-3,
                                                                       warmup_steps=5))
-    transfer_epochs: tuple[int, ...] = (2, 20)  # passes over the transfer set; 2 is Burns et al.'s default
+    transfer_epochs: tuple[int, ...] = (2, 10)  # passes over the transfer set; 2 is Burns et al.'s default
     # 4. model feedback
     pair_samples: int = 4  # answers sampled per unlabelled prompt to find (right, wrong) pairs
-    reward: TrainConfig = field(default_factory=lambda: TrainConfig(steps=300, batch_size=64, lr=1e-3,
+    reward: TrainConfig = field(default_factory=lambda: TrainConfig(steps=200, batch_size=64, lr=1e-3,
                                                                     warmup_steps=20))
     bon_samples: int = 64
     n_bon_questions: int = 200
     dpo_betas: tuple[float, ...] = (0.5, 0.1)  # the first one's implicit reward is the learnt reward model
-    dpo: TrainConfig = field(default_factory=lambda: TrainConfig(steps=300, batch_size=32, lr=1e-4,
-                                                                 warmup_steps=10, eval_every=30))
+    dpo: TrainConfig = field(default_factory=lambda: TrainConfig(steps=200, batch_size=32, lr=1e-4,
+                                                                 warmup_steps=10, eval_every=20))
     policy_gradient: align.PolicyGradientConfig = field(
         default_factory=lambda: align.PolicyGradientConfig(prompts_per_step=16, n_samples=4, max_new_tokens=4,
                                                            kl_coef=0.02))
     rl: TrainConfig = field(default_factory=lambda: TrainConfig(steps=300, batch_size=64, lr=3e-4,
-                                                                warmup_steps=30, eval_every=15))
+                                                                warmup_steps=30, eval_every=30))
     n_eval_questions: int = 200
     eval_samples: int = 4
     # smallest effect that counts for every accuracy claim (declared before computing)
@@ -420,13 +420,16 @@ def _policy_gradient(s: _Seed, reference, reward_fn: Callable, proxy: Callable, 
 def _compute_seed(config: SurveyConfig, seed: int, device) -> dict:
     """Every stage for one seed, in order; ``seconds`` records each stage's wall-clock time."""
     device = auto_device(device)
-    base, task, history = base_policy(config.base, seed, device)
-    s = _Seed(config, seed, base, task, device, torch.Generator(device=device).manual_seed(seed))
-    seconds, clock = {}, time.perf_counter()
+    seconds, cpu_seconds, clock, cpu_clock = {}, {}, time.perf_counter(), time.process_time()
 
-    def lap(name: str) -> None:
-        nonlocal clock
+    def lap(name: str) -> None:  # wall-clock and CPU time of each stage (CPU time is less load-dependent)
+        nonlocal clock, cpu_clock
         seconds[name], clock = time.perf_counter() - clock, time.perf_counter()
+        cpu_seconds[name], cpu_clock = time.process_time() - cpu_clock, time.process_time()
+
+    base, task, history = base_policy(config.base, seed, device)
+    lap("base policy (cached separately)")
+    s = _Seed(config, seed, base, task, device, torch.Generator(device=device).manual_seed(seed))
 
     steps, val_loss = history.eval_history("val_loss")
     convergence = history.convergence("val_loss")
@@ -452,7 +455,7 @@ def _compute_seed(config: SurveyConfig, seed: int, device) -> dict:
     curves["rl_environment"] = _policy_gradient(s, reference, environment_reward(task), learnt_reward,
                                                 "rl_environment")
     lap("policy gradient, environment")
-    out["curves"], out["seconds"] = curves, seconds
+    out["curves"], out["seconds"], out["cpu_seconds"] = curves, seconds, cpu_seconds
     return out
 
 
