@@ -203,3 +203,34 @@ def test_registry_lists_the_survey():
     experiment = registry.get("survey")
     assert experiment.chapter == "book/07-alignment.md"
     assert set(experiment.configs) == {"fast", "full"}
+
+
+# --------------------------------------------------------------------------------------------------
+# Config checks: one-line errors before any work
+# --------------------------------------------------------------------------------------------------
+def test_survey_config_checks():
+    from dataclasses import replace
+
+    config = E.EXPERIMENT.config("fast")
+    with pytest.raises(ValueError, match="SurveyConfig.vote_ks must be a non-empty tuple of integers in"):
+        replace(config, vote_ks=(1, 2, 64))
+    with pytest.raises(ValueError, match="SurveyConfig.n_bon_questions must be an integer in"):
+        replace(config, n_bon_questions=config.base.task.n_test + 1)
+    with pytest.raises(ValueError, match="SurveyConfig.pair_samples must be an integer >= 2"):
+        replace(config, pair_samples=1)
+    with pytest.raises(ValueError, match="SurveyConfig.dpo_betas must be"):
+        replace(config, dpo_betas=(0.5, 0.0))
+    with pytest.raises(ValueError, match="ModelConfig.d_model .* multiple of n_heads"):
+        E.ModelConfig(d_model=30, n_heads=4)
+    with pytest.raises(ValueError, match="BaseConfig.n_val must be"):
+        replace(config.base, n_val=config.base.task.n_test + 1)
+
+
+def test_run_needs_three_seeds_and_evaluations_before_any_work():
+    from dataclasses import replace
+
+    config = E.EXPERIMENT.config("fast")
+    with pytest.raises(ValueError, match="SurveyConfig.seeds must be a tuple of >= 3 seeds"):
+        E.run(replace(config, seeds=(0, 1)))
+    with pytest.raises(ValueError, match="SurveyConfig.rl must be a TrainConfig with >= 3 evaluations"):
+        E.run(replace(config, rl=replace(config.rl, eval_every=0)))

@@ -30,7 +30,14 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from paperlab import align, cache
-from paperlab.config import pick
+from paperlab.config import (
+    check_int_tuple,
+    check_ints,
+    check_number_tuple,
+    check_numbers,
+    check_that,
+    check_type,
+)
 from paperlab.experiments import Experiment, over_seeds
 from paperlab.llm import TinyLM
 from paperlab.nn import generate, sequence_logprob
@@ -49,9 +56,8 @@ from paperlab.survey.models import (
 )
 from paperlab.survey.task import AdditionTask, Question, TaskConfig
 from paperlab.train import TrainConfig, auto_device, seed_everything, train
-from paperlab.utils import progress
 
-__all__ = ["SurveyConfig", "CONFIGS", "config_for", "seed_run", "run_seeds", "run", "EXPERIMENT",
+__all__ = ["SurveyConfig", "CONFIGS", "check_runnable", "seed_run", "run_seeds", "run", "EXPERIMENT",
            "vote_accuracy", "best_of_n_curve", "environment_reward", "balanced_accuracy"]
 
 
@@ -96,6 +102,35 @@ class SurveyConfig:
     # smallest effect that counts for every accuracy claim (declared before computing)
     min_accuracy_gain: float = 0.02
 
+    def __post_init__(self) -> None:
+        check_type(self, "base", BaseConfig)
+        check_type(self, "weak_model", ModelConfig)
+        check_type(self, "policy_gradient", align.PolicyGradientConfig)
+        for name in ("checker", "weak", "transfer", "reward", "dpo", "rl"):
+            check_type(self, name, TrainConfig)
+        check_int_tuple(self, "seeds", low=0)
+        n_test = self.base.task.n_test
+        check_ints(self, "n_vote_questions", "n_test_checks", "n_bon_questions", "n_eval_questions",
+                   high=n_test)
+        check_ints(self, "vote_samples", "bon_samples", "eval_samples")
+        check_ints(self, "pair_samples", low=2)
+        check_int_tuple(self, "vote_ks", high=self.vote_samples)
+        check_int_tuple(self, "transfer_epochs")
+        check_number_tuple(self, "dpo_betas", low=0.0, open_low=True)
+        check_numbers(self, "min_accuracy_gain", low=0.0, open_low=True)
+
+
+def check_runnable(config: SurveyConfig) -> None:
+    """What :func:`run` needs beyond a valid config: >= 3 seeds (the scorecard's intervals) and >= 3
+    evaluations in each traced run (DPO, policy gradient), for the curves and the convergence check. A
+    ValueError before any work; ``python -m paperlab run`` calls it up front."""
+    check_that(config, len(config.seeds) >= 3, "seeds", "a tuple of >= 3 seeds (95% intervals over seeds)")
+    for name in ("dpo", "rl"):
+        every, steps = getattr(config, name).eval_every, getattr(config, name).steps
+        n_evals = steps // every + (steps % every > 0) if every else 1  # and always after the last step
+        check_that(config, n_evals >= 3, name, f"a TrainConfig with >= 3 evaluations (eval_every <= "
+                   f"steps / 3 = {steps // 3}); it has {n_evals}")
+
 
 CONFIGS = {
     "fast": SurveyConfig(
@@ -117,10 +152,6 @@ CONFIGS = {
     ),
     "full": SurveyConfig(),
 }
-
-
-def config_for(profile: str | None = None) -> SurveyConfig:
-    return pick(CONFIGS, profile)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -465,11 +496,12 @@ def seed_run(seed: int, config: SurveyConfig, device: str | None = None) -> dict
 
 
 def run_seeds(config: SurveyConfig, device: str | None = None) -> list[dict]:
-    """:func:`seed_run` for every seed of the config, side by side on the CPU cores (in this process,
-    one after the other, on a GPU)."""
-    if device is not None and auto_device(device).type == "cuda":
-        return [seed_run(seed, config, device) for seed in progress(config.seeds, desc="seeds")]
-    return over_seeds(seed_run, config.seeds, config, device, desc="survey seeds")
+    """:func:`seed_run` for every seed of the config, side by side on the CPU cores (on a GPU, one after
+    the other in this process: worker processes would each start CUDA). The device is checked first."""
+    check_runnable(config)
+    device = None if device is None else str(auto_device(device))
+    workers = 1 if device is not None and device.startswith("cuda") else None
+    return over_seeds(seed_run, config.seeds, config, device, workers=workers, desc="survey seeds")
 
 
 def run(config: SurveyConfig, device: str | None = None) -> dict:
@@ -477,4 +509,5 @@ def run(config: SurveyConfig, device: str | None = None) -> dict:
     return {"seeds": run_seeds(config, device)}
 
 
-EXPERIMENT = Experiment(name="survey", chapter="book/07-alignment.md", configs=CONFIGS, run=run)
+EXPERIMENT = Experiment(name="survey", chapter="book/07-alignment.md", configs=CONFIGS, run=run,
+                        check=check_runnable)

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from paperlab import align, cache
+from paperlab.config import check_ints, check_type
 from paperlab.nn import GPT, GPTConfig, generate, sequence_logprob
 from paperlab.survey.task import AdditionTask, Question, TaskConfig
-from paperlab.train import TrainConfig, TrainResult, seed_everything, train
+from paperlab.train import TrainConfig, TrainResult, batch_seed, seed_everything, train
 
 __all__ = ["ModelConfig", "BaseConfig", "make_gpt", "sft", "base_policy", "greedy_answers",
            "sample_answers", "check_examples", "verifier_probability", "answer_logprob", "train_reward_model"]
@@ -31,6 +32,12 @@ class ModelConfig:
     n_layers: int = 2
     n_heads: int = 4
 
+    def __post_init__(self) -> None:
+        check_ints(self, "d_model", "n_layers", "n_heads")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"ModelConfig.d_model ({self.d_model}) must be a multiple of n_heads "
+                             f"({self.n_heads})")
+
 
 @dataclass(frozen=True)
 class BaseConfig:
@@ -42,6 +49,12 @@ class BaseConfig:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=1200, batch_size=64, lr=3e-3,
                                                                    warmup_steps=50, eval_every=100))
     n_val: int = 256  # test questions whose answers measure the validation loss
+
+    def __post_init__(self) -> None:
+        check_type(self, "task", TaskConfig)
+        check_type(self, "model", ModelConfig)
+        check_type(self, "train", TrainConfig)
+        check_ints(self, "n_val", high=self.task.n_test)
 
 
 def make_gpt(model: ModelConfig, task: AdditionTask) -> GPT:
@@ -55,7 +68,7 @@ def _batches(examples: Sequence[tuple[list[int], list[int]]], batch_size: int, s
     :func:`paperlab.align.sft_batch` tensors."""
 
     def get_batch(step: int, rank: int, world_size: int):
-        rng = random.Random(seed * 1_000_003 + step * 101 + rank)
+        rng = random.Random(batch_seed(seed, step, rank))  # the book's per-(step, rank) seed
         chosen = [examples[rng.randrange(len(examples))] for _ in range(batch_size)]
         return align.sft_batch([p for p, _ in chosen], [r for _, r in chosen])
 
@@ -92,8 +105,6 @@ def _train_base(config: BaseConfig, seed: int, device) -> dict:
 
 
 def _with_seed(config: TrainConfig, seed: int) -> TrainConfig:
-    from dataclasses import replace
-
     return replace(config, seed=seed)
 
 
@@ -201,7 +212,7 @@ def train_reward_model(base: GPT, task: AdditionTask, pairs: Sequence[tuple[Ques
     rejected = [list(r) for _, _, r in pairs]
 
     def get_batch(step: int, rank: int, world_size: int):
-        rng = random.Random(config.seed * 1_000_003 + step * 101 + rank)
+        rng = random.Random(batch_seed(config.seed, step, rank))
         index = [rng.randrange(len(pairs)) for _ in range(config.batch_size)]
         p = [prompts[i] for i in index]
         return (*align.reward_batch(p, [chosen[i] for i in index]),
