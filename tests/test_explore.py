@@ -236,3 +236,19 @@ def test_geometry_explorer_agrees_with_the_chapters_intervention(tiny_geometry):
     for alpha, parent, child in zip(reference["alphas"], reference["parent"], reference["child"]):
         ours = _differences(setup, config, alpha)
         assert ours == pytest.approx((parent, child), abs=1e-5)
+
+
+def test_survey_vote_explorer():
+    from paperlab.nn import GPT, GPTConfig
+    from paperlab.survey.explore import vote_explorer
+    from paperlab.survey.task import AdditionTask, TaskConfig
+
+    task = AdditionTask(TaskConfig(n_demos=10, n_transfer=10, n_unlabelled=10, n_test=20), seed=0)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=task.tokenizer.vocab_size, context_length=task.context_length,
+                          d_model=16, n_layers=1, n_heads=2)).eval()
+    explorer = vote_explorer(model, task, n_questions=10, n_samples=8)
+    drive(explorer, "temperature", 2.5)
+    drive(explorer, "question", 3)
+    with pytest.raises(ValueError, match="n_questions must be in"):
+        vote_explorer(model, task, n_questions=1)

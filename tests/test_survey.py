@@ -234,3 +234,4 @@ def test_run_needs_three_seeds_and_evaluations_before_any_work():
         E.run(replace(config, seeds=(0, 1)))
     with pytest.raises(ValueError, match="SurveyConfig.rl must be a TrainConfig with >= 3 evaluations"):
         E.run(replace(config, rl=replace(config.rl, eval_every=0)))
+
