@@ -182,7 +182,8 @@ def test_block_factors_multiply_back_to_the_block(j, i):
     M = core.semiseparable_matrix(dt, A, B, C)[0, 0]
     left, center, right = core.block_factors(dt[0, :, 0], A, B[0, :, 0], C[0, :, 0], 6, j, i)
     assert left.shape == (6, 3) and right.shape == (3, 6) and center.dim() == 0
-    torch.testing.assert_close(left @ (center * right), M[j * 6:(j + 1) * 6, i * 6:(i + 1) * 6], rtol=0, atol=1e-14)
+    block = M[j * 6:(j + 1) * 6, i * 6:(i + 1) * 6]
+    torch.testing.assert_close(left @ (center * right), block, rtol=0, atol=1e-14)
     if j == i + 1:  # adjacent chunks: nothing between them decays
         assert float(center) == 1.0
     else:

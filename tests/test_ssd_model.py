@@ -149,8 +149,10 @@ def test_mqar_sweep_tunes_then_trains_the_other_seeds(tmp_path, monkeypatch):
     assert [r["lr"] for r in result["sweep"]["attention"]] == [1e-3, 1e-2]
     for n in ("1", "2"):
         runs = result["mamba"][n]
-        assert [r["seed"] for r in runs] == [0, 1, 2] and {r["lr"] for r in runs} == {result["lr"]["mamba"][n]}
-        best = max(result["sweep"]["mamba"][n], key=lambda r: (r["val_accuracy"], -r["curve"]["val_loss"][-1]))
+        assert [r["seed"] for r in runs] == [0, 1, 2]
+        assert {r["lr"] for r in runs} == {result["lr"]["mamba"][n]}
+        best = max(result["sweep"]["mamba"][n],
+                   key=lambda r: (r["val_accuracy"], -r["curve"]["val_loss"][-1]))
         assert runs[0] == best  # the first seed's run is the tuning run itself
     assert [r["seed"] for r in result["attention"]] == [0, 1, 2]
     assert all(0 <= a <= 1 for a in experiments.accuracies(result["attention"]))

@@ -91,8 +91,8 @@ def block_factors(dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.T
     T = dt.shape[0]
     if not (isinstance(row_chunk, int) and isinstance(col_chunk, int) and 0 <= col_chunk < row_chunk
             and (row_chunk + 1) * Q <= T):
-        raise ValueError(f"need chunks 0 <= col_chunk < row_chunk with (row_chunk + 1) * chunk_size <= T = {T}, "
-                         f"got row_chunk={row_chunk!r}, col_chunk={col_chunk!r}, chunk_size={Q}")
+        raise ValueError(f"need chunks 0 <= col_chunk < row_chunk with (row_chunk + 1) * chunk_size <= "
+                         f"T = {T}, got row_chunk={row_chunk!r}, col_chunk={col_chunk!r}, chunk_size={Q}")
     log_a = dt * A.reshape(())  # log a_r = dt_r A
     rows, cols = slice(row_chunk * Q, (row_chunk + 1) * Q), slice(col_chunk * Q, (col_chunk + 1) * Q)
     left = torch.exp(log_a[rows].cumsum(0))[:, None] * C[rows]  # exp(sum_{r=jQ..t} log a_r) C_t

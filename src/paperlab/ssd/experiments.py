@@ -433,7 +433,8 @@ def _best(results: list[dict]) -> dict:
     return max(results, key=lambda r: (r["val_accuracy"], -r["curve"]["val_loss"][-1]))
 
 
-def mqar_sweep(config: MQARConfig, device: str | torch.device | None = None, workers: int | None = None) -> dict:
+def mqar_sweep(config: MQARConfig, device: str | torch.device | None = None,
+               workers: int | None = None) -> dict:
     """Tune and train every model of the MQAR experiment (the rule is in :class:`MQARConfig`).
 
     First each family's learning rates with the first seed (Mamba-2 at every state size), then the other
