@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -172,3 +173,58 @@ def test_bad_chunk_size(chunk):
     inputs = random_inputs()
     with pytest.raises(ValueError, match="chunk_size must be a positive integer"):
         ssd_chunked(*inputs, chunk_size=chunk)
+
+
+# ------------------------------------------------------------------------------ chunks and structure
+@pytest.mark.parametrize("j,i", [(1, 0), (3, 0), (3, 2), (2, 1)])
+def test_block_factors_multiply_back_to_the_block(j, i):
+    x, dt, A, B, C, D, _ = random_inputs(batch=1, seqlen=24, nheads=1, d_state=3, seed=1)
+    M = core.semiseparable_matrix(dt, A, B, C)[0, 0]
+    left, center, right = core.block_factors(dt[0, :, 0], A, B[0, :, 0], C[0, :, 0], 6, j, i)
+    assert left.shape == (6, 3) and right.shape == (3, 6) and center.dim() == 0
+    block = M[j * 6:(j + 1) * 6, i * 6:(i + 1) * 6]
+    torch.testing.assert_close(left @ (center * right), block, rtol=0, atol=1e-14)
+    if j == i + 1:  # adjacent chunks: nothing between them decays
+        assert float(center) == 1.0
+    else:
+        assert float(center) < 1.0
+
+
+def test_block_factors_reject_diagonal_or_out_of_range_blocks():
+    _, dt, A, B, C, _, _ = random_inputs(batch=1, seqlen=24, nheads=1, d_state=3)
+    args = (dt[0, :, 0], A, B[0, :, 0], C[0, :, 0], 6)
+    with pytest.raises(ValueError, match="need chunks 0 <= col_chunk < row_chunk"):
+        core.block_factors(*args, 1, 1)
+    with pytest.raises(ValueError, match="need chunks 0 <= col_chunk < row_chunk"):
+        core.block_factors(*args, 4, 0)
+
+
+def test_chunking_bounds_the_cancellation():
+    from paperlab.ssd.experiments import cancellation
+
+    out = cancellation(seqlen=1024, chunk_size=32)
+    assert out["largest within a chunk"] < out["largest cumulative sum"] / 10
+    assert out["within chunks"] < out["whole sequence"] / 5
+    assert out["masked sums"] < 1e-4
+
+
+def test_softmax_attention_has_full_rank_off_diagonal_blocks():
+    from paperlab.ssd.experiments import rank_excess, rank_null, softmax_attention_matrix
+
+    _, dt, A, B, C, _, _ = random_inputs(batch=1, seqlen=40, nheads=1, d_state=4, seed=2)
+    assert rank_excess(core.semiseparable_matrix(dt, A, B, C)[0, 0], 4) < -10
+    scores = softmax_attention_matrix(B[0, :, 0], C[0, :, 0])
+    torch.testing.assert_close(scores.sum(-1), torch.ones(40, dtype=scores.dtype))
+    assert (scores.triu(1) == 0).all()
+    assert min(rank_null(40, 4, draws=20)) > -4
+
+
+def test_loglog_slope_recovers_an_exponent_with_an_interval():
+    from paperlab.ssd.experiments import loglog_slope
+
+    rng = np.random.default_rng(0)
+    rounds = {str(T): list(1e-6 * T**2 * (1 + 0.02 * rng.standard_normal(7))) for T in (256, 512, 1024, 2048)}
+    estimate = loglog_slope(rounds)
+    assert estimate.low <= estimate.value <= estimate.high
+    assert 1.9 < estimate.low and estimate.high < 2.1
+    assert "timing rounds" in estimate.method

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 from paperlab.ssd import experiments
 from paperlab.ssd.model import Mamba2Block, Mamba2Config, Mamba2LM, causal_depthwise_conv
-from paperlab.ssd.mqar import IGNORE, mqar_accuracy, mqar_batch
+from paperlab.ssd.mqar import IGNORE, mqar_accuracy, mqar_batch, mqar_scores
 
 
 def test_block_algorithms_agree_and_shapes():
@@ -104,13 +106,58 @@ def test_experiment_configs_and_equivalence():
     full = experiments.CONFIGS["full"]
     assert max(full.cost.lengths) >= 8192 and len(full.mqar.state_sizes) >= 3
     m = full.mqar
-    # the scaled-down range (sequence 64-256, vocabulary 256-512, 2 layers), state sizes from the
-    # number of pairs up
-    assert 64 <= m.seq_len <= 256 and 256 <= m.vocab_size <= 512 and m.n_layers == 2 and m.attention
-    assert min(m.state_sizes) <= m.n_pairs < max(m.state_sizes) and len(m.widths) >= 2
-    assert m.n_test >= 256 and m.train.steps >= 300
+    # the paper's proportions: a quarter of the tokens are pairs, state sizes from below to above the pairs
+    assert 4 * m.n_pairs == m.seq_len and m.n_layers == 2 and len(m.seeds) >= 3
+    assert min(m.state_sizes) < m.n_pairs < max(m.state_sizes) and m.n_pairs in m.state_sizes
+    assert len(m.mamba_lrs) == len(m.attention_lrs) >= 2 and m.n_test >= 512
     eq = experiments.equivalence(torch.float64)
-    assert all(v < 1e-10 for algo in eq.values() for v in algo.values())
+    assert all(v < experiments.TOLERANCE["float64"] for algo in eq.values() for v in algo.values())
+
+
+def test_mqar_config_gives_both_families_the_same_tuning():
+    with pytest.raises(ValueError, match="attention_lrs must be as many learning rates as mamba_lrs"):
+        experiments.MQARConfig(mamba_lrs=(1e-3, 1e-2), attention_lrs=(1e-3,))
+    with pytest.raises(ValueError, match="seeds must be distinct seeds"):
+        experiments.MQARConfig(seeds=(0, 0, 1))
+    with pytest.raises(ValueError, match="kind must be 'mamba' or 'attention'"):
+        experiments.MQARRun(experiments.MQARConfig(), "rnn", None, experiments.MQARConfig().train)
+
+
+def test_mqar_scores_loss_and_accuracy():
+    x, y = mqar_batch(4, 24, 3, 32, torch.Generator().manual_seed(1))
+
+    class Uniform(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.p = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, idx):
+            return torch.zeros(*idx.shape, 32)
+
+    scores = mqar_scores(Uniform(), x, y)
+    assert abs(scores["loss"] - math.log(32)) < 1e-5  # uniform logits: log(vocab) nats per query
+
+
+def test_mqar_sweep_tunes_then_trains_the_other_seeds(tmp_path, monkeypatch):
+    monkeypatch.setenv("PAPERLAB_CACHE", str(tmp_path))
+    monkeypatch.setenv("PAPERLAB_PROGRESS", "0")
+    config = experiments.MQARConfig(
+        seq_len=8, n_pairs=2, vocab_size=32, width=16, state_sizes=(1, 2), seeds=(0, 1, 2),
+        mamba_lrs=(1e-3, 1e-2), attention_lrs=(1e-3, 1e-2), n_val=16, n_test=16,
+        train=experiments.TrainConfig(steps=6, batch_size=4, warmup_steps=1, eval_every=2))
+    result = experiments.mqar_sweep(config, workers=1)
+    assert [r["lr"] for r in result["sweep"]["attention"]] == [1e-3, 1e-2]
+    for n in ("1", "2"):
+        runs = result["mamba"][n]
+        assert [r["seed"] for r in runs] == [0, 1, 2]
+        assert {r["lr"] for r in runs} == {result["lr"]["mamba"][n]}
+        best = max(result["sweep"]["mamba"][n],
+                   key=lambda r: (r["val_accuracy"], -r["curve"]["val_loss"][-1]))
+        assert runs[0] == best  # the first seed's run is the tuning run itself
+    assert [r["seed"] for r in result["attention"]] == [0, 1, 2]
+    assert all(0 <= a <= 1 for a in experiments.accuracies(result["attention"]))
+    again = experiments.mqar_sweep(config, workers=1)  # every run comes from the cache
+    assert again == result
 
 
 def test_causal_depthwise_conv_matches_conv1d():

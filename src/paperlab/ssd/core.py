@@ -37,6 +37,7 @@ from einops import rearrange
 from paperlab_kernels.ssd import (
     _heads_of_groups,
     _sum_after,
+    check_chunk_size,
     check_ssd_inputs,
     segsum,
     segsum_naive,
@@ -52,6 +53,7 @@ __all__ = [
     "ssd_chunked",
     "decay_mask",
     "semiseparable_matrix",
+    "block_factors",
     "random_inputs",
 ]
 
@@ -66,6 +68,37 @@ def semiseparable_matrix(dt, A, B, C) -> torch.Tensor:
     nheads = A.shape[0]
     scores = torch.einsum("bthn,bshn->bhts", _heads_of_groups(C, nheads), _heads_of_groups(B, nheads))
     return decay_mask(dt, A) * scores
+
+
+def block_factors(dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, chunk_size: int,
+                  row_chunk: int, col_chunk: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    r"""The three factors of one off-diagonal block of one head's SSD matrix (section 6, "Low-Rank Block").
+
+    One sequence and one head: ``dt (T,)``, ``A`` a scalar (0-d or ``(1,)``), ``B, C (T, N)``. For chunks
+    ``j = row_chunk > i = col_chunk`` of ``Q = chunk_size`` positions, the block
+    ``M[jQ:(j+1)Q, iQ:(i+1)Q]`` of :func:`semiseparable_matrix` equals ``left @ (center * right)`` with
+
+    - ``left (Q, N)``: row ``t`` is ``exp(sum_{r=jQ}^{t} log a_r) C_t``, the C-side decay from the start of
+      chunk ``j`` to ``t`` (step 4 of the chunked algorithm applies it);
+    - ``center`` (a scalar tensor): ``exp(sum_{r=(i+1)Q}^{jQ-1} log a_r)``, the decay across the chunks
+      between the two (step 3's recurrence over chunk states multiplies these up);
+    - ``right (N, Q)``: column ``s`` is ``exp(sum_{r=s+1}^{(i+1)Q-1} log a_r) B_s``, the B-side decay from
+      ``s`` to the end of chunk ``i`` (step 2's chunk states).
+
+    so the block has rank at most ``N``. Derived in ``02-ssd.md`` (sec-ssd-chunked).
+    """
+    Q = check_chunk_size(chunk_size)
+    T = dt.shape[0]
+    if not (isinstance(row_chunk, int) and isinstance(col_chunk, int) and 0 <= col_chunk < row_chunk
+            and (row_chunk + 1) * Q <= T):
+        raise ValueError(f"need chunks 0 <= col_chunk < row_chunk with (row_chunk + 1) * chunk_size <= "
+                         f"T = {T}, got row_chunk={row_chunk!r}, col_chunk={col_chunk!r}, chunk_size={Q}")
+    log_a = dt * A.reshape(())  # log a_r = dt_r A
+    rows, cols = slice(row_chunk * Q, (row_chunk + 1) * Q), slice(col_chunk * Q, (col_chunk + 1) * Q)
+    left = torch.exp(log_a[rows].cumsum(0))[:, None] * C[rows]  # exp(sum_{r=jQ..t} log a_r) C_t
+    center = torch.exp(log_a[(col_chunk + 1) * Q:row_chunk * Q].sum())  # exp(sum over chunks i+1 .. j-1)
+    right = (torch.exp(_sum_after(log_a[cols]))[:, None] * B[cols]).T  # exp(sum_{r=s+1..end of i}) B_s
+    return left, center, right
 
 
 def ssd_quadratic(x, dt, A, B, C, D=None, initial_state=None):

@@ -55,16 +55,25 @@ def mqar_batch(batch: int, seq_len: int, n_pairs: int, vocab_size: int,
 
 
 @torch.no_grad()
-def mqar_accuracy(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
-                  batch_size: int = 256) -> float:
-    """Fraction of query positions where the model's most likely next token is the right value."""
+def mqar_scores(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
+                batch_size: int = 256) -> dict[str, float]:
+    """``{"accuracy", "loss"}`` over the query positions: the fraction where the model's most likely next
+    token is the right value, and the mean cross-entropy of the right value (nats)."""
     correct = total = 0
+    nats = 0.0
     device = next(model.parameters()).device
     for start in range(0, len(inputs), batch_size):
         x = inputs[start:start + batch_size].to(device)
         y = targets[start:start + batch_size].to(device)
         mask = y != IGNORE
-        prediction = model(x).argmax(-1)
-        correct += int((prediction[mask] == y[mask]).sum())
+        logits = model(x)[mask].float()
+        correct += int((logits.argmax(-1) == y[mask]).sum())
+        nats += float(torch.nn.functional.cross_entropy(logits, y[mask], reduction="sum"))
         total += int(mask.sum())
-    return correct / max(total, 1)
+    return {"accuracy": correct / max(total, 1), "loss": nats / max(total, 1)}
+
+
+def mqar_accuracy(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
+                  batch_size: int = 256) -> float:
+    """Fraction of query positions where the model's most likely next token is the right value."""
+    return mqar_scores(model, inputs, targets, batch_size)["accuracy"]
