@@ -27,10 +27,10 @@ def test_short_topk_run_on_synthetic_data_reaches_nmse(monkeypatch, tmp_path):
     monkeypatch.setenv("PAPERLAB_CACHE", str(tmp_path))
     run = RunConfig(kind="topk", n_latents=256, k=8, data="synthetic",
                     synthetic=SyntheticConfig(n_features=128), lr_reference_latents=256,
-                    train=dataclasses.replace(SAE_TRAIN, steps=150, batch_size=256, lr=4e-3, eval_every=50))
+                    train=dataclasses.replace(SAE_TRAIN, steps=300, batch_size=256, lr=4e-3, eval_every=50))
     sae, record = train_sae(run)
-    # The mean predictor has NMSE 1; 150 steps on 128 features in 64 dimensions, k = 8, reach below 0.25.
-    assert record["final"]["nmse"] < 0.25
+    # The mean predictor has NMSE 1; 300 steps on 128 features in 64 dimensions, k = 8, reach below 0.2.
+    assert record["final"]["nmse"] < 0.2
     assert record["final"]["l0"] <= 8
     assert record["final"]["mean_best_cosine"] > 0.8
     evals = record["history"]["evals"]
@@ -139,3 +139,16 @@ def test_train_runs_trains_each_run_once_even_without_the_cache(monkeypatch, tmp
 def test_bad_experiment_configs_fail_naming_the_field(change, match):
     with pytest.raises(ValueError, match=match):
         dataclasses.replace(CONFIGS["full"], **change)
+
+
+def test_an_sae_seeded_like_the_synthetic_data_does_not_start_on_its_features():
+    # SAE seed s and data seed s once drew the same torch.randn(n, d): the decoder started on the answer.
+    from paperlab.sae.data import SyntheticConfig, make_synthetic
+    from paperlab.sae.metrics import feature_recovery
+    from paperlab.sae.model import TopKSAE
+
+    for seed in (0, 1, 2):
+        features = make_synthetic(SyntheticConfig(n_features=256, seed=seed)).features
+        sae = TopKSAE(64, 256, 4, seed=seed)
+        _, best = feature_recovery(sae.W_dec.detach(), features)
+        assert float(best.max()) < 0.9  # random directions in d = 64: best cosines around 0.4-0.6

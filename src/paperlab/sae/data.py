@@ -36,6 +36,10 @@ def layer_normalise(h: torch.Tensor, eps: float = 1e-5) -> tuple[torch.Tensor, t
     return (h - mean) / std, mean, std
 
 
+FEATURE_SEED_OFFSET = 7_919
+"""The true features of ``SyntheticConfig(seed=s)`` are drawn with seed ``FEATURE_SEED_OFFSET + s``."""
+
+
 @dataclass(frozen=True)
 class SyntheticConfig:
     d_model: int = 64
@@ -73,7 +77,9 @@ def make_synthetic(config: SyntheticConfig) -> SyntheticData:
         raise ValueError(f"n_features and d_model must be >= 1, got {config.n_features}, {config.d_model}")
     if not 0 < config.mean_active <= config.n_features:
         raise ValueError(f"mean_active must be in (0, n_features], got {config.mean_active}")
-    generator = torch.Generator().manual_seed(config.seed)
+    # The features get their own seed stream: an SAE seeded like the data (``torch.randn(n, d)`` with the
+    # same seed) would otherwise start with its decoder exactly on the first n true features.
+    generator = torch.Generator().manual_seed(FEATURE_SEED_OFFSET + config.seed)
     features = torch.randn(config.n_features, config.d_model, generator=generator)
     features /= features.norm(dim=1, keepdim=True)
     weights = (torch.arange(config.n_features, dtype=torch.float64) + 1) ** -config.zipf_exponent
