@@ -174,3 +174,81 @@ def test_bad_inputs_raise_naming_the_problem():
         sae(torch.ones(4, 16, dtype=torch.long))
     with pytest.raises(ValueError, match="k must be"):
         sae(torch.randn(4, 16), k=40)
+
+
+def test_auxk_equals_a_dense_reference_in_value_and_gradients():
+    # The reference code's way: zero the pre-activations of live latents, keep the top k_aux of the rest,
+    # decode densely; the residual target has no gradient. Ours (top-k_aux among the dead, sparse decode)
+    # must agree, so a dead fraction that AuxK does not lower is not a bug in the auxiliary loss.
+    sae = TopKSAE(16, 64, 2, k_aux=8, dead_tokens=1000, tied_init=False, seed=0)
+    x = _x(seed=3)
+    sae.init_b_pre(x)
+    sae.tokens_since_fired[:40] = 10_000  # 40 dead latents
+    pre = sae.pre_activations(x)
+    x_hat = sae(x)
+    ours = sae.auxk_loss(x, x_hat, pre)
+    top = (pre * sae.dead_mask).topk(8, dim=1)
+    z = torch.zeros_like(pre).scatter(1, top.indices, torch.relu(top.values))
+    e = (x - x_hat).detach()
+    reference = ((z @ sae.W_dec - e) ** 2).sum() / ((e - e.mean(0)) ** 2).sum()
+    assert ours.item() == pytest.approx(reference.item(), rel=1e-5)
+    params = [sae.W_enc, sae.b_enc, sae.W_dec, sae.b_pre]
+    ours_grads = torch.autograd.grad(ours, params, retain_graph=True)
+    for a, b in zip(ours_grads, torch.autograd.grad(reference, params)):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+    # only dead latents' encoder rows get a gradient from it
+    grad_enc = torch.autograd.grad(sae.auxk_loss(x, sae(x), sae.pre_activations(x)), sae.W_enc)[0]
+    assert grad_enc[40:].abs().max() == 0 and grad_enc[:40].abs().max() > 0
+
+
+def test_relu_l1_warms_up_linearly():
+    sae = ReLUSAE(16, 32, l1_coefficient=0.4, l1_warmup_steps=4, seed=0)
+    sae.init_b_pre(_x())
+    sae.train()
+    coefficients = [sae.loss(_x(seed=s))[1]["l1_coefficient"] for s in range(6)]
+    assert coefficients == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.4, 0.4])
+    sae.eval()  # evaluation neither counts steps nor changes the coefficient
+    assert sae.loss(_x())[1]["l1_coefficient"] == 0.4 and int(sae.steps) == 6
+    with pytest.raises(ValueError, match="l1_warmup_steps"):
+        ReLUSAE(16, 32, 0.1, l1_warmup_steps=-1)
+
+
+@pytest.mark.parametrize("make", [lambda: ReLUSAE(16, 256, 0.1, seed=0), lambda: TopKSAE(16, 256, 4, seed=0)])
+def test_scale_encoder_makes_unit_inputs_reconstruct_with_unit_norm(make):
+    sae = make()
+    sae.init_b_pre(_x())
+    factor = sae.scale_encoder_(seed=1)
+    u = torch.randn(256, 16, generator=torch.Generator().manual_seed(1))
+    u = u / u.norm(dim=1, keepdim=True)
+    with torch.no_grad():
+        norm = (sae(u + sae.b_pre) - sae.b_pre).norm(dim=1).mean()
+    assert norm.item() == pytest.approx(1.0, rel=1e-4)
+    if isinstance(sae, ReLUSAE):
+        assert factor < 0.5  # a ReLU SAE at init fires about half its latents: far too large an output
+
+
+def test_feature_recovery_over_live_latents_and_its_chance_level():
+    from paperlab.sae.metrics import firing_counts, random_dictionary_recovery
+
+    features = torch.randn(50, 16, generator=torch.Generator().manual_seed(0))
+    features /= features.norm(dim=1, keepdim=True)
+    z = torch.tensor([[1.0, 0.0, 0.0], [0.5, 0.0, 2e-4]])
+    assert firing_counts(z).tolist() == [2, 0, 0]  # 2e-4 is below the firing threshold
+    score, best = feature_recovery(features[:0], features)  # no live latent: nothing recovered
+    assert score == 0.0 and (best == 0).all()
+    chance = random_dictionary_recovery(64, features, draws=5, seed=1)  # not the features' seed
+    assert all(0.2 < m < 0.8 for m in chance["mean_best_cosine"])  # random directions in 16-d
+    assert max(chance["recovered"]) < 0.1
+    with pytest.raises(ValueError, match="share d"):
+        feature_recovery(torch.randn(3, 8), features)
+
+
+def test_fraction_of_loss_recovered_and_top_activations():
+    from paperlab.sae.metrics import fraction_of_loss_recovered, top_activations
+
+    assert fraction_of_loss_recovered(2.0, clean=2.0, ablated=3.0) == 1.0
+    assert fraction_of_loss_recovered(2.75, clean=2.0, ablated=3.0) == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="must exceed the clean loss"):
+        fraction_of_loss_recovered(2.0, clean=3.0, ablated=3.0)
+    z = torch.tensor([[0.0, 1.0], [3.0, 0.0], [2.0, 0.0], [0.0, 0.0]])
+    assert top_activations(z, 0, count=3) == ([1, 2], [3.0, 2.0])  # only rows where it fires

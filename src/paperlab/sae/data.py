@@ -36,6 +36,10 @@ def layer_normalise(h: torch.Tensor, eps: float = 1e-5) -> tuple[torch.Tensor, t
     return (h - mean) / std, mean, std
 
 
+FEATURE_SEED_OFFSET = 7_919
+"""The true features of ``SyntheticConfig(seed=s)`` are drawn with seed ``FEATURE_SEED_OFFSET + s``."""
+
+
 @dataclass(frozen=True)
 class SyntheticConfig:
     d_model: int = 64
@@ -62,8 +66,9 @@ class SyntheticData:
         """``n`` samples: (n, d_model)."""
         c = self.config
         active = torch.rand(n, c.n_features, generator=generator) < self.probabilities
-        magnitude = 0.5 + torch.rand(n, c.n_features, generator=generator)
-        x = (active * magnitude) @ self.features
+        rows, cols = active.nonzero(as_tuple=True)
+        magnitude = 0.5 + torch.rand(rows.numel(), generator=generator)  # a_i ~ U(0.5, 1.5), active only
+        x = torch.zeros(n, c.d_model).index_add_(0, rows, magnitude[:, None] * self.features[cols])
         return x + c.noise_std * torch.randn(n, c.d_model, generator=generator)
 
 
@@ -72,7 +77,9 @@ def make_synthetic(config: SyntheticConfig) -> SyntheticData:
         raise ValueError(f"n_features and d_model must be >= 1, got {config.n_features}, {config.d_model}")
     if not 0 < config.mean_active <= config.n_features:
         raise ValueError(f"mean_active must be in (0, n_features], got {config.mean_active}")
-    generator = torch.Generator().manual_seed(config.seed)
+    # The features get their own seed stream: an SAE seeded like the data (``torch.randn(n, d)`` with the
+    # same seed) would otherwise start with its decoder exactly on the first n true features.
+    generator = torch.Generator().manual_seed(FEATURE_SEED_OFFSET + config.seed)
     features = torch.randn(config.n_features, config.d_model, generator=generator)
     features /= features.norm(dim=1, keepdim=True)
     weights = (torch.arange(config.n_features, dtype=torch.float64) + 1) ** -config.zipf_exponent
@@ -82,10 +89,14 @@ def make_synthetic(config: SyntheticConfig) -> SyntheticData:
 
 @dataclass(frozen=True)
 class LMDataConfig:
-    """Which GPT (a toolkit profile's), which layer, and how many tokens of fresh grammar sentences."""
+    """Which GPT (a toolkit profile's), which layer, which activation, and how many tokens of fresh grammar
+    sentences. ``component``: ``"residual"`` (the residual stream ``h_layer`` after block ``layer - 1``) or
+    ``"block"`` (what that block added to it, ``h_layer - h_{layer-1}``: the stream without the token's
+    embedding, which carries the token's identity)."""
 
     toolkit_profile: str = "fast"
     layer: int = 1  # residual stream after block 0 (of 2): the middle of the model
+    component: str = "residual"
     n_train_sentences: int = 8_000
     n_val_sentences: int = 800
     seed: int = 1  # sentences sampled with seeds distinct from the toolkit's training data (seed 0)
@@ -95,6 +106,9 @@ class LMDataConfig:
         check_ints(self, "n_train_sentences", "n_val_sentences")
         check_ints(self, "seed", low=0)
         check_ints(self, "layer", low=0, high=toolkit.EXPERIMENT.config(self.toolkit_profile).n_layers)
+        check_choice(self, "component", ("residual", "block"))
+        if self.component == "block" and self.layer == 0:
+            raise ValueError("LMDataConfig.component 'block' needs layer >= 1 (layer 0 is the embedding)")
 
 
 def _plural_noun_labels(grammar, sentences) -> list[int]:
@@ -123,7 +137,8 @@ def _compute_lm_activations(config: LMDataConfig) -> dict:
         targets = ids[1: n_windows * seq + 1].view(n_windows, seq)
         with torch.no_grad():
             _, hidden = model(idx, return_hidden=True)
-        normalised, _, _ = layer_normalise(hidden[config.layer].reshape(-1, tk_config.d_model))
+        h = hidden[config.layer] - (hidden[config.layer - 1] if config.component == "block" else 0)
+        normalised, _, _ = layer_normalise(h.reshape(-1, tk_config.d_model))
         out[split] = {"activations": normalised.contiguous(),
                       "idx": idx, "targets": targets,
                       "labels": labels[: n_windows * seq].contiguous()}

@@ -17,13 +17,14 @@ __all__ = ["topk_explorer", "multi_topk_saes"]
 
 def multi_topk_saes(config) -> dict[str, TopKSAE]:
     """The two SAEs of the chapter's Multi-TopK section (a TopK and a Multi-TopK SAE, both trained at
-    ``config.multi_k`` with ``config.frontier_size`` latents), from the artifact cache."""
+    ``config.multi_k`` with ``config.frontier_size`` latents, the first seed's), from the artifact cache."""
     from paperlab.sae import experiments
     from paperlab.sae.train import load_sae
 
-    return {name: load_sae(experiments._run(config, n_latents=config.frontier_size, k=config.multi_k,
-                                            multi_topk=multi))[0]
+    runs = {name: experiments._topk_run(config, config.frontier_size, config.multi_k, config.seeds[0],
+                                        multi_topk=multi)
             for name, multi in (("TopK", False), ("Multi-TopK", True))}
+    return {name: load_sae(run)[0] for name, run in runs.items()}
 
 
 def topk_explorer(saes: dict[str, TopKSAE], data: SyntheticData, *, n_tokens: int = 1024, seed: int = 0,

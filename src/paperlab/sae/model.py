@@ -30,15 +30,11 @@ import math
 import torch
 from torch import nn
 
-from paperlab.sae.metrics import nmse
+from paperlab.sae.metrics import FIRE_THRESHOLD, nmse
 from paperlab_kernels.sae import sparse_decode
 
 __all__ = ["SparseAutoencoder", "TopKSAE", "ReLUSAE", "SAEAdam", "geometric_median",
            "project_decoder_grad_", "normalise_decoder_"]
-
-
-FIRE_THRESHOLD = 1e-3
-"""A latent "fires" on a token when its activation exceeds this (the reference code's threshold)."""
 
 
 def _check_int(name: str, value, low: int, high: int | None = None, high_desc: str = "") -> int:
@@ -115,6 +111,19 @@ class SparseAutoencoder(nn.Module):
             self.b_pre.copy_(x.float().mean(0))
         else:
             raise ValueError(f"method must be 'geometric_median' or 'mean', got {method!r}")
+
+    @torch.no_grad()
+    def scale_encoder_(self, seed: int = 0, n: int = 256) -> float:
+        """Rescale ``W_enc`` so that ``n`` random unit inputs (around ``b_pre``) are reconstructed with mean
+        norm 1, as the reference code's ``init_from_data_`` does after setting ``b_pre``; returns the
+        factor applied. Without it a ReLU SAE starts by firing about half of its latents on every token,
+        and its first reconstructions are many times too large."""
+        u = torch.randn(n, self.d_model, generator=torch.Generator().manual_seed(seed))
+        u = u / u.norm(dim=1, keepdim=True)
+        norm = float((self(u + self.b_pre) - self.b_pre).norm(dim=1).mean())
+        factor = 1.0 / norm if norm > 0 else 1.0
+        self.W_enc.mul_(factor)
+        return factor
 
     def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
         """``W_enc (x - b_pre) + b_enc``: (batch, n_latents)."""
@@ -243,31 +252,47 @@ class TopKSAE(SparseAutoencoder):
 class ReLUSAE(SparseAutoencoder):
     """ReLU SAE with an L1 penalty (eq. 1, the baseline of section 2.3).
 
-    Loss: ``NMSE(x_hat, x) + l1_coefficient * E_b[sum_i z_bi] / sqrt(E_b ||x_b - mean(x)||^2)``; dividing
-    by the root of the batch's total variance makes the penalty, like the NMSE, independent of the scale
-    of ``x``. The decoder has unit-norm directions (so the L1 of z cannot be shrunk by growing W_dec).
+    Loss: ``NMSE(x_hat, x) + lambda_t * E_b[sum_i z_bi] / sqrt(E_b ||x_b - mean(x)||^2)``; dividing by the
+    root of the batch's total variance makes the penalty, like the NMSE, independent of the scale of
+    ``x``. The decoder has unit-norm directions (so the L1 of z cannot be shrunk by growing W_dec).
+    ``lambda_t`` ramps linearly from 0 to ``l1_coefficient`` over the first ``l1_warmup_steps`` training
+    steps (the L1 warm-up of common practice, e.g. Anthropic's April 2024 update; the ramp lets the
+    dictionary form before the penalty can shut latents off); the step count is the buffer ``steps``.
     """
 
-    def __init__(self, d_model: int, n_latents: int, l1_coefficient: float, *, tied_init: bool = True,
-                 dead_tokens: int = 100_000, seed: int | None = None):
+    def __init__(self, d_model: int, n_latents: int, l1_coefficient: float, *, l1_warmup_steps: int = 0,
+                 tied_init: bool = True, dead_tokens: int = 100_000, seed: int | None = None):
         super().__init__(d_model, n_latents, tied_init=tied_init, dead_tokens=dead_tokens, seed=seed)
-        if not (isinstance(l1_coefficient, (int, float)) and l1_coefficient >= 0):
+        if isinstance(l1_coefficient, bool) or not (isinstance(l1_coefficient, (int, float))
+                                                    and l1_coefficient >= 0):
             raise ValueError(f"l1_coefficient must be a number >= 0, got {l1_coefficient!r}")
         self.l1_coefficient = float(l1_coefficient)
+        self.l1_warmup_steps = _check_int("l1_warmup_steps", l1_warmup_steps, 0)
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+
+    def current_l1_coefficient(self) -> float:
+        """``lambda_t = l1_coefficient * min(1, t / l1_warmup_steps)`` at the current training step t."""
+        if self.l1_warmup_steps == 0:
+            return self.l1_coefficient
+        return self.l1_coefficient * min(1.0, int(self.steps) / self.l1_warmup_steps)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """z = ReLU(W_enc (x - b_pre) + b_enc): (batch, n_latents)."""
         return torch.relu(self.pre_activations(self.check_input(x)))
 
     def loss(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """Training loss on a batch; in training mode also counts the step and updates the dead counters."""
         z = self.encode(x)
         x_hat = self.decode(z)
-        main = nmse(x_hat, x)
+        main = nmse(x_hat, x)  # ||x - x_hat||^2 / ||x - mean(x)||^2
         scale = (x - x.mean(0)).pow(2).sum(1).mean().sqrt().clamp_min(1e-12)
-        l1 = z.sum(1).mean() / scale
+        l1 = z.sum(1).mean() / scale  # ||z||_1 (z >= 0), in units of the input's spread
         if self.training:
+            self.steps += 1
             self.record_firing((z > FIRE_THRESHOLD).any(0), x.shape[0])
-        return main + self.l1_coefficient * l1, {"nmse": float(main.detach()), "l1": float(l1.detach())}
+        coefficient = self.current_l1_coefficient()
+        return main + coefficient * l1, {"nmse": float(main.detach()), "l1": float(l1.detach()),
+                                         "l1_coefficient": coefficient}
 
 
 # ------------------------------------------------------------------------------------- optimizer

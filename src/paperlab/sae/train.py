@@ -4,14 +4,19 @@
 cache key of :func:`run_cached`. The optimizer is :class:`paperlab.sae.model.SAEAdam` (Adam with the
 paper's eps 6.25e-10, the decoder-gradient projection and the unit-norm renormalisation inside its
 ``step``), handed to ``train`` as its ``optimizer``; ``train`` supplies the warmup/cosine schedule.
+:func:`train_runs` trains many runs side by side, one per CPU core (one after another on a GPU).
 
 Learning rate: ``lr * sqrt(lr_reference_latents / n_latents)``, the paper's ``1/sqrt(n)`` scaling.
+Initialisation (:func:`build_sae` and :func:`_train_sae`): tied or untied encoder, ``b_pre`` at the
+geometric median of 1024 inputs, then the encoder rescaled as in the reference code
+(:meth:`paperlab.sae.model.SparseAutoencoder.scale_encoder_`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -19,27 +24,32 @@ import torch
 from paperlab import cache
 from paperlab.config import check_choice, check_flags, check_ints, check_numbers, check_type
 from paperlab.sae.data import LMDataConfig, SyntheticConfig, lm_activations, make_synthetic
-from paperlab.sae.metrics import feature_recovery, l0, nmse
-from paperlab.sae.model import ReLUSAE, SparseAutoencoder, TopKSAE
+from paperlab.sae.metrics import feature_recovery, firing_counts, l0, nmse
+from paperlab.sae.model import ReLUSAE, SAEAdam, SparseAutoencoder, TopKSAE
 from paperlab.train import TrainConfig, auto_device, seeded_batches, train
-from paperlab.utils import cpu_threads
+from paperlab.utils import cpu_threads, parallel_map
 
-__all__ = ["RunConfig", "SAE_TRAIN", "build_sae", "train_sae", "run_cached", "load_sae"]
+__all__ = ["RunConfig", "SAE_TRAIN", "RECOVERED_COSINE", "build_sae", "train_sae", "run_cached", "load_sae",
+           "train_runs", "evaluate"]
 
 
-SAE_TRAIN = TrainConfig(steps=600, batch_size=256, lr=2e-3, weight_decay=0.0, warmup_steps=20, grad_clip=None,
+SAE_TRAIN = TrainConfig(steps=600, batch_size=256, lr=4e-3, weight_decay=0.0, warmup_steps=20, grad_clip=None,
                         eval_every=50, log_every=10, min_lr_ratio=0.1)
 """The schedule of an SAE run: warmup, then cosine to a tenth of ``lr``; no clipping. The optimizer is the
 paper's Adam (:class:`paperlab.sae.model.SAEAdam`), whose betas and (zero) weight decay are its own."""
+
+RECOVERED_COSINE = 0.9
+"""A true feature counts as recovered when a live latent's decoder direction has cosine above this."""
 
 
 @dataclass(frozen=True)
 class RunConfig:
     """One SAE training run.
 
-    kind: ``"topk"`` or ``"relu"``; n_latents; k (TopK) or l1_coefficient (ReLU); k_aux (0 = no AuxK);
-    multi_topk; tied_init; dead_tokens: the dead-latent window in tokens.
-    data: ``"lm"`` (the tiny GPT's activations, :class:`LMDataConfig`) or ``"synthetic"``.
+    kind: ``"topk"`` or ``"relu"``; n_latents; k (TopK) or l1_coefficient (ReLU) with its warm-up over the
+    first ``l1_warmup`` fraction of the steps; k_aux (0 = no AuxK); multi_topk; tied_init; scale_encoder
+    (the reference code's encoder rescaling at initialisation); dead_tokens: the dead-latent window in
+    tokens. data: ``"lm"`` (the tiny GPT's activations, :class:`LMDataConfig`) or ``"synthetic"``.
     train: the schedule (``batch_size`` in tokens per step; ``lr`` at ``lr_reference_latents`` latents,
     scaled to ``n_latents`` by :attr:`scaled_lr`); its seed also seeds the SAE's initial weights.
     """
@@ -48,15 +58,17 @@ class RunConfig:
     n_latents: int = 512
     k: int = 8
     l1_coefficient: float = 0.0
-    k_aux: int = 64
+    l1_warmup: float = 0.05
+    k_aux: int = 32
     multi_topk: bool = False
     tied_init: bool = True
-    dead_tokens: int = 50_000
-    data: str = "lm"
+    scale_encoder: bool = True
+    dead_tokens: int = 25_000
+    data: str = "synthetic"
     lm: LMDataConfig = LMDataConfig()
     synthetic: SyntheticConfig = SyntheticConfig()
     train: TrainConfig = SAE_TRAIN
-    lr_reference_latents: int = 512
+    lr_reference_latents: int = 256
 
     def __post_init__(self):
         check_choice(self, "kind", ("topk", "relu"))
@@ -68,12 +80,18 @@ class RunConfig:
         check_ints(self, "k", low=1, high=self.n_latents)
         check_ints(self, "k_aux", low=0)
         check_numbers(self, "l1_coefficient", low=0)
-        check_flags(self, "multi_topk", "tied_init")
+        check_numbers(self, "l1_warmup", low=0, high=1)
+        check_flags(self, "multi_topk", "tied_init", "scale_encoder")
 
     @property
     def scaled_lr(self) -> float:
         """``lr * sqrt(lr_reference_latents / n_latents)``: the paper's ``1 / sqrt(n)`` scaling."""
         return self.train.lr * math.sqrt(self.lr_reference_latents / self.n_latents)
+
+    @property
+    def cost(self) -> float:
+        """A rough relative cost (steps times the encoder's size), to start the longest runs first."""
+        return self.train.steps * (self.n_latents + 256)
 
 
 def d_model_of(run: RunConfig) -> int:
@@ -90,8 +108,17 @@ def build_sae(run: RunConfig) -> SparseAutoencoder:
         return TopKSAE(d, run.n_latents, run.k, k_aux=min(run.k_aux, run.n_latents),
                        multi_topk=run.multi_topk,
                        tied_init=run.tied_init, dead_tokens=run.dead_tokens, seed=seed)
-    return ReLUSAE(d, run.n_latents, run.l1_coefficient, tied_init=run.tied_init,
+    return ReLUSAE(d, run.n_latents, run.l1_coefficient,
+                   l1_warmup_steps=round(run.l1_warmup * run.train.steps), tied_init=run.tied_init,
                    dead_tokens=run.dead_tokens, seed=seed)
+
+
+def validation_data(run: RunConfig) -> torch.Tensor:
+    """The held-out activations every run of this data source is evaluated on: (n, d_model)."""
+    if run.data == "synthetic":
+        generator = torch.Generator().manual_seed(10_000 + run.synthetic.seed)
+        return make_synthetic(run.synthetic).sample(4096, generator)
+    return lm_activations(run.lm)["val"]["activations"]
 
 
 def _data(run: RunConfig):
@@ -100,53 +127,71 @@ def _data(run: RunConfig):
     batch_size = run.train.batch_size
     if run.data == "synthetic":
         synthetic = make_synthetic(run.synthetic)
-        val = synthetic.sample(4096, torch.Generator().manual_seed(10_000 + run.synthetic.seed))
-        return seeded_batches(lambda g: (synthetic.sample(batch_size, g),), run.train.seed), val, synthetic
-    data = lm_activations(run.lm)
-    train_x = data["train"]["activations"]
+        return (seeded_batches(lambda g: (synthetic.sample(batch_size, g),), run.train.seed),
+                validation_data(run), synthetic)
+    train_x = lm_activations(run.lm)["train"]["activations"]
 
     def sample(generator: torch.Generator) -> tuple[torch.Tensor]:
         return (train_x[torch.randint(0, train_x.shape[0], (batch_size,), generator=generator)],)
 
-    return seeded_batches(sample, run.train.seed), data["val"]["activations"], None
+    return seeded_batches(sample, run.train.seed), validation_data(run), None
 
 
 @torch.no_grad()
-def evaluate(sae: SparseAutoencoder, x: torch.Tensor, k: int | None = None) -> dict[str, float]:
-    """NMSE and L0 on ``x``, and the dead fraction (from the training counters)."""
+def evaluate(sae: SparseAutoencoder, x: torch.Tensor, k: int | None = None,
+             features: torch.Tensor | None = None) -> dict[str, float]:
+    """NMSE, L0 and the live fraction (latents that fire on at least one row of ``x``) on ``x``; the dead
+    fraction (from the training counters); with the true ``features``, feature recovery over the live
+    latents: mean best cosine and the fraction recovered (best cosine > :data:`RECOVERED_COSINE`)."""
     z = sae.encode(x, k) if (k is not None and isinstance(sae, TopKSAE)) else sae.encode(x)
-    return {"nmse": float(nmse(sae.decode(z), x)), "l0": l0(z), "dead_fraction": sae.dead_fraction()}
+    live = firing_counts(z) > 0
+    out = {"nmse": float(nmse(sae.decode(z), x)), "l0": l0(z), "dead_fraction": sae.dead_fraction(),
+           "live_fraction": float(live.float().mean())}
+    if features is not None:
+        mean, best = feature_recovery(sae.W_dec[live].to(features), features)
+        out["mean_best_cosine"] = mean
+        out["recovered"] = float((best > RECOVERED_COSINE).float().mean())
+    return out
 
 
 def train_sae(run: RunConfig, device: str | torch.device | None = "cpu") -> tuple[SparseAutoencoder, dict]:
-    """Train the SAE of ``run`` on ``device``; returns it (on the CPU, eval mode) and a JSON-able record."""
+    """Train the SAE of ``run`` on ``device``; returns it (on the CPU, eval mode) and a JSON-able record:
+    ``final`` (:func:`evaluate` on the validation set, with feature recovery on synthetic data), ``history``
+    (the training loop's, with an evaluation every ``eval_every`` steps: NMSE, L0, dead fraction, the
+    latents that became dead (``died``) and came back (``revived``) since the previous evaluation, and for
+    an SAE with AuxK the auxiliary loss on the validation set) and ``tokens``."""
     device = auto_device(device)
     with cpu_threads(1, device=device):  # tiny models: one thread is faster than two busy cores
         return _train_sae(run, device)
 
 
 def _train_sae(run: RunConfig, device) -> tuple[SparseAutoencoder, dict]:
-    from paperlab.sae.model import SAEAdam
-
     get_batch, val, synthetic = _data(run)
     sae = build_sae(run)
     sae.init_b_pre(_b_pre_sample(get_batch, run.train.batch_size))
+    if run.scale_encoder:
+        sae.scale_encoder_(seed=run.train.seed)
     optimizer = SAEAdam(sae, lr=run.scaled_lr)
     val_eval = val[:2048].to(device)  # evaluated where the model trains
+    previous_dead = [sae.dead_mask.clone()]
 
     def eval_fn(model):
-        return evaluate(model, val_eval)
+        out = evaluate(model, val_eval)
+        dead = model.dead_mask
+        out["died"] = int((dead & ~previous_dead[0]).sum())
+        out["revived"] = int((previous_dead[0] & ~dead).sum())
+        previous_dead[0] = dead.clone()
+        if isinstance(model, TopKSAE) and model.k_aux:
+            out["auxk"] = float(model.auxk_loss(val_eval, model(val_eval), model.pre_activations(val_eval)))
+        return out
 
     result = train(sae, get_batch, lambda m, batch: m.loss(batch[0])[0],
                    dataclasses.replace(run.train, lr=run.scaled_lr),
                    eval_fn=eval_fn, device=device, desc=f"SAE {run.kind} n={run.n_latents}",
                    optimizer=optimizer)
     sae.cpu().eval()
-    final = evaluate(sae, val)
-    record = {"final": final, "history": result.to_dict(), "tokens": result.examples_seen}
-    if synthetic is not None:
-        record["feature_recovery"] = feature_recovery(sae.W_dec.detach(), synthetic.features)[0]
-    return sae, record
+    final = evaluate(sae, val, features=None if synthetic is None else synthetic.features)
+    return sae, {"final": final, "history": result.to_dict(), "tokens": result.examples_seen}
 
 
 def _b_pre_sample(get_batch, batch_size: int, n: int = 1024) -> torch.Tensor:
@@ -156,9 +201,16 @@ def _b_pre_sample(get_batch, batch_size: int, n: int = 1024) -> torch.Tensor:
     return torch.cat([get_batch(step)[0] for step in steps])[:n]
 
 
+_TRAINED: dict[RunConfig, dict] = {}
+"""Runs :func:`train_runs` trained in worker processes, kept for this process (so that, with the cache
+disabled, a run needed by several experiments still trains once)."""
+
+
 def run_cached(run: RunConfig, device: str | torch.device | None = "cpu") -> dict:
     """``{"state_dict": ..., "record": ...}`` for ``run``, from the artifact cache (trained on ``device``
     if missing)."""
+    if run in _TRAINED:
+        return _TRAINED[run]
 
     def compute():
         sae, record = train_sae(run, device)
@@ -166,6 +218,29 @@ def run_cached(run: RunConfig, device: str | torch.device | None = "cpu") -> dic
 
     return cache.cached("sae-run", run, compute, seed=run.train.seed,
                         check=cache.has_keys("state_dict", "record"))
+
+
+def _run_job(run: RunConfig, device: str) -> dict:
+    return run_cached(run, device)
+
+
+def train_runs(runs: Iterable[RunConfig], device: str | torch.device | None = "cpu") -> None:
+    """Train (or load) every run of ``runs``: on a CPU one run per core, longest first
+    (:func:`paperlab.utils.parallel_map`), on any other device one after another in this process. The
+    results go to the artifact cache (and to this process's memory), where :func:`run_cached` finds them."""
+    device = auto_device(device)
+    # longest first, so that the last to finish is short; the language-model runs last (they need the GPT)
+    todo = sorted(dict.fromkeys(r for r in runs if r not in _TRAINED),
+                  key=lambda r: (r.data == "lm", -r.cost))
+    if not todo:
+        return
+    workers = None if device.type == "cpu" else 1
+    if workers is None and len(todo) > 1:
+        lm_configs = {r.lm for r in todo if r.data == "lm"}
+        for config in lm_configs:  # compute the shared activations once, before the workers need them
+            lm_activations(config)
+    artifacts = parallel_map(_run_job, [(run, str(device)) for run in todo], workers=workers, desc="SAE runs")
+    _TRAINED.update(zip(todo, artifacts))
 
 
 def load_sae(run: RunConfig, device: str | torch.device | None = "cpu") -> tuple[SparseAutoencoder, dict]:
