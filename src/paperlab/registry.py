@@ -37,6 +37,12 @@ REGISTRY: dict[str, tuple[str, str]] = {
         "NLLB: multilingual transfer vs bilingual, dense vs top-2 MoE (same active parameters), EOM and "
         "curriculum on low-resource directions, routing by language, zero-shot, on a synthetic world.",
     ),
+    "bot": (
+        "paperlab.bot.experiments:EXPERIMENT",
+        "Buffer of Thoughts: tiny models as distiller and reasoners on four task families; IO, CoT, Tree of "
+        "Thoughts and BoT (meta-buffer, retrieval threshold, sandboxed programs, buffer manager); accuracy "
+        "and cost.",
+    ),
     "geometry": (
         "paperlab.geometry.experiments:EXPERIMENT",
         "Geometry of categorical/hierarchical concepts: causal inner product, concept vectors, hierarchical "
