@@ -234,7 +234,8 @@ def sweep_thresholds(problems, distilled, fallback_answers, deltas, runner) -> d
             rows.append({"delta": delta, "accuracy": sum(_graded(problems, answers)) / len(problems),
                          "wrong_template": sum(wrong) / len(problems),
                          "fallback": sum(r.path != "template" for r in records) / len(problems),
-                         "correct": _graded(problems, answers)})
+                         "correct": _graded(problems, answers), "wrong": wrong,
+                         "path": [r.path for r in records]})
         out[label] = rows
     return out
 
