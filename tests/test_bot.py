@@ -376,3 +376,43 @@ def test_sandbox_leaves_no_temporary_directory():
     after = {p for p in os.listdir("/tmp") if p.startswith("paperlab-sandbox-")}
     assert after <= before
     assert re.fullmatch(r"\d+", run_program("import os\nprint(len(os.listdir('.')))", LIMITS).answer)
+
+
+def _fake_results():
+    """A results dict shaped like experiments.run's, with a two-threshold sweep over 8 problems."""
+    families = [name for name in tasks.FAMILIES for _ in range(2)]
+
+    def row(delta, template):
+        return {"delta": delta, "path": ["template" if t else "no template" for t in template],
+                "wrong": [False] * 8, "correct": list(template), "accuracy": sum(template) / 8,
+                "wrong_template": 0.0, "fallback": 1 - sum(template) / 8}
+
+    sweep = {"all templates": [row(0.2, [True] * 8), row(0.9, [False, True] * 4)],
+             "no arithmetic template": [row(0.2, [True, True, False, False] + [True] * 4),
+                                        row(0.9, [False] * 8)]}
+    return {"families": list(tasks.FAMILIES), "test_families": families,
+            "seeds": [{"sweep": sweep}, {"sweep": sweep}]}
+
+
+def test_threshold_explorer_reads_the_sweep():
+    pytest.importorskip("ipywidgets")
+    import ipywidgets
+
+    from paperlab.bot.explore import threshold_breakdown, threshold_explorer
+
+    results = _fake_results()
+    breakdown = threshold_breakdown(results, "no arithmetic template", 0.2)
+    assert breakdown["answered by a template"]["arithmetic"] == [0.0, 0.0]
+    assert breakdown["correct"]["game24"] == [1.0, 1.0]
+    with pytest.raises(ValueError, match="was not swept"):
+        threshold_breakdown(results, "all templates", 0.5)
+    explorer = threshold_explorer(results, delta=0.2)
+    try:
+        box = explorer.widget()
+        before = explorer.last_png
+        box.controls["delta"].value = 0.9  # what a reader's dropdown does
+        assert explorer.last_values["delta"] == 0.9 and explorer.last_png != before
+        box.controls["buffer"].value = "no arithmetic template"
+        assert explorer.last_values["buffer"] == "no arithmetic template"
+    finally:
+        ipywidgets.Widget.close_all()
