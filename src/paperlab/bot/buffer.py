@@ -132,21 +132,22 @@ class MetaBuffer:
         self._keys = np.concatenate([self._keys, embed([template.task])])
 
     def similarities(self, task: str) -> np.ndarray:
-        """Cosine similarity of ``task`` to every template's task."""
-        return self._keys @ embed([task])[0] if self.templates else np.zeros(0)
+        """Cosine similarity of ``task`` to every template's task (unit vectors: a dot product)."""
+        return self._keys @ embed([task])[0] if self.templates else np.zeros(0)  # f(D_T_i)^T f(x_d)
 
     def retrieve(self, task: str, delta: float) -> Retrieval:
-        """The most similar template if its similarity is at least ``delta`` (paper: the threshold)."""
+        """The most similar template if its similarity is at least ``delta``; eq. (eq-bot-retrieve) of
+        book/08-bot.md (sec-bot-pipeline)."""
         if not isinstance(task, str):
             raise ValueError(f"retrieve needs the distilled task as text, got {type(task).__name__}")
         if not 0 <= delta <= 1:
             raise ValueError(f"delta must be in [0, 1], got {delta!r}")
         if not self.templates:
             return Retrieval(None, None, 0.0)
-        scores = self.similarities(task)
-        best = int(np.argmax(scores))
+        scores = self.similarities(task)  # sim(f(x_d), f(D_T_i)) for every template i
+        best = int(np.argmax(scores))  # j = argmax_i sim(...)
         nearest, score = self.templates[best], float(scores[best])
-        return Retrieval(nearest if score >= delta else None, nearest, score)
+        return Retrieval(nearest if score >= delta else None, nearest, score)  # used only if sim >= delta
 
 
 @dataclass(frozen=True)
@@ -168,14 +169,15 @@ class BufferManager:
         self.buffer, self.novelty = buffer, novelty
 
     def consider(self, candidate: Template) -> Admission:
+        """Admit ``candidate`` if it is novel; eq. (eq-bot-manager) of book/08-bot.md (sec-bot-pipeline)."""
         held = self.buffer.templates
         if held:
-            scores = embed([t.text for t in held]) @ embed([candidate.text])[0]
+            scores = embed([t.text for t in held]) @ embed([candidate.text])[0]  # sim(f(T_new), f(T_i))
             best = int(np.argmax(scores))
-            nearest, score = held[best].name, float(scores[best])
+            nearest, score = held[best].name, float(scores[best])  # max_i sim(...)
         else:
             nearest, score = None, 0.0
-        admitted = score < self.novelty
+        admitted = score < self.novelty  # added if max_i sim < delta_novel
         if admitted:
             self.buffer.add(candidate)
         return Admission(admitted, nearest, score)

@@ -269,10 +269,10 @@ def _train_job(size: str, seed: int, config: BoTConfig, device: str | None) -> f
 def run(config: BoTConfig, device: str | None = None) -> dict:
     """Train every (size, seed) model, one per core, large ones first; then :func:`measure_seed` for every
     seed, two at a time; plus what does not depend on the seed (data, vocabulary, model sizes)."""
+    device = None if device is None else str(auto_device(device))  # a bad device fails before any work
     data = build_data(config.data)
     tokenizer = make_tokenizer(config.data)
-    device = None if device is None else str(auto_device(device))
-    workers = 1 if device is not None and device.startswith("cuda") else None
+    workers = 1 if device is not None and device.startswith("cuda") else None  # CUDA: one process
     jobs = [(size, seed, config, device) for size in ("large", "small") for seed in config.seeds]
     parallel_map(_train_job, jobs, workers=workers, desc="BoT models")
     per_seed = over_seeds(measure_seed, config.seeds, config, device, workers=workers, desc="BoT seeds")

@@ -257,13 +257,13 @@ def buffer_of_thoughts(ledger: Ledger, prompts: Prompts, statements: Sequence[st
     5. with no template, or after the retries, **fall back** to ``fallback(indices)`` (the generic
        reasoner: chain of thought), charged to the same problems.
     """
-    if distilled is None:
+    if distilled is None:  # 1. x_d = LLM(phi(x)), eq. (eq-bot-distill)
         replies = ledger.ask([prompts.distill(s) for s in statements], range(len(statements)))
         distilled = [r[0].text for r in replies]
     records = []
     for text in distilled:
         task = distilled_task(text)
-        found = buffer.retrieve(task, delta)
+        found = buffer.retrieve(task, delta)  # 2. the template T_j, eq. (eq-bot-retrieve)
         path = "no template" if found.template is None else "template"
         records.append(BoTRecord(text, task, found.template.name if found.template else None,
                                  found.similarity, path, None))
@@ -277,7 +277,7 @@ def buffer_of_thoughts(ledger: Ledger, prompts: Prompts, statements: Sequence[st
         failed = []
         for i in pending:
             record = records[i]
-            try:
+            try:  # 3. S_x = instantiate(x_d, T_j), eq. (eq-bot-instantiate): fill the skeleton, run it
                 source = _instantiate(templates[record.template], values[i])
             except ValueError as err:
                 record.errors.append(f"instantiation: {err}")
@@ -290,7 +290,7 @@ def buffer_of_thoughts(ledger: Ledger, prompts: Prompts, statements: Sequence[st
                 failed.append(i)
             else:
                 record.answer = result.answer
-        if failed and attempt < max_retries:
+        if failed and attempt < max_retries:  # 4. the inspector
             for i in failed:
                 records[i].retries += 1
             if prompts.binds_params:  # the tiny distiller wrote the values: sample it again
@@ -301,7 +301,7 @@ def buffer_of_thoughts(ledger: Ledger, prompts: Prompts, statements: Sequence[st
     for i in pending:
         records[i].path = "failed"
     needs_fallback = [i for i, r in enumerate(records) if r.answer is None]
-    if needs_fallback and fallback is not None:
+    if needs_fallback and fallback is not None:  # 5. a new kind of problem: general reasoning
         for i, answer in zip(needs_fallback, fallback(needs_fallback)):
             records[i].answer = answer
     return records
