@@ -416,3 +416,29 @@ def test_threshold_explorer_reads_the_sweep():
         assert explorer.last_values["buffer"] == "no arithmetic template"
     finally:
         ipywidgets.Widget.close_all()
+
+
+def test_summaries_of_the_results():
+    from paperlab.bot import experiments
+
+    families = [name for name in tasks.FAMILIES for _ in range(2)]  # two test problems per family
+    game24 = [i for i, f in enumerate(families) if f == "game24"]
+
+    def seed(io_marks, cot_marks, bot_marks):
+        cost = {"calls": 1, "generated_tokens": 10, "seconds": 0.5}
+        return {"correct": {"io": io_marks, "cot": cot_marks, "bot": bot_marks, "tot": [True, False]},
+                "costs": {m: [cost] * (len(game24) if m == "tot" else len(families))
+                          for m in ("io", "cot", "bot", "tot")}}
+
+    io_marks = [True, True] + [False] * 6  # IO solves the Game of 24 only
+    cot_marks = [False, False] + [True, False] * 3  # CoT half of each other family
+    runs = [seed(io_marks, cot_marks, [True] * 8), seed(io_marks, cot_marks, [True] * 7 + [False])]
+    results = {"families": list(tasks.FAMILIES), "test_families": families, "seeds": runs}
+    accuracy = experiments.family_accuracy(results, "cot")
+    assert accuracy["game24"] == [0.0, 0.0] and accuracy["checkmate"] == [0.5, 0.5]
+    assert experiments.family_accuracy(results, "tot") == {"game24": [0.5, 0.5]}
+    assert experiments.mean_accuracy(results, "bot") == [1.0, pytest.approx(7 / 8)]
+    baseline, choice = experiments.best_single_query(results)
+    assert choice == {"game24": "io", "arithmetic": "cot", "word_sorting": "cot", "checkmate": "cot"}
+    assert baseline == [pytest.approx((1 + 0.5 * 3) / 4)] * 2  # the better method per family
+    assert experiments.cost_per_problem(results, "tot", "game24")["calls"] == [1.0, 1.0]

@@ -95,7 +95,7 @@ CONFIGS = {
         large=ModelConfig(d_model=96, n_layers=2, n_heads=4),
         train=TrainConfig(steps=120, batch_size=16, lr=3e-3, warmup_steps=10, eval_every=40,
                           weight_decay=0.01),
-        deltas=(0.0, 0.25, 0.5, 1.0), stream_length=16),
+        deltas=(0.0, 0.2, 0.5, 1.0), stream_length=16),
     "full": BoTConfig(),
 }
 
