@@ -246,4 +246,6 @@ def load_model(data_config: DataConfig, size: ModelConfig, train_config: TrainCo
     model = make_gpt(size, tokenizer.vocab_size)
     model.load_state_dict(artifact["state_dict"])
     model.to(auto_device(device)).eval()
-    return llm.TinyLM(model, tokenizer, seed=seed), TrainResult.from_dict(artifact["history"])
+    # decoded with a key-value cache, without the extra log-probability pass (nothing here reads them)
+    return (llm.TinyLM(model, tokenizer, seed=seed, use_cache=True, logprobs=False),
+            TrainResult.from_dict(artifact["history"]))
