@@ -27,6 +27,7 @@ MODULES = {
     "geometry": ["paperlab.geometry.lm"],
     "sae": ["paperlab.sae.experiments", "paperlab.sae.train"],
     "survey": ["paperlab.survey.experiments", "paperlab.survey.models"],
+    "bot": ["paperlab.bot.experiments", "paperlab.bot.model"],
 }
 
 
@@ -61,7 +62,7 @@ def test_models_train_on_the_device_given(name, monkeypatch):
     # Runs that would go to worker processes (several seeds or models at once on a CPU) stay in this one,
     # where the stand-ins above apply.
     serial = lambda fn, jobs, workers=None, desc="": [fn(*job) for job in jobs]  # noqa: E731
-    for module_name in ("paperlab.experiments", "paperlab.ssd.experiments"):
+    for module_name in ("paperlab.experiments", "paperlab.ssd.experiments", "paperlab.bot.experiments"):
         monkeypatch.setattr(importlib.import_module(module_name), "parallel_map", serial)
     if name == "ssd":  # the equivalence checks and the cost sweep time CPU code by design
         ssd = importlib.import_module("paperlab.ssd.experiments")

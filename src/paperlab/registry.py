@@ -43,6 +43,12 @@ REGISTRY: dict[str, tuple[str, str]] = {
         "self-consistency, generator-verifier gap, weak-to-strong, reward models, best-of-n, policy "
         "gradient, DPO, environment feedback.",
     ),
+    "bot": (
+        "paperlab.bot.experiments:EXPERIMENT",
+        "Buffer of Thoughts: tiny models as distiller and reasoners on four task families; IO, CoT, Tree of "
+        "Thoughts and BoT (meta-buffer, retrieval threshold, sandboxed programs, buffer manager); accuracy "
+        "and cost.",
+    ),
     "geometry": (
         "paperlab.geometry.experiments:EXPERIMENT",
         "Geometry of categorical/hierarchical concepts: causal inner product, concept vectors, hierarchical "

@@ -1,0 +1,340 @@
+"""The Buffer of Thoughts chapter's experiment: tiny models trained on generated problems play the
+language model (:mod:`paperlab.bot.model`); IO, chain of thought, Tree of Thoughts and Buffer of Thoughts
+are compared on accuracy and cost, on a phrasing never seen in training, across retrieval thresholds, over
+a stream of problems with the buffer manager, and against a larger model.
+
+:func:`measure_seed` runs every evaluation for one training seed: each method on the test set with the
+small model (IO and chain of thought also with the large one), Tree of Thoughts on the Game of 24, Buffer
+of Thoughts with the chapter's templates; chain of thought and BoT on the held-out phrasing; the threshold
+sweep (:func:`sweep_thresholds`); the stream (:func:`paperlab.bot.methods.run_stream`). :func:`run`
+trains every model (one per core, cached), then measures every seed, two at a time, and returns
+JSON-able results.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+
+from paperlab import cache, llm
+from paperlab.bot import tasks
+from paperlab.bot.buffer import DEFAULT_DELTA, MetaBuffer, book_templates
+from paperlab.bot.methods import (
+    Ledger,
+    ProgramRunner,
+    buffer_of_thoughts,
+    chain_of_thought,
+    io,
+    run_stream,
+    tree_of_thoughts,
+)
+from paperlab.bot.model import (
+    DataConfig,
+    ModelConfig,
+    build_data,
+    load_model,
+    make_gpt,
+    make_tokenizer,
+    problems_of,
+    test_phrasing,
+)
+from paperlab.bot.prompts import TinyPrompts
+from paperlab.bot.sandbox import Limits
+from paperlab.experiments import Experiment, over_seeds
+from paperlab.nn import count_parameters
+from paperlab.train import TrainConfig, TrainResult, auto_device
+from paperlab.utils import parallel_map
+
+__all__ = ["BoTConfig", "CONFIGS", "EXPERIMENT", "load", "measure_seed", "run", "sweep_thresholds",
+           "statements", "METHODS", "family_accuracy", "mean_accuracy", "best_single_query",
+           "cost_per_problem"]
+
+METHODS = ("io", "cot", "tot", "bot", "io_large", "cot_large")
+
+
+@dataclass(frozen=True)
+class BoTConfig:
+    """Everything that determines the chapter's results (and so their cache keys)."""
+
+    data: DataConfig = field(default_factory=DataConfig)  # problems per family: every method's data budget
+    small: ModelConfig = field(default_factory=ModelConfig)
+    large: ModelConfig = field(default_factory=lambda: ModelConfig(d_model=128, n_layers=2, n_heads=4))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        steps=3000, batch_size=32, lr=3e-3, warmup_steps=100, eval_every=150, weight_decay=0.01))
+    seeds: tuple[int, ...] = (0, 1, 2)
+    delta: float = DEFAULT_DELTA  # retrieval threshold
+    novelty: float = 0.9  # the buffer manager admits a template below this similarity to every held one
+    max_retries: int = 2  # inspector retries after a failed instantiation
+    tot_breadth: int = 5
+    tot_depth: int = 3
+    n_propose: int = 8  # proposals sampled per state (the tiny proposer writes one step per sample)
+    n_value: int = 3  # value samples per state
+    deltas: tuple[float, ...] = (0.0, 0.1, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+    stream_length: int = 120
+    sandbox_wall_seconds: float = 10.0
+    sandbox_cpu_seconds: int = 5
+    sandbox_memory_mb: int = 512
+    # the smallest effects that count, declared with the claims (book/08-bot.md, sec-bot-claims)
+    claim_gain: float = 0.10  # BoT over the best single-query method, mean accuracy over families
+    claim_tot_gain: float = 0.05  # BoT over ToT on the Game of 24
+    claim_cost_fraction: float = 0.12  # BoT's generated tokens as a fraction of ToT's
+    claim_phrasing_drop: float = 0.05  # accuracy lost on a phrasing never seen in training
+    claim_scale_gain: float = 0.0  # small model with BoT over the large model's best single-query method
+    claim_buffer_slack: float = 1.0  # templates held minus families seen, within +-
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(self.sandbox_wall_seconds, self.sandbox_cpu_seconds, self.sandbox_memory_mb)
+
+
+CONFIGS = {
+    "fast": BoTConfig(
+        data=DataConfig(n_train=200, n_val=6, n_test=6),
+        small=ModelConfig(d_model=64, n_layers=2, n_heads=4),
+        large=ModelConfig(d_model=96, n_layers=2, n_heads=4),
+        train=TrainConfig(steps=120, batch_size=16, lr=3e-3, warmup_steps=10, eval_every=40,
+                          weight_decay=0.01),
+        deltas=(0.0, 0.2, 0.5, 1.0), stream_length=16),
+    "full": BoTConfig(),
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# 3. Evaluation
+# --------------------------------------------------------------------------------------------------
+def statements(problems: list[tasks.Problem], held_out: bool = False) -> list[str]:
+    """Each test problem's statement: phrasing ``j % 3`` of the ``j``-th problem of its family, or the
+    held-out phrasing."""
+    out, index = [], {}
+    for p in problems:
+        j = index.get(p.family, 0)
+        index[p.family] = j + 1
+        out.append(p.statement(tasks.HELD_OUT_PHRASING if held_out else test_phrasing(j)))
+    return out
+
+
+def _graded(problems, answers) -> list[bool]:
+    return [tasks.check(p, a) for p, a in zip(problems, answers)]
+
+
+def _timed(fn):
+    start = time.perf_counter()
+    value = fn()
+    return value, time.perf_counter() - start
+
+
+def measure_seed(seed: int, config: BoTConfig, device: str | None = None) -> dict:
+    """Every evaluation of the chapter for the models of training seed ``seed`` (JSON-able; cached)."""
+    return cache.cached("bot-measure", config, lambda: _measure_seed(seed, config, device), seed=seed)
+
+
+def _measure_seed(seed: int, config: BoTConfig, device: str | None) -> dict:
+    problems = problems_of(build_data(config.data), "test")
+    small, small_history = load(config, "small", seed, device)
+    large, large_history = load(config, "large", seed, device)
+    prompts = TinyPrompts(n_propose=config.n_propose, n_value=config.n_value)
+    runner = ProgramRunner(config.limits)
+    seen = statements(problems)
+    n = len(problems)
+    out: dict = {"seed": seed, "answers": {}, "correct": {}, "costs": {}, "seconds": {}}
+
+    def record(method: str, ledger: Ledger, answers, seconds: float, subset=None) -> None:
+        chosen = subset if subset is not None else range(n)
+        out["answers"][method] = list(answers)
+        out["correct"][method] = _graded([problems[i] for i in chosen], answers)
+        out["costs"][method] = [ledger.costs[i].as_dict() for i in chosen]
+        out["seconds"][method] = seconds
+
+    for method, model, fn in (("io", small, io), ("cot", small, chain_of_thought),
+                              ("io_large", large, io), ("cot_large", large, chain_of_thought)):
+        ledger = Ledger(model, n)
+        start = time.perf_counter()
+        answers = fn(ledger, prompts, seen)
+        record(method, ledger, answers, time.perf_counter() - start)
+
+    game24 = [i for i, p in enumerate(problems) if p.family == "game24"]
+    ledger = Ledger(small, n)
+    answers, seconds = _timed(lambda: tree_of_thoughts(
+        ledger, prompts, [problems[i].params["numbers"] for i in game24], breadth=config.tot_breadth,
+        depth=config.tot_depth, owners=game24))
+    record("tot", ledger, answers, seconds, subset=game24)
+
+    book = MetaBuffer(book_templates())
+    ledger = Ledger(small, n)
+
+    def bot_run(texts, ledger=ledger):
+        return buffer_of_thoughts(
+            ledger, prompts, texts, book, delta=config.delta, runner=runner, max_retries=config.max_retries,
+            fallback=lambda idx: chain_of_thought(ledger, prompts, [texts[i] for i in idx], owners=idx))
+
+    records, seconds = _timed(lambda: bot_run(seen))
+    for i, r in enumerate(records):  # BoT's time includes running its programs
+        ledger.costs[i].seconds += r.program_seconds
+    record("bot", ledger, [r.answer for r in records], seconds)
+    out["bot_records"] = [r.as_dict() for r in records]
+    out["program_seconds"] = runner.seconds
+
+    held_out = statements(problems, held_out=True)
+    robust: dict = {}
+    for method in ("cot", "bot"):
+        ledger = Ledger(small, n)
+        if method == "cot":
+            answers = chain_of_thought(ledger, prompts, held_out)
+        else:
+            held_records = buffer_of_thoughts(
+                ledger, prompts, held_out, book, delta=config.delta, runner=runner,
+                max_retries=config.max_retries,
+                fallback=lambda idx, ledger=ledger: chain_of_thought(
+                    ledger, prompts, [held_out[i] for i in idx], owners=idx))
+            answers = [r.answer for r in held_records]
+        robust[method] = _graded(problems, answers)
+    out["held_out_phrasing"] = robust
+
+    distilled = [r["distilled"] for r in out["bot_records"]]
+    cot_answers = out["answers"]["cot"]
+    out["sweep"] = sweep_thresholds(problems, distilled, cot_answers, config.deltas, runner)
+    order = random.Random(config.data.seed).sample(range(n), min(config.stream_length, n))
+    out["stream"] = run_stream([problems[i] for i in order], [distilled[i] for i in order],
+                               [cot_answers[i] for i in order], runner, delta=config.delta,
+                               novelty=config.novelty)
+    out["stream"]["order"] = order
+    out["training"] = {
+        size: {"convergence": history.convergence("val_loss").describe(),
+               "converged": history.convergence("val_loss").converged,
+               "evals": history.evals, "seconds": history.seconds}
+        for size, history in (("small", small_history), ("large", large_history))}
+    return out
+
+
+def sweep_thresholds(problems, distilled, fallback_answers, deltas, runner) -> dict:
+    """Buffer of Thoughts at each retrieval threshold in ``deltas``, on texts distilled once, with two
+    buffers: all four book templates, and all but the arithmetic one (a family with no template).
+
+    No model calls: retries are off (``max_retries = 0``, the inspector's samples would differ per
+    threshold) and a problem without a usable template takes its fallback (chain-of-thought) answer.
+    Per threshold: accuracy, the share of problems that used a template of another family (wrong
+    template), and the share that fell back.
+    """
+    out = {}
+    for label, families in (("all templates", tasks.FAMILIES),
+                            ("no arithmetic template", tuple(f for f in tasks.FAMILIES if f != "arithmetic")),
+                            ):
+        buffer = MetaBuffer(book_templates(families))
+        family_of = {t.name: t.family for t in buffer.templates}
+        rows = []
+        for delta in deltas:
+            ledger = Ledger(_NoModel(), len(problems))
+            records = buffer_of_thoughts(ledger, TinyPrompts(), [""] * len(problems), buffer, delta=delta,
+                                         runner=runner, max_retries=0, distilled=distilled)
+            answers = [r.answer if r.answer is not None else fallback_answers[i]
+                       for i, r in enumerate(records)]
+            wrong = [r.template is not None and family_of[r.template] != p.family
+                     for r, p in zip(records, problems)]
+            rows.append({"delta": delta, "accuracy": sum(_graded(problems, answers)) / len(problems),
+                         "wrong_template": sum(wrong) / len(problems),
+                         "fallback": sum(r.path != "template" for r in records) / len(problems),
+                         "correct": _graded(problems, answers), "wrong": wrong,
+                         "path": [r.path for r in records]})
+        out[label] = rows
+    return out
+
+
+class _NoModel(llm.LLM):
+    """A model that must not be called (the sweep reuses distilled texts)."""
+
+    name = "no model"
+
+    def _complete(self, *args):
+        raise RuntimeError("the threshold sweep makes no model calls")
+
+    def _logprob(self, *args):
+        raise RuntimeError("the threshold sweep makes no model calls")
+
+
+def load(config: BoTConfig, size: str, seed: int,
+         device: str | None = None) -> tuple[llm.TinyLM, TrainResult]:
+    """The ``size`` (``"small"`` or ``"large"``) model of ``seed``, trained on first use
+    (:func:`paperlab.bot.model.load_model`)."""
+    if size not in ("small", "large"):
+        raise ValueError(f"size must be 'small' or 'large', got {size!r}")
+    return load_model(config.data, getattr(config, size), config.train, seed, device)
+
+
+def _train_job(size: str, seed: int, config: BoTConfig, device: str | None) -> float:
+    """Train (or load) one model; the seconds its training took (module level: run in worker processes)."""
+    return load(config, size, seed, device)[1].seconds
+
+
+def run(config: BoTConfig, device: str | None = None) -> dict:
+    """Train every (size, seed) model, one per core, large ones first; then :func:`measure_seed` for every
+    seed, two at a time; plus what does not depend on the seed (data, vocabulary, model sizes)."""
+    device = None if device is None else str(auto_device(device))  # a bad device fails before any work
+    data = build_data(config.data)
+    tokenizer = make_tokenizer(config.data)
+    workers = 1 if device is not None and device.startswith("cuda") else None  # CUDA: one process
+    jobs = [(size, seed, config, device) for size in ("large", "small") for seed in config.seeds]
+    parallel_map(_train_job, jobs, workers=workers, desc="BoT models")
+    per_seed = over_seeds(measure_seed, config.seeds, config, device, workers=workers, desc="BoT seeds")
+    return {
+        "families": list(tasks.FAMILIES),
+        "test_families": [p.family for p in problems_of(data, "test")],
+        "test_difficulty": [p.difficulty for p in problems_of(data, "test")],
+        "vocab_size": tokenizer.vocab_size,
+        "n_parameters": {size: count_parameters(make_gpt(getattr(config, size), tokenizer.vocab_size))
+                         for size in ("small", "large")},
+        "seeds": per_seed,
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# 4. Summaries of run()'s results, for the chapter
+# --------------------------------------------------------------------------------------------------
+def family_accuracy(results: dict, method: str, key: str = "correct") -> dict[str, list[float]]:
+    """Accuracy of ``method`` per family, one value per seed (``key="held_out_phrasing"`` for the
+    held-out phrasing). Tree of Thoughts has the Game of 24 only."""
+    families = results["test_families"]
+    out: dict[str, list[float]] = {}
+    for run_ in results["seeds"]:
+        correct = run_[key][method]
+        subset = [f for f in families if f == "game24"] if method == "tot" else families
+        for name in results["families"]:
+            marks = [c for c, f in zip(correct, subset) if f == name]
+            if marks:
+                out.setdefault(name, []).append(sum(marks) / len(marks))
+    return out
+
+
+def mean_accuracy(results: dict, method: str, key: str = "correct") -> list[float]:
+    """Accuracy averaged over the families (each family weighs the same), one value per seed."""
+    per_family = family_accuracy(results, method, key)
+    return [sum(values[i] for values in per_family.values()) / len(per_family)
+            for i in range(len(results["seeds"]))]
+
+
+def best_single_query(results: dict, size: str = "small") -> tuple[list[float], dict[str, str]]:
+    """The stronger single-query baseline: for each family, IO or chain of thought, whichever is more
+    accurate on average over the seeds; per seed, the mean over families of the chosen method's
+    accuracy. Returns that and the choice per family."""
+    suffix = "" if size == "small" else "_large"
+    io_acc, cot_acc = family_accuracy(results, "io" + suffix), family_accuracy(results, "cot" + suffix)
+    choice = {name: ("io" if sum(io_acc[name]) > sum(cot_acc[name]) else "cot") + suffix
+              for name in results["families"]}
+    chosen = {name: (io_acc if choice[name].startswith("io") else cot_acc)[name] for name in choice}
+    per_seed = [sum(chosen[name][i] for name in choice) / len(choice) for i in range(len(results["seeds"]))]
+    return per_seed, choice
+
+
+def cost_per_problem(results: dict, method: str, family: str | None = None) -> dict[str, list[float]]:
+    """Mean model calls, generated tokens and seconds per problem (of ``family``, or all), per seed."""
+    families = results["test_families"]
+    out: dict[str, list[float]] = {"calls": [], "generated_tokens": [], "seconds": []}
+    for run_ in results["seeds"]:
+        subset = [f for f in families if f == "game24"] if method == "tot" else families
+        costs = [c for c, f in zip(run_["costs"][method], subset) if family is None or f == family]
+        for key in out:
+            out[key].append(sum(c[key] for c in costs) / len(costs))
+    return out
+
+
+EXPERIMENT = Experiment(name="bot", chapter="book/08-bot.md", configs=CONFIGS, run=run)
