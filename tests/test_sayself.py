@@ -164,6 +164,15 @@ def test_stage1_rationale_names_the_disagreement(world):
     assert sure == "i am sure of the birthplace" and method.named_values(sure) == []
 
 
+def test_stage1_needs_a_reasoning_in_the_largest_cluster(world):
+    q = world.question("born_in", world.train_people[0])
+    bare = method.read_chain(q, f"answer: {q.answer}.")  # an answer without any reasoning
+    assert bare.answer == q.answer.lower()
+    assert method.stage1([q], [[bare, bare]]) == []  # no target to imitate: dropped
+    full = method.read_chain(q, f"reasoning: {q.reasoning} answer: {q.answer}.")
+    (item,) = method.stage1([q], [[bare, full, bare]])
+    assert item.chosen is full and item.confidence == 10
+
 def test_tokenizer_round_trips_the_formats(world):
     tok = world.tokenizer
     q = world.question("employer_city", world.test_people[0])

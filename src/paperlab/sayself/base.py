@@ -50,7 +50,7 @@ def _pretrain(config: BaseConfig, device) -> dict:
     ids = corpus_ids(world).to(device)
     seed_everything(config.train.seed)
     model = make_model(config, world.tokenizer.vocab_size).to(device)
-    fixed = lm_batches(ids, 64, config.context_length, torch.Generator(device=ids.device).manual_seed(1234))
+    fixed = lm_batches(ids, 64, config.context_length, torch.Generator().manual_seed(1234))
 
     @torch.no_grad()
     def eval_fn(m: GPT) -> dict:  # a memorisation task: the loss on fixed windows of the corpus itself

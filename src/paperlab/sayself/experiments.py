@@ -231,7 +231,7 @@ def _run_seed(seed: int, config: SaySelfConfig, device) -> dict:
     test_id = method.world_questions(world, ID_KINDS, world.test_people)
     test_ood = method.world_questions(world, OOD_KINDS, world.test_people)
     test = test_id + test_ood
-    base_llm = llm.TinyLM(base, tok, seed=seed)
+    base_llm = llm.TinyLM(base, tok, seed=seed, use_cache=True, logprobs=False)
 
     # Stage 1: N chains per training question, consistency confidence, rationale
     chains = method.sample_chains(base_llm, train_questions, config.n_samples, temperature=config.temperature)
@@ -262,7 +262,7 @@ def _run_seed(seed: int, config: SaySelfConfig, device) -> dict:
     results = {}
     usage = {}
     for name, model in models.items():
-        tiny = llm.TinyLM(model, tok, seed=seed)
+        tiny = llm.TinyLM(model, tok, seed=seed, use_cache=True, logprobs=False)
         records = evaluate(tiny, test, needs_reflection=name in ("SaySelf", "SaySelf w/o RL"))
         results[name] = dict(zip(("id", "ood"), _split(records, len(test_id))))
         usage[name] = tiny.usage.generated_tokens / len(test)
@@ -275,8 +275,8 @@ def _run_seed(seed: int, config: SaySelfConfig, device) -> dict:
                                                                   len(test_id))))
     faithful = {}
     for name in ("SaySelf", "SaySelf w/o RL"):
-        own = method.sample_chains(llm.TinyLM(models[name], tok, seed=seed + 1), test_id, config.n_samples,
-                                   temperature=config.temperature)
+        sampler = llm.TinyLM(models[name], tok, seed=seed + 1, use_cache=True, logprobs=False)
+        own = method.sample_chains(sampler, test_id, config.n_samples, temperature=config.temperature)
         faithful[name] = faithfulness(results[name]["id"]["reflection"], own, test_id, seed)
 
     return {

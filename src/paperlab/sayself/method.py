@@ -163,7 +163,7 @@ class Stage1:
 
 def stage1(questions: Sequence[Question], chains: Sequence[Sequence[Chain]]) -> list[Stage1]:
     """Consistency confidence and rationale per question. Questions whose samples have no readable
-    answer are dropped (they give no target)."""
+    answer, or whose largest cluster has no sample with a reasoning, are dropped (they give no target)."""
     if len(questions) != len(chains):
         raise ValueError(f"questions ({len(questions)}) and chains ({len(chains)}) differ in length")
     out = []
@@ -172,8 +172,12 @@ def stage1(questions: Sequence[Question], chains: Sequence[Sequence[Chain]]) -> 
         if not clusters:
             continue
         top, size = clusters[0]
-        in_top = [c for c in samples if c.answer == top]
-        chosen = next((c for c in in_top if None not in c.hops), in_top[0])  # a fully readable chain if any
+        # the chosen sample: one of the largest cluster whose reasoning reads hop by hop if any, else one
+        # with some reasoning; a cluster without any reasoning gives no target
+        in_top = [c for c in samples if c.answer == top and parse(c.text).reasoning]
+        if not in_top:
+            continue
+        chosen = next((c for c in in_top if None not in c.hops), in_top[0])
         out.append(Stage1(question, chosen, consistency_confidence(size, len(samples)),
                           rationale(question, samples), tuple(clusters)))
     return out
