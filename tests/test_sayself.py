@@ -286,3 +286,32 @@ def test_faithfulness_against_a_shuffled_control(world):
     result = experiments.faithfulness(reflections, samples, questions, seed=0)
     assert result["own"] == [1.0, 1.0, 1.0] and result["n_named"] == 3
     assert len(result["shuffled"]) == 3 and max(result["shuffled"]) <= 1.0
+
+
+# --------------------------------------------------------------------------------------------------
+# Explorer
+# --------------------------------------------------------------------------------------------------
+def test_reliability_explorer_redraws_and_matches_the_metric():
+    pytest.importorskip("ipywidgets")
+    import ipywidgets
+
+    from paperlab.sayself.explore import pooled, reliability_explorer
+
+    rng = np.random.default_rng(0)
+
+    def records(n):
+        return {"confidence": rng.integers(1, 11, n).tolist(), "correct": (rng.random(n) < 0.5).tolist()}
+
+    results = {"seeds": [{"results": {m: {"id": records(30), "ood": records(10)} for m in ("a", "b")}}
+                         for _ in range(3)]}
+    conf, right = pooled(results, "b", "id")
+    assert conf.shape == right.shape == (90,) and conf.max() <= 1.0
+    explorer = reliability_explorer(results, ("a", "b"))
+    box = explorer.widget()
+    before = explorer.last_png
+    assert explorer.last_values == {"method": "b", "split": "id", "n_bins": 10}
+    box.controls["n_bins"].value = 4
+    assert explorer.last_values["n_bins"] == 4 and explorer.last_png != before
+    with pytest.raises(ValueError, match="n_bins"):
+        explorer.values(n_bins=50)
+    ipywidgets.Widget.close_all()
