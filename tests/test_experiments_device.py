@@ -28,6 +28,7 @@ MODULES = {
     "sae": ["paperlab.sae.experiments", "paperlab.sae.train"],
     "survey": ["paperlab.survey.experiments", "paperlab.survey.models"],
     "bot": ["paperlab.bot.experiments", "paperlab.bot.model"],
+    "sayself": ["paperlab.sayself.experiments", "paperlab.sayself.base"],
 }
 
 

@@ -54,6 +54,12 @@ REGISTRY: dict[str, tuple[str, str]] = {
         "Geometry of categorical/hierarchical concepts: causal inner product, concept vectors, hierarchical "
         "orthogonality vs controls, simplices, interventions (WordNet + tiny LM).",
     ),
+    "sayself": (
+        "paperlab.sayself.experiments:EXPERIMENT",
+        "SaySelf: calibrated confidence with self-reflective rationales (consistency SFT, then RL on the "
+        "confidence tokens) vs plain SFT and self-consistency, in and out of distribution, on a synthetic "
+        "knowledge world.",
+    ),
 }
 
 

@@ -1,0 +1,347 @@
+"""The SaySelf chapter's experiment: pretrain the toolkit's GPT on the knowledge world, then run SaySelf
+and its baselines for each seed, and measure accuracy and calibration in and out of distribution.
+
+1. :func:`load_base` pretrains one GPT on the world's corpus (the stand-in for the paper's Mistral-7B:
+   fixed, like the paper's base model, for every seed); cached.
+2. :func:`run_seed`, for each of ``config.seeds`` (side by side, one per core; each cached):
+
+   - Stage 1: ``N`` chains per training question from the base model (through :class:`paperlab.llm.TinyLM`),
+     consistency confidence and rationale (:func:`paperlab.sayself.method.stage1`);
+   - supervised fine-tuning of four models from the base: **SaySelf** (reasoning, answer, rationale,
+     confidence), **no rationale** (the ablation), and the **plain SFT** baseline (gold chains stated
+     with confidence 10: no consistency target);
+   - Stage 2 (REINFORCE on the confidence tokens, :class:`paperlab.align.PolicyGradient`) from the SaySelf
+     and the no-rationale models; the Stage-1 models are the "without RL" ablations;
+   - evaluation by greedy decoding on the in-distribution test questions (kinds ``born_in``, ``works_for``,
+     ``born_country`` about test people) and the out-of-distribution ones (``employer_city``), and
+     **self-consistency** at test time (``N`` samples of the base model per question, majority answer,
+     vote share as the confidence: the expensive reference);
+   - faithfulness of the SaySelf model's rationales: do the values a rationale names occur among the
+     model's own ``N`` samples for that question, compared with another question's rationale (shuffled).
+
+Everything returned is JSON (numbers, strings, lists); the chapter computes the metrics from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from paperlab import align, cache, llm
+from paperlab.experiments import Experiment, over_seeds
+from paperlab.nn import GPT, count_parameters
+from paperlab.sayself import method
+from paperlab.sayself.base import BaseConfig, corpus_ids, load_base, make_model
+from paperlab.sayself.calibration import auroc, binned_ece, parse, unbinned_ece
+from paperlab.sayself.world import ID_KINDS, OOD_KINDS, Question, World, WorldConfig
+from paperlab.train import TrainConfig, TrainResult, auto_device, train
+from paperlab.utils import cpu_threads
+
+__all__ = ["SaySelfConfig", "CONFIGS", "EXPERIMENT", "run_seed", "run", "METHODS", "TABLE_METHODS",
+           "evaluate", "self_consistency", "faithfulness", "metrics"]
+
+# method name -> (model it is evaluated with, description)
+METHODS = {
+    "plain SFT": "fine-tuned on the gold chains, every answer stated with confidence 10",
+    "self-consistency": "the base model, N samples per test question; majority answer, vote share",
+    "SaySelf w/o RL": "Stage 1 only: fine-tuned on consistency confidence and rationales",
+    "SaySelf w/o rationale": "Stage 1 without rationales, then Stage 2",
+    "SaySelf": "Stage 1 (consistency confidence, rationales), then Stage 2 (RL on the confidence)",
+}
+
+
+@dataclass(frozen=True)
+class SaySelfConfig:
+    """Everything that determines the chapter's runs (and so their cache keys).
+
+    - ``base``: the knowledge world, the GPT and its pretraining (:class:`paperlab.sayself.base.BaseConfig`).
+    - ``n_samples``: N, the chains sampled per question (Stage 1, self-consistency, faithfulness);
+      ``temperature``: their sampling temperature.
+    - ``sft``: Stage-1 fine-tuning (the same for SaySelf, its ablation and the plain baseline);
+      ``sft_val_fraction``: the share of training people whose questions are held out to measure its
+      validation loss; ``replay_windows``: windows of the pretraining corpus in each fine-tuning batch
+      (:func:`paperlab.sayself.method.fine_tune`).
+    - ``rl``: Stage-2 training (``rl.batch_size`` = ``rl_prompts * rl_samples``); ``rl_prompts`` prompts
+      per step, ``rl_samples`` responses each (leave-one-out baseline); ``kl_coef``: beta of the KL
+      penalty to the Stage-1 model, on the confidence tokens.
+    - ``seeds``: one run of every fine-tuning stage per seed.
+    """
+
+    base: BaseConfig = field(default_factory=BaseConfig)
+    n_samples: int = 10
+    temperature: float = 1.0
+    sft: TrainConfig = field(default_factory=lambda: TrainConfig(
+        steps=200, batch_size=32, lr=1e-3, warmup_steps=20, eval_every=20))
+    sft_val_fraction: float = 0.1
+    replay_windows: int = 8
+    rl: TrainConfig = field(default_factory=lambda: TrainConfig(
+        steps=100, batch_size=64, lr=1e-4, warmup_steps=0, min_lr_ratio=1.0, weight_decay=0.0))
+    rl_prompts: int = 16
+    rl_samples: int = 4
+    kl_coef: float = 0.05
+    seeds: tuple[int, ...] = (0, 1, 2)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.n_samples, bool) or not isinstance(self.n_samples, int) or self.n_samples < 2:
+            raise ValueError(f"SaySelfConfig.n_samples (N) must be an integer >= 2: consistency compares "
+                             f"several samples, got {self.n_samples!r}")
+        if self.rl.batch_size != self.rl_prompts * self.rl_samples:
+            raise ValueError(f"SaySelfConfig.rl.batch_size ({self.rl.batch_size}) must be rl_prompts * "
+                             f"rl_samples = {self.rl_prompts * self.rl_samples}")
+        if not self.seeds:
+            raise ValueError("SaySelfConfig.seeds is empty: give at least one seed")
+
+
+CONFIGS = {
+    "fast": SaySelfConfig(
+        base=BaseConfig(world=WorldConfig(n_people=120, qa_per_kind=30, qa_ood_per_kind=10),
+                        train=TrainConfig(steps=300, batch_size=32, lr=3e-3, warmup_steps=30, eval_every=50)),
+        n_samples=4,
+        sft=TrainConfig(steps=60, batch_size=32, lr=1e-3, warmup_steps=10, eval_every=20),
+        rl=TrainConfig(steps=8, batch_size=16, lr=3e-4, warmup_steps=0, min_lr_ratio=1.0, weight_decay=0.0),
+        rl_prompts=8, rl_samples=2, seeds=(0, 1, 2),
+    ),
+    "full": SaySelfConfig(),
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# Evaluation
+# --------------------------------------------------------------------------------------------------
+def evaluate(model: llm.LLM, questions: list[Question], *, needs_reflection: bool,
+             ask_confidence: bool = True) -> dict:
+    """Greedy answers to ``questions``: per question the answer's correctness, the stated confidence, whether
+    the response was well formed, whether its confidence had to be asked for (``forced``), the rationale
+    and the response text.
+
+    As in the authors' evaluation, a response that stops without ``confidence:`` is continued from
+    ``<response> confidence:`` to get one (the authors first resample, which greedy decoding cannot
+    vary); a confidence still missing or malformed counts as 0, as in their parser. ``ask_confidence=False``
+    skips that (for the base model, which was never taught to state one)."""
+    outs = model.complete([q.prompt for q in questions], n=1, temperature=0, max_tokens=method.MAX_NEW_TOKENS)
+    texts = [completion.text for (completion,) in outs]
+    missing = [i for i, text in enumerate(texts) if "confidence:" not in text] if ask_confidence else []
+    forced: dict[int, str] = {}  # question -> the confidence text it gave when asked
+    if missing:
+        asked = model.complete([f"{questions[i].prompt} {texts[i]} confidence:" for i in missing], n=1,
+                               temperature=0, max_tokens=2)
+        forced = {i: c.text.strip() for i, (c,) in zip(missing, asked)}
+    records = {"correct": [], "confidence": [], "well_formed": [], "forced": [], "reflection": [], "text": []}
+    for i, q in enumerate(questions):
+        fields = parse(texts[i], needs_reflection=needs_reflection)
+        confidence = fields.confidence
+        if i in forced and re.fullmatch(r"10|[1-9]", forced[i]):
+            confidence = int(forced[i])
+        records["correct"].append(method.correct(q, fields.answer))
+        records["confidence"].append(confidence or 0)
+        records["well_formed"].append(fields.well_formed)
+        records["forced"].append(i in forced)
+        records["reflection"].append(fields.reflection)
+        records["text"].append(texts[i] + (f" confidence: {forced[i]}" if i in forced else ""))
+    return records
+
+
+def self_consistency(chains: list[list[method.Chain]], questions: list[Question]) -> dict:
+    """Test-time self-consistency from ``N`` sampled chains per question: the majority answer and its vote
+    share as the confidence (on the same 1..10 scale)."""
+    records = {"correct": [], "confidence": [], "well_formed": []}
+    for q, samples in zip(questions, chains):
+        clusters = method.cluster([c.answer for c in samples])
+        answer, size = clusters[0] if clusters else (None, 0)
+        records["correct"].append(method.correct(q, answer))
+        records["confidence"].append(method.consistency_confidence(size, len(samples)))
+        records["well_formed"].append(answer is not None)
+    return records
+
+
+def faithfulness(reflections: list[str | None], chains: list[list[method.Chain]], questions: list[Question],
+                 seed: int) -> dict:
+    """For each rationale that names values (``"i am unsure ...: A or B"``), the fraction of its named
+    values that occur among the first-hop entities of the model's own samples for that question; and the
+    same for a rationale of another question of the same kind (a random derangement within each kind):
+    the shuffled control."""
+    sampled = [{c.hops[0] for c in samples} for samples in chains]
+    named = [method.named_values(r) for r in reflections]
+    rng = random.Random(seed)
+    partner: list[int | None] = [None] * len(questions)
+    for kind in sorted({q.kind for q in questions}):
+        members = [i for i, q in enumerate(questions) if q.kind == kind]
+        rng.shuffle(members)
+        if len(members) > 1:  # a cyclic shift of a random order: nobody keeps their own rationale
+            for i, j in zip(members, members[1:] + members[:1]):
+                partner[i] = j
+    own, control = [], []
+    for i, names in enumerate(named):
+        if names:
+            own.append(sum(v in sampled[i] for v in names) / len(names))
+        other = named[partner[i]] if partner[i] is not None else []
+        if other:
+            control.append(sum(v in sampled[i] for v in other) / len(other))
+    return {"own": own, "shuffled": control, "n_named": sum(bool(n) for n in named), "n": len(named)}
+
+
+# --------------------------------------------------------------------------------------------------
+# One seed: Stage 1, fine-tuning, Stage 2, evaluation
+# --------------------------------------------------------------------------------------------------
+def _sft(base: GPT, world: World, examples, val_examples, config: SaySelfConfig, seed: int, device,
+         desc: str) -> tuple[GPT, TrainResult]:
+    model = make_model(config.base, world.tokenizer.vocab_size)
+    model.load_state_dict(base.state_dict())
+    history = method.fine_tune(model, world.tokenizer, examples, dataclasses.replace(config.sft, seed=seed),
+                               val_examples, replay=corpus_ids(world), replay_windows=config.replay_windows,
+                               device=device, desc=desc)
+    return model.eval(), history
+
+
+def _rl(sft_model: GPT, world: World, questions: list[Question], config: SaySelfConfig, seed: int, device,
+        *, needs_reflection: bool, desc: str) -> tuple[GPT, TrainResult, list[dict]]:
+    tok = world.tokenizer
+    prompts = [tok.encode(q.prompt, add_bos=True) for q in questions]
+    by_prompt = {tuple(p): q for p, q in zip(prompts, questions)}
+    pg = align.PolicyGradient(
+        sft_model, prompts, method.reward_fn(tok, by_prompt, needs_reflection=needs_reflection),
+        align.PolicyGradientConfig(prompts_per_step=config.rl_prompts, n_samples=config.rl_samples,
+                                   max_new_tokens=method.MAX_NEW_TOKENS, kl_coef=config.kl_coef),
+        eos_id=tok.eos_id, pad_id=tok.pad_id, seed=seed,
+        optimise=lambda prompt, response: method.confidence_span(tok, response))
+    policy = make_model(config.base, tok.vocab_size)
+    policy.load_state_dict(sft_model.state_dict())
+    log: list[dict] = []
+    history = train(policy, pg.get_batch(policy), pg.loss_fn, dataclasses.replace(config.rl, seed=seed),
+                    device=device, desc=desc, on_step=lambda step, m: log.append({"step": step, **pg.last}))
+    return policy.eval(), history, log
+
+
+def _split(records: dict, n_id: int) -> tuple[dict, dict]:
+    return ({k: v[:n_id] for k, v in records.items()}, {k: v[n_id:] for k, v in records.items()})
+
+
+@cpu_threads(1)
+def _run_seed(seed: int, config: SaySelfConfig, device) -> dict:
+    base, world, _ = load_base(config.base, device)
+    tok = world.tokenizer
+    train_questions = method.world_questions(world, ID_KINDS, world.train_people)
+    people = list(world.train_people)
+    random.Random(seed).shuffle(people)  # the people held out for the SFT validation loss differ per seed
+    val_people = set(people[:max(1, round(config.sft_val_fraction * len(people)))])
+    test_id = method.world_questions(world, ID_KINDS, world.test_people)
+    test_ood = method.world_questions(world, OOD_KINDS, world.test_people)
+    test = test_id + test_ood
+    base_llm = llm.TinyLM(base, tok, seed=seed, use_cache=True, logprobs=False)
+
+    # Stage 1: N chains per training question, consistency confidence, rationale
+    chains = method.sample_chains(base_llm, train_questions, config.n_samples, temperature=config.temperature)
+    items = method.stage1(train_questions, chains)
+    fit = [item for item in items if item.question.person not in val_people]
+    held = [item for item in items if item.question.person in val_people]
+    rl_questions = [item.question for item in fit]
+
+    models, histories = {}, {}
+    for name, with_rationale in (("SaySelf w/o RL", True), ("no rationale, w/o RL", False)):
+        models[name], histories[name] = _sft(
+            base, world, method.sayself_examples(fit, with_rationale=with_rationale),
+            method.sayself_examples(held, with_rationale=with_rationale), config, seed, device,
+            f"SFT ({name})")
+    models["plain SFT"], histories["plain SFT"] = _sft(
+        base, world, method.plain_examples([q for q in train_questions if q.person not in val_people]),
+        method.plain_examples([q for q in train_questions if q.person in val_people]), config, seed, device,
+        "SFT (plain)")
+
+    # Stage 2: RL on the confidence tokens
+    models["SaySelf"], _, rl_log = _rl(models["SaySelf w/o RL"], world, rl_questions, config, seed, device,
+                                       needs_reflection=True, desc="RL (SaySelf)")
+    models["SaySelf w/o rationale"], _, rl_log_norat = _rl(
+        models["no rationale, w/o RL"], world, rl_questions, config, seed, device, needs_reflection=False,
+        desc="RL (no rationale)")
+
+    # Evaluation (greedy), self-consistency, faithfulness
+    results = {}
+    usage = {}
+    for name, model in models.items():
+        tiny = llm.TinyLM(model, tok, seed=seed, use_cache=True, logprobs=False)
+        records = evaluate(tiny, test, needs_reflection=name in ("SaySelf", "SaySelf w/o RL"))
+        results[name] = dict(zip(("id", "ood"), _split(records, len(test_id))))
+        usage[name] = tiny.usage.generated_tokens / len(test)
+    base_greedy = evaluate(base_llm, test, needs_reflection=False, ask_confidence=False)
+    results["base model, greedy"] = dict(zip(("id", "ood"), _split(base_greedy, len(test_id))))
+    before = base_llm.usage.copy()
+    sc_chains = method.sample_chains(base_llm, test, config.n_samples, temperature=config.temperature)
+    usage["self-consistency"] = (base_llm.usage - before).generated_tokens / len(test)
+    results["self-consistency"] = dict(zip(("id", "ood"), _split(self_consistency(sc_chains, test),
+                                                                  len(test_id))))
+    faithful = {}
+    for name in ("SaySelf", "SaySelf w/o RL"):
+        sampler = llm.TinyLM(models[name], tok, seed=seed + 1, use_cache=True, logprobs=False)
+        own = method.sample_chains(sampler, test_id, config.n_samples, temperature=config.temperature)
+        faithful[name] = faithfulness(results[name]["id"]["reflection"], own, test_id, seed)
+
+    return {
+        "seed": seed,
+        "results": results,
+        "usage": usage,
+        "faithfulness": faithful,
+        "rl": {"SaySelf": rl_log, "SaySelf w/o rationale": rl_log_norat},
+        "sft": {name: {"steps": [e["step"] for e in h.evals], "val_loss": [e["val_loss"] for e in h.evals],
+                       "converged": h.convergence("val_loss").converged,
+                       "convergence": h.convergence("val_loss").describe()} for name, h in histories.items()},
+        "stage1": {"confidence": [item.confidence for item in items],
+                   "correct": [method.correct(item.question, item.chosen.answer) for item in items],
+                   "n_clusters": [len(item.clusters) for item in items],
+                   "unsure": [bool(method.named_values(item.rationale)) for item in items],
+                   "examples": method.sayself_examples(items[:6])},
+    }
+
+
+TABLE_METHODS = ("plain SFT", "self-consistency", "SaySelf w/o RL", "SaySelf w/o rationale", "SaySelf")
+
+
+def metrics(records: dict) -> dict:
+    """Accuracy, binned ECE (ten bins, :func:`paperlab.sayself.calibration.binned_ece`), AUROC, the
+    authors' unbinned ECE, mean stated confidence and the share of confidences that had to be asked for,
+    from one method's records on one split (confidence on the 1..10 scale)."""
+    confidence = np.asarray(records["confidence"], dtype=float) / 10
+    correct = np.asarray(records["correct"], dtype=float)
+    return {"accuracy": float(correct.mean()), "ece": binned_ece(confidence, correct),
+            "auroc": auroc(confidence, correct), "unbinned_ece": unbinned_ece(confidence, correct),
+            "confidence": float(confidence.mean()), "forced": float(np.mean(records.get("forced", [False])))}
+
+
+def run_seed(seed: int, config: SaySelfConfig, device=None) -> dict:
+    """Every method for one seed (:func:`_run_seed`), through the artifact cache."""
+    return cache.cached("sayself-seed", config, lambda: _run_seed(seed, config, device), seed=seed)
+
+
+def describe_questions(questions: list[Question]) -> dict:
+    """The kind and the pretraining mentions of each question (for the chapter's per-question plots)."""
+    return {"kind": [q.kind for q in questions], "mentions": [q.mentions for q in questions]}
+
+
+def run(config: SaySelfConfig, device=None) -> dict:
+    """The base model (pretrained once), then :func:`run_seed` for every seed, two at a time (one per
+    core; one after another on a GPU). JSON-able."""
+    device = None if device is None else str(auto_device(device))
+    base, world, history = load_base(config.base, device)
+    workers = 1 if device is not None and device.startswith("cuda") else None
+    seeds = over_seeds(run_seed, config.seeds, config, device, workers=workers, desc="SaySelf seeds")
+    test_id = world.questions(ID_KINDS, world.test_people)
+    test_ood = world.questions(OOD_KINDS, world.test_people)
+    return {
+        "n_parameters": count_parameters(base),
+        "vocab_size": world.tokenizer.vocab_size,
+        "corpus_documents": len(world.corpus),
+        "corpus_tokens": int(corpus_ids(world).numel()),
+        "pretrain": {"steps": [e["step"] for e in history.evals],
+                     "corpus_loss": [e["corpus_loss"] for e in history.evals],
+                     "converged": history.convergence("corpus_loss").converged,
+                     "convergence": history.convergence("corpus_loss").describe(),
+                     "seconds": history.seconds},
+        "questions": {"id": describe_questions(test_id), "ood": describe_questions(test_ood)},
+        "seeds": seeds,
+    }
+
+
+EXPERIMENT = Experiment(name="sayself", chapter="book/09-sayself.md", configs=CONFIGS, run=run)
