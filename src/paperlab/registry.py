@@ -42,6 +42,11 @@ REGISTRY: dict[str, tuple[str, str]] = {
         "Geometry of categorical/hierarchical concepts: causal inner product, concept vectors, hierarchical "
         "orthogonality vs controls, simplices, interventions (WordNet + tiny LM).",
     ),
+    "ditto": (
+        "paperlab.ditto.experiments:EXPERIMENT",
+        "DITTO: adapt a tiny GPT to held-out synthetic authors from 7 demonstrations; few-shot, SFT, SPIN and "
+        "DITTO judged head to head by two style classifiers; sample efficiency, iterations, ablations.",
+    ),
 }
 
 
