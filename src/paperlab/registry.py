@@ -44,8 +44,8 @@ REGISTRY: dict[str, tuple[str, str]] = {
     ),
     "ditto": (
         "paperlab.ditto.experiments:EXPERIMENT",
-        "DITTO: adapt a tiny GPT to held-out synthetic authors from 7 demonstrations; few-shot, SFT, SPIN and "
-        "DITTO judged head to head by two style classifiers; sample efficiency, iterations, ablations.",
+        "DITTO: adapt a tiny GPT to held-out synthetic authors from 7 demonstrations; few-shot, SFT, SPIN "
+        "and DITTO judged head to head by two style classifiers; sample efficiency, iterations, ablations.",
     ),
 }
 
