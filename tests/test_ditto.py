@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from paperlab.ditto import data, judge, methods
+from paperlab.ditto import analysis, data, judge, methods
 from paperlab.ditto.methods import KINDS, OnlineDPO, OnlineDPOConfig, Response
 from paperlab.nn import GPT, GPTConfig
 from paperlab.train import TrainConfig, train
@@ -189,6 +189,19 @@ def test_spin_moves_its_reference_to_the_policy_each_iteration():
     assert all(torch.equal(snapshots[0][k], v) for k, v in dpo.reference.state_dict().items())
 
 
+def test_a_step_without_comparisons_has_zero_gradient_and_is_logged():
+    sft_model = _tiny()
+    policy = methods_copy(sft_model)
+    dpo = _online(sft_model, _config())
+    dpo.resample(policy, step=1)
+    dpo.batch = []  # as when every sample equalled its demonstration
+    loss = dpo.loss_fn(policy, (torch.arange(0),))
+    loss.backward()
+    assert loss.item() == 0.0
+    assert all(p.grad is not None and not p.grad.any() for p in policy.parameters())
+    assert dpo.log[-1]["steps_without_pairs"] == 1
+
+
 def test_bad_demonstrations_are_named_before_any_work():
     model = _tiny(context_length=12)
     prompts, responses = _demos()
@@ -231,6 +244,33 @@ def methods_spin(config):
 # --------------------------------------------------------------------------------------------------
 # The judges
 # --------------------------------------------------------------------------------------------------
+def test_an_output_that_keeps_the_content_beats_one_that_does_not():
+    style_a, style_b = [-1.0, -1.0, -3.0, -2.0], [-2.0, -2.0, -1.0, -2.0]
+    kept_a, kept_b = [True, False, True, False], [True, True, False, False]
+    assert judge.wins(style_a, style_b, kept_a, kept_b).tolist() == [1.0, 0.0, 1.0, 0.5]
+    with pytest.raises(ValueError, match="for both outputs or for neither"):
+        judge.wins(style_a, style_b, kept_a)
+
+
+def _scored(seed, author, a_scores, b_scores, kept=True):
+    flags = [kept] * len(a_scores)
+    return {"seed": seed, "author": author, "methods": {
+        "A": {"score": {"char": a_scores}, "kept": flags}, "B": {"score": {"char": b_scores}, "kept": flags}}}
+
+
+def test_win_rates_are_averaged_over_authors_within_a_seed():
+    scores = [_scored(0, 0, [1, 1], [0, 0]), _scored(0, 1, [0, 0], [1, 1]), _scored(1, 0, [1, 0], [0, 1]),
+              _scored(1, 1, [1, 1], [0, 0])]
+    assert analysis.win_rates_by_seed(scores, "A", "B") == [0.5, 0.75]
+    assert analysis.win_rates_by_author(scores, "A", "B") == {0: [1.0, 0.5], 1: [0.0, 1.0]}
+    matrix = analysis.win_matrix(scores, ["A", "B"])
+    assert matrix[0, 1] + matrix[1, 0] == pytest.approx(1.0) and matrix[0, 0] == 0.5
+    with pytest.raises(ValueError, match=r"unknown method\(s\) \['C'\]"):
+        analysis.win_rates_by_seed(scores, "A", "C")
+    with pytest.raises(ValueError, match="unknown judge 'gpt4'"):
+        analysis.win_rates_by_seed(scores, "A", "B", judge="gpt4")
+
+
 def test_win_rates_count_ties_as_half():
     assert judge.wins([1.0, 0.0, 2.0], [0.5, 0.0, 3.0]).tolist() == [1.0, 0.5, 0.0]
     assert judge.win_rate([1.0, 0.0, 2.0], [0.5, 0.0, 3.0]) == 0.5

@@ -1,7 +1,8 @@
 """Win rates from the chapter's scored runs (:func:`paperlab.ditto.experiments.score_runs`).
 
 The paper's metric is a pairwise win rate: a judge reads two outputs for the same prompt and says which is
-closer to the author. Here the judge's ``log p(author | output)`` decides (:func:`paperlab.ditto.judge.wins`,
+closer to the author. Here an output that keeps the prompt's content beats one that does not, and otherwise
+the judge's ``log p(author | output)`` decides (:func:`paperlab.ditto.judge.wins`,
 ties count half). The unit of the evidence is the **seed**: each seed draws its own demonstrations, trains
 every method on them and samples; a seed's win rate is the mean over its target authors and their held-out
 prompts (:func:`win_rates_by_seed`), and an effect's interval is a t interval over seeds.
@@ -40,7 +41,8 @@ def _check(scores: Sequence[dict], *methods: str, judge: str) -> None:
 
 
 def _run_win_rate(run: dict, a: str, b: str, judge: str) -> float:
-    return float(wins(run["methods"][a]["score"][judge], run["methods"][b]["score"][judge]).mean())
+    first, second = run["methods"][a], run["methods"][b]
+    return float(wins(first["score"][judge], second["score"][judge], first["kept"], second["kept"]).mean())
 
 
 def win_rates_by_seed(scores: Sequence[dict], a: str, b: str, judge: str = "char") -> list[float]:

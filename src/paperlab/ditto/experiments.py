@@ -7,7 +7,7 @@ with few-shot prompting, SFT, SPIN and DITTO, and judge the outputs head to head
 2. **Judges** (:func:`paperlab.ditto.judge.make_judges`): two style classifiers trained on separate
    messages of every author.
 3. **Tuning** (:func:`tune`): on the dev authors only, the same small grid of learning rates for every
-   trained method (and of steps for SFT), chosen by the char judge's mean ``log p(author | output)``.
+   trained method (and of steps for SFT), chosen by the win rate against the dev authors' own messages.
 4. **Runs** (:func:`run_target`): for each seed and target author, ``n_demos`` demonstrations drawn with
    that seed; every method adapts to them and answers the author's held-out prompts; plus the sample-
    efficiency runs (fewer demonstrations), DITTO after each iteration and two ablations. Runs go through
@@ -46,7 +46,7 @@ from paperlab.ditto.data import (
     style_match,
     write,
 )
-from paperlab.ditto.judge import JudgeConfig, accuracy, judge_data, make_judges
+from paperlab.ditto.judge import JudgeConfig, accuracy, judge_data, make_judges, wins
 from paperlab.ditto.methods import (
     OnlineDPO,
     OnlineDPOConfig,
@@ -180,7 +180,7 @@ class DittoExperimentConfig:
     n_eval: int = 24  # held-out prompts per author
     max_tokens: int = 30
     seeds: tuple[int, ...] = (0, 1, 2)
-    tune_lrs: tuple[float, ...] = (3e-4, 1e-3, 3e-3)
+    tune_lrs: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3)
     tune_sft_steps: tuple[int, ...] = (20, 60, 180)
     tune_seed: int = 1_000
 
@@ -426,19 +426,21 @@ def judge_accuracy(cast: Cast, judges: dict, config: JudgeConfig) -> dict:
 def tune(config: DittoExperimentConfig, judges: dict, device=None) -> dict:
     """The same small grid for every trained method, on the dev authors (seed ``tune_seed``): SFT over
     ``tune_lrs`` x ``tune_sft_steps``; then, from the chosen SFT, DITTO and SPIN over ``tune_lrs``. Each
-    setting is scored by the char judge's mean ``log p(dev author | output)`` over the dev authors'
-    held-out prompts; the best wins. Returns the grids' scores and the chosen configs."""
+    setting is scored by its win rate against the dev authors' own messages on their held-out prompts
+    (char judge, content first: :func:`paperlab.ditto.judge.wins`); the best wins. Returns the grids'
+    scores and the chosen configs."""
     dev = range(len(make_cast(config.cast).dev))
 
     def spec(author, **changes):
         return run_spec(config, "dev", author, config.tune_seed, **changes)
 
-    def mean_score(specs):
+    def mean_score(specs):  # win rate against the author's own messages, content first (judge.wins)
         scored = score_runs(run_all(specs, device, desc="tuning"), specs, {"char": judges["char"]})
         by_setting: dict[int, list[float]] = {}
         for i, s in enumerate(scored):
-            method = specs[i].methods[-1]
-            by_setting.setdefault(i // len(dev), []).extend(s["methods"][method]["score"]["char"])
+            method, author = s["methods"][specs[i].methods[-1]], s["methods"]["author"]
+            by_setting.setdefault(i // len(dev), []).extend(wins(
+                method["score"]["char"], author["score"]["char"], method["kept"], author["kept"]))
         return [float(np.mean(by_setting[k])) for k in sorted(by_setting)]
 
     sft_grid = [dataclasses.replace(config.sft, lr=lr, steps=steps)

@@ -2,8 +2,9 @@
 
 The paper asks GPT-4 which of two outputs is closer to an author's writing. Here a classifier trained on
 separate messages of every author (pretraining, dev and target: 56 authors in the full profile) reads an
-output and gives ``p(author | text)``; of two outputs for the same prompt, the one it finds more likely
-to be the target author's wins (:func:`wins`). Two classifiers with different features and models check
+output and gives ``p(author | text)``; of two outputs for the same prompt, one that keeps the prompt's
+content beats one that does not, and otherwise the one it finds more likely to be the target author's
+wins (:func:`wins`). Two classifiers with different features and models check
 that a ranking of methods is not one judge's quirk:
 
 - ``"char"``: TF-IDF of character 2- to 4-grams (within words) and multinomial logistic regression;
@@ -109,14 +110,29 @@ def accuracy(judge: StyleJudge, texts: Sequence[str], labels: Sequence[int]) -> 
     return (judge.log_proba(texts).argmax(1) == np.asarray(labels)).astype(float)
 
 
-def wins(scores_a: Sequence[float], scores_b: Sequence[float]) -> np.ndarray:
-    """Per prompt, 1 if output A reads more like the target author than output B, 0.5 on a tie, else 0."""
+def wins(scores_a: Sequence[float], scores_b: Sequence[float], kept_a: Sequence[bool] | None = None,
+         kept_b: Sequence[bool] | None = None) -> np.ndarray:
+    """Per prompt, 1 if output A is closer to the target author than output B, 0.5 on a tie, else 0.
+
+    With ``kept_a`` and ``kept_b`` (did each output keep the prompt's content?) an output that says what
+    was asked beats one that does not, as a judge reading both would rule; between two that do (or two
+    that do not), the one that reads more like the author (``log p(author | output)``) wins. Without them,
+    style alone decides.
+    """
     a, b = np.asarray(scores_a, dtype=float), np.asarray(scores_b, dtype=float)
     if a.shape != b.shape:
         raise ValueError(f"win rates compare outputs prompt by prompt; got {a.shape} and {b.shape} scores")
-    return np.where(a > b, 1.0, np.where(a == b, 0.5, 0.0))
+    if (kept_a is None) != (kept_b is None):
+        raise ValueError("give whether the content was kept for both outputs or for neither")
+    ka = np.ones(a.shape, bool) if kept_a is None else np.asarray(kept_a, dtype=bool)
+    kb = np.ones(a.shape, bool) if kept_b is None else np.asarray(kept_b, dtype=bool)
+    if ka.shape != a.shape or kb.shape != a.shape:
+        raise ValueError(f"one content flag per prompt: {a.shape} scores, {ka.shape} and {kb.shape} flags")
+    same = ka == kb  # both kept the content, or both lost it: style decides
+    return np.where(same, np.where(a > b, 1.0, np.where(a == b, 0.5, 0.0)), np.where(ka, 1.0, 0.0))
 
 
-def win_rate(scores_a: Sequence[float], scores_b: Sequence[float]) -> float:
-    """Share of prompts on which A beats B (ties count half)."""
-    return float(wins(scores_a, scores_b).mean())
+def win_rate(scores_a: Sequence[float], scores_b: Sequence[float], kept_a: Sequence[bool] | None = None,
+             kept_b: Sequence[bool] | None = None) -> float:
+    """Share of prompts on which A beats B (ties count half); see :func:`wins`."""
+    return float(wins(scores_a, scores_b, kept_a, kept_b).mean())

@@ -232,8 +232,9 @@ class OnlineDPO:
     reference log-probabilities of the new samples once, and rebuilds the comparisons
     (:func:`build_pairs`); every step draws a batch of them in the config's mix (:func:`draw_pairs`).
     :meth:`loss_fn` is the mean :func:`paperlab.align.dpo_loss` of the batch.
-    ``log``: per iteration, the number of pairs of each kind, the pairs left out as identical, and the
-    share of samples that ended (emitted the separator) within ``max_new_tokens``.
+    ``log``: per iteration, the number of pairs of each kind, the pairs left out as identical, the share
+    of samples that ended (emitted the separator) within ``max_new_tokens``, and the steps that drew no
+    pair (every sample equalled its demonstration; such a step has zero gradient).
     """
 
     def __init__(self, reference: GPT, prompts: Sequence[Sequence[int]],
@@ -294,6 +295,7 @@ class OnlineDPO:
         possible = self._possible_pairs(t)
         self.log.append({"iteration": t, "step": step, "pairs": kept,
                          "identical_left_out": sum(possible[k] - kept[k] for k in KINDS),
+                         "steps_without_pairs": 0,
                          "ended": sum(bool(s) and s[-1] == self.stop_id for s in out) / len(out)})
 
     def _possible_pairs(self, last: int) -> dict[str, int]:
@@ -321,8 +323,9 @@ class OnlineDPO:
     def loss_fn(self, policy: GPT, batch: tuple) -> torch.Tensor:
         """Mean DPO loss of the pairs drawn for this step (``batch[0]`` indexes them)."""
         pairs = [self.batch[i] for i in batch[0].tolist()]
-        if not pairs:
-            raise ValueError("this step drew no comparisons: every sample equalled its demonstration")
+        if not pairs:  # every sample equalled its demonstration: identical pairs have zero DPO gradient
+            self.log[-1]["steps_without_pairs"] += 1
+            return sum(p.sum() for p in policy.parameters() if p.requires_grad) * 0.0
         prompts = [self.prompts[p.prompt] for p in pairs]
         logps = sequence_logprob(policy, prompts + prompts, [self.tokens(p.chosen) for p in pairs]
                                  + [self.tokens(p.rejected) for p in pairs], pad_id=self.pad_id)
