@@ -29,6 +29,7 @@ MODULES = {
     "survey": ["paperlab.survey.experiments", "paperlab.survey.models"],
     "bot": ["paperlab.bot.experiments", "paperlab.bot.model"],
     "sayself": ["paperlab.sayself.experiments", "paperlab.sayself.base"],
+    "ditto": ["paperlab.ditto.experiments"],
 }
 
 

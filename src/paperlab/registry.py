@@ -60,6 +60,11 @@ REGISTRY: dict[str, tuple[str, str]] = {
         "confidence tokens) vs plain SFT and self-consistency, in and out of distribution, on a synthetic "
         "knowledge world.",
     ),
+    "ditto": (
+        "paperlab.ditto.experiments:EXPERIMENT",
+        "DITTO: adapt a tiny GPT to held-out synthetic authors from 7 demonstrations; few-shot, SFT, SPIN "
+        "and DITTO judged head to head by two style classifiers; sample efficiency, iterations, ablations.",
+    ),
 }
 
 
