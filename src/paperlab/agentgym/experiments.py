@@ -1,0 +1,208 @@
+"""The AgentGym chapter's experiment: BC_base, AgentEvol for several iterations, and BC_large, on four
+text environments, evaluated on held-out instructions, over several seeds.
+
+Per environment, the training instructions ``0 .. n_large - 1`` all have expert trajectories; the paper's
+split is mirrored as
+
+- ``BC_base``: behavioural cloning on the expert trajectories of the first ``n_base`` (AgentTraj);
+- ``AgentEvol``: starts from BC_base; each iteration explores all ``n_large`` training instructions
+  (``samples_per_instruction`` samples each at ``temperature``), keeps the successful, new trajectories,
+  merges them with BC_base's expert data and trains again from the base model;
+- ``BC_large``: behavioural cloning on the expert trajectories of all ``n_large`` (AgentTraj-L);
+
+every model is evaluated greedily on the ``n_test`` held-out instructions of each environment (AgentEval).
+All runs of one seed start from the same base weights and train for the same steps at the same learning
+rate. The validation loss (for the convergence check) is measured on expert trajectories of training
+instructions ``n_large .. n_large + n_val - 1``, which no run trains on.
+
+For each seed, the AgentEvol chain (BC_base and its iterations) and BC_large are two jobs, run side by side
+on the cores and stored in the artifact cache, so the chapter reloads them in seconds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import torch
+
+from paperlab import cache
+from paperlab.agentgym.agent import Trajectory, agent_tokenizer, expert_trajectory, rollout
+from paperlab.agentgym.client import LocalClient
+from paperlab.agentgym.envs import ENVS, env_class
+from paperlab.agentgym.evol import AgentModelConfig, base_model, filter_trajectories, state_of, train_agent
+from paperlab.experiments import Experiment
+from paperlab.llm import TinyLM
+from paperlab.nn import GPT
+from paperlab.train import TrainConfig, TrainResult, auto_device
+from paperlab.utils import parallel_map
+
+__all__ = ["AgentGymConfig", "CONFIGS", "EXPERIMENT", "run", "run_job", "load_agent", "evaluate", "explore"]
+
+
+@dataclass(frozen=True)
+class AgentGymConfig:
+    """Everything that determines the chapter's results (and so their cache keys)."""
+
+    envs: tuple[str, ...] = ("craft", "wordle", "grid", "shop")
+    n_base: int = 40  # expert trajectories per environment for BC_base (the paper's AgentTraj)
+    n_large: int = 160  # training instructions per environment: explored; all with experts for BC_large
+    n_val: int = 20  # expert trajectories per environment for the validation loss (trained on by no run)
+    n_test: int = 60  # held-out instructions per environment (AgentEval)
+    iterations: int = 3  # AgentEvol iterations after BC_base
+    samples_per_instruction: int = 2  # exploration samples per training instruction and iteration
+    temperature: float = 1.2  # exploration temperature (the authors' inference_and_filter)
+    success_threshold: float = 1.0  # keep explored trajectories with at least this reward
+    max_tokens: int = 16  # tokens per agent turn at most
+    model: AgentModelConfig = field(default_factory=AgentModelConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        steps=400, batch_size=32, lr=3e-3, warmup_steps=40, eval_every=40, seed=0))
+    seeds: tuple[int, ...] = (0, 1, 2)
+
+    def __post_init__(self) -> None:
+        for name in self.envs:
+            env_class(name)
+            cls = ENVS[name]
+            if self.n_large + self.n_val > cls.n_train or self.n_test > cls.n_test:
+                raise ValueError(f"{name} has {cls.n_train} training and {cls.n_test} held-out instructions; "
+                                 f"n_large + n_val = {self.n_large + self.n_val}, n_test = {self.n_test}")
+        if not 0 < self.n_base <= self.n_large:
+            raise ValueError(f"need 0 < n_base <= n_large, got {self.n_base} and {self.n_large}")
+        if self.iterations < 1 or self.samples_per_instruction < 1 or not self.temperature > 0:
+            raise ValueError("iterations and samples_per_instruction must be >= 1 and temperature > 0")
+        if len(set(self.seeds)) != len(self.seeds) or not self.seeds:
+            raise ValueError(f"seeds must be distinct and at least one, got {self.seeds}")
+
+
+CONFIGS = {
+    "fast": AgentGymConfig(
+        n_base=8, n_large=24, n_val=8, n_test=12, iterations=2, samples_per_instruction=1,
+        model=AgentModelConfig(d_model=32, n_layers=1, n_heads=2),
+        train=TrainConfig(steps=30, batch_size=16, lr=3e-3, warmup_steps=5, eval_every=10, seed=0)),
+    "full": AgentGymConfig(),
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# The pieces: data, the agent as a language model, exploration, evaluation
+# --------------------------------------------------------------------------------------------------
+def expert_data(config: AgentGymConfig, ids: range) -> list[Trajectory]:
+    """The expert's trajectories on instructions ``ids`` of every environment (seed 0)."""
+    return [expert_trajectory(env, i) for env in config.envs for i in ids]
+
+
+def as_llm(model: GPT, seed: int = 0) -> TinyLM:
+    """The agent's model behind :class:`paperlab.llm.LLM`, decoding with a key-value cache."""
+    return TinyLM(model, agent_tokenizer(), seed=seed, batch_size=512, logprobs=False, use_cache=True)
+
+
+def local_clients(config: AgentGymConfig) -> dict[str, LocalClient]:
+    return {env: LocalClient(env) for env in config.envs}
+
+
+def explore(model: GPT, config: AgentGymConfig, seed: int, clients=None) -> list[Trajectory]:
+    """AgentEvol's exploration: ``samples_per_instruction`` episodes on each training instruction of each
+    environment, sampled at ``temperature`` from a stream seeded by ``seed``."""
+    episodes = [(env, i, 0) for env in config.envs for i in range(config.n_large)
+                for _ in range(config.samples_per_instruction)]
+    return rollout(as_llm(model, seed), clients or local_clients(config), episodes,
+                   temperature=config.temperature, max_tokens=config.max_tokens)
+
+
+def evaluate(model: GPT, config: AgentGymConfig, clients=None) -> list[Trajectory]:
+    """Greedy episodes on the first ``n_test`` held-out instructions of each environment."""
+    episodes = [(env, i, 0) for env in config.envs for i in list(ENVS[env].split("test"))[:config.n_test]]
+    return rollout(as_llm(model), clients or local_clients(config), episodes, temperature=0.0,
+                   max_tokens=config.max_tokens)
+
+
+def _summary(trajectories: list[Trajectory], config: AgentGymConfig) -> dict:
+    """Per environment: the success (0/1) of each episode, in instruction order."""
+    return {env: [int(t.success) for t in trajectories if t.env == env] for env in config.envs}
+
+
+def _record(name: str, model: GPT, history: TrainResult, config: AgentGymConfig, n_train: int) -> dict:
+    test = evaluate(model, config)
+    converged = history.convergence("val_loss")
+    return {"name": name, "state_dict": state_of(model), "success": _summary(test, config),
+            "n_trajectories": n_train, "val_loss": history.evals[-1]["val_loss"],
+            "converged": converged.converged, "convergence": converged.describe(),
+            "history": {"steps": history.steps, "loss": history.loss, "evals": history.evals},
+            "train_seconds": history.seconds, "examples": [t.to_dict() for t in test[:: config.n_test]]}
+
+
+# --------------------------------------------------------------------------------------------------
+# The two jobs of a seed
+# --------------------------------------------------------------------------------------------------
+def _train(trajectories, config: AgentGymConfig, seed: int, device, desc: str):
+    tokenizer = agent_tokenizer()
+    validation = expert_data(config, range(config.n_large, config.n_large + config.n_val))
+    train_config = dataclasses.replace(config.train, seed=seed)
+    return train_agent(trajectories, tokenizer, config.model, train_config, validation=validation,
+                       device=device, desc=desc)
+
+
+def agentevol_chain(seed: int, config: AgentGymConfig, device=None) -> dict:
+    """BC_base, then ``iterations`` rounds of explore, filter, merge with the expert data, retrain from
+    the base model. Returns one record per model (iteration 0 is BC_base) and per exploration round."""
+    expert = expert_data(config, range(config.n_base))
+    model, history = _train(expert, config, seed, device, f"BC_base seed {seed}")
+    models = [_record("BC_base", model, history, config, len(expert))]
+    rounds = []
+    for m in range(1, config.iterations + 1):
+        sampled = explore(model, config, seed=1000 * seed + m)
+        kept = filter_trajectories(sampled, threshold=config.success_threshold, existing=expert)
+        model, history = _train(expert + kept, config, seed, device, f"AgentEvol {m} seed {seed}")
+        models.append(_record(f"AgentEvol {m}", model, history, config, len(expert) + len(kept)))
+        rounds.append({"iteration": m, "explored": _summary(sampled, config),
+                       "kept": {env: sum(t.env == env for t in kept) for env in config.envs}})
+    return {"seed": seed, "models": models, "exploration": rounds}
+
+
+def bc_large(seed: int, config: AgentGymConfig, device=None) -> dict:
+    """Behavioural cloning on the expert trajectories of all ``n_large`` training instructions."""
+    expert = expert_data(config, range(config.n_large))
+    model, history = _train(expert, config, seed, device, f"BC_large seed {seed}")
+    return {"seed": seed, "models": [_record("BC_large", model, history, config, len(expert))]}
+
+
+JOBS = {"agentevol": agentevol_chain, "bc_large": bc_large}
+
+
+def run_job(job: str, seed: int, config: AgentGymConfig, device=None) -> dict:
+    """One job of one seed, through the artifact cache."""
+    return cache.cached(f"agentgym-{job}", config, lambda: JOBS[job](seed, config, device), seed=seed)
+
+
+def run(config: AgentGymConfig, device: str | torch.device | None = None) -> dict:
+    """Every job of every seed (longest first, one process per core; one after another on a GPU).
+    Returns, per seed, the records of BC_base, the AgentEvol iterations and BC_large (weights left out)."""
+    device = None if device is None else str(auto_device(device))
+    jobs = [("agentevol", s, config, device) for s in config.seeds] + [("bc_large", s, config, device)
+                                                                      for s in config.seeds]
+    workers = 1 if device is not None and device.startswith("cuda") else None
+    results = parallel_map(run_job, jobs, workers=workers, desc="AgentGym jobs")
+    per_seed = []
+    for seed in config.seeds:
+        chain = next(r for (job, s, *_), r in zip(jobs, results) if job == "agentevol" and s == seed)
+        large = next(r for (job, s, *_), r in zip(jobs, results) if job == "bc_large" and s == seed)
+        models = [{k: v for k, v in m.items() if k != "state_dict"}
+                  for m in chain["models"] + large["models"]]
+        per_seed.append({"seed": seed, "models": models, "exploration": chain["exploration"]})
+    return {"seeds": per_seed, "envs": list(config.envs)}
+
+
+def load_agent(config: AgentGymConfig, seed: int, name: str, device=None) -> GPT:
+    """The trained model ``name`` (``"BC_base"``, ``"AgentEvol 3"``, ``"BC_large"``) of ``seed``, from the
+    cache (training it first if needed)."""
+    job = "bc_large" if name == "BC_large" else "agentevol"
+    result = run_job(job, seed, config, device)
+    record = next((m for m in result["models"] if m["name"] == name), None)
+    if record is None:
+        raise ValueError(f"no model {name!r}; have {[m['name'] for m in result['models']]}")
+    model = base_model(config.model, agent_tokenizer().vocab_size, seed)
+    model.load_state_dict(record["state_dict"])
+    return model.to(auto_device(device)).eval()
+
+
+EXPERIMENT = Experiment(name="agentgym", chapter="book/11-agentgym.md", configs=CONFIGS, run=run)
