@@ -37,6 +37,11 @@ REGISTRY: dict[str, tuple[str, str]] = {
         "NLLB: multilingual transfer vs bilingual, dense vs top-2 MoE (same active parameters), EOM and "
         "curriculum on low-resource directions, routing by language, zero-shot, on a synthetic world.",
     ),
+    "agentgym": (
+        "paperlab.agentgym.experiments:EXPERIMENT",
+        "AgentGym: four text environments behind one HTTP interface; a tiny GPT agent by behavioural cloning "
+        "(BC_base, BC_large) and AgentEvol (explore, keep successes, retrain), on held-out instructions.",
+    ),
     "geometry": (
         "paperlab.geometry.experiments:EXPERIMENT",
         "Geometry of categorical/hierarchical concepts: causal inner product, concept vectors, hierarchical "

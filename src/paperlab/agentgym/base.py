@@ -14,6 +14,7 @@ An environment (AgentGym's term; gymnasium's ``Env``) is a task the agent acts i
 - Instruction ids ``0 .. n_train - 1`` are the training instructions (each with an expert trajectory:
   :meth:`TextEnv.expert_action` is a solver that plays from any state), ``n_train .. n_train + n_test - 1``
   the held-out ones the agents are evaluated on (AgentGym's AgentTraj and AgentEval).
+  :meth:`TextEnv.random_action` plays at random (the text the chapter's base model is pretrained on).
 
 Texts are written as :class:`paperlab.tokenizers.WordTokenizer` joins its pieces (words and punctuation
 marks, a space between words, none before ``.,;:``), so that text round-trips through the agent's
@@ -158,3 +159,7 @@ class TextEnv(gymnasium.Env):
     @abstractmethod
     def expert_action(self) -> Move:
         """The solver's next move from the current state (it succeeds on every instruction)."""
+
+    @abstractmethod
+    def random_action(self, rng: random.Random) -> str:
+        """A random but well-formed action (the words the environment knows), for random play."""

@@ -84,12 +84,21 @@ class CraftEnv(TextEnv):
         return "invalid action: use get or craft.", 0.0, False
 
     def expert_action(self) -> Move:
-        """Depth first: the first missing ingredient of the first recipe not yet made, bottom up."""
+        """Depth first: the first missing ingredient of the first recipe not yet made, bottom up. The
+        thought is the recipe being worked on, copied from the instruction."""
         target = self._next_craft(self.task["goal"])
-        for part in self.task["recipes"][target]:
-            if self.inventory[part] < self.task["recipes"][target].count(part):
-                return Move(f"working on {target}.", f"get {part}")
-        return Move(f"working on {target}.", f"craft {target}")
+        recipe = self.task["recipes"][target]
+        thought = f"{target} = {' + '.join(recipe)}."
+        for part in recipe:
+            if self.inventory[part] < recipe.count(part):
+                return Move(thought, f"get {part}")
+        return Move(thought, f"craft {target}")
+
+    def random_action(self, rng: random.Random) -> str:
+        recipes = self.task["recipes"]
+        named = list(recipes) + [part for parts in recipes.values() for part in parts]
+        item = rng.choice(named if rng.random() < 0.8 else BASE + CRAFTED)
+        return f"{rng.choice(('get', 'craft'))} {item}"
 
     def _next_craft(self, item: str) -> str:
         """The deepest item under ``item`` whose ingredients are gathered or gatherable now."""
@@ -100,14 +109,14 @@ class CraftEnv(TextEnv):
 
 
 def _random_tree(rng: random.Random) -> dict:
-    """A goal with two ingredients, each a base material or (half the time) an item made of one or two
+    """A goal with two ingredients, each a base material or (30% of the time) an item made of one or two
     base materials; plus a distractor recipe. Every item in the tree is distinct."""
     crafted = rng.sample(CRAFTED, 4)
     bases = iter(rng.sample(BASE, 7))
     goal, recipes = crafted[0], {}
     parts = []
     for sub in crafted[1:3]:
-        if rng.random() < 0.5:
+        if rng.random() < 0.3:
             recipes[sub] = [next(bases) for _ in range(rng.choice((1, 2)))]
             parts.append(sub)
         else:

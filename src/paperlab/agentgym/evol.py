@@ -37,7 +37,7 @@ from paperlab.agentgym.agent import AgentTokenizer, Trajectory, encode_conversat
 from paperlab.nn import GPT, GPTConfig
 from paperlab.train import TrainConfig, TrainResult, seed_everything, seeded_batches, train
 
-__all__ = ["AgentModelConfig", "base_model", "filter_trajectories", "train_agent", "conversation_loss"]
+__all__ = ["AgentModelConfig", "initial_model", "filter_trajectories", "train_agent", "conversation_loss"]
 
 
 @dataclass(frozen=True)
@@ -50,8 +50,8 @@ class AgentModelConfig:
     n_heads: int = 4
 
 
-def base_model(config: AgentModelConfig, vocab_size: int, seed: int) -> GPT:
-    """The base model every run of seed ``seed`` starts from: the same initial weights each time."""
+def initial_model(config: AgentModelConfig, vocab_size: int, seed: int) -> GPT:
+    """A GPT of ``config`` with the random initial weights of ``seed`` (the same each time)."""
     seed_everything(seed)
     return GPT(GPTConfig(vocab_size=vocab_size, context_length=config.context_length, d_model=config.d_model,
                          n_layers=config.n_layers, n_heads=config.n_heads))
@@ -71,20 +71,20 @@ def filter_trajectories(sampled: Iterable[Trajectory], *, threshold: float = 1.0
     return kept
 
 
-def train_agent(trajectories: Sequence[Trajectory], tokenizer: AgentTokenizer, model_config: AgentModelConfig,
+def train_agent(trajectories: Sequence[Trajectory], tokenizer: AgentTokenizer, base: GPT,
                 train_config: TrainConfig, *, validation: Sequence[Trajectory] = (), device=None,
                 desc: str = "agent") -> tuple[GPT, TrainResult]:
-    """Behavioural cloning from the base model of ``train_config.seed`` on ``trajectories``
-    (loss on the agent's turns only); the validation loss is measured on ``validation`` (expert
+    """Behavioural cloning on ``trajectories`` (loss on the agent's turns only, eq. 1), starting from a
+    copy of the ``base`` model (``base`` itself is not changed); batches are drawn with replacement from a
+    stream seeded by ``train_config.seed``. The validation loss is measured on ``validation`` (expert
     trajectories no run trains on) every ``eval_every`` steps. Returns the model and its history."""
     if not trajectories:
         raise ValueError("train_agent needs at least one trajectory")
     conversations = [encode_conversation(tokenizer, t) for t in trajectories]
     longest = max(sum(len(ids) for ids, _ in c) for c in conversations)
-    if longest > model_config.context_length + 1:
-        raise ValueError(f"a trajectory has {longest} tokens; the context holds "
-                         f"{model_config.context_length}")
-    model = base_model(model_config, tokenizer.vocab_size, train_config.seed)
+    if longest > base.config.context_length + 1:
+        raise ValueError(f"a trajectory has {longest} tokens; the context holds {base.config.context_length}")
+    model = copy.deepcopy(base).train()
     pad = tokenizer.pad_id
 
     def sample(generator: torch.Generator) -> tuple:  # a batch of conversations, drawn with replacement

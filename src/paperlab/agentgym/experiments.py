@@ -1,7 +1,9 @@
 """The AgentGym chapter's experiment: BC_base, AgentEvol for several iterations, and BC_large, on four
 text environments, evaluated on held-out instructions, over several seeds.
 
-Per environment, the training instructions ``0 .. n_large - 1`` all have expert trajectories; the paper's
+Every run starts from one base model, the tiny GPT pretrained on random play
+(:mod:`paperlab.agentgym.pretrain`), as every run of the paper starts from Llama-2-Chat-7B. Per
+environment, the training instructions ``0 .. n_large - 1`` all have expert trajectories; the paper's
 split is mirrored as
 
 - ``BC_base``: behavioural cloning on the expert trajectories of the first ``n_base`` (AgentTraj);
@@ -11,17 +13,19 @@ split is mirrored as
 - ``BC_large``: behavioural cloning on the expert trajectories of all ``n_large`` (AgentTraj-L);
 
 every model is evaluated greedily on the ``n_test`` held-out instructions of each environment (AgentEval).
-All runs of one seed start from the same base weights and train for the same steps at the same learning
-rate. The validation loss (for the convergence check) is measured on expert trajectories of training
-instructions ``n_large .. n_large + n_val - 1``, which no run trains on.
+All runs train for the same steps at the same learning rate; a seed sets their batches and the
+exploration's samples. The validation loss (for the convergence check) is measured on expert
+trajectories of training instructions ``n_large .. n_large + n_val - 1``, which no run trains on.
 
-For each seed, the AgentEvol chain (BC_base and its iterations) and BC_large are two jobs, run side by side
-on the cores and stored in the artifact cache, so the chapter reloads them in seconds.
+The base model is pretrained once (on every core) and cached; then, for each seed, the AgentEvol chain
+(BC_base and its iterations) and BC_large are two jobs, run side by side on the cores and cached too, so
+the chapter reloads everything in seconds.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import random
 from dataclasses import dataclass, field
 
 import torch
@@ -30,14 +34,17 @@ from paperlab import cache
 from paperlab.agentgym.agent import Trajectory, agent_tokenizer, expert_trajectory, rollout
 from paperlab.agentgym.client import LocalClient
 from paperlab.agentgym.envs import ENVS, env_class
-from paperlab.agentgym.evol import AgentModelConfig, base_model, filter_trajectories, state_of, train_agent
+from paperlab.agentgym.evol import AgentModelConfig, filter_trajectories, initial_model, state_of, train_agent
+from paperlab.agentgym.pretrain import PretrainConfig, pretrain, random_play
+from paperlab.config import pick
 from paperlab.experiments import Experiment
 from paperlab.llm import TinyLM
 from paperlab.nn import GPT
 from paperlab.train import TrainConfig, TrainResult, auto_device
 from paperlab.utils import parallel_map
 
-__all__ = ["AgentGymConfig", "CONFIGS", "EXPERIMENT", "run", "run_job", "load_agent", "evaluate", "explore"]
+__all__ = ["AgentGymConfig", "CONFIGS", "EXPERIMENT", "run", "run_job", "base_agent", "load_agent",
+           "evaluate", "explore", "random_agent"]
 
 
 @dataclass(frozen=True)
@@ -54,9 +61,9 @@ class AgentGymConfig:
     temperature: float = 1.2  # exploration temperature (the authors' inference_and_filter)
     success_threshold: float = 1.0  # keep explored trajectories with at least this reward
     max_tokens: int = 16  # tokens per agent turn at most
-    model: AgentModelConfig = field(default_factory=AgentModelConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)  # the base model (and its size)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        steps=400, batch_size=32, lr=3e-3, warmup_steps=40, eval_every=40, seed=0))
+        steps=300, batch_size=32, lr=3e-3, warmup_steps=30, eval_every=30, seed=0))
     seeds: tuple[int, ...] = (0, 1, 2)
 
     def __post_init__(self) -> None:
@@ -66,6 +73,9 @@ class AgentGymConfig:
             if self.n_large + self.n_val > cls.n_train or self.n_test > cls.n_test:
                 raise ValueError(f"{name} has {cls.n_train} training and {cls.n_test} held-out instructions; "
                                  f"n_large + n_val = {self.n_large + self.n_val}, n_test = {self.n_test}")
+        if self.pretrain.envs != self.envs:
+            raise ValueError(f"the base model is pretrained on {self.pretrain.envs}, the experiment uses "
+                             f"{self.envs}; give both the same environments")
         if not 0 < self.n_base <= self.n_large:
             raise ValueError(f"need 0 < n_base <= n_large, got {self.n_base} and {self.n_large}")
         if self.iterations < 1 or self.samples_per_instruction < 1 or not self.temperature > 0:
@@ -77,7 +87,9 @@ class AgentGymConfig:
 CONFIGS = {
     "fast": AgentGymConfig(
         n_base=8, n_large=24, n_val=8, n_test=12, iterations=2, samples_per_instruction=1,
-        model=AgentModelConfig(d_model=32, n_layers=1, n_heads=2),
+        pretrain=PretrainConfig(episodes_per_instruction=1, model=AgentModelConfig(d_model=32, n_layers=1,
+                                                                                   n_heads=2),
+                                train=TrainConfig(steps=30, batch_size=16, lr=3e-3, warmup_steps=5, seed=0)),
         train=TrainConfig(steps=30, batch_size=16, lr=3e-3, warmup_steps=5, eval_every=10, seed=0)),
     "full": AgentGymConfig(),
 }
@@ -86,6 +98,31 @@ CONFIGS = {
 # --------------------------------------------------------------------------------------------------
 # The pieces: data, the agent as a language model, exploration, evaluation
 # --------------------------------------------------------------------------------------------------
+def base_agent(config: PretrainConfig, device=None) -> tuple[GPT, TrainResult]:
+    """The pretrained base model (from the cache, pretraining it first if needed) and its history."""
+    def compute() -> dict:
+        model, history = pretrain(config, device=device)
+        return {"state_dict": state_of(model), "history": history.to_dict()}
+
+    stored = cache.cached("agentgym-base", config, compute, seed=config.train.seed)
+    model = initial_model(config.model, agent_tokenizer().vocab_size, config.train.seed)
+    model.load_state_dict(stored["state_dict"])
+    return model.to(auto_device(device)).eval(), TrainResult.from_dict(stored["history"])
+
+
+def random_agent(config: AgentGymConfig) -> dict:
+    """Success (0/1 per episode) of random play, the pretraining corpus's policy, on the held-out
+    instructions: the floor every agent should clear."""
+    rng = random.Random(0)
+    return {env: [int(random_play(env, i, rng).success) for i in held_out(config, env)]
+            for env in config.envs}
+
+
+def held_out(config: AgentGymConfig, env: str) -> list[int]:
+    """The evaluation instructions of ``env``: its first ``n_test`` held-out ones."""
+    return list(ENVS[env].split("test"))[: config.n_test]
+
+
 def expert_data(config: AgentGymConfig, ids: range) -> list[Trajectory]:
     """The expert's trajectories on instructions ``ids`` of every environment (seed 0)."""
     return [expert_trajectory(env, i) for env in config.envs for i in ids]
@@ -111,7 +148,7 @@ def explore(model: GPT, config: AgentGymConfig, seed: int, clients=None) -> list
 
 def evaluate(model: GPT, config: AgentGymConfig, clients=None) -> list[Trajectory]:
     """Greedy episodes on the first ``n_test`` held-out instructions of each environment."""
-    episodes = [(env, i, 0) for env in config.envs for i in list(ENVS[env].split("test"))[:config.n_test]]
+    episodes = [(env, i, 0) for env in config.envs for i in held_out(config, env)]
     return rollout(as_llm(model), clients or local_clients(config), episodes, temperature=0.0,
                    max_tokens=config.max_tokens)
 
@@ -135,10 +172,11 @@ def _record(name: str, model: GPT, history: TrainResult, config: AgentGymConfig,
 # The two jobs of a seed
 # --------------------------------------------------------------------------------------------------
 def _train(trajectories, config: AgentGymConfig, seed: int, device, desc: str):
-    tokenizer = agent_tokenizer()
+    """Behavioural cloning from the base model, with the batches of ``seed``."""
+    base, _ = base_agent(config.pretrain, device)
     validation = expert_data(config, range(config.n_large, config.n_large + config.n_val))
     train_config = dataclasses.replace(config.train, seed=seed)
-    return train_agent(trajectories, tokenizer, config.model, train_config, validation=validation,
+    return train_agent(trajectories, agent_tokenizer(), base, train_config, validation=validation,
                        device=device, desc=desc)
 
 
@@ -178,6 +216,7 @@ def run(config: AgentGymConfig, device: str | torch.device | None = None) -> dic
     """Every job of every seed (longest first, one process per core; one after another on a GPU).
     Returns, per seed, the records of BC_base, the AgentEvol iterations and BC_large (weights left out)."""
     device = None if device is None else str(auto_device(device))
+    _, pretraining = base_agent(config.pretrain, device)  # once, here, on every core; the jobs load it
     jobs = [("agentevol", s, config, device) for s in config.seeds] + [("bc_large", s, config, device)
                                                                       for s in config.seeds]
     workers = 1 if device is not None and device.startswith("cuda") else None
@@ -189,7 +228,26 @@ def run(config: AgentGymConfig, device: str | torch.device | None = None) -> dic
         models = [{k: v for k, v in m.items() if k != "state_dict"}
                   for m in chain["models"] + large["models"]]
         per_seed.append({"seed": seed, "models": models, "exploration": chain["exploration"]})
-    return {"seeds": per_seed, "envs": list(config.envs)}
+    return {"seeds": per_seed, "envs": list(config.envs), "random_agent": random_agent(config),
+            "pretraining": {"final_loss": pretraining.loss[-1], "seconds": pretraining.seconds}}
+
+
+@dataclass(frozen=True)
+class ChecksConfig:
+    """The chapter's live checks (not cached, so apart from the experiment's config): steps per client of
+    the load test, held-out episodes per environment replayed over HTTP, and held-out episodes per
+    environment among which the chapter picks one to show turn by turn."""
+
+    load_steps: int = 200
+    http_episodes: int = 10
+    episode_candidates: int = 8
+
+
+CHECKS = {"fast": ChecksConfig(load_steps=20, http_episodes=2, episode_candidates=1), "full": ChecksConfig()}
+
+
+def checks_config(profile: str | None = None) -> ChecksConfig:
+    return pick(CHECKS, profile)
 
 
 def load_agent(config: AgentGymConfig, seed: int, name: str, device=None) -> GPT:
@@ -200,7 +258,7 @@ def load_agent(config: AgentGymConfig, seed: int, name: str, device=None) -> GPT
     record = next((m for m in result["models"] if m["name"] == name), None)
     if record is None:
         raise ValueError(f"no model {name!r}; have {[m['name'] for m in result['models']]}")
-    model = base_model(config.model, agent_tokenizer().vocab_size, seed)
+    model = initial_model(config.pretrain.model, agent_tokenizer().vocab_size, seed)
     model.load_state_dict(record["state_dict"])
     return model.to(auto_device(device)).eval()
 

@@ -8,15 +8,15 @@ AgentGym's text version of BabyAI describes it (steps ahead or behind, to the le
 
 and acts with ``turn left``, ``turn right``, ``move forward`` and ``pick up``. Going to an object is done
 when it is right in front of the agent (one step ahead); picking it up needs ``pick up`` there. Objects
-and walls block the way. The expert is a breadth-first search over (position, heading), as in AgentGym's
-BabyAI wrapper; only layouts it solves within the step limit are instructions.
+and walls block the way. The expert is a rule on the target's relative place, in the spirit of BabyAI's
+bot (AgentGym's wrapper searches for shortest paths instead): walk forward while the target is ahead and
+off to a side, turn towards it when it is beside or behind, walk up to it when it is straight ahead. Only
+layouts the rule solves within the step limit are instructions.
 """
 
 from __future__ import annotations
 
-import functools
 import random
-from collections import deque
 
 from paperlab.agentgym.base import Move, TextEnv
 
@@ -45,7 +45,7 @@ class GridEnv(TextEnv):
             task = _random_layout(rng)
             key = (task["verb"], task["target"], tuple(sorted(task["objects"].items())), task["agent"],
                    task["heading"])
-            if key not in seen and 1 <= len(_plan(_freeze(task))) <= cls.max_steps:
+            if key not in seen and _rule_solves(task, cls.max_steps):
                 seen.add(key)
                 tasks.append(task)
         return tasks
@@ -94,13 +94,16 @@ class GridEnv(TextEnv):
             return f"{self._describe()}. reached.", 1.0, True
         return f"{self._describe()}.", 0.0, False
 
+    def random_action(self, rng: random.Random) -> str:
+        return rng.choice(ACTIONS)
+
     def expert_action(self) -> Move:
-        plan = _plan(_freeze({**self.task, "agent": self.position, "heading": self.heading}))
+        """The rule (module docstring); the thought is where the target is (read off the observation)."""
         target_cell = next(c for c, o in self.task["objects"].items() if o == self.task["target"])
         ahead, right = _relative(self.position, self.heading, target_cell)
         where = " ".join(([f"{abs(ahead)} {'ahead' if ahead > 0 else 'behind'}"] if ahead else [])
                          + ([f"{abs(right)} {'right' if right > 0 else 'left'}"] if right else []))
-        return Move(f"{where}.", plan[0])
+        return Move(f"{where}.", _rule(ahead, right))
 
 
 def _relative(position, heading, cell) -> tuple[int, int]:
@@ -119,35 +122,27 @@ def _inside(cell) -> bool:
     return 0 <= cell[0] < SIZE and 0 <= cell[1] < SIZE
 
 
-def _freeze(task: dict) -> tuple:
-    return (task["verb"], task["target"], tuple(sorted(task["objects"].items())), task["agent"],
-            task["heading"])
+def _rule(ahead: int, right: int) -> str:
+    """The expert's action for a target ``ahead`` steps ahead and ``right`` steps to the right."""
+    if ahead == 1 and right == 0:
+        return "pick up"  # (a go-to task is already done here)
+    if ahead > 0:
+        return "move forward"
+    return "turn left" if right < 0 else "turn right"  # beside or behind: face it (behind: turn right)
 
 
-@functools.cache
-def _plan(frozen: tuple) -> tuple[str, ...]:
-    """Shortest action sequence (breadth-first over position and heading) that completes the task."""
-    verb, target, objects, start, heading = frozen
-    objects = dict(objects)
-    target_cell = next(c for c, o in objects.items() if o == target)
-    queue, came = deque([(start, heading)]), {(start, heading): None}
-    while queue:
-        position, facing = state = queue.popleft()
-        if _ahead_of(position, facing) == target_cell:
-            path = []
-            while came[state] is not None:
-                state, action = came[state]
-                path.append(action)
-            return tuple(reversed(path)) + (("pick up",) if verb == "pick up" else ())
-        front = _ahead_of(position, facing)
-        moves = [("turn left", (position, (facing - 1) % 4)), ("turn right", (position, (facing + 1) % 4))]
-        if _inside(front) and front not in objects:
-            moves.insert(0, ("move forward", (front, facing)))
-        for action, nxt in moves:
-            if nxt not in came:
-                came[nxt] = (state, action)
-                queue.append(nxt)
-    raise RuntimeError(f"grid: no way to reach {target} from {start}")  # pragma: no cover
+def _rule_solves(task: dict, max_steps: int) -> bool:
+    """Does the rule finish ``task`` within ``max_steps`` steps (and not at once)?"""
+    env = GridEnv()
+    env.task, env.position, env.heading = task, task["agent"], task["heading"]
+    target_cell = next(c for c, o in task["objects"].items() if o == task["target"])
+    if task["verb"] == "go to" and _ahead_of(env.position, env.heading) == target_cell:
+        return False
+    for _ in range(max_steps):
+        _, reward, done = env._act(_rule(*_relative(env.position, env.heading, target_cell)))
+        if done:
+            return reward == 1.0
+    return False
 
 
 def _random_layout(rng: random.Random) -> dict:

@@ -40,7 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from paperlab.agentgym.base import MAX_TEXT
 from paperlab.agentgym.service import EnvService, ServiceError
 
-__all__ = ["LOOPBACK", "create_app", "serve", "BackgroundServer", "free_port", "load_test"]
+__all__ = ["LOOPBACK", "create_app", "serve", "BackgroundServer", "start_servers", "free_port", "load_test"]
 
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
@@ -159,8 +159,11 @@ class BackgroundServer:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> BackgroundServer:
-        import httpx
+        """Start the server and wait until it answers."""
+        return self.launch().wait()
 
+    def launch(self) -> BackgroundServer:
+        """Start the subprocess without waiting for it (:meth:`wait` does)."""
         if self.process is not None:
             return self
         self._log = tempfile.TemporaryFile()
@@ -170,7 +173,17 @@ class BackgroundServer:
         self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT,
                                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
         atexit.register(self.stop)
-        deadline = time.monotonic() + self.startup_timeout
+        self._started = time.monotonic()
+        return self
+
+    def wait(self) -> BackgroundServer:
+        """Return once the server answers; raise (with its output) if it exits or does not answer within
+        ``startup_timeout`` seconds of its launch."""
+        import httpx
+
+        if self.process is None:
+            raise RuntimeError("launch() the server before waiting for it")
+        deadline = self._started + self.startup_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"the {self.env} server exited with code {self.process.returncode}: "
@@ -210,6 +223,21 @@ class BackgroundServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def start_servers(envs, **options) -> dict[str, BackgroundServer]:
+    """A :class:`BackgroundServer` for each environment, launched side by side, returned once all answer."""
+    servers = {env: BackgroundServer(env, **options) for env in envs}
+    try:
+        for server in servers.values():
+            server.launch()
+        for server in servers.values():
+            server.wait()
+    except BaseException:
+        for server in servers.values():
+            server.stop()
+        raise
+    return servers
 
 
 def load_test(url: str, n_clients: int, *, steps_per_client: int = 200, time_limit: float = 30.0,

@@ -115,6 +115,13 @@ class ShopEnv(TextEnv):
         met = [product[k] == t[k] for k in ("colour", "material", "kind")] + [product["price"] < t["limit"]]
         return sum(met) / len(met)
 
+    def random_action(self, rng: random.Random) -> str:
+        if rng.random() < 0.5:
+            return f"buy {rng.randint(1, N_RESULTS)}"
+        asked = [self.task["colour"], self.task["material"], self.task["kind"]]
+        words = asked if rng.random() < 0.7 else list(COLOURS + MATERIALS + KINDS)
+        return "search " + " ".join(rng.sample(words, rng.randint(1, 3)))
+
     def expert_action(self) -> Move:
         t = self.task
         for n, product in enumerate(self.results, 1):

@@ -93,6 +93,9 @@ class WordleEnv(TextEnv):
             return f"{marks}. solved.", 1.0, True
         return f"{marks}.", 0.0, False
 
+    def random_action(self, rng: random.Random) -> str:
+        return " ".join(rng.choice(word_list()))
+
     def expert_action(self) -> Move:
         guess = best_guess(_consistent(tuple(self.history)))
         return Move(f"{known_letters(self.history)}.", " ".join(guess))
