@@ -76,11 +76,11 @@ def test_initial_weights_are_the_same_for_every_run_of_a_seed():
 
 def test_behavioural_cloning_learns_the_expert_turns():
     tokenizer = agent_tokenizer()
-    data = [expert_trajectory("shop", i) for i in range(16)]
-    base = initial_model(AgentModelConfig(context_length=96, d_model=32, n_layers=1, n_heads=2),
+    data = [expert_trajectory("shop", i) for i in range(8)]
+    base = initial_model(AgentModelConfig(context_length=64, d_model=16, n_layers=1, n_heads=2),
                          tokenizer.vocab_size, 0)
     before = [p.clone() for p in base.parameters()]
-    config = TrainConfig(steps=40, batch_size=16, lr=1e-2, warmup_steps=5, eval_every=20, seed=0)
+    config = TrainConfig(steps=30, batch_size=8, lr=2e-2, warmup_steps=3, eval_every=10, seed=0)
     with cpu_threads(1):
         model, history = train_agent(data, tokenizer, base, config, validation=data[:4])
     held_out = [encode_conversation(tokenizer, t) for t in data[:4]]

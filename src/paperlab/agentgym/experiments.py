@@ -17,7 +17,7 @@ All runs train for the same steps at the same learning rate; a seed sets their b
 exploration's samples. The validation loss (for the convergence check) is measured on expert
 trajectories of training instructions ``n_large .. n_large + n_val - 1``, which no run trains on.
 
-The base model is pretrained once (on every core) and cached; then, for each seed, the AgentEvol chain
+The base model is pretrained once and cached; then, for each seed, the AgentEvol chain
 (BC_base and its iterations) and BC_large are two jobs, run side by side on the cores and cached too, so
 the chapter reloads everything in seconds.
 """
@@ -41,7 +41,7 @@ from paperlab.experiments import Experiment
 from paperlab.llm import TinyLM
 from paperlab.nn import GPT
 from paperlab.train import TrainConfig, TrainResult, auto_device
-from paperlab.utils import parallel_map
+from paperlab.utils import cpu_threads, parallel_map
 
 __all__ = ["AgentGymConfig", "CONFIGS", "EXPERIMENT", "run", "run_job", "base_agent", "load_agent",
            "evaluate", "explore", "random_agent"]
@@ -101,7 +101,8 @@ CONFIGS = {
 def base_agent(config: PretrainConfig, device=None) -> tuple[GPT, TrainResult]:
     """The pretrained base model (from the cache, pretraining it first if needed) and its history."""
     def compute() -> dict:
-        model, history = pretrain(config, device=device)
+        with cpu_threads(1, device=device):  # a tiny model: one thread beats two (see paperlab.utils)
+            model, history = pretrain(config, device=device)
         return {"state_dict": state_of(model), "history": history.to_dict()}
 
     stored = cache.cached("agentgym-base", config, compute, seed=config.train.seed)
@@ -216,7 +217,7 @@ def run(config: AgentGymConfig, device: str | torch.device | None = None) -> dic
     """Every job of every seed (longest first, one process per core; one after another on a GPU).
     Returns, per seed, the records of BC_base, the AgentEvol iterations and BC_large (weights left out)."""
     device = None if device is None else str(auto_device(device))
-    _, pretraining = base_agent(config.pretrain, device)  # once, here, on every core; the jobs load it
+    _, pretraining = base_agent(config.pretrain, device)  # once, here; the jobs load it from the cache
     jobs = [("agentevol", s, config, device) for s in config.seeds] + [("bc_large", s, config, device)
                                                                       for s in config.seeds]
     workers = 1 if device is not None and device.startswith("cuda") else None
