@@ -90,13 +90,24 @@ def test_behavioural_cloning_learns_the_expert_turns():
         train_agent([], tokenizer, base, config)
 
 
-def test_config_checks():
-    with pytest.raises(ValueError, match="n_base <= n_large"):
-        experiments.AgentGymConfig(n_base=50, n_large=40)
-    with pytest.raises(ValueError, match="held-out"):
-        experiments.AgentGymConfig(n_test=10_000)
-    with pytest.raises(ValueError, match="unknown environment"):
-        experiments.AgentGymConfig(envs=("chess",))
+Config = experiments.AgentGymConfig
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: Config(n_base=50, n_large=40), r"AgentGymConfig.n_base must be at most n_large"),
+    (lambda: Config(n_test=10_000), r"AgentGymConfig.n_test must be at most \d+"),
+    (lambda: Config(envs=("chess",)), "AgentGymConfig.envs must be a tuple of known"),
+    (lambda: Config(temperature=0.0), "AgentGymConfig.temperature must be a finite number > 0"),
+    (lambda: Config(seeds=(1, 1)), "AgentGymConfig.seeds must be distinct"),
+    (lambda: Config(iterations=0), "AgentGymConfig.iterations must be a positive integer"),
+    (lambda: Config(envs=("craft",)), "AgentGymConfig.pretrain must be pretrained on"),
+    (lambda: PretrainConfig(episodes_per_instruction=0), "PretrainConfig.episodes_per_instruction"),
+    (lambda: AgentModelConfig(d_model=30, n_heads=4), "AgentModelConfig.n_heads must be a divisor"),
+    (lambda: experiments.ChecksConfig(load_steps=0), "ChecksConfig.load_steps"),
+])
+def test_configs_reject_bad_values_naming_the_field(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
 
 
 def test_agentevol_chain_runs_end_to_end_on_a_tiny_setting(tmp_path, monkeypatch):

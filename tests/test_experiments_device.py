@@ -26,6 +26,7 @@ MODULES = {
     "nllb": ["paperlab.nllb.experiments", "paperlab.nllb.train"],
     "geometry": ["paperlab.geometry.lm"],
     "sae": ["paperlab.sae.experiments", "paperlab.sae.train"],
+    "agentgym": ["paperlab.agentgym.experiments", "paperlab.agentgym.pretrain", "paperlab.agentgym.evol"],
 }
 
 

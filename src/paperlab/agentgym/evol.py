@@ -34,6 +34,7 @@ import torch
 
 from paperlab import align
 from paperlab.agentgym.agent import AgentTokenizer, Trajectory, encode_conversation
+from paperlab.config import check_ints, check_that
 from paperlab.nn import GPT, GPTConfig
 from paperlab.train import TrainConfig, TrainResult, seed_everything, seeded_batches, train
 
@@ -48,6 +49,11 @@ class AgentModelConfig:
     d_model: int = 64
     n_layers: int = 2
     n_heads: int = 4
+
+    def __post_init__(self) -> None:
+        check_ints(self, "context_length", "d_model", "n_layers", "n_heads")
+        check_that(self, self.d_model % self.n_heads == 0 and (self.d_model // self.n_heads) % 2 == 0,
+                   "n_heads", f"a divisor of d_model = {self.d_model} leaving an even head size")
 
 
 def initial_model(config: AgentModelConfig, vocab_size: int, seed: int) -> GPT:

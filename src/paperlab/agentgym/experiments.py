@@ -33,10 +33,18 @@ import torch
 from paperlab import cache
 from paperlab.agentgym.agent import Trajectory, agent_tokenizer, expert_trajectory, rollout
 from paperlab.agentgym.client import LocalClient
-from paperlab.agentgym.envs import ENVS, env_class
+from paperlab.agentgym.envs import ENVS
 from paperlab.agentgym.evol import AgentModelConfig, filter_trajectories, initial_model, state_of, train_agent
 from paperlab.agentgym.pretrain import PretrainConfig, pretrain, random_play
-from paperlab.config import pick
+from paperlab.config import (
+    check_int_tuple,
+    check_ints,
+    check_numbers,
+    check_str_tuple,
+    check_that,
+    check_type,
+    pick,
+)
 from paperlab.experiments import Experiment
 from paperlab.llm import TinyLM
 from paperlab.nn import GPT
@@ -67,22 +75,27 @@ class AgentGymConfig:
     seeds: tuple[int, ...] = (0, 1, 2)
 
     def __post_init__(self) -> None:
+        check_str_tuple(self, "envs")
         for name in self.envs:
-            env_class(name)
+            check_that(self, name in ENVS, "envs", f"a tuple of known environments ({', '.join(ENVS)})")
+        check_ints(self, "n_base", "n_large", "n_val", "n_test", "iterations", "samples_per_instruction",
+                   "max_tokens")
+        check_numbers(self, "temperature", low=0, open_low=True)
+        check_numbers(self, "success_threshold", low=0, high=1, open_low=True)
+        check_type(self, "pretrain", PretrainConfig)
+        check_type(self, "train", TrainConfig)  # TrainConfig checks its own fields
+        check_int_tuple(self, "seeds", low=0)
+        check_that(self, len(set(self.seeds)) == len(self.seeds), "seeds", "distinct")
+        check_that(self, self.n_base <= self.n_large, "n_base", f"at most n_large = {self.n_large}")
+        for name in self.envs:
             cls = ENVS[name]
-            if self.n_large + self.n_val > cls.n_train or self.n_test > cls.n_test:
-                raise ValueError(f"{name} has {cls.n_train} training and {cls.n_test} held-out instructions; "
-                                 f"n_large + n_val = {self.n_large + self.n_val}, n_test = {self.n_test}")
-        if self.pretrain.envs != self.envs:
-            raise ValueError(f"the base model is pretrained on {self.pretrain.envs}, the experiment uses "
-                             f"{self.envs}; give both the same environments")
-        if not 0 < self.n_base <= self.n_large:
-            raise ValueError(f"need 0 < n_base <= n_large, got {self.n_base} and {self.n_large}")
-        if self.iterations < 1 or self.samples_per_instruction < 1 or not self.temperature > 0:
-            raise ValueError("iterations and samples_per_instruction must be >= 1 and temperature > 0")
-        if len(set(self.seeds)) != len(self.seeds) or not self.seeds:
-            raise ValueError(f"seeds must be distinct and at least one, got {self.seeds}")
-
+            check_that(self, self.n_large + self.n_val <= cls.n_train, "n_val",
+                       f"at most {cls.n_train - self.n_large} ({name} has {cls.n_train} training "
+                       f"instructions, n_large + n_val must fit)")
+            check_that(self, self.n_test <= cls.n_test, "n_test",
+                       f"at most {cls.n_test} ({name}'s held-out instructions)")
+        check_that(self, self.pretrain.envs == self.envs, "pretrain",
+                   f"pretrained on the experiment's environments {self.envs}, not {self.pretrain.envs}")
 
 CONFIGS = {
     "fast": AgentGymConfig(
@@ -242,6 +255,9 @@ class ChecksConfig:
     load_steps: int = 200
     http_episodes: int = 10
     episode_candidates: int = 8
+
+    def __post_init__(self) -> None:
+        check_ints(self, "load_steps", "http_episodes", "episode_candidates")
 
 
 CHECKS = {"fast": ChecksConfig(load_steps=20, http_episodes=2, episode_candidates=1), "full": ChecksConfig()}

@@ -27,6 +27,7 @@ from paperlab import align
 from paperlab.agentgym.agent import END, AgentTokenizer, Trajectory, Turn, agent_tokenizer
 from paperlab.agentgym.envs import ENVS, make_env
 from paperlab.agentgym.evol import AgentModelConfig, initial_model
+from paperlab.config import check_ints, check_str_tuple, check_that, check_type
 from paperlab.nn import GPT
 from paperlab.train import TrainConfig, TrainResult, seeded_batches, train
 
@@ -44,6 +45,14 @@ class PretrainConfig:
     model: AgentModelConfig = field(default_factory=AgentModelConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         steps=1000, batch_size=32, lr=3e-3, warmup_steps=50, seed=0))
+
+    def __post_init__(self) -> None:
+        check_str_tuple(self, "envs")
+        for name in self.envs:
+            check_that(self, name in ENVS, "envs", f"a tuple of known environments ({', '.join(ENVS)})")
+        check_ints(self, "episodes_per_instruction")
+        check_type(self, "model", AgentModelConfig)
+        check_type(self, "train", TrainConfig)
 
 
 def random_play(env: str, instruction_id: int, rng: random.Random) -> Trajectory:
