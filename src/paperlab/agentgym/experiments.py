@@ -235,6 +235,8 @@ def run(config: AgentGymConfig, device: str | torch.device | None = None) -> dic
                                                                       for s in config.seeds]
     workers = 1 if device is not None and device.startswith("cuda") else None
     results = parallel_map(run_job, jobs, workers=workers, desc="AgentGym jobs")
+    summary = {"final_loss": pretraining.loss[-1]}
+    summary["seconds"] = pretraining.seconds  # wall clock
     per_seed = []
     for seed in config.seeds:
         chain = next(r for (job, s, *_), r in zip(jobs, results) if job == "agentevol" and s == seed)
@@ -243,7 +245,7 @@ def run(config: AgentGymConfig, device: str | torch.device | None = None) -> dic
                   for m in chain["models"] + large["models"]]
         per_seed.append({"seed": seed, "models": models, "exploration": chain["exploration"]})
     return {"seeds": per_seed, "envs": list(config.envs), "random_agent": random_agent(config),
-            "pretraining": {"final_loss": pretraining.loss[-1], "seconds": pretraining.seconds}}
+            "pretraining": summary}
 
 
 @dataclass(frozen=True)

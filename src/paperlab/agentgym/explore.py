@@ -113,7 +113,7 @@ def exploration_explorer(model: GPT, envs: tuple[str, ...], config: ExploreConfi
             curve_ax.plot(temperatures, [_found(grid[t][env], samples)[2] for t in temperatures], "o-", ms=3,
                           color=f"C{k}", label=env)
         curve_ax.axvline(temperature, color="k", ls=":", lw=1)
-        curve_ax.set_ylim(0, samples * 1.05)
+        curve_ax.set_ylim(-0.05 * samples, samples * 1.05)  # a line at 0 stays visible
         curve_ax.legend(loc="upper left", fontsize=7)
         labelled(curve_ax, "sampling temperature", "distinct successes kept per instruction",
                  f"{samples} sample{'s' if samples > 1 else ''} per instruction")
