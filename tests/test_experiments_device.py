@@ -30,6 +30,7 @@ MODULES = {
     "bot": ["paperlab.bot.experiments", "paperlab.bot.model"],
     "sayself": ["paperlab.sayself.experiments", "paperlab.sayself.base"],
     "ditto": ["paperlab.ditto.experiments"],
+    "agentgym": ["paperlab.agentgym.experiments", "paperlab.agentgym.pretrain", "paperlab.agentgym.evol"],
 }
 
 

@@ -49,6 +49,11 @@ REGISTRY: dict[str, tuple[str, str]] = {
         "Thoughts and BoT (meta-buffer, retrieval threshold, sandboxed programs, buffer manager); accuracy "
         "and cost.",
     ),
+    "agentgym": (
+        "paperlab.agentgym.experiments:EXPERIMENT",
+        "AgentGym: four text environments behind one HTTP interface; a tiny GPT agent by behavioural cloning "
+        "(BC_base, BC_large) and AgentEvol (explore, keep successes, retrain), on held-out instructions.",
+    ),
     "geometry": (
         "paperlab.geometry.experiments:EXPERIMENT",
         "Geometry of categorical/hierarchical concepts: causal inner product, concept vectors, hierarchical "

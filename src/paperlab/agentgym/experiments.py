@@ -1,0 +1,285 @@
+"""The AgentGym chapter's experiment: BC_base, AgentEvol for several iterations, and BC_large, on four
+text environments, evaluated on held-out instructions, over several seeds.
+
+Every run starts from one base model, the tiny GPT pretrained on random play
+(:mod:`paperlab.agentgym.pretrain`), as every run of the paper starts from Llama-2-Chat-7B. Per
+environment, the training instructions ``0 .. n_large - 1`` all have expert trajectories; the paper's
+split is mirrored as
+
+- ``BC_base``: behavioural cloning on the expert trajectories of the first ``n_base`` (AgentTraj);
+- ``AgentEvol``: starts from BC_base; each iteration explores all ``n_large`` training instructions
+  (``samples_per_instruction`` samples each at ``temperature``), keeps the successful, new trajectories,
+  merges them with BC_base's expert data and trains again from the base model;
+- ``BC_large``: behavioural cloning on the expert trajectories of all ``n_large`` (AgentTraj-L);
+
+every model is evaluated greedily on the ``n_test`` held-out instructions of each environment (AgentEval).
+All runs train for the same steps at the same learning rate; a seed sets their batches and the
+exploration's samples. The validation loss (for the convergence check) is measured on expert
+trajectories of training instructions ``n_large .. n_large + n_val - 1``, which no run trains on.
+
+The base model is pretrained once and cached; then, for each seed, the AgentEvol chain
+(BC_base and its iterations) and BC_large are two jobs, run side by side on the cores and cached too, so
+the chapter reloads everything in seconds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from dataclasses import dataclass, field
+
+import torch
+
+from paperlab import cache
+from paperlab.agentgym.agent import Trajectory, agent_tokenizer, expert_trajectory, rollout
+from paperlab.agentgym.client import LocalClient
+from paperlab.agentgym.envs import ENVS
+from paperlab.agentgym.evol import AgentModelConfig, filter_trajectories, initial_model, state_of, train_agent
+from paperlab.agentgym.pretrain import PretrainConfig, pretrain, random_play
+from paperlab.config import (
+    check_int_tuple,
+    check_ints,
+    check_numbers,
+    check_str_tuple,
+    check_that,
+    check_type,
+    pick,
+)
+from paperlab.experiments import Experiment
+from paperlab.llm import TinyLM
+from paperlab.nn import GPT
+from paperlab.train import TrainConfig, TrainResult, auto_device
+from paperlab.utils import cpu_threads, parallel_map
+
+__all__ = ["AgentGymConfig", "CONFIGS", "EXPERIMENT", "run", "run_job", "base_agent", "load_agent",
+           "evaluate", "explore", "random_agent"]
+
+
+@dataclass(frozen=True)
+class AgentGymConfig:
+    """Everything that determines the chapter's results (and so their cache keys)."""
+
+    envs: tuple[str, ...] = ("craft", "wordle", "grid", "shop")
+    n_base: int = 40  # expert trajectories per environment for BC_base (the paper's AgentTraj)
+    n_large: int = 160  # training instructions per environment: explored; all with experts for BC_large
+    n_val: int = 20  # expert trajectories per environment for the validation loss (trained on by no run)
+    n_test: int = 60  # held-out instructions per environment (AgentEval)
+    iterations: int = 3  # AgentEvol iterations after BC_base
+    samples_per_instruction: int = 2  # exploration samples per training instruction and iteration
+    temperature: float = 1.2  # exploration temperature (the authors' inference_and_filter)
+    success_threshold: float = 1.0  # keep explored trajectories with at least this reward
+    max_tokens: int = 16  # tokens per agent turn at most
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)  # the base model (and its size)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        steps=300, batch_size=32, lr=3e-3, warmup_steps=30, eval_every=30, seed=0))
+    seeds: tuple[int, ...] = (0, 1, 2)
+
+    def __post_init__(self) -> None:
+        check_str_tuple(self, "envs")
+        for name in self.envs:
+            check_that(self, name in ENVS, "envs", f"a tuple of known environments ({', '.join(ENVS)})")
+        check_ints(self, "n_base", "n_large", "n_val", "n_test", "iterations", "samples_per_instruction",
+                   "max_tokens")
+        check_numbers(self, "temperature", low=0, open_low=True)
+        check_numbers(self, "success_threshold", low=0, high=1, open_low=True)
+        check_type(self, "pretrain", PretrainConfig)
+        check_type(self, "train", TrainConfig)  # TrainConfig checks its own fields
+        check_int_tuple(self, "seeds", low=0)
+        check_that(self, len(set(self.seeds)) == len(self.seeds), "seeds", "distinct")
+        check_that(self, self.n_base <= self.n_large, "n_base", f"at most n_large = {self.n_large}")
+        for name in self.envs:
+            cls = ENVS[name]
+            check_that(self, self.n_large + self.n_val <= cls.n_train, "n_val",
+                       f"at most {cls.n_train - self.n_large} ({name} has {cls.n_train} training "
+                       f"instructions, n_large + n_val must fit)")
+            check_that(self, self.n_test <= cls.n_test, "n_test",
+                       f"at most {cls.n_test} ({name}'s held-out instructions)")
+        check_that(self, self.pretrain.envs == self.envs, "pretrain",
+                   f"pretrained on the experiment's environments {self.envs}, not {self.pretrain.envs}")
+
+CONFIGS = {
+    "fast": AgentGymConfig(
+        n_base=8, n_large=24, n_val=8, n_test=12, iterations=2, samples_per_instruction=1,
+        pretrain=PretrainConfig(episodes_per_instruction=1, model=AgentModelConfig(d_model=32, n_layers=1,
+                                                                                   n_heads=2),
+                                train=TrainConfig(steps=30, batch_size=16, lr=3e-3, warmup_steps=5, seed=0)),
+        train=TrainConfig(steps=30, batch_size=16, lr=3e-3, warmup_steps=5, eval_every=10, seed=0)),
+    "full": AgentGymConfig(),
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# The pieces: data, the agent as a language model, exploration, evaluation
+# --------------------------------------------------------------------------------------------------
+def base_agent(config: PretrainConfig, device=None) -> tuple[GPT, TrainResult]:
+    """The pretrained base model (from the cache, pretraining it first if needed) and its history."""
+    def compute() -> dict:
+        with cpu_threads(1, device=device):  # a tiny model: one thread beats two (see paperlab.utils)
+            model, history = pretrain(config, device=device)
+        return {"state_dict": state_of(model), "history": history.to_dict()}
+
+    stored = cache.cached("agentgym-base", config, compute, seed=config.train.seed)
+    model = initial_model(config.model, agent_tokenizer().vocab_size, config.train.seed)
+    model.load_state_dict(stored["state_dict"])
+    return model.to(auto_device(device)).eval(), TrainResult.from_dict(stored["history"])
+
+
+def random_agent(config: AgentGymConfig) -> dict:
+    """Success (0/1 per episode) of random play, the pretraining corpus's policy, on the held-out
+    instructions: the floor every agent should clear."""
+    rng = random.Random(0)
+    return {env: [int(random_play(env, i, rng).success) for i in held_out(config, env)]
+            for env in config.envs}
+
+
+def held_out(config: AgentGymConfig, env: str) -> list[int]:
+    """The evaluation instructions of ``env``: its first ``n_test`` held-out ones."""
+    return list(ENVS[env].split("test"))[: config.n_test]
+
+
+def expert_data(config: AgentGymConfig, ids: range) -> list[Trajectory]:
+    """The expert's trajectories on instructions ``ids`` of every environment (seed 0)."""
+    return [expert_trajectory(env, i) for env in config.envs for i in ids]
+
+
+def as_llm(model: GPT, seed: int = 0) -> TinyLM:
+    """The agent's model behind :class:`paperlab.llm.LLM`, decoding with a key-value cache."""
+    return TinyLM(model, agent_tokenizer(), seed=seed, batch_size=512, logprobs=False, use_cache=True)
+
+
+def local_clients(config: AgentGymConfig) -> dict[str, LocalClient]:
+    return {env: LocalClient(env) for env in config.envs}
+
+
+def explore(model: GPT, config: AgentGymConfig, seed: int, clients=None) -> list[Trajectory]:
+    """AgentEvol's exploration: ``samples_per_instruction`` episodes on each training instruction of each
+    environment, sampled at ``temperature`` from a stream seeded by ``seed``."""
+    episodes = [(env, i, 0) for env in config.envs for i in range(config.n_large)
+                for _ in range(config.samples_per_instruction)]
+    return rollout(as_llm(model, seed), clients or local_clients(config), episodes,
+                   temperature=config.temperature, max_tokens=config.max_tokens)
+
+
+def evaluate(model: GPT, config: AgentGymConfig, clients=None) -> list[Trajectory]:
+    """Greedy episodes on the first ``n_test`` held-out instructions of each environment."""
+    episodes = [(env, i, 0) for env in config.envs for i in held_out(config, env)]
+    return rollout(as_llm(model), clients or local_clients(config), episodes, temperature=0.0,
+                   max_tokens=config.max_tokens)
+
+
+def _summary(trajectories: list[Trajectory], config: AgentGymConfig) -> dict:
+    """Per environment: the success (0/1) of each episode, in instruction order."""
+    return {env: [int(t.success) for t in trajectories if t.env == env] for env in config.envs}
+
+
+def _record(name: str, model: GPT, history: TrainResult, config: AgentGymConfig, n_train: int) -> dict:
+    test = evaluate(model, config)
+    converged = history.convergence("val_loss")
+    return {"name": name, "state_dict": state_of(model), "success": _summary(test, config),
+            "n_trajectories": n_train, "val_loss": history.evals[-1]["val_loss"],
+            "converged": converged.converged, "convergence": converged.describe(),
+            "history": {"steps": history.steps, "loss": history.loss, "evals": history.evals},
+            "train_seconds": history.seconds, "examples": [t.to_dict() for t in test[:: config.n_test]]}
+
+
+# --------------------------------------------------------------------------------------------------
+# The two jobs of a seed
+# --------------------------------------------------------------------------------------------------
+def _train(trajectories, config: AgentGymConfig, seed: int, device, desc: str):
+    """Behavioural cloning from the base model, with the batches of ``seed``."""
+    base, _ = base_agent(config.pretrain, device)
+    validation = expert_data(config, range(config.n_large, config.n_large + config.n_val))
+    train_config = dataclasses.replace(config.train, seed=seed)
+    return train_agent(trajectories, agent_tokenizer(), base, train_config, validation=validation,
+                       device=device, desc=desc)
+
+
+def agentevol_chain(seed: int, config: AgentGymConfig, device=None) -> dict:
+    """BC_base, then ``iterations`` rounds of explore, filter, merge with the expert data, retrain from
+    the base model. Returns one record per model (iteration 0 is BC_base) and per exploration round."""
+    expert = expert_data(config, range(config.n_base))
+    model, history = _train(expert, config, seed, device, f"BC_base seed {seed}")
+    models = [_record("BC_base", model, history, config, len(expert))]
+    rounds = []
+    for m in range(1, config.iterations + 1):
+        sampled = explore(model, config, seed=1000 * seed + m)
+        kept = filter_trajectories(sampled, threshold=config.success_threshold, existing=expert)
+        model, history = _train(expert + kept, config, seed, device, f"AgentEvol {m} seed {seed}")
+        models.append(_record(f"AgentEvol {m}", model, history, config, len(expert) + len(kept)))
+        rounds.append({"iteration": m, "explored": _summary(sampled, config),
+                       "kept": {env: sum(t.env == env for t in kept) for env in config.envs}})
+    return {"seed": seed, "models": models, "exploration": rounds}
+
+
+def bc_large(seed: int, config: AgentGymConfig, device=None) -> dict:
+    """Behavioural cloning on the expert trajectories of all ``n_large`` training instructions."""
+    expert = expert_data(config, range(config.n_large))
+    model, history = _train(expert, config, seed, device, f"BC_large seed {seed}")
+    return {"seed": seed, "models": [_record("BC_large", model, history, config, len(expert))]}
+
+
+JOBS = {"agentevol": agentevol_chain, "bc_large": bc_large}
+
+
+def run_job(job: str, seed: int, config: AgentGymConfig, device=None) -> dict:
+    """One job of one seed, through the artifact cache."""
+    return cache.cached(f"agentgym-{job}", config, lambda: JOBS[job](seed, config, device), seed=seed)
+
+
+def run(config: AgentGymConfig, device: str | torch.device | None = None) -> dict:
+    """Every job of every seed (longest first, one process per core; one after another on a GPU).
+    Returns, per seed, the records of BC_base, the AgentEvol iterations and BC_large (weights left out)."""
+    device = None if device is None else str(auto_device(device))
+    _, pretraining = base_agent(config.pretrain, device)  # once, here; the jobs load it from the cache
+    jobs = [("agentevol", s, config, device) for s in config.seeds] + [("bc_large", s, config, device)
+                                                                      for s in config.seeds]
+    workers = 1 if device is not None and device.startswith("cuda") else None
+    results = parallel_map(run_job, jobs, workers=workers, desc="AgentGym jobs")
+    summary = {"final_loss": pretraining.loss[-1]}
+    summary["seconds"] = pretraining.seconds  # wall clock
+    per_seed = []
+    for seed in config.seeds:
+        chain = next(r for (job, s, *_), r in zip(jobs, results) if job == "agentevol" and s == seed)
+        large = next(r for (job, s, *_), r in zip(jobs, results) if job == "bc_large" and s == seed)
+        models = [{k: v for k, v in m.items() if k != "state_dict"}
+                  for m in chain["models"] + large["models"]]
+        per_seed.append({"seed": seed, "models": models, "exploration": chain["exploration"]})
+    return {"seeds": per_seed, "envs": list(config.envs), "random_agent": random_agent(config),
+            "pretraining": summary}
+
+
+@dataclass(frozen=True)
+class ChecksConfig:
+    """The chapter's live checks (not cached, so apart from the experiment's config): steps per client of
+    the load test, held-out episodes per environment replayed over HTTP, and held-out episodes per
+    environment among which the chapter picks one to show turn by turn."""
+
+    load_steps: int = 200
+    http_episodes: int = 10
+    episode_candidates: int = 8
+
+    def __post_init__(self) -> None:
+        check_ints(self, "load_steps", "http_episodes", "episode_candidates")
+
+
+CHECKS = {"fast": ChecksConfig(load_steps=20, http_episodes=2, episode_candidates=1), "full": ChecksConfig()}
+
+
+def checks_config(profile: str | None = None) -> ChecksConfig:
+    return pick(CHECKS, profile)
+
+
+def load_agent(config: AgentGymConfig, seed: int, name: str, device=None) -> GPT:
+    """The trained model ``name`` (``"BC_base"``, ``"AgentEvol 3"``, ``"BC_large"``) of ``seed``, from the
+    cache (training it first if needed)."""
+    job = "bc_large" if name == "BC_large" else "agentevol"
+    result = run_job(job, seed, config, device)
+    record = next((m for m in result["models"] if m["name"] == name), None)
+    if record is None:
+        raise ValueError(f"no model {name!r}; have {[m['name'] for m in result['models']]}")
+    model = initial_model(config.pretrain.model, agent_tokenizer().vocab_size, seed)
+    model.load_state_dict(record["state_dict"])
+    return model.to(auto_device(device)).eval()
+
+
+EXPERIMENT = Experiment(name="agentgym", chapter="book/11-agentgym.md", configs=CONFIGS, run=run)

@@ -1,0 +1,146 @@
+"""paperlab.agentgym.evol and experiments: AgentEvol's filter, behavioural cloning on agent turns only,
+and the experiment's pieces on tiny settings."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from paperlab import align
+from paperlab.agentgym import experiments
+from paperlab.agentgym.agent import Trajectory, Turn, agent_tokenizer, encode_conversation, expert_trajectory
+from paperlab.agentgym.evol import (
+    AgentModelConfig,
+    conversation_loss,
+    filter_trajectories,
+    initial_model,
+    train_agent,
+)
+from paperlab.agentgym.pretrain import PretrainConfig, corpus, encode_transcript
+from paperlab.train import TrainConfig
+from paperlab.utils import cpu_threads
+
+
+def _trajectory(env, instruction_id, texts, reward):
+    turns = [Turn(text, text.split("Action: ")[-1], "ok.", 0.0) for text in texts]
+    return Trajectory(env, instruction_id, 0, "first.", turns, reward, "done")
+
+
+def test_filter_keeps_only_successes_once_and_nothing_already_in_the_expert_data():
+    expert = [_trajectory("craft", 1, ["Thought: a. Action: get sand"], 1.0)]
+    sampled = [
+        _trajectory("craft", 1, ["Thought: a. Action: get sand"], 1.0),  # the expert's own: dropped
+        _trajectory("craft", 2, ["Thought: b. Action: get coal"], 1.0),  # kept
+        _trajectory("craft", 2, ["Thought: b. Action: get coal"], 1.0),  # duplicate: dropped
+        _trajectory("craft", 2, ["Thought: c. Action: get coal"], 1.0),  # another way: kept
+        _trajectory("craft", 3, ["Thought: b. Action: get coal"], 0.0),  # failed: dropped
+        _trajectory("shop", 2, ["Thought: b. Action: get coal"], 0.75),  # partial reward: dropped
+        _trajectory("shop", 2, ["Thought: b. Action: get coal"], 1.0),  # other environment: kept
+    ]
+    kept = filter_trajectories(sampled, threshold=1.0, existing=expert)
+    assert [(t.env, t.instruction_id, t.turns[0].text) for t in kept] == [
+        ("craft", 2, "Thought: b. Action: get coal"), ("craft", 2, "Thought: c. Action: get coal"),
+        ("shop", 2, "Thought: b. Action: get coal")]
+    assert all(t.reward >= 1.0 for t in kept)
+    lower = filter_trajectories(sampled, threshold=0.5)  # the partial purchase passes a lower bar, and
+    assert [t.reward for t in lower] == [1.0, 1.0, 1.0, 0.75]  # its twin with the same turns is a duplicate
+
+
+def test_environment_turns_contribute_zero_loss():
+    tokenizer = agent_tokenizer()
+    trajectory = expert_trajectory("grid", 5)
+    segments = encode_conversation(tokenizer, trajectory)
+    idx, targets = align.sft_turns_batch([segments])
+    # the targets are exactly the agent's turns, each closed by <eos>
+    agent_tokens = [t for ids, is_agent in segments if is_agent for t in ids]
+    assert [t for t in targets[0].tolist() if t != -100] == agent_tokens
+    assert agent_tokens.count(tokenizer.eos_id) == len(trajectory.turns)
+    # so changing an observation (context) leaves every target unchanged, and its tokens get no gradient
+    model = initial_model(AgentModelConfig(d_model=16, n_layers=1, n_heads=2), tokenizer.vocab_size, 0)
+    logits = model(idx).detach().requires_grad_(True)
+    loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
+    loss.backward()
+    observation_rows = targets[0] == -100
+    assert observation_rows.sum() > len(trajectory.first_observation.split())
+    assert torch.count_nonzero(logits.grad[0][observation_rows]) == 0
+
+
+def test_initial_weights_are_the_same_for_every_run_of_a_seed():
+    config = AgentModelConfig(d_model=16, n_layers=1, n_heads=2)
+    a, b, c = (initial_model(config, 50, s) for s in (3, 3, 4))
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert not torch.equal(a.token_embedding.weight, c.token_embedding.weight)
+
+
+def test_behavioural_cloning_learns_the_expert_turns():
+    tokenizer = agent_tokenizer()
+    data = [expert_trajectory("shop", i) for i in range(8)]
+    base = initial_model(AgentModelConfig(context_length=64, d_model=16, n_layers=1, n_heads=2),
+                         tokenizer.vocab_size, 0)
+    before = [p.clone() for p in base.parameters()]
+    config = TrainConfig(steps=30, batch_size=8, lr=2e-2, warmup_steps=3, eval_every=10, seed=0)
+    with cpu_threads(1):
+        model, history = train_agent(data, tokenizer, base, config, validation=data[:4])
+    held_out = [encode_conversation(tokenizer, t) for t in data[:4]]
+    assert history.evals[-1]["val_loss"] < 0.5 * conversation_loss(base, held_out)
+    assert all(torch.equal(a, b) for a, b in zip(before, base.parameters()))  # the base model is untouched
+    with pytest.raises(ValueError, match="at least one trajectory"):
+        train_agent([], tokenizer, base, config)
+
+
+Config = experiments.AgentGymConfig
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: Config(n_base=50, n_large=40), r"AgentGymConfig.n_base must be at most n_large"),
+    (lambda: Config(n_test=10_000), r"AgentGymConfig.n_test must be at most \d+"),
+    (lambda: Config(envs=("chess",)), "AgentGymConfig.envs must be a tuple of known"),
+    (lambda: Config(temperature=0.0), "AgentGymConfig.temperature must be a finite number > 0"),
+    (lambda: Config(seeds=(1, 1)), "AgentGymConfig.seeds must be distinct"),
+    (lambda: Config(iterations=0), "AgentGymConfig.iterations must be a positive integer"),
+    (lambda: Config(envs=("craft",)), "AgentGymConfig.pretrain must be pretrained on"),
+    (lambda: PretrainConfig(episodes_per_instruction=0), "PretrainConfig.episodes_per_instruction"),
+    (lambda: AgentModelConfig(d_model=30, n_heads=4), "AgentModelConfig.n_heads must be a divisor"),
+    (lambda: experiments.ChecksConfig(load_steps=0), "ChecksConfig.load_steps"),
+])
+def test_configs_reject_bad_values_naming_the_field(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_agentevol_chain_runs_end_to_end_on_a_tiny_setting(tmp_path, monkeypatch):
+    monkeypatch.setenv("PAPERLAB_CACHE", str(tmp_path))
+    tiny = TrainConfig(steps=6, batch_size=4, lr=3e-3, warmup_steps=1, eval_every=2, seed=0)
+    config = dataclasses.replace(
+        experiments.CONFIGS["fast"], envs=("shop",), n_base=4, n_large=8, n_val=4, n_test=4, iterations=1,
+        pretrain=PretrainConfig(envs=("shop",), episodes_per_instruction=1, train=tiny,
+                                model=AgentModelConfig(160, d_model=16, n_layers=1, n_heads=2)),
+        train=tiny, seeds=(0,))
+    with cpu_threads(1):
+        chain = experiments.run_job("agentevol", 0, config)
+    assert [m["name"] for m in chain["models"]] == ["BC_base", "AgentEvol 1"]
+    assert len(chain["models"][0]["success"]["shop"]) == 4
+    explored = chain["exploration"][0]
+    assert len(explored["explored"]["shop"]) == 8
+    assert explored["kept"]["shop"] <= sum(explored["explored"]["shop"])
+    assert chain["models"][1]["n_trajectories"] == 4 + explored["kept"]["shop"]
+    model = experiments.load_agent(config, 0, "AgentEvol 1")  # from the cache, no training
+    assert model.config.d_model == 16
+    with pytest.raises(ValueError, match="no model"):
+        experiments.load_agent(config, 0, "AgentEvol 7")
+
+
+def test_pretraining_corpus_is_random_play_and_every_token_is_a_target():
+    config = PretrainConfig(envs=("craft", "shop"), episodes_per_instruction=1)
+    transcripts = corpus(config)
+    assert len(transcripts) == 400 + 400
+    assert all(turn.text == f"Action: {turn.action}" for t in transcripts for turn in t.turns)  # no thoughts
+    assert corpus(config)[7].to_dict() == transcripts[7].to_dict()  # seeded
+    rate = sum(t.success for t in transcripts if t.env == "shop") / 400
+    assert 0 < rate < 0.5  # a random buyer sometimes gets it right, by chance
+    tokenizer = agent_tokenizer()
+    ((ids, trainable),) = encode_transcript(tokenizer, transcripts[0])
+    assert trainable and ids[0] == tokenizer.bos_id and tokenizer.unk_id not in ids
+    assert tokenizer.decode(ids) == transcripts[0].prompt().replace(" <eos>", "")
