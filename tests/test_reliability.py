@@ -403,3 +403,15 @@ def test_mqar_needs_at_least_one_pair():
 
     with pytest.raises(ValueError, match="n_pairs must be a positive integer, got 0"):
         mqar_batch(2, 0, 0, 32, torch.Generator())
+
+
+@pytest.mark.parametrize("side", ["source", "decoder_input"])
+def test_seq2seq_rejects_an_empty_sentence_in_one_line(side):
+    from paperlab.nllb.model import ModelConfig, Seq2Seq
+
+    model = Seq2Seq(ModelConfig(vocab_size=50))
+    sentence = torch.ones(1, 3, dtype=torch.long)
+    inputs = {"source": sentence, "decoder_input": sentence}
+    inputs[side] = torch.zeros(1, 0, dtype=torch.long)
+    with pytest.raises(ValueError, match=f"{side} has no tokens"):
+        model(**inputs)

@@ -425,6 +425,9 @@ class Seq2Seq(nn.Module):
         if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.dtype.is_floating_point:
             shape = getattr(ids, "shape", ids)
             raise ValueError(f"{name} must be a (batch, seq) integer tensor, got {shape}")
+        if ids.shape[1] == 0:
+            raise ValueError(f"{name} has no tokens (shape {tuple(ids.shape)}); give at least one token per "
+                             "sentence")
         if ids.shape[1] > self.config.max_len + 1:
             raise ValueError(
                 f"{name} has {ids.shape[1]} tokens, more than max_len + 1 = {self.config.max_len + 1}"
