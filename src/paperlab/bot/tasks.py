@@ -32,6 +32,7 @@ The families and their answers:
 
 from __future__ import annotations
 
+import abc
 import ast
 import functools
 import itertools
@@ -114,21 +115,23 @@ def _join_list(items: Sequence[str]) -> str:
     return items[0] if len(items) == 1 else " , ".join(items[:-1]) + " and " + items[-1]
 
 
-class Family:
-    """A task family (see the module docstring). Subclasses define the data, this class the interface."""
+class Family(abc.ABC):
+    """A task family (see the module docstring). Subclasses define the data, this class the interface;
+    each subclass implements the six abstract methods."""
 
     name: str = ""
     param_names: tuple[str, ...] = ()
     phrasings: tuple[Phrasing, ...] = ()
 
     # ---------------------------------------------------------------- generation
+    @abc.abstractmethod
     def generate(self, n: int, seed: int) -> list[Problem]:
-        raise NotImplementedError
+        """``n`` problems drawn reproducibly from ``seed``."""
 
     # ---------------------------------------------------------------- statements
+    @abc.abstractmethod
     def fields(self, problem: Problem) -> dict[str, str]:
         """The problem's parameters rendered for a statement (``{numbers}``, ``{words}``, ...)."""
-        raise NotImplementedError
 
     def statement(self, problem: Problem, phrasing: int = 0) -> str:
         return self.phrasings[phrasing].statement.format(**self.fields(problem))
@@ -141,8 +144,9 @@ class Family:
     def format_params(self, params: dict) -> str:
         return " ; ".join(f"{name} : {self._format_value(name, params[name])}" for name in self.param_names)
 
+    @abc.abstractmethod
     def _format_value(self, name: str, value) -> str:
-        raise NotImplementedError
+        """Parameter ``name``'s value as the text a statement and a distilled problem show."""
 
     def parse_params(self, text: str) -> dict:
         """The parameters written in ``text`` (``"numbers : 4 7 8 8"`` or ``"numbers: 4, 7, 8, 8"``),
@@ -155,8 +159,9 @@ class Family:
             params[name] = self.parse_value(name, found[name])
         return params
 
+    @abc.abstractmethod
     def parse_value(self, name: str, text: str):
-        raise NotImplementedError
+        """Parameter ``name`` read back from ``text``; a ValueError names what is malformed."""
 
     def validate(self, params: dict) -> dict:
         """``params`` checked and normalised (the types a template's program expects)."""
@@ -169,13 +174,13 @@ class Family:
         return self.parse_value(name, self._format_value(name, value))
 
     # ---------------------------------------------------------------- answers
+    @abc.abstractmethod
     def why_wrong(self, problem: Problem, answer: str | None) -> str | None:
         """None if ``answer`` is correct, else the reason it is not."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def cot(self, problem: Problem) -> str | None:
         """Worked steps ending in ``answer : ...`` (None when the family has none for this problem)."""
-        raise NotImplementedError
 
 
 def _key_values(text: str) -> dict[str, str]:
