@@ -6,9 +6,6 @@ wrong parameter values until it is shown the error)."""
 from __future__ import annotations
 
 import re
-import socket
-import threading
-import time
 
 import pytest
 from fastapi import FastAPI, Request
@@ -74,24 +71,11 @@ def _app():
 
 
 @pytest.fixture(scope="module")
-def server():
-    uvicorn = pytest.importorskip("uvicorn")
+def server(serve_app):
+    """The fake server on 127.0.0.1 (a free port, in a thread): its base URL and its state."""
     app, state = _app()
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    instance = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error",
-                                             timeout_graceful_shutdown=1))
-    thread = threading.Thread(target=instance.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not instance.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            pytest.fail("the fake server did not start within 10 s")
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}/v1", state
-    instance.should_exit = True
-    thread.join(timeout=10)
+    with serve_app(app) as url:
+        yield f"{url}/v1", state
 
 
 def _client(server, model="competent"):
