@@ -177,3 +177,24 @@ def test_empty_sequence_gives_an_empty_output_and_the_initial_state(kind, device
     assert y.shape == x.shape and y.dtype == x.dtype
     expected = h0 if with_h0 else torch.zeros_like(h0)
     torch.testing.assert_close(h.to(expected.dtype), expected)
+
+
+@pytest.mark.skipif(not _dispatch.HAS_NUMBA, reason="needs numba")
+def test_numba_chunked_keeps_blas_to_one_thread_inside_prange(capfd):
+    """At d_state = 256 the matmuls inside the kernel are large enough for OpenBLAS to start its own
+    threads inside Numba's parallel loop (nested pools: OpenBLAS warns "Detect OpenMP Loop" and the call
+    ran 22x slower). The kernel limits BLAS to one thread for the call and restores it afterwards."""
+    from threadpoolctl import threadpool_info
+
+    def blas_threads():
+        return sorted((d["filepath"], d["num_threads"]) for d in threadpool_info() if d["user_api"] == "blas")
+
+    inputs = _inputs("cpu", batch=1, seqlen=256, nheads=4, headdim=16, ngroups=1, d_state=256)
+    K.ssd_chunked_numba(*inputs, chunk_size=64)  # compiles, loads SciPy's BLAS
+    before = blas_threads()
+    capfd.readouterr()
+    y, _ = K.ssd_chunked_numba(*inputs, chunk_size=64)
+    assert "Detect OpenMP Loop" not in capfd.readouterr().err
+    assert blas_threads() == before
+    ref, _ = K.ssd_chunked_reference(*inputs, chunk_size=64)
+    torch.testing.assert_close(y, ref, rtol=1e-4, atol=1e-4)

@@ -525,6 +525,27 @@ def _numba_run(kernel, x, dt, A, B, C, D, initial_state, extra):
     return y.to(x.dtype), hT
 
 
+_BLAS_CONTROLLER = None
+
+
+def _one_blas_thread():
+    """A context in which the BLAS that Numba's ``np.dot`` calls (SciPy's OpenBLAS) runs on one thread.
+
+    The chunked kernel already spreads its (batch, head) pairs over every core with ``prange``; when a
+    matmul inside it is large enough for OpenBLAS to start its own threads (``d_state`` = 256 at a chunk
+    of 64), the two thread pools fight for the cores (OpenBLAS prints "Detect OpenMP Loop and this
+    application may hang") and the call became 22x slower than at ``d_state`` = 64 (16 ms against 0.7 ms
+    at T = 1024 on 2 cores). Inside the kernel each matmul is small, so one BLAS thread per ``prange``
+    worker is the right split. The controller (which finds the loaded BLAS libraries) is made once."""
+    global _BLAS_CONTROLLER
+    if _BLAS_CONTROLLER is None:
+        import scipy.linalg.cython_blas  # noqa: F401  (loads the BLAS that Numba's np.dot calls)
+        from threadpoolctl import ThreadpoolController
+
+        _BLAS_CONTROLLER = ThreadpoolController()
+    return _BLAS_CONTROLLER.limit(limits=1, user_api="blas")
+
+
 def _chunked_numba_forward(x, dt, A, B, C, D, initial_state, chunk_size):
     batch, seqlen = x.shape[:2]
     ngroups = B.shape[2]
@@ -534,9 +555,10 @@ def _chunked_numba_forward(x, dt, A, B, C, D, initial_state, chunk_size):
               for t in (B, C))
     n_chunks = -(-seqlen // chunk_size)
     CB = np.empty((batch, ngroups, n_chunks, chunk_size, chunk_size), dtype=Bg.dtype)
-    if CB.size:
-        _chunk_scores_numba_kernel(Bg, Cg, chunk_size, CB)
-    return _numba_run(_chunked_numba_kernel, x, dt, A, Bg, Cg, D, initial_state, (chunk_size, CB))
+    with _one_blas_thread():
+        if CB.size:
+            _chunk_scores_numba_kernel(Bg, Cg, chunk_size, CB)
+        return _numba_run(_chunked_numba_kernel, x, dt, A, Bg, Cg, D, initial_state, (chunk_size, CB))
 
 
 def _scan_numba_forward(x, dt, A, B, C, D, initial_state, chunk_size):
