@@ -61,7 +61,7 @@ def test_world_structure():
     assert len({len(v) for v in world.test.values()}) == 1
     assert len(world.pairs("amu", D.HUB)) == SMALL_WORLD.n_low
     with pytest.raises(ValueError, match="zero-shot"):
-        world.pairs(*D.ZERO_SHOT[0])
+        world.pairs("ara", "bel")
     # one meaning, rendered: plural and tense morphology appear as suffixes
     meaning = D.Meaning("dog", "pl", None, "see", "past", "cat", "sg", "red")
     text = langs["ara"].render(meaning)
@@ -271,3 +271,85 @@ def test_low_resource_noise_misaligns_a_fixed_fraction():
     assert clean.train[("ara", D.HUB)] == noisy.train[("ara", D.HUB)]  # high-resource pairs stay clean
     with pytest.raises(ValueError, match="low_noise"):
         D.WorldConfig(low_noise=1.0)
+
+
+# ------------------------------------------------------------------------ evaluation capacity, curriculum
+def test_evaluation_drops_nothing_and_a_sentence_does_not_depend_on_its_batch():
+    layer = _moe(n_experts=4).eval()
+    with torch.no_grad():  # every token prefers expert 0: the worst case for a capacity
+        layer.gate.weight.zero_()
+        layer.gate.weight[0] = 5.0
+    x = torch.randn(50, 8).abs()
+    y, _ = layer(x)
+    assert layer.last["capacity"] == 50 and layer.last["dropped"] == 0.0  # C = S in evaluation
+    alone, _ = layer(x[:1])
+    assert torch.allclose(alone[0], y[0], atol=1e-6)
+    layer.train()  # training keeps the capacity C = ceil(f k S / E) and drops the overflow
+    layer(x)
+    assert layer.last["capacity"] == moe.capacity_for(50, 4, 2, 1.0) and layer.last["dropped"] > 0
+    with pytest.raises(ValueError, match="eval_capacity_token_fraction"):
+        MoEFFN(8, 6, 4, eval_capacity_token_fraction=1.5)
+    # the whole model: a sentence's translation is the same alone and in a batch of others
+    translator = _translator("moe")
+    world = D.make_world(SMALL_WORLD)
+    batch = translator.translate(world.test["ara"][:6], "ara", "pax", return_ids=True, max_new=6)
+    alone = translator.translate(world.test["ara"][2:3], "ara", "pax", return_ids=True, max_new=6)
+    assert alone[0] == batch[2]
+
+
+def test_curriculum_holds_low_resource_directions_back_until_its_step():
+    from paperlab.nllb.train import _direction_sampler
+
+    run = RunConfig(world=SMALL_WORLD, curriculum_step=10,
+                    train=dataclasses.replace(NLLB_TRAIN, steps=20, batch_size=64, warmup_steps=2))
+    translator = _translator()
+    world = D.make_world(SMALL_WORLD)
+    data = [encode_pairs(translator, world.pairs(*d), d) for d in run.directions]
+    get_batch = _direction_sampler(run, data, run.directions, translator.tokenizer.pad_id)
+    low_tags = {translator.tag_id(x) for x in D.LOW}
+
+    def low_share(step):
+        src, dec, _ = get_batch(step, 0, 1)
+        tags = zip(src[:, 0].tolist(), dec[:, 1].tolist())  # source tag, target tag
+        return sum(int(s in low_tags or d in low_tags) for s, d in tags)
+
+    assert all(low_share(step) == 0 for step in range(1, 11))
+    assert sum(low_share(step) for step in range(11, 21)) > 0
+    with pytest.raises(ValueError, match="curriculum_step"):
+        RunConfig(curriculum_step=NLLB_TRAIN.steps)
+
+
+def test_zero_shot_null_and_untrained_routing_are_recorded():
+    run = RunConfig(world=SMALL_WORLD, d_model=32, d_hidden=64, n_heads=2, ffn="moe", n_experts=4,
+                    train=dataclasses.replace(NLLB_TRAIN, steps=2, batch_size=4, warmup_steps=1,
+                                              eval_every=1))
+    _, _, record = train_run(run)
+    assert D.zero_shot_directions(("ara", "amu")) == [("ara", "amu"), ("amu", "ara")]
+    for a, b in D.zero_shot_directions(run.languages):
+        entry = record["test"][f"{a}-{b}"]
+        assert entry["zero_shot"] and entry["shifted_loss"] > 0 and entry["loss"] > 0
+    assert "shifted_loss" not in record["test"]["ara-pax"]
+    layers = {"encoder.1", "decoder.1"}
+    assert set(record["routing_untrained"]["usage"]) == set(record["routing"]["usage"]) == layers
+    assert record["routing"]["eval_dropped"] == {"encoder.1": 0.0, "decoder.1": 0.0}  # C = S in evaluation
+
+
+def test_language_similarity_and_onset(monkeypatch):
+    from paperlab.nllb import experiments as E
+
+    alike = {"ara": [0.5, 0.5], "amu": [0.5, 0.5], "pax": [0.5, 0.5]}
+    assert E.language_similarity(alike) == pytest.approx(1.0)
+    assert E.language_similarity({"ara": [1.0, 0.0], "amu": [0.0, 1.0]}) == 0.0  # disjoint experts
+
+    config = E.EXPERIMENT.config("fast")
+    low = E.low_directions(config)
+    shapes = {0: [3.0, 2.0, 1.0, 1.5], 1: [3.0, 1.8, 1.2, 1.4], 2: [3.0, 2.2, 0.9, 1.6]}  # minimum at step 30
+
+    def fake_record(config, name, seed=None):
+        return {"history": {"evals": [{"step": 10 * (i + 1), **{f"val/{d}": v for d in low}}
+                                      for i, v in enumerate(shapes[seed])]}}
+
+    monkeypatch.setattr(E, "record", fake_record)
+    config = dataclasses.replace(config, seeds=(0, 1, 2), train=dataclasses.replace(config.train, steps=40))
+    found = E.onset(config)
+    assert found["onset_step"] == 30 and found["curriculum_step"] == 10

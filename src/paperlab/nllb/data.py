@@ -35,9 +35,9 @@ two **low-resource** languages, each related to one high-resource language, have
 uses both directions of every pair. Low-resource pairs are also **noisy**: a fraction ``low_noise`` of
 them is misaligned (the hub sentence expresses another meaning), as mined web bitext for low-resource
 languages often is; this is what a model with spare capacity can memorise. Directions between two
-non-hub languages never occur in training: they are **zero-shot** (:data:`ZERO_SHOT`). Validation and
-test sets are multi-way parallel: one set of meanings (disjoint from all training meanings) rendered in
-every language, so any direction has one.
+non-hub languages never occur in training: they are **zero-shot** (:func:`zero_shot_directions`).
+Validation and test sets are multi-way parallel: one set of meanings (disjoint from all training
+meanings) rendered in every language, so any direction has one.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ __all__ = [
     "HUB",
     "HIGH",
     "LOW",
-    "ZERO_SHOT",
+    "zero_shot_directions",
     "Meaning",
     "Language",
     "WorldConfig",
@@ -138,8 +138,6 @@ LANGUAGES: dict[str, dict] = {
 HUB = "pax"
 HIGH = ("ara", "bel")
 LOW = ("amu", "bry")
-ZERO_SHOT = (("ara", "bel"), ("bel", "ara"))
-"""Directions evaluated but never trained on (no pair without the hub is in the training data)."""
 
 
 @dataclass(frozen=True)
@@ -315,6 +313,13 @@ def check_languages(languages) -> tuple[str, ...]:
     if len(set(languages)) != len(languages):
         raise ValueError(f"languages must be distinct, got {languages!r}")
     return tuple(languages)
+
+
+def zero_shot_directions(languages: tuple[str, ...]) -> list[tuple[str, str]]:
+    """The directions between two of ``languages`` (non-hub): never in the training data, which pairs
+    every language with the hub only."""
+    languages = check_languages(languages)
+    return [(a, b) for a in languages for b in languages if a != b]
 
 
 def train_directions(languages: tuple[str, ...] | None = None) -> list[tuple[str, str]]:

@@ -39,10 +39,11 @@ def gate_probabilities(translator: Translator,
                    for i, code in enumerate(sentences)} for name, value in logits.items()}
 
 
-def routing_explorer(translator: Translator, world: World, *, language: str | None = None) -> Explorer:
+def routing_explorer(translator: Translator, world: World, *, language: str | None = None,
+                     languages: tuple[str, ...] | None = None) -> Explorer:
     """Controls: the ``sentence`` (a meaning of the multi-way test set, the same in every language), the
-    ``language`` it is read in (first shown: ``language``, default the first language after the hub), and
-    the encoder MoE ``layer``.
+    ``language`` it is read in (one of ``languages``, default every language of the world; first shown:
+    ``language``, default the first one after the hub), and the encoder MoE ``layer``.
 
     Left, the gate's probability of each expert for each token of the sentence in that language, the
     first choice (e1) and second choice (e2, in evaluation the next most likely) marked; right, for the
@@ -53,7 +54,10 @@ def routing_explorer(translator: Translator, world: World, *, language: str | No
     layers = [name for name in translator.model.moe_layers() if name.startswith("encoder")]
     if not layers:
         raise ValueError("routing_explorer needs a model with an encoder MoE layer (ffn='moe' or 'cmoe')")
-    languages = [code for code in LANGUAGES if code in world.test]
+    wanted = LANGUAGES if languages is None else languages
+    languages = [code for code in LANGUAGES if code in world.test and code in wanted]
+    if language is not None and language not in languages:
+        raise ValueError(f"language {language!r} is not one of the explorer's languages {languages}")
     n_experts = translator.model.config.n_experts
     tokenizer = translator.tokenizer
 

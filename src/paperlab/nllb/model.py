@@ -1,8 +1,10 @@
 r"""An encoder-decoder transformer for many languages, with dense, sparsely gated MoE and conditional MoE
 feed-forward layers (NLLB Team, 2024; fairseq ``modules/moe/top2gate.py`` and ``moe_layer.py``).
 
-Layout (pre-norm, no biases, RoPE on self-attention, one embedding matrix shared by encoder, decoder and
-output layer)::
+Layout (pre-norm, no biases, one embedding matrix shared by encoder, decoder and output layer). Positions
+enter twice: a learned absolute position embedding is added to the token embeddings of both stacks, and
+rotary embeddings (RoPE) rotate queries and keys in the self-attention layers (cross-attention has none);
+NLLB's transformer uses sinusoidal absolute positions only::
 
     source = [<2src>, x_1 .. x_n, <eos>]            -> encoder (bidirectional self-attention + FFN) x L
     decoder input  = [<bos>, <2tgt>, y_1 .. y_m]    -> decoder (causal self-attn + cross-attn + FFN) x L
@@ -17,9 +19,10 @@ token ``x`` with gate logits ``s = W_g x`` and probabilities ``p = softmax(s)`` 
 
 - expert 1: ``e_1 = argmax_e p_e``; expert 2 (top-2 gating): ``e_2 = argmax_{e != e_1} (s_e + G_e)`` with
   Gumbel noise ``G_e`` in training (sampling the second expert in proportion to ``p``), without in eval;
-- capacity: each expert processes at most ``C = ceil(f k S / E)`` tokens of a batch of ``S`` real tokens
-  (capacity factor ``f``; ``f = 1``, ``k = 2`` is fairseq's ``2 ceil(S/E)``); first choices take slots
-  before second choices; a choice over capacity is **dropped** (the token keeps only its residual);
+- capacity: in training each expert processes at most ``C = ceil(f k S / E)`` tokens of a batch of ``S``
+  real tokens (capacity factor ``f``; ``f = 1``, ``k = 2`` is fairseq's ``2 ceil(S/E)``); first choices take
+  slots before second choices; a choice over capacity is **dropped** (the token keeps only its residual).
+  In evaluation ``C = ceil(fraction S)`` with fraction 1 by default, as in NLLB: nothing is dropped;
 - output: ``y = g_1 FFN_{e_1}(x) + g_2 FFN_{e_2}(x)``, ``g_j = p_{e_j} / (p_{e_1} + p_{e_2})`` over the kept
   choices;
 - load balancing: ``l_aux = E^2 * mean_e(me_e * ce_e)``, ``me_e`` the mean gate probability of expert ``e``
@@ -70,7 +73,9 @@ class ModelConfig:
     ffn: ``"dense"`` (SwiGLU everywhere), ``"moe"`` or ``"cmoe"`` in every ``moe_every``-th layer of each
     stack (layer ``i`` with ``(i + 1) % moe_every == 0``). Each expert has ``expert_hidden`` units (default
     ``d_hidden // 2``: with top-2 routing a token then uses as many FFN weights as in the dense model, the
-    "same active parameters" comparison). capacity_factor ``f`` in training, eval_capacity_factor in eval.
+    "same active parameters" comparison). capacity_factor ``f`` sets the training capacity;
+    eval_capacity_token_fraction the evaluation capacity as a fraction of the batch's real tokens (fairseq's
+    ``moe_eval_capacity_token_fraction``; 1.0, NLLB's choice, drops nothing).
     aux_weight: weight of ``l_aux``; eom_p: expert output masking probability; cmoe_budget/cmoe_weight: the
     CMoE budget target and the weight of its loss. label_smoothing of the cross-entropy.
     """
@@ -88,7 +93,7 @@ class ModelConfig:
     n_experts: int = 8
     expert_hidden: int | None = None
     capacity_factor: float = 1.0
-    eval_capacity_factor: float = 2.0
+    eval_capacity_token_fraction: float = 1.0
     gumbel_second: bool = True
     aux_weight: float = 0.01
     eom_p: float = 0.0
@@ -108,7 +113,8 @@ class ModelConfig:
                    f"such that d_model / n_heads is an even integer (d_model = {self.d_model})")
         check_numbers(self, "eom_p", "dropout", low=0, high=1, open_high=True)
         check_numbers(self, "label_smoothing", low=0, high=1, open_high=True)
-        check_numbers(self, "capacity_factor", "eval_capacity_factor", low=0, open_low=True)
+        check_numbers(self, "capacity_factor", low=0, open_low=True)
+        check_numbers(self, "eval_capacity_token_fraction", low=0, high=1, open_low=True)
         check_numbers(self, "aux_weight", "cmoe_weight", low=0)
         check_numbers(self, "cmoe_budget", low=0, high=1)
         check_flags(self, "gumbel_second")
@@ -184,7 +190,7 @@ class MoEFFN(nn.Module):
         n_experts: int,
         *,
         capacity_factor: float = 1.0,
-        eval_capacity_factor: float = 2.0,
+        eval_capacity_token_fraction: float = 1.0,
         gumbel_second: bool = True,
         eom_p: float = 0.0,
         dropout: float = 0.0,
@@ -194,7 +200,11 @@ class MoEFFN(nn.Module):
             if not is_int(value) or value < 1:
                 raise ValueError(f"MoEFFN {name} must be a positive integer, got {value!r}")
         self.n_experts, self.k = n_experts, min(2, n_experts)  # one expert: top-1 (ModelConfig needs >= 2)
-        self.capacity_factor, self.eval_capacity_factor = capacity_factor, eval_capacity_factor
+        if not 0 < eval_capacity_token_fraction <= 1:
+            raise ValueError(f"MoEFFN eval_capacity_token_fraction must be in (0, 1], got "
+                             f"{eval_capacity_token_fraction!r}")
+        self.capacity_factor = capacity_factor
+        self.eval_capacity_token_fraction = eval_capacity_token_fraction
         self.gumbel_second, self.eom_p = gumbel_second, eom_p
         self.gate = nn.Linear(d_model, n_experts, bias=False)  # W_g
         self.w_gate = nn.Parameter(torch.randn(n_experts, d_model, hidden) * 0.02)
@@ -213,6 +223,19 @@ class MoEFFN(nn.Module):
             self.w_down[e].copy_(ffn.down.weight.t())
         return self
 
+    def capacity(self, n_tokens: int) -> int:
+        """Rows per expert buffer for a batch of ``n_tokens`` real tokens.
+
+        Training: ``C = ceil(f k S / E)`` (``f = 1``, ``k = 2``: fairseq's ``2 ceil(S / E)``); choices past it
+        are dropped. Evaluation: ``C = ceil(fraction * S)``; with fraction 1 (NLLB) an expert can take every
+        token of the batch, so nothing is dropped and a sentence's output does not depend on its batch.
+        (:meth:`route` then sizes the buffers to the busiest expert's load, at most ``C``: the same result
+        without ``E S`` mostly empty rows.)
+        """
+        if self.training:
+            return moe.capacity_for(n_tokens, self.n_experts, self.k, self.capacity_factor)
+        return max(1, math.ceil(self.eval_capacity_token_fraction * n_tokens))
+
     def route(self, x: torch.Tensor, valid: torch.Tensor):
         """Top-k gating: (expert_index (T, k), gate weights (T, k) over kept choices, slot (T, k),
         capacity, l_aux, probabilities (T, E))."""
@@ -229,8 +252,10 @@ class MoEFFN(nn.Module):
         else:
             expert_index = first[:, None]
         n_real = int(valid.sum())  # S: padding is never routed
-        factor = self.capacity_factor if self.training else self.eval_capacity_factor
-        capacity = moe.capacity_for(n_real, self.n_experts, self.k, factor)  # C = ceil(f k S / E)
+        capacity = self.capacity(n_real)  # training: C = ceil(f k S / E); evaluation: ceil(fraction S)
+        if not self.training:  # the busiest expert's load is all a buffer needs: the same outputs as C rows
+            load = torch.bincount(expert_index[valid].flatten(), minlength=self.n_experts)
+            capacity = min(capacity, max(1, int(load.max())))
         slot = moe.assign_slots(expert_index, self.n_experts, capacity, valid=valid)  # -1: dropped
         kept = (slot >= 0).to(probs.dtype)
         gate = probs.gather(1, expert_index) * kept  # p_{e_j} of the kept choices
@@ -317,7 +342,7 @@ class FFN(nn.Module):
             config.hidden_per_expert,
             config.n_experts,
             capacity_factor=config.capacity_factor,
-            eval_capacity_factor=config.eval_capacity_factor,
+            eval_capacity_token_fraction=config.eval_capacity_token_fraction,
             gumbel_second=config.gumbel_second,
             eom_p=config.eom_p,
             dropout=config.dropout,

@@ -8,11 +8,12 @@ the cache key of :func:`run_cached`. A run:
 2. trains with :func:`paperlab.train.train`; each batch draws its examples' directions with
    **temperature sampling** (``P(direction d) ~ n_d^(1/T)``, which up-samples low-resource pairs as in
    NLLB and so makes them repeat for many epochs) and, with a **curriculum**, gives low-resource
-   directions probability 0 until ``curriculum_start * steps``;
-3. records the validation loss per direction every ``eval_every`` steps, the MoE routing statistics
-   (``l_aux``, dropped fraction) every step, and finally chrF++ and BLEU (sacrebleu) of greedy
-   translations of every direction's test set, zero-shot directions included, plus the expert usage per
-   language (:func:`routing_by_language`).
+   directions probability 0 until step ``curriculum_step``;
+3. records the validation loss per direction every ``eval_every`` steps and the MoE routing statistics
+   (``l_aux``, dropped fraction) every step; then, at the checkpoint it keeps (``select``), the test loss
+   of every direction (zero-shot directions included, with a null: the same sources against shifted
+   references), chrF++ and BLEU (sacrebleu) of greedy translations, and the expert usage per language
+   (:func:`routing_by_language`) of the trained model and of the same model before training.
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ from paperlab.nllb.data import (
     HUB,
     LANGUAGES,
     LOW,
-    ZERO_SHOT,
     WorldConfig,
     build_tokenizer,
     check_languages,
@@ -40,11 +40,12 @@ from paperlab.nllb.data import (
     make_world,
     tag,
     train_directions,
+    zero_shot_directions,
 )
 from paperlab.nllb.model import ModelConfig, Seq2Seq, beam_search, greedy_decode
 from paperlab.tokenizers import SPECIAL_TOKENS
 from paperlab.train import TrainConfig, TrainResult, batch_generator, train
-from paperlab.utils import cpu_threads
+from paperlab.utils import cpu_threads, parallel_map
 
 __all__ = [
     "NLLB_TRAIN",
@@ -79,9 +80,12 @@ class RunConfig:
     languages: the non-hub languages whose pairs with the hub are trained on (both directions); a
     bilingual baseline names one. Architecture: see :class:`paperlab.nllb.model.ModelConfig`.
     train: the schedule (:data:`NLLB_TRAIN`); temperature ``T`` of the direction sampling;
-    curriculum_start: fraction of the steps before low-resource directions are sampled (0 = none);
+    dropout: on attention outputs, FFN hidden units and embeddings (NLLB: 0.3 for its MoE models);
+    label_smoothing of the training cross-entropy (NLLB: 0.1);
+    curriculum_step: low-resource directions are sampled only after this step (0 = from the start);
     select: ``"last"`` checkpoint or ``"best"`` (lowest mean validation loss over the trained
-    directions, used for bilingual baselines); test_zero_shot: also score :data:`ZERO_SHOT` directions.
+    directions, used for bilingual baselines); test_zero_shot: also score the directions between two
+    trained non-hub languages (:func:`paperlab.nllb.data.zero_shot_directions`).
     """
 
     world: WorldConfig = WorldConfig()
@@ -92,13 +96,14 @@ class RunConfig:
     n_layers: int = 2
     d_hidden: int = 128
     dropout: float = 0.0
+    label_smoothing: float = 0.1
     ffn: str = "dense"
     n_experts: int = 8
     capacity_factor: float = 1.0
     eom_p: float = 0.0
     train: TrainConfig = NLLB_TRAIN
     temperature: float = 5.0
-    curriculum_start: float = 0.0
+    curriculum_step: int = 0
     select: str = "last"
     test_zero_shot: bool = True
 
@@ -111,7 +116,7 @@ class RunConfig:
         check_type(self, "train", TrainConfig)  # TrainConfig checks its own fields
         check_ints(self, "max_len", "d_model", "n_heads", "n_layers", "d_hidden", "n_experts")
         check_numbers(self, "temperature", "capacity_factor", low=0, open_low=True)
-        check_numbers(self, "curriculum_start", low=0, high=1, open_high=True)
+        check_ints(self, "curriculum_step", low=0, high=self.train.steps - 1)
         check_choice(self, "select", ("last", "best"))
         check_flags(self, "test_zero_shot")
         try:  # dropout, ffn, eom_p, heads, experts: the model's own rules (the vocabulary comes later)
@@ -129,6 +134,7 @@ class RunConfig:
             n_decoder_layers=self.n_layers,
             d_hidden=self.d_hidden,
             dropout=self.dropout,
+            label_smoothing=self.label_smoothing,
             ffn=self.ffn,
             n_experts=self.n_experts,
             capacity_factor=self.capacity_factor,
@@ -331,11 +337,14 @@ def _train_run(run: RunConfig, device) -> tuple[Seq2Seq, Translator, dict]:
     test = _test_scores(run, translator, world, directions)
     model.cpu()
     translator.model = model
+    untrained = build_model(run, tokenizer.vocab_size)  # the same initial weights (same seed), never trained
     return model, translator, {
         "history": result.to_dict(),
         "moe_log": moe_log.record,
         "test": test,
         "routing": routing_by_language(model, translator, world, run.languages),
+        "routing_untrained": routing_by_language(untrained, Translator(untrained, tokenizer), world,
+                                                 run.languages),
         "best_step": best_step,
         "parameters": sum(p.numel() for p in model.parameters()),
         "directions": [_name(d) for d in directions],
@@ -346,14 +355,14 @@ def _train_run(run: RunConfig, device) -> tuple[Seq2Seq, Translator, dict]:
 def _direction_sampler(run: RunConfig, data: list[tuple[torch.Tensor, ...]], directions: list, pad_id: int):
     """``get_batch(step, rank, world_size)`` over the pairs of every direction in ``data``: each example's
     direction is drawn with **temperature sampling**, ``P(d) ~ n_d^(1/T)``, and with a curriculum the
-    low-resource directions get probability 0 until step ``curriculum_start * steps``; then a pair of that
+    low-resource directions get probability 0 until step ``curriculum_step``; then a pair of that
     direction, uniformly. Random numbers from :func:`paperlab.train.batch_generator`."""
     sizes = torch.tensor([d[0].shape[0] for d in data], dtype=torch.float64)  # n_d
     src_all, dec_all, tgt_all = (_concatenate([d[i] for d in data]) for i in range(3))
     offsets = torch.cat([torch.zeros(1, dtype=torch.float64), sizes.cumsum(0)[:-1]])
     weight = sizes ** (1.0 / run.temperature)  # n_d^(1/T)
     low = torch.tensor([(d[0] in LOW or d[1] in LOW) for d in directions])
-    start_low = int(run.curriculum_start * run.train.steps)
+    start_low = run.curriculum_step
     probs_all = weight / weight.sum()
     probs_late = torch.where(low, 0.0, weight)  # before start_low: low-resource directions get none
     probs_early = probs_late / probs_late.sum() if bool((~low).any()) else probs_all
@@ -426,18 +435,26 @@ class _MoELog:
 
 
 def _test_scores(run: RunConfig, translator: Translator, world, directions: list) -> dict:
-    """chrF++ and BLEU of greedy translations of every trained direction's test set, and of the zero-shot
-    directions between trained languages (``test_zero_shot``), with three examples each."""
-    zero_shot = [d for d in ZERO_SHOT if d[0] in run.languages and d[1] in run.languages]
+    """Per direction of the test set (every trained direction, and the zero-shot directions between trained
+    languages when ``test_zero_shot``): the test loss (nats/token, teacher forcing), chrF++ and BLEU of
+    greedy translations, three examples; for zero-shot directions also ``shifted_loss``, the loss of the
+    same sources against the references shifted by one sentence (right language, wrong meaning): the null
+    that the true references' loss is compared with."""
+    zero_shot = zero_shot_directions(run.languages)
     test = {}
     for d in list(directions) + (zero_shot if run.test_zero_shot else []):
         pairs = world.pairs(*d, split="test")
         hypotheses = translator.translate([s for s, _ in pairs], *d)
         test[_name(d)] = {
             **score(hypotheses, [t for _, t in pairs]),
+            "loss": validation_loss(translator.model, encode_pairs(translator, pairs, d)),
             "zero_shot": d not in directions,
             "examples": [[s, h, t] for (s, t), h in list(zip(pairs, hypotheses))[:3]],
         }
+        if d not in directions:
+            shifted = [(s, t) for (s, _), (_, t) in zip(pairs, pairs[1:] + pairs[:1])]
+            test[_name(d)]["shifted_loss"] = validation_loss(translator.model,
+                                                             encode_pairs(translator, shifted, d))
     return test
 
 
@@ -462,31 +479,26 @@ def run_cached(run: RunConfig, device: str | torch.device | None = "cpu") -> dic
 
 def prefetch(runs: list[RunConfig], workers: int = 2, device: str | torch.device | None = "cpu") -> None:
     """Train the runs that are neither in this process nor in the disk cache, ``workers`` at a time in
-    separate processes (spawned; one CPU thread each, so two workers use two cores), longest first.
-    On a GPU (``device`` not the CPU) the runs train one after the other in this process."""
+    separate processes (:func:`paperlab.utils.parallel_map`: one CPU thread each, so two workers use two
+    cores), longest first. On a GPU (``device`` not the CPU) the runs train one after the other here."""
     missing = []
+    disabled = os.environ.get("PAPERLAB_CACHE_DISABLE", "").strip() not in ("", "0")
     for run in dict.fromkeys(runs):
         if run in _MEMO:
             continue
-        disabled = os.environ.get("PAPERLAB_CACHE_DISABLE", "").strip() not in ("", "0")
         key = ("nllb-run", run, run.train.seed, (__name__,), ARTIFACT_KEYS)
         found, value = (False, None) if disabled else cache.lookup(*key)
         if found:
             _MEMO[run] = value
         else:
             missing.append(run)
-    if workers <= 1 or len(missing) <= 1 or torch.device(device or "cpu").type != "cpu":
+    if torch.device(device or "cpu").type != "cpu":
         for run in missing:
             run_cached(run, device)
         return
-    import concurrent.futures
-    import multiprocessing
-
     missing.sort(key=lambda r: -r.train.steps)
-    context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(min(workers, len(missing)), mp_context=context) as pool:
-        for run, artifact in zip(missing, pool.map(run_cached, missing)):
-            _MEMO[run] = artifact
+    artifacts = parallel_map(run_cached, [(run,) for run in missing], workers=workers, desc="NLLB runs")
+    _MEMO.update(zip(missing, artifacts))
 
 
 def load_run(run: RunConfig) -> tuple[Translator, dict]:
