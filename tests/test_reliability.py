@@ -266,8 +266,8 @@ def _cases():
         (lambda: NLLBRun(languages="ara"), "languages must be a non-empty tuple of language codes"),
         (lambda: NLLBRun(dropout=1.0), "ModelConfig.dropout"),
         (lambda: NLLBExperimentConfig(n_experts=1), "n_experts must be at least 2"),
-        (lambda: NLLBExperimentConfig(train=TrainConfig(steps=1000, batch_size=8, warmup_steps=500),
-                                      bilingual_steps=400), "warmup_steps is at most"),
+        (lambda: NLLBExperimentConfig(bilingual_train=TrainConfig(steps=400, batch_size=8, eval_every=200)),
+         "NLLBExperimentConfig.bilingual_train must be a TrainConfig with at least 3 evaluations"),
         # SSD
         (lambda: Mamba2Config(a_init_min=-1.0), "Mamba2Config.a_init_min must be a finite number > 0"),
         (lambda: Mamba2Config(dt_max=float("inf")), "Mamba2Config.dt_max must be a finite number > 0"),
