@@ -220,7 +220,7 @@ class CastConfig:
 
     n_pretrain_authors: int = 48
     n_dev_authors: int = 2
-    n_target_authors: int = 6
+    n_target_authors: int = 3
     consistency: float = 0.85
     min_distance: int = 2
     seed: int = 0

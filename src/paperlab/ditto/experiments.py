@@ -179,9 +179,9 @@ class DittoExperimentConfig:
     demo_counts: tuple[int, ...] = (1, 2, 4)  # sample efficiency: fewer demonstrations (and n_demos)
     n_eval: int = 24  # held-out prompts per author
     max_tokens: int = 30
-    seeds: tuple[int, ...] = (0, 1, 2)
-    tune_lrs: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3)
-    tune_sft_steps: tuple[int, ...] = (20, 60, 180)
+    seeds: tuple[int, ...] = (0, 1, 2, 3)
+    tune_lrs: tuple[float, ...] = (3e-5, 1e-4, 3e-4)
+    tune_sft_steps: tuple[int, ...] = (60, 180)
     tune_seed: int = 1_000
 
     def __post_init__(self):
@@ -208,12 +208,12 @@ def _ditto_fast() -> OnlineDPOConfig:
 
 CONFIGS = {
     "fast": DittoExperimentConfig(
-        cast=CastConfig(n_pretrain_authors=24, n_dev_authors=1, n_target_authors=2),
+        cast=CastConfig(n_pretrain_authors=24, n_dev_authors=1, n_target_authors=1),
         judge=JudgeConfig(n_train_per_author=40, n_test_per_author=20),
         base=BaseConfig(context_length=128, d_model=32, n_heads=2, n_val_documents=16, train=TrainConfig(
             steps=150, batch_size=16, lr=3e-3, warmup_steps=20, eval_every=50, seed=0)),
         sft=TrainConfig(steps=20, batch_size=8, lr=1e-3, min_lr_ratio=1.0, weight_decay=0.0),
-        ditto=_ditto_fast(), n_demos=3, demo_counts=(1,), n_eval=8, max_tokens=30,
+        ditto=_ditto_fast(), n_demos=3, demo_counts=(1,), n_eval=8, max_tokens=30, seeds=(0, 1, 2),
         tune_lrs=(1e-3,), tune_sft_steps=(20,)),
     "full": DittoExperimentConfig(),
 }
@@ -434,30 +434,36 @@ def tune(config: DittoExperimentConfig, judges: dict, device=None) -> dict:
     def spec(author, **changes):
         return run_spec(config, "dev", author, config.tune_seed, **changes)
 
-    def mean_score(specs):  # win rate against the author's own messages, content first (judge.wins)
-        scored = score_runs(run_all(specs, device, desc="tuning"), specs, {"char": judges["char"]})
-        by_setting: dict[int, list[float]] = {}
-        for i, s in enumerate(scored):
-            method, author = s["methods"][specs[i].methods[-1]], s["methods"]["author"]
-            by_setting.setdefault(i // len(dev), []).extend(wins(
-                method["score"]["char"], author["score"]["char"], method["kept"], author["kept"]))
-        return [float(np.mean(by_setting[k])) for k in sorted(by_setting)]
+    def mean_scores(grids: list[list[list[RunSpec]]]) -> list[list[float]]:
+        """For each grid (a list of settings, each a run per dev author), each setting's win rate against the
+        dev authors' own messages; the runs of all the grids side by side in one pool."""
+        flat = [s for grid in grids for setting in grid for s in setting]
+        scored = iter(score_runs(run_all(flat, device, desc="tuning"), flat, {"char": judges["char"]}))
+        out = []
+        for grid in grids:
+            scores = []
+            for setting in grid:
+                won = []
+                for dev_run in setting:
+                    s = next(scored)
+                    method, author = s["methods"][dev_run.methods[-1]], s["methods"]["author"]
+                    won.extend(wins(method["score"]["char"], author["score"]["char"], method["kept"],
+                                    author["kept"]))
+                scores.append(float(np.mean(won)))
+            out.append(scores)
+        return out
 
     sft_grid = [dataclasses.replace(config.sft, lr=lr, steps=steps)
                 for lr in config.tune_lrs for steps in config.tune_sft_steps]
-    sft_scores = mean_score([spec(a, methods=("SFT",), sft=s) for s in sft_grid for a in dev])
+    [sft_scores] = mean_scores([[[spec(a, methods=("SFT",), sft=s) for a in dev] for s in sft_grid]])
     best_sft = sft_grid[int(np.argmax(sft_scores))]
-    dpo_scores = {}
-    chosen = {}
-    for method in ("DITTO", "SPIN"):
-        grid = [dataclasses.replace(config.ditto, train=dataclasses.replace(config.ditto.train, lr=lr))
-                for lr in config.tune_lrs]
-        if method == "SPIN":
-            grid = [spin_config(g) for g in grid]
-        key = "ditto" if method == "DITTO" else "spin"
-        dpo_scores[method] = mean_score([spec(a, methods=(method,), sft=best_sft, **{key: g})
-                                         for g in grid for a in dev])
-        chosen[method] = grid[int(np.argmax(dpo_scores[method]))]
+    ditto_grid = [dataclasses.replace(config.ditto, train=dataclasses.replace(config.ditto.train, lr=lr))
+                  for lr in config.tune_lrs]
+    grids = {"DITTO": ditto_grid, "SPIN": [spin_config(g) for g in ditto_grid]}
+    runs = [[[spec(a, methods=(method,), sft=best_sft, **{method.lower(): g}) for a in dev] for g in grid]
+            for method, grid in grids.items()]
+    dpo_scores = dict(zip(grids, mean_scores(runs)))
+    chosen = {method: grid[int(np.argmax(dpo_scores[method]))] for method, grid in grids.items()}
     return {"sft_grid": [[s.lr, s.steps] for s in sft_grid], "sft_scores": sft_scores,
             "lrs": list(config.tune_lrs), "dpo_scores": dpo_scores,
             "sft": best_sft, "ditto": chosen["DITTO"], "spin": chosen["SPIN"]}
