@@ -4,5 +4,6 @@
 - :mod:`paperlab.ditto.judge`: two style classifiers (stand-ins for the paper's GPT-4 judge) and win rates;
 - :mod:`paperlab.ditto.methods`: few-shot prompting, SFT, SPIN and DITTO on the toolkit's tiny GPT;
 - :mod:`paperlab.ditto.experiments`: the chapter's experiment (``book/10-ditto.md``);
+- :mod:`paperlab.ditto.analysis`: win rates from the scored runs, per seed, per author and method by method;
 - :mod:`paperlab.ditto.explore`: its live explorer.
 """
