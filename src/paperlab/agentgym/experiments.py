@@ -71,7 +71,7 @@ class AgentGymConfig:
     max_tokens: int = 16  # tokens per agent turn at most
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)  # the base model (and its size)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        steps=300, batch_size=32, lr=3e-3, warmup_steps=30, eval_every=30, seed=0))
+        steps=220, batch_size=32, lr=3e-3, warmup_steps=22, eval_every=20, seed=0))
     seeds: tuple[int, ...] = (0, 1, 2)
 
     def __post_init__(self) -> None:

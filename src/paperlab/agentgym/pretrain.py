@@ -44,7 +44,7 @@ class PretrainConfig:
     episodes_per_instruction: int = 3
     model: AgentModelConfig = field(default_factory=AgentModelConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        steps=1000, batch_size=32, lr=3e-3, warmup_steps=50, seed=0))
+        steps=800, batch_size=32, lr=3e-3, warmup_steps=40, seed=0))
 
     def __post_init__(self) -> None:
         check_str_tuple(self, "envs")
