@@ -52,6 +52,55 @@ def test_parallel_map_rejects_a_bad_worker_count():
         parallel_map(operator.mul, [(1, 2)], workers=0)
 
 
+class _KeywordOnlyError(Exception):
+    """Pickles, but cannot be rebuilt from its pickle (its constructor takes keyword arguments only)."""
+
+    def __init__(self, *, detail):
+        super().__init__(f"bad {detail}")
+
+
+def test_parallel_map_job_errors_come_back_even_when_they_cannot_be_rebuilt():
+    from paperlab.utils import _portable_error
+
+    plain = ValueError("plain")
+    assert _portable_error(plain) is plain
+    odd = _portable_error(_KeywordOnlyError(detail="input"))
+    assert isinstance(odd, RuntimeError) and "_KeywordOnlyError: bad input" in str(odd)
+
+
+def test_parallel_map_reports_a_dead_worker_in_one_line():
+    import os
+
+    from paperlab.utils import parallel_map
+
+    died = r"^parallel_map \(dying\): a worker process died .*exit codes.*3"
+    with pytest.raises(RuntimeError, match=died) as info:
+        parallel_map(os._exit, [(3,), (3,)], workers=2, desc="dying")  # each worker exits at once, code 3
+    assert "\n" not in str(info.value)
+
+
+def test_parallel_map_refuses_a_call_from_an_unguarded_script_before_starting_workers(tmp_path):
+    import subprocess
+    import sys
+
+    from paperlab.utils import unguarded_line
+
+    guarded = 'import os\n\ndef main():\n    run()\n\nif __name__ == "__main__":\n    main()\n'
+    assert not unguarded_line(guarded, 7) and not unguarded_line(guarded, 4)
+    assert unguarded_line("import os\nmain()\n", 2)
+    assert unguarded_line('if __name__ != "__main__":\n    main()\n', 2)
+    assert not unguarded_line("'__main__' == __name__ and 0\nif '__main__' == __name__:\n    main()\n", 3)
+
+    script = tmp_path / "sweep.py"
+    script.write_text("import operator\nfrom paperlab.utils import parallel_map\n"
+                      "print(parallel_map(operator.mul, [(2, 3), (4, 5)], workers=2))\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    last = done.stderr.strip().splitlines()[-1]
+    assert done.returncode == 1 and "BrokenProcessPool" not in done.stderr, done.stderr
+    assert last.startswith("RuntimeError: parallel_map (jobs): worker processes cannot start from the top "
+                           f"level of {script} (line 3)") and "if __name__ == " in last
+
+
 def test_cpu_threads_is_also_a_decorator_and_leaves_other_devices_alone():
     from paperlab.utils import cpu_threads, threads_pinned
 

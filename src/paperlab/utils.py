@@ -91,7 +91,93 @@ def cpu_threads(n: int = 1, *, device: str | object | None = None) -> Iterator[N
 
 def _call_on_one_thread(fn: Callable[..., T], args: tuple) -> T:
     with cpu_threads(1):
-        return fn(*args)
+        try:
+            return fn(*args)
+        except Exception as error:
+            portable = _portable_error(error)
+            if portable is error:
+                raise
+            raise portable from error
+
+
+def _portable_error(error: BaseException) -> BaseException:
+    """``error`` itself if it survives the trip from a worker process (pickled there, unpickled here);
+    otherwise a RuntimeError with its type and message. An exception that pickles but cannot be rebuilt
+    (a constructor with keyword-only arguments, say) would otherwise break the whole pool: the parent
+    reports a bare ``BrokenProcessPool`` instead of the job's error."""
+    import pickle
+
+    try:
+        pickle.loads(pickle.dumps(error))
+        return error
+    except Exception:
+        return RuntimeError(f"{type(error).__module__}.{type(error).__qualname__}: {error}")
+
+
+def _is_main_guard(node) -> bool:
+    """Is ``node`` the statement ``if __name__ == "__main__":`` (either side of the ``==``)?"""
+    import ast
+
+    if not (isinstance(node, ast.If) and isinstance(node.test, ast.Compare) and len(node.test.ops) == 1
+            and isinstance(node.test.ops[0], ast.Eq)):
+        return False
+    sides = {ast.dump(node.test.left), ast.dump(node.test.comparators[0])}
+    return sides == {ast.dump(ast.Name("__name__", ast.Load())), ast.dump(ast.Constant("__main__"))}
+
+
+def unguarded_line(source: str, line: int) -> bool:
+    """Does line ``line`` of a script's ``source`` run when the script is imported, that is, is the
+    top-level statement around it anything but ``if __name__ == "__main__":``?"""
+    import ast
+
+    for node in ast.parse(source).body:
+        if node.lineno <= line <= (node.end_lineno or node.lineno):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                return line < node.body[0].lineno  # a function's body runs when it is called, not here
+            return not _is_main_guard(node)
+    return False
+
+
+def _check_main_is_guarded(desc: str) -> None:
+    """One-line error, before any worker starts, when this call comes from the top level of the main
+    script outside ``if __name__ == "__main__":``. Spawned workers import the main script: there, the
+    same line would start workers of its own, each worker would die during its start-up, and the pool
+    would report a bare ``BrokenProcessPool``."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if not path or not os.path.isfile(path):
+        return  # an interactive session or a notebook kernel: nothing is imported again
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name == "<module>" and frame.f_globals is vars(main) \
+                and os.path.abspath(frame.f_code.co_filename) == os.path.abspath(path):
+            try:
+                with open(path, encoding="utf-8") as handle:
+                    source = handle.read()
+                unguarded = unguarded_line(source, frame.f_lineno)
+            except (OSError, SyntaxError, ValueError):
+                return
+            if unguarded:
+                raise RuntimeError(
+                    f"{desc}: worker processes cannot start from the top level of {path} (line "
+                    f"{frame.f_lineno}); they import the script and would run this line again. Put the "
+                    "call under 'if __name__ == \"__main__\":'")
+            return
+        frame = frame.f_back
+
+
+def _dead_workers(pool) -> str:
+    """The exit codes of the pool's worker processes that have ended (``-9``: killed by SIGKILL, as by
+    the out-of-memory killer; ``-15``: stopped by the pool after another worker died)."""
+    import signal
+
+    codes = []
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        code = process.exitcode
+        if code is not None:
+            codes.append(f"{code} ({signal.Signals(-code).name})" if code < 0 and -code in
+                         signal.valid_signals() else str(code))
+    return ", ".join(codes) or "unknown"
 
 
 def parallel_map(fn: Callable[..., T], jobs: list[tuple], *, workers: int | None = None,
@@ -103,8 +189,13 @@ def parallel_map(fn: Callable[..., T], jobs: list[tuple], *, workers: int | None
     number of jobs; ``workers=1`` runs in this process. ``fn`` must be importable by name (a module-level
     function) because the workers are started with ``spawn`` (a fresh interpreter, safe with the thread
     pools that PyTorch has already started here, unlike ``fork``); as with any ``spawn`` pool, a script
-    that calls this must do so under ``if __name__ == "__main__":`` (notebooks need nothing). Results
-    come back in job order; give jobs longest first so that the last one to finish is short.
+    that calls this must do so under ``if __name__ == "__main__":`` (notebooks need nothing): a call
+    from the top level of a script outside it is refused with a one-line error before any worker starts.
+    Results come back in job order; give jobs longest first so that the last one to finish is short.
+
+    A job's exception comes back as itself, with the worker's traceback as its cause (as a RuntimeError
+    naming its type when it cannot be rebuilt here); a worker that dies (killed, out of memory, a crash
+    in native code) ends the map with a one-line RuntimeError giving the workers' exit codes.
     """
     import concurrent.futures
     import multiprocessing
@@ -123,13 +214,25 @@ def parallel_map(fn: Callable[..., T], jobs: list[tuple], *, workers: int | None
             bar.update()
         bar.close()
         return results
+    _check_main_is_guarded(f"parallel_map ({desc})")
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
-        futures = [pool.submit(_call_on_one_thread, fn, job) for job in jobs]
-        for _ in concurrent.futures.as_completed(futures):
-            bar.update()
-        bar.close()
-        return [future.result() for future in futures]
+        try:
+            futures = [pool.submit(_call_on_one_thread, fn, job) for job in jobs]
+            for future in concurrent.futures.as_completed(futures):
+                if future.exception() is not None:  # the first failure ends the map: jobs not started
+                    for other in futures:  # are cancelled, running ones finish
+                        other.cancel()
+                    future.result()
+                bar.update()
+            return [future.result() for future in futures]
+        except concurrent.futures.process.BrokenProcessPool:
+            raise RuntimeError(
+                f"parallel_map ({desc}): a worker process died before returning its job (exit codes of "
+                f"the workers: {_dead_workers(pool)}); -9 (SIGKILL) is usually the out-of-memory killer, "
+                "and a worker's own error, if it had one, is printed above") from None
+        finally:
+            bar.close()
 
 
 # Kineto (the profiler's backend) writes "USDT:... profiler_start" / "profiler_stop" lines straight to file
