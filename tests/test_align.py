@@ -246,6 +246,21 @@ def test_policy_gradient_optimise_mask_reaches_only_the_flagged_tokens():
         align.PolicyGradient(reference, [[1, 3]], rewards, config, eos_id=2, optimise=3)
 
 
+def test_policy_gradient_use_cache_samples_the_same_batch():
+    """use_cache samples through the key-value cache: with the same seed, the same responses, rewards and
+    advantages as the uncached path (the cache changes the cost, not the distribution)."""
+    policy = tiny_gpt(4)
+    rewards = lambda prompts, responses: [float(len(r)) for r in responses]  # noqa: E731
+    batches = []
+    for use_cache in (False, True):
+        config = align.PolicyGradientConfig(prompts_per_step=4, n_samples=3, max_new_tokens=6,
+                                            use_cache=use_cache)
+        batches.append(align.PolicyGradient(policy, [[1, 3], [1, 4, 5]], rewards, config, eos_id=2,
+                                            seed=3).sample(policy, 2))
+    for plain, cached in zip(*batches):
+        assert torch.allclose(plain.float(), cached.float(), atol=1e-5)
+
+
 def test_reward_model_recovers_a_planted_preference():
     """Preferred responses contain more 9s: after Bradley-Terry training the reward ranks held-out pairs."""
     generator = torch.Generator().manual_seed(0)
@@ -327,6 +342,7 @@ def test_best_of_n_kl_matches_the_distribution_it_describes():
     ("prompts_per_step", True, "prompts_per_step must be a positive integer, got True"),
     ("max_new_tokens", 0, "max_new_tokens must be a positive integer"),
     ("baseline", "mean", "baseline must be one of 'loo', 'batch'"),
+    ("use_cache", 1, "use_cache must be True or False"),
 ])
 def test_policy_gradient_config_checks(field, value, message):
     with pytest.raises(ValueError, match=message):

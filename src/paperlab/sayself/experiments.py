@@ -3,13 +3,15 @@ and its baselines for each seed, and measure accuracy and calibration in and out
 
 1. :func:`load_base` pretrains one GPT on the world's corpus (the stand-in for the paper's Mistral-7B:
    fixed, like the paper's base model, for every seed); cached.
-2. :func:`run_seed`, for each of ``config.seeds`` (side by side, one per core; each cached):
+2. :func:`run_branch`, for each seed and each of the four independent :data:`BRANCHES` (all of them side
+   by side, one job per core, longest first; each cached):
 
-   - Stage 1: ``N`` chains per training question from the base model (through :class:`paperlab.llm.TinyLM`),
-     consistency confidence and rationale (:func:`paperlab.sayself.method.stage1`);
-   - supervised fine-tuning of four models from the base: **SaySelf** (reasoning, answer, rationale,
+   - Stage 1: ``N`` chains per training question from the base model (through :class:`paperlab.llm.TinyLM`;
+     :func:`stage1_samples`, cached once per seed and read by the seed's other jobs), consistency
+     confidence and rationale (:func:`paperlab.sayself.method.stage1`);
+   - supervised fine-tuning of three models from the base: **SaySelf** (reasoning, answer, rationale,
      confidence), **no rationale** (the ablation), and the **plain SFT** baseline (gold chains stated
-     with confidence 10: no consistency target);
+     with confidence 10: no consistency target), each in its own branch;
    - Stage 2 (REINFORCE on the confidence tokens, :class:`paperlab.align.PolicyGradient`) from the SaySelf
      and the no-rationale models; the Stage-1 models are the "without RL" ablations;
    - evaluation by greedy decoding on the in-distribution test questions (kinds ``born_in``, ``works_for``,
@@ -18,6 +20,7 @@ and its baselines for each seed, and measure accuracy and calibration in and out
      vote share as the confidence: the expensive reference);
    - faithfulness of the SaySelf model's rationales: do the values a rationale names occur among the
      model's own ``N`` samples for that question, compared with another question's rationale (shuffled).
+3. :func:`run_seed`'s assembly: each seed's branches merged into one record per seed.
 
 Everything returned is JSON (numbers, strings, lists); the chapter computes the metrics from it.
 """
@@ -32,17 +35,17 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from paperlab import align, cache, llm
-from paperlab.experiments import Experiment, over_seeds
+from paperlab.experiments import Experiment
 from paperlab.nn import GPT, count_parameters
 from paperlab.sayself import method
 from paperlab.sayself.base import BaseConfig, corpus_ids, load_base, make_model
 from paperlab.sayself.calibration import auroc, binned_ece, parse, unbinned_ece
 from paperlab.sayself.world import ID_KINDS, OOD_KINDS, Question, World, WorldConfig
 from paperlab.train import TrainConfig, TrainResult, auto_device, train
-from paperlab.utils import cpu_threads
+from paperlab.utils import cpu_threads, parallel_map
 
-__all__ = ["SaySelfConfig", "CONFIGS", "EXPERIMENT", "run_seed", "run", "METHODS", "TABLE_METHODS",
-           "evaluate", "self_consistency", "faithfulness", "metrics"]
+__all__ = ["SaySelfConfig", "CONFIGS", "EXPERIMENT", "BRANCHES", "stage1_samples", "run_branch", "run_seed",
+           "run", "METHODS", "TABLE_METHODS", "evaluate", "self_consistency", "faithfulness", "metrics"]
 
 # method name -> (model it is evaluated with, description)
 METHODS = {
@@ -99,9 +102,9 @@ class SaySelfConfig:
 CONFIGS = {
     "fast": SaySelfConfig(
         base=BaseConfig(world=WorldConfig(n_people=120, qa_per_kind=30, qa_ood_per_kind=10),
-                        train=TrainConfig(steps=300, batch_size=32, lr=3e-3, warmup_steps=30, eval_every=50)),
+                        train=TrainConfig(steps=200, batch_size=32, lr=3e-3, warmup_steps=20, eval_every=50)),
         n_samples=4,
-        sft=TrainConfig(steps=60, batch_size=32, lr=1e-3, warmup_steps=10, eval_every=20),
+        sft=TrainConfig(steps=40, batch_size=16, lr=1e-3, warmup_steps=5, eval_every=10), replay_windows=4,
         rl=TrainConfig(steps=8, batch_size=16, lr=3e-4, warmup_steps=0, min_lr_ratio=1.0, weight_decay=0.0),
         rl_prompts=8, rl_samples=2, seeds=(0, 1, 2),
     ),
@@ -205,7 +208,8 @@ def _rl(sft_model: GPT, world: World, questions: list[Question], config: SaySelf
     pg = align.PolicyGradient(
         sft_model, prompts, method.reward_fn(tok, by_prompt, needs_reflection=needs_reflection),
         align.PolicyGradientConfig(prompts_per_step=config.rl_prompts, n_samples=config.rl_samples,
-                                   max_new_tokens=method.MAX_NEW_TOKENS, kl_coef=config.kl_coef),
+                                   max_new_tokens=method.MAX_NEW_TOKENS, kl_coef=config.kl_coef,
+                                   use_cache=True),
         eos_id=tok.eos_id, pad_id=tok.pad_id, seed=seed,
         optimise=lambda prompt, response: method.confidence_span(tok, response))
     policy = make_model(config.base, tok.vocab_size)
@@ -220,80 +224,164 @@ def _split(records: dict, n_id: int) -> tuple[dict, dict]:
     return ({k: v[:n_id] for k, v in records.items()}, {k: v[n_id:] for k, v in records.items()})
 
 
+@dataclass(frozen=True)
+class _Seed:
+    """What every job of one seed shares, rebuilt in each job from the world and the cached Stage-1
+    samples: the base model, the Stage-1 items split into those fine-tuned on (``fit``) and those held out
+    for the validation loss (``held``), and the test questions."""
+
+    base: GPT
+    world: World
+    train_questions: list[Question]
+    val_people: set[str]
+    items: list[method.Stage1]
+    test_id: list[Question]
+    test_ood: list[Question]
+
+    @property
+    def fit(self) -> list[method.Stage1]:
+        return [item for item in self.items if item.question.person not in self.val_people]
+
+    @property
+    def held(self) -> list[method.Stage1]:
+        return [item for item in self.items if item.question.person in self.val_people]
+
+    @property
+    def test(self) -> list[Question]:
+        return self.test_id + self.test_ood
+
+
 @cpu_threads(1)
-def _run_seed(seed: int, config: SaySelfConfig, device) -> dict:
+def _stage1_samples(seed: int, config: SaySelfConfig, device) -> list[list[str]]:
+    """Stage 1's sampling: ``N`` chains per training question from the base model (the response texts)."""
     base, world, _ = load_base(config.base, device)
-    tok = world.tokenizer
+    base_llm = llm.TinyLM(base, world.tokenizer, seed=seed, use_cache=True, logprobs=False)
+    questions = method.world_questions(world, ID_KINDS, world.train_people)
+    chains = method.sample_chains(base_llm, questions, config.n_samples, temperature=config.temperature)
+    return [[c.text for c in samples] for samples in chains]
+
+
+def stage1_samples(seed: int, config: SaySelfConfig, device=None) -> list[list[str]]:
+    """:func:`_stage1_samples` through the artifact cache (one entry per seed)."""
+    return cache.cached("sayself-stage1", config, lambda: _stage1_samples(seed, config, device), seed=seed)
+
+
+def _seed_data(seed: int, config: SaySelfConfig, device) -> _Seed:
+    base, world, _ = load_base(config.base, device)
     train_questions = method.world_questions(world, ID_KINDS, world.train_people)
+    texts = stage1_samples(seed, config, device)
+    chains = [[method.read_chain(q, t) for t in samples] for q, samples in zip(train_questions, texts)]
     people = list(world.train_people)
     random.Random(seed).shuffle(people)  # the people held out for the SFT validation loss differ per seed
     val_people = set(people[:max(1, round(config.sft_val_fraction * len(people)))])
-    test_id = method.world_questions(world, ID_KINDS, world.test_people)
-    test_ood = method.world_questions(world, OOD_KINDS, world.test_people)
-    test = test_id + test_ood
-    base_llm = llm.TinyLM(base, tok, seed=seed, use_cache=True, logprobs=False)
+    return _Seed(base, world, train_questions, val_people, method.stage1(train_questions, chains),
+                 method.world_questions(world, ID_KINDS, world.test_people),
+                 method.world_questions(world, OOD_KINDS, world.test_people))
 
-    # Stage 1: N chains per training question, consistency confidence, rationale
-    chains = method.sample_chains(base_llm, train_questions, config.n_samples, temperature=config.temperature)
-    items = method.stage1(train_questions, chains)
-    fit = [item for item in items if item.question.person not in val_people]
-    held = [item for item in items if item.question.person in val_people]
-    rl_questions = [item.question for item in fit]
 
-    models, histories = {}, {}
-    for name, with_rationale in (("SaySelf w/o RL", True), ("no rationale, w/o RL", False)):
-        models[name], histories[name] = _sft(
-            base, world, method.sayself_examples(fit, with_rationale=with_rationale),
-            method.sayself_examples(held, with_rationale=with_rationale), config, seed, device,
-            f"SFT ({name})")
-    models["plain SFT"], histories["plain SFT"] = _sft(
-        base, world, method.plain_examples([q for q in train_questions if q.person not in val_people]),
-        method.plain_examples([q for q in train_questions if q.person in val_people]), config, seed, device,
-        "SFT (plain)")
+def _evaluate_model(data: _Seed, model: GPT, seed: int, *, needs_reflection: bool) -> tuple[dict, float]:
+    """Greedy evaluation on the test questions, split in and out of distribution, and the generated tokens
+    per question."""
+    tiny = llm.TinyLM(model, data.world.tokenizer, seed=seed, use_cache=True, logprobs=False)
+    records = evaluate(tiny, data.test, needs_reflection=needs_reflection)
+    per_question = tiny.usage.generated_tokens / len(data.test)
+    return dict(zip(("id", "ood"), _split(records, len(data.test_id)))), per_question
 
-    # Stage 2: RL on the confidence tokens
-    models["SaySelf"], _, rl_log = _rl(models["SaySelf w/o RL"], world, rl_questions, config, seed, device,
-                                       needs_reflection=True, desc="RL (SaySelf)")
-    models["SaySelf w/o rationale"], _, rl_log_norat = _rl(
-        models["no rationale, w/o RL"], world, rl_questions, config, seed, device, needs_reflection=False,
-        desc="RL (no rationale)")
 
-    # Evaluation (greedy), self-consistency, faithfulness
-    results = {}
-    usage = {}
+def _sft_summary(history: TrainResult) -> dict:
+    return {"steps": [e["step"] for e in history.evals], "val_loss": [e["val_loss"] for e in history.evals],
+            "converged": history.convergence("val_loss").converged,
+            "convergence": history.convergence("val_loss").describe()}
+
+
+# branch -> (the SFT model's name, the RL model's name or None, with rationale); the base model's branch
+# ("base model") fine-tunes nothing
+BRANCHES = {
+    "SaySelf": ("SaySelf w/o RL", "SaySelf", True),
+    "no rationale": ("no rationale, w/o RL", "SaySelf w/o rationale", False),
+    "plain SFT": ("plain SFT", None, False),
+    "base model": (None, None, False),
+}
+
+
+@cpu_threads(1)
+def _run_branch(seed: int, branch: str, config: SaySelfConfig, device) -> dict:
+    """One seed's models of one ``branch`` of :data:`BRANCHES`, trained and evaluated:
+
+    - ``"SaySelf"`` and ``"no rationale"``: Stage-1 SFT (with or without rationales), Stage 2 (RL on the
+      confidence), greedy evaluation of both; for SaySelf also the faithfulness of both models' rationales;
+    - ``"plain SFT"``: the baseline's SFT and its evaluation;
+    - ``"base model"``: the base model's greedy answers and test-time self-consistency.
+    """
+    out: dict = {"results": {}, "usage": {}, "faithfulness": {}, "rl": {}, "sft": {}}
+    if branch == "base model":  # needs no Stage-1 samples
+        base, world, _ = load_base(config.base, device)
+        test_id = method.world_questions(world, ID_KINDS, world.test_people)
+        test = test_id + method.world_questions(world, OOD_KINDS, world.test_people)
+        base_llm = llm.TinyLM(base, world.tokenizer, seed=seed, use_cache=True, logprobs=False)
+        greedy = evaluate(base_llm, test, needs_reflection=False, ask_confidence=False)
+        out["results"]["base model, greedy"] = dict(zip(("id", "ood"), _split(greedy, len(test_id))))
+        before = base_llm.usage.copy()
+        chains = method.sample_chains(base_llm, test, config.n_samples, temperature=config.temperature)
+        out["usage"]["self-consistency"] = (base_llm.usage - before).generated_tokens / len(test)
+        out["results"]["self-consistency"] = dict(zip(("id", "ood"), _split(self_consistency(chains, test),
+                                                                              len(test_id))))
+        return out
+    data = _seed_data(seed, config, device)  # Stage 1's samples: from the cache, or sampled here
+    tok = data.world.tokenizer
+    sft_name, rl_name, with_rationale = BRANCHES[branch]
+    if branch == "plain SFT":
+        examples = method.plain_examples([q for q in data.train_questions if q.person not in data.val_people])
+        val = method.plain_examples([q for q in data.train_questions if q.person in data.val_people])
+    else:
+        examples = method.sayself_examples(data.fit, with_rationale=with_rationale)
+        val = method.sayself_examples(data.held, with_rationale=with_rationale)
+    models = {}
+    models[sft_name], history = _sft(data.base, data.world, examples, val, config, seed, device,
+                                     f"SFT ({sft_name})")
+    out["sft"][sft_name] = _sft_summary(history)
+    if rl_name is not None:  # Stage 2: RL on the confidence tokens
+        models[rl_name], _, out["rl"][rl_name] = _rl(
+            models[sft_name], data.world, [item.question for item in data.fit], config, seed, device,
+            needs_reflection=with_rationale, desc=f"RL ({rl_name})")
     for name, model in models.items():
-        tiny = llm.TinyLM(model, tok, seed=seed, use_cache=True, logprobs=False)
-        records = evaluate(tiny, test, needs_reflection=name in ("SaySelf", "SaySelf w/o RL"))
-        results[name] = dict(zip(("id", "ood"), _split(records, len(test_id))))
-        usage[name] = tiny.usage.generated_tokens / len(test)
-    base_greedy = evaluate(base_llm, test, needs_reflection=False, ask_confidence=False)
-    results["base model, greedy"] = dict(zip(("id", "ood"), _split(base_greedy, len(test_id))))
-    before = base_llm.usage.copy()
-    sc_chains = method.sample_chains(base_llm, test, config.n_samples, temperature=config.temperature)
-    usage["self-consistency"] = (base_llm.usage - before).generated_tokens / len(test)
-    results["self-consistency"] = dict(zip(("id", "ood"), _split(self_consistency(sc_chains, test),
-                                                                  len(test_id))))
-    faithful = {}
-    for name in ("SaySelf", "SaySelf w/o RL"):
-        sampler = llm.TinyLM(models[name], tok, seed=seed + 1, use_cache=True, logprobs=False)
-        own = method.sample_chains(sampler, test_id, config.n_samples, temperature=config.temperature)
-        faithful[name] = faithfulness(results[name]["id"]["reflection"], own, test_id, seed)
+        out["results"][name], out["usage"][name] = _evaluate_model(data, model, seed,
+                                                                   needs_reflection=with_rationale)
+    if branch == "SaySelf":  # faithfulness: the model's own N samples for each in-distribution question
+        for name, model in models.items():
+            sampler = llm.TinyLM(model, tok, seed=seed + 1, use_cache=True, logprobs=False)
+            own = method.sample_chains(sampler, data.test_id, config.n_samples,
+                                       temperature=config.temperature)
+            out["faithfulness"][name] = faithfulness(out["results"][name]["id"]["reflection"], own,
+                                                     data.test_id, seed)
+    return out
 
-    return {
-        "seed": seed,
-        "results": results,
-        "usage": usage,
-        "faithfulness": faithful,
-        "rl": {"SaySelf": rl_log, "SaySelf w/o rationale": rl_log_norat},
-        "sft": {name: {"steps": [e["step"] for e in h.evals], "val_loss": [e["val_loss"] for e in h.evals],
-                       "converged": h.convergence("val_loss").converged,
-                       "convergence": h.convergence("val_loss").describe()} for name, h in histories.items()},
-        "stage1": {"confidence": [item.confidence for item in items],
-                   "correct": [method.correct(item.question, item.chosen.answer) for item in items],
-                   "n_clusters": [len(item.clusters) for item in items],
-                   "unsure": [bool(method.named_values(item.rationale)) for item in items],
-                   "examples": method.sayself_examples(items[:6])},
-    }
+
+def run_branch(seed: int, branch: str, config: SaySelfConfig, device=None) -> dict:
+    """:func:`_run_branch` through the artifact cache (one entry per seed and branch)."""
+    if branch not in BRANCHES:
+        raise ValueError(f"unknown branch {branch!r}; choose one of {', '.join(BRANCHES)}")
+    return cache.cached(f"sayself-{branch.replace(' ', '-')}", config,
+                        lambda: _run_branch(seed, branch, config, device), seed=seed)
+
+
+def run_seed(seed: int, config: SaySelfConfig, device=None) -> dict:
+    """Every method for one seed, one branch after another (:func:`run` runs the branches of every seed
+    side by side), with Stage 1's summary: the JSON the chapter reads."""
+    return _assemble(seed, config, device, [run_branch(seed, b, config, device) for b in BRANCHES])
+
+
+def _assemble(seed: int, config: SaySelfConfig, device, branches: list[dict]) -> dict:
+    out: dict = {"seed": seed}
+    for key in ("results", "usage", "faithfulness", "rl", "sft"):
+        out[key] = {name: value for branch in branches for name, value in branch[key].items()}
+    data = _seed_data(seed, config, device)
+    out["stage1"] = {"confidence": [item.confidence for item in data.items],
+                     "correct": [method.correct(item.question, item.chosen.answer) for item in data.items],
+                     "n_clusters": [len(item.clusters) for item in data.items],
+                     "unsure": [bool(method.named_values(item.rationale)) for item in data.items],
+                     "examples": method.sayself_examples(data.items[:6])}
+    return out
 
 
 TABLE_METHODS = ("plain SFT", "self-consistency", "SaySelf w/o RL", "SaySelf w/o rationale", "SaySelf")
@@ -310,23 +398,24 @@ def metrics(records: dict) -> dict:
             "confidence": float(confidence.mean()), "forced": float(np.mean(records.get("forced", [False])))}
 
 
-def run_seed(seed: int, config: SaySelfConfig, device=None) -> dict:
-    """Every method for one seed (:func:`_run_seed`), through the artifact cache."""
-    return cache.cached("sayself-seed", config, lambda: _run_seed(seed, config, device), seed=seed)
-
-
 def describe_questions(questions: list[Question]) -> dict:
     """The kind and the pretraining mentions of each question (for the chapter's per-question plots)."""
     return {"kind": [q.kind for q in questions], "mentions": [q.mentions for q in questions]}
 
 
 def run(config: SaySelfConfig, device=None) -> dict:
-    """The base model (pretrained once), then :func:`run_seed` for every seed, two at a time (one per
-    core; one after another on a GPU). JSON-able."""
+    """The base model (pretrained once); Stage 1's samples for every seed; then every branch of every seed
+    (:func:`run_branch`), two jobs at a time (one per core; one after another on a GPU), assembled per
+    seed as :func:`run_seed` does. JSON-able."""
     device = None if device is None else str(auto_device(device))
     base, world, history = load_base(config.base, device)
     workers = 1 if device is not None and device.startswith("cuda") else None
-    seeds = over_seeds(run_seed, config.seeds, config, device, workers=workers, desc="SaySelf seeds")
+    # every (seed, branch) job on both cores, longest branches first; a seed's first job samples its Stage 1
+    # (cached), the later ones read it (seeds alternate, so two jobs of one seed rarely start together)
+    jobs = [(seed, branch, config, device) for branch in BRANCHES for seed in config.seeds]
+    done = parallel_map(run_branch, jobs, workers=workers, desc="SaySelf seeds and branches")
+    seeds = [_assemble(seed, config, device, [r for (s, *_), r in zip(jobs, done) if s == seed])
+             for seed in config.seeds]
     test_id = world.questions(ID_KINDS, world.test_people)
     test_ood = world.questions(OOD_KINDS, world.test_people)
     return {
