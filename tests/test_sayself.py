@@ -271,6 +271,8 @@ def test_bad_input_is_named(world):
         dataclasses.replace(experiments.CONFIGS["fast"], n_samples=1)
     with pytest.raises(ValueError, match="question set for kinds"):
         method.world_questions(world, ID_KINDS, [])
+    with pytest.raises(ValueError, match="unknown branch 'RLHF'; choose one of SaySelf"):
+        experiments.run_branch(0, "RLHF", experiments.CONFIGS["fast"])
 
 
 def test_faithfulness_against_a_shuffled_control(world):
