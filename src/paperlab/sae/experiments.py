@@ -54,30 +54,34 @@ __all__ = ["SAEExperimentConfig", "CONFIGS", "steps_for", "all_runs", "train_all
 class SAEExperimentConfig:
     """What the chapter trains. ``train.steps`` is the length of a run at the largest size of ``sizes``
     (smaller runs are shorter, see :func:`steps_for`); ``seeds`` are the independent runs behind every
-    claim. ``relu_lr_multiplier``: the ReLU baseline's learning rate relative to TopK's, chosen by
-    :func:`lr_sweep` over ``lr_multipliers`` (both methods get the same sweep)."""
+    claim. ``topk_lr_multiplier`` and ``relu_lr_multiplier``: each method's learning rate relative to
+    ``train.lr``, chosen by :func:`lr_sweep` over ``lr_multipliers`` (both methods get the same sweep).
 
-    synthetic: SyntheticConfig = SyntheticConfig(n_features=1024, mean_active=4.0, zipf_exponent=1.2)
+    The full profile's sizes are chosen to converge inside the chapter's budget (8 minutes on 2 cores):
+    512 true features and SAEs of 32 to 512 latents, rather than longer runs of larger SAEs."""
+
+    synthetic: SyntheticConfig = SyntheticConfig(n_features=512, mean_active=4.0, zipf_exponent=1.2)
     lm: LMDataConfig = LMDataConfig(n_train_sentences=4_000, n_val_sentences=500)
-    train: TrainConfig = dataclasses.replace(SAE_TRAIN, steps=2000)
+    train: TrainConfig = dataclasses.replace(SAE_TRAIN, steps=1500)
     seeds: tuple[int, ...] = (0, 1, 2)
     lr_reference_latents: int = 256
     steps_exponent: float = 0.6
     dead_tokens: int = 25_000
     k_aux: int = 32  # d_model / 2
-    sizes: tuple[int, ...] = (64, 128, 256, 512, 1024)  # n_latents: 16x
+    sizes: tuple[int, ...] = (32, 64, 128, 256, 512)  # n_latents: 16x
     ks: tuple[int, ...] = (2, 4, 8)
     frontier_size: int = 512
-    frontier_ks: tuple[int, ...] = (2, 4, 8, 16, 32, 64)
+    frontier_ks: tuple[int, ...] = (2, 4, 8, 16, 32)
     l1_coefficients: tuple[float, ...] = (0.1, 0.2, 0.3, 0.5, 0.8)
-    lr_multipliers: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
+    lr_multipliers: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0)
+    topk_lr_multiplier: float = 2.0
     relu_lr_multiplier: float = 4.0
     sweep_k: int = 16
     sweep_l1: float = 0.3
     dead_k: int = 4
     multi_k: int = 4
     lm_size: int = 512  # 8 x d_model
-    lm_ks: tuple[int, ...] = (4, 16, 32)
+    lm_ks: tuple[int, ...] = (4, 32)
     lm_steps: int = 1500
     random_dictionaries: int = 20
 
@@ -90,7 +94,7 @@ class SAEExperimentConfig:
         check_int_tuple(self, "seeds", low=0)
         check_ints(self, "k_aux", low=0)
         check_numbers(self, "steps_exponent", low=0, high=1)
-        check_numbers(self, "relu_lr_multiplier", "sweep_l1", low=0, open_low=True)
+        check_numbers(self, "topk_lr_multiplier", "relu_lr_multiplier", "sweep_l1", low=0, open_low=True)
         check_number_tuple(self, "l1_coefficients", low=0)
         check_number_tuple(self, "lr_multipliers", low=0)
         check_int_tuple(self, "sizes", min_len=3)  # the law is fitted on all sizes but the largest
@@ -136,8 +140,9 @@ def _run(config: SAEExperimentConfig, *, n_latents: int, seed: int, steps: int |
     return dataclasses.replace(base, **overrides)
 
 
-def _topk_run(config, n_latents, k, seed, **overrides) -> RunConfig:
-    return _run(config, n_latents=n_latents, seed=seed, k=k, **overrides)
+def _topk_run(config, n_latents, k, seed, lr_multiplier=None, **overrides) -> RunConfig:
+    multiplier = config.topk_lr_multiplier if lr_multiplier is None else lr_multiplier
+    return _run(config, n_latents=n_latents, seed=seed, k=k, lr_multiplier=multiplier, **overrides)
 
 
 def _relu_run(config, l1, seed, lr_multiplier=None) -> RunConfig:
@@ -270,14 +275,16 @@ def matched_l0(topk: list[dict], relu: list[dict], key: str = "nmse") -> list[di
 @cpu_threads(1)
 def scaling(config: SAEExperimentConfig, device=None) -> dict:
     """Final NMSE of every (n_latents, k, seed) of the grid; the joint law fitted to the means over seeds
-    (:func:`fit_scaling_law`, with and without its constraints) and to each seed alone; and the held-out
-    test (:func:`holdout_prediction`)."""
+    (:func:`fit_scaling_law`, with and without its constraints) and to each seed alone; the held-out
+    test (:func:`holdout_prediction`); and the first seed's validation curves, keyed ``"n,k"``."""
     points = [_summary(_topk_run(config, n, k, seed), device)
               for seed in config.seeds for k in config.ks for n in config.sizes]
+    curves = {f"{n},{k}": _curve(_record(_topk_run(config, n, k, config.seeds[0]), device))
+              for k in config.ks for n in config.sizes}
     means = [{"n_latents": n, "k": k, "nmse": sum(p["nmse"] for p in points
                                                   if p["n_latents"] == n and p["k"] == k) / len(config.seeds)}
              for k in config.ks for n in config.sizes]
-    return {"points": points, "means": means,
+    return {"points": points, "means": means, "curves": curves,
             "fit": fit_scaling_law(means), "fit_unconstrained": fit_scaling_law(means, constrained=False),
             "fits_per_seed": [fit_scaling_law([p for p in points if p["seed"] == s]) for s in config.seeds],
             "holdout": holdout_prediction(points, max(config.sizes))}
@@ -377,8 +384,10 @@ def holdout_prediction(points: list[dict], held_out: int) -> dict:
 @cpu_threads(1)
 def dead_latents(config: SAEExperimentConfig, device=None) -> dict:
     """Per mitigation (:data:`MITIGATIONS`) and seed, at the largest size and ``dead_k``: the dead fraction,
-    the latents that died and were revived in each evaluation window, the AuxK loss on the validation set
-    (when AuxK is on) and the final NMSE."""
+    the latents that died and were revived in each evaluation window, the share of (validation token, dead
+    latent) pairs with a positive pre-activation (``dead_positive``: only those can fire again or get an
+    AuxK gradient through the ReLU), the AuxK loss on the validation set (when AuxK is on) and the final
+    NMSE."""
     n, k = max(config.sizes), config.dead_k
     out = {"n_latents": n, "k": k, "dead_tokens": config.dead_tokens, "k_aux": config.k_aux, "runs": {}}
     for name, overrides in MITIGATIONS.items():
@@ -390,7 +399,7 @@ def dead_latents(config: SAEExperimentConfig, device=None) -> dict:
             out["runs"][name][seed] = {
                 "tokens": [e["step"] * config.train.batch_size for e in evals],
                 **{key: [e.get(key) for e in evals]
-                   for key in ("dead_fraction", "died", "revived", "auxk", "nmse")},
+                   for key in ("dead_fraction", "died", "revived", "dead_positive", "auxk", "nmse")},
                 "final_dead": record["final"]["dead_fraction"], "final_nmse": record["final"]["nmse"]}
     return out
 

@@ -34,8 +34,9 @@ __all__ = ["RunConfig", "SAE_TRAIN", "RECOVERED_COSINE", "build_sae", "train_sae
 
 
 SAE_TRAIN = TrainConfig(steps=600, batch_size=256, lr=4e-3, weight_decay=0.0, warmup_steps=20, grad_clip=None,
-                        eval_every=50, log_every=10, min_lr_ratio=0.1)
-"""The schedule of an SAE run: warmup, then cosine to a tenth of ``lr``; no clipping. The optimizer is the
+                        eval_every=50, log_every=10, min_lr_ratio=0.0)
+"""The schedule of an SAE run: warmup, then cosine to zero (so that the final loss is the annealed one, not
+a snapshot of a still-moving run); no clipping. The optimizer is the
 paper's Adam (:class:`paperlab.sae.model.SAEAdam`), whose betas and (zero) weight decay are its own."""
 
 RECOVERED_COSINE = 0.9
@@ -158,7 +159,9 @@ def train_sae(run: RunConfig, device: str | torch.device | None = "cpu") -> tupl
     """Train the SAE of ``run`` on ``device``; returns it (on the CPU, eval mode) and a JSON-able record:
     ``final`` (:func:`evaluate` on the validation set, with feature recovery on synthetic data), ``history``
     (the training loop's, with an evaluation every ``eval_every`` steps: NMSE, L0, dead fraction, the
-    latents that became dead (``died``) and came back (``revived``) since the previous evaluation, and for
+    latents that became dead (``died``) and came back (``revived``) since the previous evaluation, the share
+    of (validation token, dead latent) pairs with a positive pre-activation (``dead_positive``, when some
+    latent is dead), and for
     an SAE with AuxK the auxiliary loss on the validation set) and ``tokens``."""
     device = auto_device(device)
     with cpu_threads(1, device=device):  # tiny models: one thread is faster than two busy cores
@@ -181,6 +184,9 @@ def _train_sae(run: RunConfig, device) -> tuple[SparseAutoencoder, dict]:
         out["died"] = int((dead & ~previous_dead[0]).sum())
         out["revived"] = int((previous_dead[0] & ~dead).sum())
         previous_dead[0] = dead.clone()
+        if bool(dead.any()):  # can a dead latent still fire, or get an AuxK gradient (ReLU > 0)?
+            with torch.no_grad():
+                out["dead_positive"] = float((model.pre_activations(val_eval)[:, dead] > 0).float().mean())
         if isinstance(model, TopKSAE) and model.k_aux:
             out["auxk"] = float(model.auxk_loss(val_eval, model(val_eval), model.pre_activations(val_eval)))
         return out
