@@ -152,3 +152,16 @@ def test_an_sae_seeded_like_the_synthetic_data_does_not_start_on_its_features():
         sae = TopKSAE(64, 256, 4, seed=seed)
         _, best = feature_recovery(sae.W_dec.detach(), features)
         assert float(best.max()) < 0.9  # random directions in d = 64: best cosines around 0.4-0.6
+
+
+def test_the_history_logs_how_often_dead_latents_are_positive():
+    # dead_tokens of one batch: a latent that misses a batch is dead; with k = 1 of 64 many miss every batch
+    run = RunConfig(n_latents=64, k=1, k_aux=8, dead_tokens=64, synthetic=SyntheticConfig(n_features=32),
+                    train=dataclasses.replace(SAE_TRAIN, steps=20, batch_size=64, eval_every=5,
+                                              warmup_steps=2))
+    _, record = train_sae(run)
+    evals = record["history"]["evals"]
+    with_dead = [e for e in evals if e["dead_fraction"] > 0]
+    assert with_dead and all(0.0 <= e["dead_positive"] <= 1.0 for e in with_dead)
+    assert all("dead_positive" not in e for e in evals if e["dead_fraction"] == 0)
+    assert all(e["died"] >= 0 and e["revived"] >= 0 for e in evals)
