@@ -442,3 +442,21 @@ def test_summaries_of_the_results():
     assert choice == {"game24": "io", "arithmetic": "cot", "word_sorting": "cot", "checkmate": "cot"}
     assert baseline == [pytest.approx((1 + 0.5 * 3) / 4)] * 2  # the better method per family
     assert experiments.cost_per_problem(results, "tot", "game24")["calls"] == [1.0, 1.0]
+
+
+def test_distiller_accuracy_counts_exact_parameters():
+    from paperlab.bot import experiments, model
+
+    config = experiments.EXPERIMENT.config("fast")
+    problems = model.problems_of(model.build_data(config.data), "test")
+    # as the word tokenizer decodes them: no space before punctuation
+    right = [tasks.family(p.family).distilled(p, 1).replace(" ; ", "; ") for p in problems]
+    wrong = right[:-1] + [right[-1].rsplit(" ", 1)[0]]  # the last problem loses a parameter's last token
+    unseen = ["task : something never taught ; " + tasks.family(p.family).format_params(p.params)
+              for p in problems]
+    runs = [{"bot_records": [{"distilled": d} for d in right], "held_out_distilled": unseen},
+            {"bot_records": [{"distilled": d} for d in wrong],
+             "held_out_distilled": ["task : x"] * len(problems)}]
+    results = {"seeds": runs}
+    assert experiments.distiller_accuracy(results, config) == [1.0, pytest.approx(1 - 1 / len(problems))]
+    assert experiments.distiller_accuracy(results, config, held_out=True) == [1.0, 0.0]

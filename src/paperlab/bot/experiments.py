@@ -48,7 +48,7 @@ from paperlab.utils import parallel_map
 
 __all__ = ["BoTConfig", "CONFIGS", "EXPERIMENT", "load", "measure_seed", "run", "sweep_thresholds",
            "statements", "METHODS", "family_accuracy", "mean_accuracy", "best_single_query",
-           "cost_per_problem"]
+           "cost_per_problem", "distiller_accuracy"]
 
 METHODS = ("io", "cot", "tot", "bot", "io_large", "cot_large")
 
@@ -106,12 +106,8 @@ CONFIGS = {
 def statements(problems: list[tasks.Problem], held_out: bool = False) -> list[str]:
     """Each test problem's statement: phrasing ``j % 3`` of the ``j``-th problem of its family, or the
     held-out phrasing."""
-    out, index = [], {}
-    for p in problems:
-        j = index.get(p.family, 0)
-        index[p.family] = j + 1
-        out.append(p.statement(tasks.HELD_OUT_PHRASING if held_out else test_phrasing(j)))
-    return out
+    return [p.statement(tasks.HELD_OUT_PHRASING if held_out else phrasing)
+            for p, phrasing in zip(problems, _phrasings(problems))]
 
 
 def _graded(problems, answers) -> list[bool]:
@@ -188,6 +184,7 @@ def _measure_seed(seed: int, config: BoTConfig, device: str | None) -> dict:
                 fallback=lambda idx, ledger=ledger: chain_of_thought(
                     ledger, prompts, [held_out[i] for i in idx], owners=idx))
             answers = [r.answer for r in held_records]
+            out["held_out_distilled"] = [r.distilled for r in held_records]
         robust[method] = _graded(problems, answers)
     out["held_out_phrasing"] = robust
 
@@ -334,6 +331,36 @@ def cost_per_problem(results: dict, method: str, family: str | None = None) -> d
         costs = [c for c, f in zip(run_["costs"][method], subset) if family is None or f == family]
         for key in out:
             out[key].append(sum(c[key] for c in costs) / len(costs))
+    return out
+
+
+def distiller_accuracy(results: dict, config: BoTConfig, held_out: bool = False) -> list[float]:
+    """Per seed, the share of test problems whose distilled text carries exactly the right parameters
+    (everything after the task line, as :meth:`paperlab.bot.tasks.Family.distilled` writes it; spacing
+    ignored, as the word tokenizer decodes punctuation without it), for the seen phrasings or
+    (``held_out``) the phrasing never seen in training. The task line is left out: for the unseen
+    phrasing the distiller cannot know the line it was never taught."""
+    problems = problems_of(build_data(config.data), "test")
+    targets = [_squash(tasks.family(p.family).format_params(p.params)) for p in problems]
+    out = []
+    for run_ in results["seeds"]:
+        texts = run_["held_out_distilled"] if held_out else [r["distilled"] for r in run_["bot_records"]]
+        params = [_squash(text.partition(";")[2]) for text in texts]
+        out.append(sum(p == t for p, t in zip(params, targets)) / len(targets))
+    return out
+
+
+def _squash(text: str) -> str:
+    return "".join(text.split())
+
+
+def _phrasings(problems: list[tasks.Problem]) -> list[int]:
+    """The phrasing each test problem is stated in (as :func:`statements` states it)."""
+    out, index = [], {}
+    for p in problems:
+        j = index.get(p.family, 0)
+        index[p.family] = j + 1
+        out.append(test_phrasing(j))
     return out
 
 
