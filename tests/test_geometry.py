@@ -12,6 +12,7 @@ import torch
 from paperlab.geometry import experiments as E
 from paperlab.geometry.estimate import (
     Whitening,
+    cosine,
     estimate_vector,
     estimate_vectors,
     held_out_projections,
@@ -147,6 +148,13 @@ def test_estimator_recovers_planted_structure_and_none_in_shuffled_data(hierarch
     assert summary["whitened"]["held_out_mean"] > 0.8  # vectors generalise to held-out tokens
     assert abs(summary["shuffled"]["held_out_mean"]) < 0.2  # shuffled rows: nothing to generalise
     assert result["invariance_error"] < 1e-8  # whitening undoes the distortion M exactly
+    # the parent without the child's tokens is a sibling set: the theorem predicts a negative cosine,
+    # below what random splits of the parent give
+    assert summary["whitened"]["disjoint_mean"] < -0.1
+    assert summary["whitened"]["disjoint_mean"] < sum(result["nulls"]["disjoint_mean"]) / config.n_null_draws
+    assert len(result["nulls"]["true_mean_abs"]) == config.n_null_draws
+    # the matched-norm shuffled control: same norms as the whitened vectors, other directions
+    assert len(result["orthogonality"]["shuffled"]["true_pairs_matched"]) == result["n_pairs"]
     concepts = extract_concepts(hierarchy, corpus.lemmas, config.min_tokens)
     data = planted_unembeddings(concepts, corpus.lemmas, PlantedConfig(d=32, n_other=100))
     assert data["gamma"].shape == (len(corpus.lemmas) + 100, 32)
@@ -193,6 +201,8 @@ def test_lm_logits_and_intervention(monkeypatch, corpus):
     alphas = torch.tensor(result["alphas"])
     # the logit difference is linear in alpha, with the slope (l_p1 - l_p2) . (mean g(p1) - mean g(p2))
     assert torch.allclose(parent, parent[0] + result["parent_slope"] * alphas, atol=1e-3)
+    assert abs(result["parent_slope"] - result["parent_slope_closed_form"]) < 1e-3
+    assert abs(result["child_slope"] - result["child_slope_closed_form"]) < 1e-3
     assert result["parent_slope"] > 0
 
 
@@ -234,3 +244,16 @@ def test_lm_training_is_reproducible():
     torch.randn(3)  # the global generator's state must not matter
     second = train_lm(config)
     assert all(torch.equal(first["state_dict"][k], second["state_dict"][k]) for k in first["state_dict"])
+
+
+def test_sibling_set_gives_the_negative_cosine_the_theorem_predicts():
+    # l_P, and two children with offsets orthogonal to l_P and to each other: the child C and the rest
+    # R = P \ C (a sibling of C). cos(l_R, l_C - l_R) = -||d_R||^2 / (||l_R|| ||d_C - d_R||) < 0.
+    l_parent = torch.tensor([2.0, 0.0, 0.0], dtype=torch.float64)
+    d_child = torch.tensor([0.0, 1.5, 0.0], dtype=torch.float64)
+    d_rest = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)
+    l_child, l_rest = l_parent + d_child, l_parent + d_rest
+    predicted = -d_rest.norm() ** 2 / (l_rest.norm() * (d_child - d_rest).norm())
+    assert abs(cosine(l_rest, l_child - l_rest) - float(predicted)) < 1e-12
+    assert cosine(l_rest, l_child - l_rest) < -0.2
+    assert abs(cosine(l_parent, l_child - l_parent)) < 1e-12  # the parent-child statistic itself is 0

@@ -69,6 +69,7 @@ class GeometryConfig:
     )
     held_out_fraction: float = 0.7
     n_random_pairs: int = 200
+    n_null_draws: int = 50  # draws of the random-subset nulls (random subsets of a parent's tokens)
     heatmap_max_depth: int = 4
     plane: tuple[str, str] = ("animal.n.01", "mammal.n.01")
     simplex: tuple[str, str, str] = ("mammal.n.01", "bird.n.01", "fish.n.01")
@@ -85,6 +86,7 @@ class GeometryConfig:
         check_type(self, "planted", PlantedConfig)
         check_ints(self, "min_tokens", low=2)
         check_ints(self, "n_random_pairs", "n_contexts", "points_per_group")
+        check_ints(self, "n_null_draws", low=20)  # stats.against_null needs 20 draws
         check_ints(self, "heatmap_max_depth", "seed", low=0)
         check_numbers(self, "held_out_fraction", low=0, high=1, open_low=True, open_high=True)
         for name in ("plane", "parent_pair", "child_pair"):
@@ -101,6 +103,7 @@ CONFIGS = {
             train=dataclasses.replace(LMConfig().train, steps=200, warmup_steps=20, eval_every=100),
         ),
         n_random_pairs=100,
+        n_null_draws=20,
         n_contexts=128,
         points_per_group=150,
         planted=PlantedConfig(d=64, n_other=500),
@@ -140,8 +143,10 @@ def _pearson(x: list[float], y: list[float]) -> float:
 
 
 def _disjoint_orthogonality(g, sets, pairs, method="lda") -> list[float]:
-    """cos(l_{z \\ w}, l_w - l_{z \\ w}): the parent's vector estimated without the child's tokens (a
-    statistic the nesting of token sets does not pull to 0, see the chapter)."""
+    """cos(l_R, l_w - l_R) with ``R = Y(z) \\ Y(w)``: the parent's vector estimated without the child's
+    tokens. ``R`` is a *sibling* set of the child (the parent's other children), so the theorem predicts a
+    negative cosine, ``-||d_R||^2 / (||l_R|| ||d_w - d_R||)`` for orthogonal offsets ``d`` (see the
+    chapter); pairs whose rest has fewer than 5 tokens are left out."""
     out = []
     for z, w in pairs:
         rest = sorted(set(sets[z]) - set(sets[w]))
@@ -151,6 +156,41 @@ def _disjoint_orthogonality(g, sets, pairs, method="lda") -> list[float]:
         lw = estimate_vector(g[torch.tensor(sets[w])], method)
         out.append(cosine(lz, lw - lz))
     return out
+
+
+def _subset_nulls(g, sets, pairs, n_draws: int, generator: torch.Generator, method="lda") -> dict:
+    """Nulls of the same kind as the parent-child statistics: in each draw every child ``w`` of ``z`` is
+    replaced by a random subset ``S`` of ``Y(z)`` of the child's size (a "child" with no structure of its
+    own), and the two statistics are recomputed:
+
+    - ``true_mean_abs``: mean over pairs of ``|cos(l_z, l_S - l_z)|`` (against the true pairs' mean |cos|);
+    - ``disjoint_mean``: mean over pairs of ``cos(l_{Y(z) \\ S}, l_S - l_{Y(z) \\ S})`` (against the
+      disjoint statistic's mean; same pairs as :func:`_disjoint_orthogonality`).
+
+    One value per draw for each."""
+    parents = {z: estimate_vector(g[torch.tensor(sets[z])], method) for z, _ in pairs}
+    out = {"true_mean_abs": [], "disjoint_mean": []}
+    for _ in range(n_draws):
+        abs_cos, disjoint = [], []
+        for z, w in pairs:
+            index = sets[z]
+            order = torch.randperm(len(index), generator=generator).tolist()
+            subset = sorted(index[i] for i in order[: len(sets[w])])
+            l_subset = estimate_vector(g[torch.tensor(subset)], method)
+            abs_cos.append(abs(cosine(parents[z], l_subset - parents[z])))
+            rest = sorted(index[i] for i in order[len(sets[w]):])
+            if len(index) - len(set(sets[w])) >= 5 and len(rest) >= 5:  # the pairs _disjoint_orthogonality keeps
+                l_rest = estimate_vector(g[torch.tensor(rest)], method)
+                disjoint.append(cosine(l_rest, l_subset - l_rest))
+        out["true_mean_abs"].append(_mean_abs(abs_cos))
+        out["disjoint_mean"].append(sum(disjoint) / max(len(disjoint), 1))
+    return out
+
+
+def _matched_norms(shuffled: dict[str, torch.Tensor], reference: dict[str, torch.Tensor]) -> dict:
+    """The shuffled control's vectors rescaled to the trained vectors' norms, concept by concept: random
+    directions with the lengths of the real ones (the statistics depend on the parent/child norm ratio)."""
+    return {n: v * (reference[n].norm() / v.norm()) for n, v in shuffled.items()}
 
 
 @dataclass
@@ -198,6 +238,9 @@ def _orthogonality(spaces: dict[str, torch.Tensor], vectors: dict[str, dict], c:
             "disjoint": _disjoint_orthogonality(spaces[name], c.sets, c.pairs, _method(name)),
             "norms": [float(vs[n].norm()) for n in c.concepts.names],
         }
+    matched = _matched_norms(vectors["shuffled"], vectors["whitened"])
+    stats["shuffled"]["true_pairs_matched"] = orthogonality(matched, c.pairs)
+    stats["shuffled"]["siblings_matched"] = sibling_orthogonality(matched, c.triples)
     return stats
 
 
@@ -228,6 +271,10 @@ def _summary(stats: dict, held: dict) -> dict:
         }
         for name, s in stats.items()
     }
+    shuffled = stats["shuffled"]
+    summary["shuffled"]["true_matched_mean_abs"] = _mean_abs(shuffled["true_pairs_matched"])
+    summary["shuffled"]["siblings_matched_mean_abs"] = (
+        _mean_abs(shuffled["siblings_matched"]) if shuffled["siblings_matched"] else math.nan)
     for name, h in held.items():
         summary[name]["held_out_mean"] = sum(h["held_out"]) / len(h["held_out"])
         summary[name]["random_projection_mean"] = sum(h["random"]) / len(h["random"])
@@ -247,7 +294,7 @@ def _heatmap(concepts: Concepts, vectors: dict[str, dict], hierarchy: Hierarchy,
     def correlation(matrix):
         return _pearson([matrix[i][j] for i, j in off], [path[i][j] for i, j in off])
 
-    return {"names": shown, "cosine": heat["whitened"], "cosine_shuffled": heat["shuffled"],
+    return {"names": shown, "depth": [concepts.depth[c] for c in shown], "cosine": heat["whitened"], "cosine_shuffled": heat["shuffled"],
             "path_similarity": path, "correlation": correlation(heat["whitened"]),
             "correlation_shuffled": correlation(heat["shuffled"])}
 
@@ -273,6 +320,7 @@ def analyse_unembedding(
     vectors = {name: estimate_vectors(space, c.sets, method=_method(name)) for name, space in spaces.items()}
     stats = _orthogonality(spaces, vectors, c)
     held = _held_out(spaces, c.sets, config)
+    nulls = _subset_nulls(g, c.sets, c.pairs, config.n_null_draws, generator)
     eigenvalues = torch.linalg.eigvalsh(whitening.covariance)
     out = {
         "n_tokens": len(vocabulary), "d": gamma.shape[1], "n_concepts": len(c.concepts.names),
@@ -282,12 +330,13 @@ def analyse_unembedding(
         "cov_condition_number": float(eigenvalues.max() / eigenvalues.min()),
         "whitened_mean_abs_max": float(g.mean(0).abs().max()),
         "whitened_cov_error": float((g.T @ g / len(g) - torch.eye(g.shape[1], dtype=g.dtype)).abs().max()),
-        "orthogonality": stats, "held_out": held, "summary": _summary(stats, held),
+        "orthogonality": stats, "held_out": held, "summary": _summary(stats, held), "nulls": nulls,
         "heatmap": _heatmap(c.concepts, vectors, hierarchy, config),
     }
     if figures:
         out["plane"] = _plane(g, c.sets, vectors["whitened"], c.concepts, config, generator)
         out["simplex"] = _simplex(g, c.sets, vectors["whitened"], config, generator)
+        out["simplex_shuffled"] = _simplex(spaces["shuffled"], c.sets, vectors["shuffled"], config, generator)
     return out
 
 
@@ -331,15 +380,15 @@ def _simplex(g, sets, vectors, config, generator) -> dict:
     basis, _ = torch.linalg.qr(torch.stack([vectors[n] for n in names], 1))  # (d, 3)
     out = {"names": names, "vertices": [(vectors[n] @ basis).tolist() for n in names], "points": {}}
     own = [set(sets[n]) for n in names]
-    correct = total = 0
+    correct = []  # per token of exactly one category: 1 if its largest projection is on its own vector
     for k, name in enumerate(names):
         exclusive = sorted(own[k] - set().union(*(own[j] for j in range(3) if j != k)))
         pick = torch.tensor(_subsample(exclusive, config.points_per_group, generator))
         out["points"][name] = (g[pick] @ basis).tolist()
         scores = torch.stack([projection(g[torch.tensor(exclusive)], vectors[n]) for n in names], 1)
-        correct += int((scores.argmax(1) == k).sum())
-        total += len(exclusive)
-    out["accuracy"] = correct / total  # tokens whose largest projection is on their own category's vector
+        correct += (scores.argmax(1) == k).int().tolist()
+    out["correct"] = correct
+    out["accuracy"] = sum(correct) / len(correct)  # tokens whose largest projection is on their own vector
     out["vertex_cosines"] = [
         cosine(vectors[a], vectors[b]) for i, a in enumerate(names) for b in names[i + 1 :]
     ]
@@ -413,6 +462,14 @@ def _intervention(model, corpus: HierarchyCorpus, config: GeometryConfig) -> dic
         out["share_c1"].append(float((mass_c1 / (mass_c1 + mass_c2)).mean()))
     slope = lambda ys: (ys[-1] - ys[0]) / (out["alphas"][-1] - out["alphas"][0])  # noqa: E731
     out["parent_slope"], out["child_slope"] = slope(out["parent"]), slope(out["child"])
+    # The closed form: logits = (lambda(x) + alpha d) . gamma(y), so a mean-logit difference between two
+    # token sets moves by alpha * d . (mean gamma over one set - mean gamma over the other), for every
+    # context alike: exactly linear in alpha, with this slope (in whitened terms (l_p1 - l_p2) . (mean g
+    # over one set - mean g over the other)).
+    mean_head = {c: head[sets[c].to(device)].mean(0) for c in names}
+    d = direction.to(device)
+    out["parent_slope_closed_form"] = float(d @ (mean_head[p1] - mean_head[p2]))
+    out["child_slope_closed_form"] = float(d @ (mean_head[c1] - mean_head[c2]))
     return out
 
 
