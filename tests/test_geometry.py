@@ -21,7 +21,13 @@ from paperlab.geometry.estimate import (
     whiten,
 )
 from paperlab.geometry.hf import single_token_lemmas
-from paperlab.geometry.hierarchy import DATA_FILE, concept_tokens, extract_concepts, load_hierarchy
+from paperlab.geometry.hierarchy import (
+    DATA_FILE,
+    MERGE_MARGIN,
+    concept_tokens,
+    extract_concepts,
+    load_hierarchy,
+)
 from paperlab.geometry.lm import (
     CorpusConfig,
     HierarchyCorpus,
@@ -78,6 +84,10 @@ def test_hierarchy_extraction_is_deterministic_and_nested(hierarchy):
             assert set(a.tokens[child]) <= set(a.tokens[parent])
             assert a.tokens[child] != a.tokens[parent]  # single-child chains merged
             assert a.names.index(parent) < a.names.index(child)  # hierarchy (depth-first) order
+            if a.children(parent) == [child]:  # an only child keeps MERGE_MARGIN lemmas of its parent's apart
+                assert len(set(a.tokens[parent]) - set(a.tokens[child])) >= MERGE_MARGIN
+    # marsupial (20 lemmas) under metatherian (21): collapsed into metatherian, as the reference code does
+    assert "metatherian.n.01" in a.names and "marsupial.n.01" not in a.names
 
 
 def test_unknown_synset_and_too_few_tokens_raise(hierarchy):

@@ -179,7 +179,7 @@ def _subset_nulls(g, sets, pairs, n_draws: int, generator: torch.Generator, meth
             l_subset = estimate_vector(g[torch.tensor(subset)], method)
             abs_cos.append(abs(cosine(parents[z], l_subset - parents[z])))
             rest = sorted(index[i] for i in order[len(sets[w]):])
-            if len(index) - len(set(sets[w])) >= 5 and len(rest) >= 5:  # the pairs _disjoint_orthogonality keeps
+            if len(rest) >= 5:  # the pairs _disjoint_orthogonality keeps (Y(w) is a subset of Y(z))
                 l_rest = estimate_vector(g[torch.tensor(rest)], method)
                 disjoint.append(cosine(l_rest, l_subset - l_rest))
         out["true_mean_abs"].append(_mean_abs(abs_cos))
@@ -294,7 +294,8 @@ def _heatmap(concepts: Concepts, vectors: dict[str, dict], hierarchy: Hierarchy,
     def correlation(matrix):
         return _pearson([matrix[i][j] for i, j in off], [path[i][j] for i, j in off])
 
-    return {"names": shown, "depth": [concepts.depth[c] for c in shown], "cosine": heat["whitened"], "cosine_shuffled": heat["shuffled"],
+    return {"names": shown, "depth": [concepts.depth[c] for c in shown], "cosine": heat["whitened"],
+            "cosine_shuffled": heat["shuffled"],
             "path_similarity": path, "correlation": correlation(heat["whitened"]),
             "correlation_shuffled": correlation(heat["shuffled"])}
 

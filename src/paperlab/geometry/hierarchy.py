@@ -4,8 +4,9 @@ and the extraction of *concepts* from it.
 
 A concept is a noun synset ``w`` with its token set ``Y(w)``: the lemmas of ``w`` and of all its hyponyms
 (recursively) that are single tokens of the vocabulary at hand (Park et al., 2024, section 5; their
-``hierarchical/`` code). Concepts with fewer than ``min_tokens`` tokens are dropped, as are synsets whose
-token set equals that of the concept above them (single-child chains are merged into the upper synset).
+``hierarchical/`` code). Concepts with fewer than ``min_tokens`` tokens are dropped, and a concept that is
+its parent's only child is merged into the parent when the parent has fewer than ``MERGE_MARGIN`` (5)
+lemmas beyond it (the reference code's rule for close pairs; identical sets are the extreme case).
 Each concept's parent in the concept tree is its nearest ancestor concept along the hypernym paths (ties:
 shorter path, then alphabetical), so the concept hierarchy is a tree even where WordNet has several
 hypernyms. Everything is sorted, so the extraction is deterministic.
@@ -19,7 +20,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-__all__ = ["DATA_FILE", "Hierarchy", "Concepts", "load_hierarchy", "extract_concepts", "concept_tokens"]
+__all__ = ["DATA_FILE", "Hierarchy", "Concepts", "load_hierarchy", "extract_concepts", "concept_tokens",
+           "MERGE_MARGIN"]
 
 DATA_FILE = Path(__file__).resolve().parents[3] / "data" / "wordnet" / "nouns.tsv"
 
@@ -167,6 +169,9 @@ class Concepts:
         return [(self.parent[c], c) for c in self.names if self.parent[c] is not None]
 
 
+MERGE_MARGIN = 5  # an only child is merged into its parent unless the parent has this many lemmas beyond it
+
+
 def extract_concepts(
     hierarchy: Hierarchy, vocabulary: Iterable[str], min_tokens: int = 10, roots: Iterable[str] | None = None
 ) -> Concepts:
@@ -203,16 +208,28 @@ def extract_concepts(
         above = [(d, s) for s, d in distance.items() if d > 0 and s in kept]
         return min(above)[1] if above else None
 
-    # merge single-child chains: a synset whose tokens equal its nearest kept ancestor's is dropped, until
-    # none is left (so a chain collapses into its uppermost synset)
+    # merge only children (after the reference code, hierarchical/category.py): deepest first, a kept
+    # synset that is its kept parent's only child, and leaves the parent fewer than MERGE_MARGIN lemmas of
+    # its own, is collapsed into the parent (which keeps its name and tokens; the child's children move up).
+    # An identical token set (0 lemmas beyond) is the extreme case. The reference also collapses every only
+    # child with a single parent; our concept tree gives each synset one parent, so we keep only children
+    # that differ from their parent by MERGE_MARGIN or more lemmas (see the chapter).
+    height = {s: max(hierarchy.ancestors(s).values(), default=0) for s in kept}
     changed = True
     while changed:
         changed = False
-        for synset in sorted(kept):
-            parent = nearest_parent(synset)
-            if parent is not None and candidates[parent] == candidates[synset]:
+        parents = {s: nearest_parent(s) for s in kept}
+        only_children: dict[str, list[str]] = {}
+        for s, p in parents.items():
+            if p is not None:
+                only_children.setdefault(p, []).append(s)
+        for synset in sorted(kept, key=lambda s: (-height[s], s)):
+            p = parents[synset]
+            if p is not None and only_children[p] == [synset] and \
+                    len(set(candidates[p]) - set(candidates[synset])) < MERGE_MARGIN:
                 kept.discard(synset)
                 changed = True
+                break
     parent = {s: nearest_parent(s) for s in sorted(kept)}
     children: dict[str | None, list[str]] = {}
     for s, p in parent.items():
