@@ -267,3 +267,16 @@ def test_sibling_set_gives_the_negative_cosine_the_theorem_predicts():
     assert abs(cosine(l_rest, l_child - l_rest) - float(predicted)) < 1e-12
     assert cosine(l_rest, l_child - l_rest) < -0.2
     assert abs(cosine(l_parent, l_child - l_parent)) < 1e-12  # the parent-child statistic itself is 0
+
+
+def test_zipf_frequencies_skew_the_lemma_prior(hierarchy):
+    uniform = HierarchyCorpus(CorpusConfig(), hierarchy)
+    skewed = HierarchyCorpus(CorpusConfig(zipf=1.0), hierarchy)
+    lemma_mass = lambda corpus: torch.zeros(corpus.vocab_size, dtype=torch.float64).index_add_(  # noqa: E731
+        0, corpus.pair_lemma, corpus.pair_prior)[corpus.lemma_ids]
+    assert torch.allclose(lemma_mass(uniform), torch.full((len(uniform.lemmas),), 1 / len(uniform.lemmas),
+                                                          dtype=torch.float64))
+    mass = lemma_mass(skewed).sort(descending=True).values
+    assert math.isclose(float(mass[0] / mass[1]), 2.0, rel_tol=1e-9)  # rank^-1: the top word twice the second
+    with pytest.raises(ValueError, match="zipf"):
+        CorpusConfig(zipf=-1.0)

@@ -42,7 +42,7 @@ from paperlab.geometry.estimate import (
     sibling_orthogonality,
 )
 from paperlab.geometry.hierarchy import Concepts, Hierarchy, extract_concepts, load_hierarchy
-from paperlab.geometry.lm import HierarchyCorpus, LMConfig, load_trained, representation
+from paperlab.geometry.lm import CorpusConfig, HierarchyCorpus, LMConfig, load_trained, representation
 from paperlab.geometry.synthetic import PlantedConfig, planted_unembeddings
 from paperlab.utils import cpu_threads
 
@@ -56,6 +56,7 @@ __all__ = [
     "intervention",
     "planted",
     "planted_statistics",
+    "anisotropy",
     "run",
     "EXPERIMENT",
 ]
@@ -64,6 +65,8 @@ __all__ = [
 @dataclass(frozen=True)
 class GeometryConfig:
     lm: LMConfig = field(default_factory=LMConfig)
+    # the same LM trained on a corpus with Zipf-distributed lemma frequencies: an anisotropic unembedding
+    zipf_lm: LMConfig = field(default_factory=lambda: LMConfig(corpus=CorpusConfig(zipf=1.0)))
     min_tokens: int = (
         20  # concepts analysed: at least this many tokens (the reference code uses > 50 for Gemma)
     )
@@ -83,6 +86,7 @@ class GeometryConfig:
 
     def __post_init__(self):
         check_type(self, "lm", LMConfig)
+        check_type(self, "zipf_lm", LMConfig)
         check_type(self, "planted", PlantedConfig)
         check_ints(self, "min_tokens", low=2)
         check_ints(self, "n_random_pairs", "n_contexts", "points_per_group")
@@ -96,12 +100,12 @@ class GeometryConfig:
         check_that(self, self.alphas[0] < self.alphas[-1], "alphas", "from a smaller to a larger alpha")
 
 
+_FAST_TRAIN = dataclasses.replace(LMConfig().train, steps=200, warmup_steps=20, eval_every=100)
 CONFIGS = {
     "fast": GeometryConfig(
-        lm=LMConfig(  # the full LM, trained for a tenth of the steps
-            eval_sentences=1000,
-            train=dataclasses.replace(LMConfig().train, steps=200, warmup_steps=20, eval_every=100),
-        ),
+        lm=LMConfig(eval_sentences=1000, train=_FAST_TRAIN),  # the full LM, trained for a tenth of the steps
+        zipf_lm=LMConfig(corpus=CorpusConfig(zipf=1.0), eval_sentences=500,  # half the steps again: CI only
+                         train=dataclasses.replace(_FAST_TRAIN, steps=100, warmup_steps=10, eval_every=50)),
         n_random_pairs=100,
         n_null_draws=20,
         n_contexts=128,
@@ -308,9 +312,11 @@ def analyse_unembedding(
     hierarchy: Hierarchy | None = None,
     roots: tuple[str, ...] | None = None,
     figures: bool = True,
+    nulls: bool = True,
 ) -> dict:
     """Every statistic of the chapter for the unembedding ``gamma`` (W, d), ``vocabulary`` mapping each
-    lemma to its row. JSON-able results (see the chapter for what each one is)."""
+    lemma to its row. JSON-able results (see the chapter for what each one is); ``nulls=False`` skips the
+    random-subset nulls (``result["nulls"]`` is then None)."""
     hierarchy = hierarchy if hierarchy is not None else load_hierarchy()
     generator = torch.Generator().manual_seed(config.seed)  # random pairs, the shuffle, the figures' points
     c = _concepts(vocabulary, config, hierarchy, roots if roots is not None else config.lm.corpus.roots,
@@ -321,7 +327,7 @@ def analyse_unembedding(
     vectors = {name: estimate_vectors(space, c.sets, method=_method(name)) for name, space in spaces.items()}
     stats = _orthogonality(spaces, vectors, c)
     held = _held_out(spaces, c.sets, config)
-    nulls = _subset_nulls(g, c.sets, c.pairs, config.n_null_draws, generator)
+    null_draws = _subset_nulls(g, c.sets, c.pairs, config.n_null_draws, generator) if nulls else None
     eigenvalues = torch.linalg.eigvalsh(whitening.covariance)
     out = {
         "n_tokens": len(vocabulary), "d": gamma.shape[1], "n_concepts": len(c.concepts.names),
@@ -331,7 +337,7 @@ def analyse_unembedding(
         "cov_condition_number": float(eigenvalues.max() / eigenvalues.min()),
         "whitened_mean_abs_max": float(g.mean(0).abs().max()),
         "whitened_cov_error": float((g.T @ g / len(g) - torch.eye(g.shape[1], dtype=g.dtype)).abs().max()),
-        "orthogonality": stats, "held_out": held, "summary": _summary(stats, held), "nulls": nulls,
+        "orthogonality": stats, "held_out": held, "summary": _summary(stats, held), "nulls": null_draws,
         "heatmap": _heatmap(c.concepts, vectors, hierarchy, config),
     }
     if figures:
@@ -407,6 +413,21 @@ def analysis(config: GeometryConfig, device: str | torch.device | None = None) -
         lambda: analyse_unembedding(gamma, vocabulary, config, corpus.hierarchy),
         seed=config.seed,
     )
+
+
+def anisotropy(config: GeometryConfig, device: str | torch.device | None = None) -> dict:
+    """:func:`analyse_unembedding` (no figures) of the LM trained on Zipf-distributed lemma frequencies
+    (``config.zipf_lm``), cached: the same statistics on a more anisotropic unembedding."""
+    model, corpus, record = load_trained(config.zipf_lm, device)
+    gamma, vocabulary = lm_unembedding(model, corpus)
+
+    def compute():
+        out = analyse_unembedding(gamma, vocabulary, config, corpus.hierarchy, figures=False, nulls=False)
+        out["lemma_loss"] = record["history"]["evals"][-1]["lemma_loss"]
+        out["bayes_lemma_loss"] = record["bayes_lemma_loss"]
+        return out
+
+    return cache.cached("geometry-anisotropy", config, compute, seed=config.seed)
 
 
 # ---------------------------------------------------------------------------------- intervention
@@ -518,6 +539,7 @@ def run(config: GeometryConfig, device: str | None = None) -> dict:
         "simplex_accuracy": main["simplex"]["accuracy"],
         "intervention": intervention(config, device),
         "planted": planted(config)["summary"],
+        "zipf_lm": anisotropy(config, device)["summary"],
     }
 
 

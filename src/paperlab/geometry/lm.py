@@ -4,7 +4,8 @@
 at least ``min_tokens`` lemmas each) and give every concept ``a`` its own ``words_per_concept`` *context
 words* ``C_a`` (written ``ctx_mammal_n_01_0``...). A sentence is made as follows:
 
-1. draw a lemma ``w`` uniformly from all single-word lemmas under the roots (the target word);
+1. draw a lemma ``w`` from all single-word lemmas under the roots (the target word): uniformly, or with
+   ``zipf > 0`` by Zipf's law over a fixed random ranking of the lemmas (skewed frequencies);
 2. draw one of the synsets ``s`` that have ``w`` as a lemma, uniformly (polysemous lemmas have several);
 3. let ``A(s)`` be the concept path from the root down to the nearest concept containing ``s`` (``s``
    itself if it is a concept): the ancestors of ``w`` that the corpus knows;
@@ -68,12 +69,14 @@ class CorpusConfig:
     words_per_concept: int = 2
     n_context: int = 3
     p_noise: float = 0.1
+    zipf: float = 0.0  # lemma frequencies proportional to rank^-zipf (a fixed random ranking); 0: uniform
 
     def __post_init__(self):
         check_str_tuple(self, "roots")
         check_ints(self, "min_tokens", low=2)  # a concept's covariance needs two tokens
         check_ints(self, "words_per_concept", "n_context")
         check_numbers(self, "p_noise", low=0, high=1, open_high=True)
+        check_numbers(self, "zipf", low=0)
 
 
 @dataclass(frozen=True)
@@ -168,9 +171,14 @@ class HierarchyCorpus:
         self.pair_lemma = torch.tensor(pair_lemma)
         self.pair_length = torch.tensor([len(p) for p in pair_path])
         self.pair_path = torch.tensor([p + [p[-1]] * (depth - len(p)) for p in pair_path])
-        inverse = {ids[w]: 1.0 / n for w, n in senses.items()}
+        # p(w): uniform, or Zipf's law over a fixed random ranking of the lemmas (seed 0, for every run)
+        rank = torch.empty(len(self.lemmas), dtype=torch.float64)
+        rank[torch.randperm(len(self.lemmas), generator=torch.Generator().manual_seed(0))] = torch.arange(
+            1, len(self.lemmas) + 1, dtype=torch.float64)
+        lemma_weight = {ids[w]: float(rank[i]) ** -config.zipf for i, w in enumerate(self.lemmas)}
+        inverse = {ids[w]: lemma_weight[ids[w]] / n for w, n in senses.items()}
         weights = torch.tensor([inverse[i] for i in pair_lemma], dtype=torch.float64)
-        self.pair_prior = weights / weights.sum()  # p(s, w): w uniform, then s uniform among w's synsets
+        self.pair_prior = weights / weights.sum()  # p(s, w) = p(w) p(s | w): s uniform among w's synsets
 
     @property
     def vocab_size(self) -> int:
