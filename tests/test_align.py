@@ -246,9 +246,17 @@ def test_policy_gradient_optimise_mask_reaches_only_the_flagged_tokens():
         align.PolicyGradient(reference, [[1, 3]], rewards, config, eos_id=2, optimise=3)
 
 
-def test_policy_gradient_use_cache_samples_the_same_batch():
+def test_policy_gradient_use_cache_samples_the_same_batch(monkeypatch):
     """use_cache samples through the key-value cache: with the same seed, the same responses, rewards and
     advantages as the uncached path (the cache changes the cost, not the distribution)."""
+    seen = []
+    real_generate = align.generate
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("use_cache", False))
+        return real_generate(*args, **kwargs)
+
+    monkeypatch.setattr(align, "generate", spy)
     policy = tiny_gpt(4)
     rewards = lambda prompts, responses: [float(len(r)) for r in responses]  # noqa: E731
     batches = []
@@ -257,6 +265,7 @@ def test_policy_gradient_use_cache_samples_the_same_batch():
                                             use_cache=use_cache)
         batches.append(align.PolicyGradient(policy, [[1, 3], [1, 4, 5]], rewards, config, eos_id=2,
                                             seed=3).sample(policy, 2))
+    assert set(seen) == {False, True}  # the flag reaches the sampler
     for plain, cached in zip(*batches):
         assert torch.allclose(plain.float(), cached.float(), atol=1e-5)
 

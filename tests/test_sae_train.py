@@ -159,9 +159,18 @@ def test_the_history_logs_how_often_dead_latents_are_positive():
     run = RunConfig(n_latents=64, k=1, k_aux=8, dead_tokens=64, synthetic=SyntheticConfig(n_features=32),
                     train=dataclasses.replace(SAE_TRAIN, steps=20, batch_size=64, eval_every=5,
                                               warmup_steps=2))
-    _, record = train_sae(run)
+    sae, record = train_sae(run)
     evals = record["history"]["evals"]
     with_dead = [e for e in evals if e["dead_fraction"] > 0]
     assert with_dead and all(0.0 <= e["dead_positive"] <= 1.0 for e in with_dead)
     assert all("dead_positive" not in e for e in evals if e["dead_fraction"] == 0)
     assert all(e["died"] >= 0 and e["revived"] >= 0 for e in evals)
+    # the last evaluation's share, recomputed from the returned model on the same validation tokens
+    last = evals[-1]
+    from paperlab.sae.train import _data
+    val = _data(run)[1][:2048]
+    dead = sae.dead_mask
+    assert bool(dead.any()) and last["dead_fraction"] == pytest.approx(float(dead.float().mean()))
+    with torch.no_grad():
+        expected = float((sae.pre_activations(val)[:, dead] > 0).float().mean())
+    assert last["dead_positive"] == pytest.approx(expected)
