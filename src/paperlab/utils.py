@@ -10,6 +10,7 @@ import os
 import re
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
@@ -166,13 +167,18 @@ def _check_main_is_guarded(desc: str) -> None:
         frame = frame.f_back
 
 
-def _dead_workers(pool) -> str:
-    """The exit codes of the pool's worker processes that have ended (``-9``: killed by SIGKILL, as by
-    the out-of-memory killer; ``-15``: stopped by the pool after another worker died)."""
+def _dead_workers(processes: list) -> str:
+    """The exit codes of the pool's worker processes (``-9``: killed by SIGKILL, as by the out-of-memory
+    killer; ``-15``: stopped by the pool after another worker died). ``processes`` is the list taken when
+    the pool started: a broken pool forgets its processes. The pool's own thread reaps them at the same
+    time as this one asks, and only one of the two sees a process's status, so ask until it is known."""
     import signal
 
     codes = []
-    for process in list((getattr(pool, "_processes", None) or {}).values()):
+    deadline = time.monotonic() + 5.0
+    for process in processes:
+        while process.exitcode is None and time.monotonic() < deadline:
+            time.sleep(0.02)
         code = process.exitcode
         if code is not None:
             codes.append(f"{code} ({signal.Signals(-code).name})" if code < 0 and -code in
@@ -217,8 +223,10 @@ def parallel_map(fn: Callable[..., T], jobs: list[tuple], *, workers: int | None
     _check_main_is_guarded(f"parallel_map ({desc})")
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+        processes: list = []
         try:
             futures = [pool.submit(_call_on_one_thread, fn, job) for job in jobs]
+            processes = list((getattr(pool, "_processes", None) or {}).values())  # started by submit
             for future in concurrent.futures.as_completed(futures):
                 if future.exception() is not None:  # the first failure ends the map: jobs not started
                     for other in futures:  # are cancelled, running ones finish
@@ -229,7 +237,7 @@ def parallel_map(fn: Callable[..., T], jobs: list[tuple], *, workers: int | None
         except concurrent.futures.process.BrokenProcessPool:
             raise RuntimeError(
                 f"parallel_map ({desc}): a worker process died before returning its job (exit codes of "
-                f"the workers: {_dead_workers(pool)}); -9 (SIGKILL) is usually the out-of-memory killer, "
+                f"the workers: {_dead_workers(processes)}); -9 (SIGKILL) is usually the out-of-memory killer, "
                 "and a worker's own error, if it had one, is printed above") from None
         finally:
             bar.close()
