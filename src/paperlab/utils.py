@@ -237,8 +237,8 @@ def parallel_map(fn: Callable[..., T], jobs: list[tuple], *, workers: int | None
         except concurrent.futures.process.BrokenProcessPool:
             raise RuntimeError(
                 f"parallel_map ({desc}): a worker process died before returning its job (exit codes of "
-                f"the workers: {_dead_workers(processes)}); -9 (SIGKILL) is usually the out-of-memory killer, "
-                "and a worker's own error, if it had one, is printed above") from None
+                f"the workers: {_dead_workers(processes)}); -9 (SIGKILL) is usually the out-of-memory "
+                "killer, and a worker's own error, if it had one, is printed above") from None
         finally:
             bar.close()
 
