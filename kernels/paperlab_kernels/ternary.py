@@ -27,9 +27,9 @@ Operations (reference / Numba / Triton / dispatcher, as everywhere in :mod:`pape
 
 **The CPU kernel counts bits.** Write each int8 activation in two's complement,
 ``q_j = \sum_t c_t q_{tj}`` with bits ``q_{tj}``, ``c_t = 2^t`` for ``t < 7`` and ``c_7 = -128``, and use
-``-q = \lnot q + 1`` (the complement's bits are ``1 - q_{tj}``). Read a packed row as 64-bit words: the low
-bit of each code says "weight non-zero" (mask ``NZ``), the high bit "weight -1" (mask ``NEG``, kept under
-the low bits). With ``X_t`` the word holding bit ``t`` of the activations at the same positions,
+``-q = \lnot q + 1`` (the complement's bits are ``1 - q_{tj}``). Form from the packed codes a 64-bit word
+of masks for 64 weights: ``NZ`` (bit set where the weight is non-zero) and ``NEG`` (where it is -1). With
+``X_t`` the word holding bit ``t`` of the activations met by those 64 weights,
 
 .. math::
 
@@ -37,12 +37,17 @@ the low bits). With ``X_t`` the word holding bit ``t`` of the activations at the
         \operatorname{popcount}\bigl(NZ \mathbin{\&} (X_t \oplus NEG)\bigr),
 
 because a +1 weight adds the bits of ``q_j``, a -1 weight adds the bits of ``\lnot q_j`` plus one, and a
-zero weight nothing. Each 64-bit word covers 32 weights; per word and bit-plane that is one XOR, one AND
-(LLVM fuses them into one AVX-512 ``vpternlogq``) and one ``vpopcntq`` (a ``pshufb`` popcount on AVX2), on
-the bytes exactly as they are stored: no decoding, no lookup table, no multiplication. The lookup-table
-kernels of T-MAC and bitnet.cpp (TL1/TL2) solve the same problem with ``pshufb`` table lookups over
-groups of 2-4 weights' activations, which Numba cannot emit; the bit-serial form needs only operations
-LLVM vectorises by itself. The activations' bit-planes are built once per call (``8 k`` bits per row).
+zero weight nothing. Per 64 weights and bit-plane that is one XOR-AND (one AVX-512 ``vpternlogq``), one
+popcount (``vpopcntq``; a ``pshufb`` popcount on AVX2) and one add: no decoding, no lookup table, no
+multiplication. The masks come from the stored bytes with a few shifts and ANDs: a 64-bit word of the
+packed row holds 32 codes, the low bit of each saying "non-zero" and the high bit (with the low one)
+"-1", so the kernel pairs word ``w`` of a row with word ``w + h`` (``h`` = half the row's words), keeping
+the first word's flags on the even bits and moving the second's onto the odd bits; every bit of the
+masks then carries a weight, and each popcount counts 64 weights instead of 32 (the activations'
+bit-planes are laid out to match, once per call: ``8 k`` bits per row, built by shifting whole words).
+The lookup-table kernels of T-MAC and bitnet.cpp (TL1/TL2) solve the same problem with ``pshufb`` table
+lookups over groups of 2-4 weights' activations, which Numba cannot emit; the bit-serial form needs
+only operations LLVM vectorises by itself.
 
 **The GPU kernel uses the tensor cores.** It decodes a tile of codes to int8 ``{-1, 0, 1}`` in registers
 and multiplies it with the int8 activations by ``tl.dot`` (int8 products, int32 sums: exact), then
@@ -52,11 +57,11 @@ the memory; the matrix units can, and the weights still travel as 2 bits.
 
 What bounds the speed: at batch 1 (a GEMV) **memory traffic**: the packed weights are ``n k / 4`` bytes,
 16x fewer than fp32 (``4 n k``), so an fp32 GEMV at full bandwidth is the bar to beat by up to 16x. On a
-CPU with few cores the bit-serial inner loop (about 3 vector instructions per 32 weights and bit-plane,
-25 per 256 weights) is bounded by **vector integer throughput**; its work grows with the batch, while
-the fp32 product's weight traffic is shared by the batch. ``python -m paperlab.bench matmulfree`` reports
-GB/s of the packed weights against the machine's copy bandwidth, and the speedup over ``torch`` fp32
-``F.linear``.
+CPU with few cores the bit-serial inner loop (about 3 vector instructions per 64 weights and bit-plane,
+about 30 per 512 weights with the masks) is bounded by **vector integer throughput**; its work grows
+with the batch, while the fp32 product's weight traffic is shared by the batch.
+``python -m paperlab.bench matmulfree`` reports GB/s of the packed weights against the machine's copy
+bandwidth, and the speedup over ``torch`` fp32 ``F.linear``.
 """
 
 from __future__ import annotations
@@ -289,12 +294,13 @@ if HAS_NUMBA:
                     out[r, t, w] = lo | (hi << np.uint64(1))
 
     def _popcount_kernel(xbits, words, scale, out):  # pragma: no cover - jitted
-        """xbits: (m, 8, n_words) uint64; words: (n, n_words) uint64, the packed rows -> out: (m, n), the
+        """xbits: (m, 8, h) uint64; words: (n, 2 h) uint64, the packed rows -> out: (m, n), the
         int32 sums, or with ``scale: (m,)`` float32 the BitLinear output ``float32(a) * scale[r]`` (the
         same two roundings as the reference's ``a.float() * (1 / (s_x s_w))``). One weight row per prange
-        iteration. Per 64-bit word (32 weights): ``nz`` and ``neg`` from the code bits, then per bit-plane
-        one XOR, AND and popcount, written out for the 8 planes so that the loop over words is 9
-        vectorised reductions (see the module docstring for the identity)."""
+        iteration. Per pair of row words ``w``, ``w + h`` (64 weights): the masks ``nz`` and ``neg``, the
+        first word's on the even bits and the second's on the odd bits, then per bit-plane one XOR-AND and
+        popcount, written out for the 8 planes so that the loop over words is 9 vectorised reductions (see
+        the module docstring for the identity)."""
         m, _, h = xbits.shape
         n = words.shape[0]
         one = np.uint64(1)
@@ -329,8 +335,9 @@ if HAS_NUMBA:
 
 
 def _packed_words(packed: torch.Tensor) -> np.ndarray:
-    """The packed rows as uint64 words ``(n, ceil(kp / 8))``; rows are padded with zero bytes (a copy)
-    when ``kp`` is not a multiple of 8, i.e. ``k`` not a multiple of 32."""
+    """The packed rows as uint64 words ``(n, 2 ceil(kp / 16))`` (an even number: the kernel pairs them);
+    rows are padded with zero bytes (a copy) when ``kp`` is not a multiple of 16, i.e. ``k`` not a multiple
+    of 64."""
     n, kp = packed.shape
     pn = cpu_numpy(packed, torch.uint8)
     if kp % 16:
@@ -352,7 +359,8 @@ def _numba_product(x_q: torch.Tensor, packed: torch.Tensor, k: int, scale: torch
     _bitplanes_numba_kernel(cpu_numpy(x2, torch.int8), kp, xbits)
     parallel = numba_parallel(m * n * 4 * kp)
     scale_np = None if scale is None else cpu_numpy(scale.reshape(m), torch.float32)
-    (_popcount_numba_kernel if parallel else _popcount_numba_kernel_serial)(xbits, words, scale_np, out.numpy())
+    kernel = _popcount_numba_kernel if parallel else _popcount_numba_kernel_serial
+    kernel(xbits, words, scale_np, out.numpy())
     return out.view(*lead, n)
 
 
