@@ -73,9 +73,11 @@ def test_matmul_int_is_exact(impl, m, n, k, seed):
 
 
 @pytest.mark.parametrize("impl", [i for i in IMPLS if i != "triton"])
-@pytest.mark.parametrize(("m", "n", "k"), [(1, 37, 203), (3, 37, 256), (16, 9, 1000), (5, 3, 64)])
+@pytest.mark.parametrize(("m", "n", "k"), [(1, 37, 203), (3, 37, 256), (16, 9, 1000), (5, 3, 64), (2, 5, 96),
+                                          (1, 4, 4096)])
 def test_matmul_int_larger_shapes(impl, m, n, k):
-    """k a multiple of 32 (the packed rows read as 64-bit words in place) and not (rows padded)."""
+    """k a multiple of 64 (the packed rows read as pairs of 64-bit words in place) and not (rows padded,
+    e.g. k = 96: three words per row, paired with a zero word)."""
     w, x = _ternary(n, k), _activations(m, k)
     out = T.ternary_matmul_int(x, T.pack_ternary(w), k, impl=impl)
     assert torch.equal(out, (x.long() @ w.long().T).int())
@@ -107,6 +109,25 @@ def test_linear_equals_dequantised_f_linear(impl):
     expected = F.linear(q.double() / s_x.double(), w.double() / s_w.double())
     torch.testing.assert_close(y.double(), expected, rtol=1e-6, atol=1e-6)
     assert torch.equal(F.linear(q.double(), w.double()), (y.double() * s_x * s_w).round())
+
+
+@pytest.mark.skipif("numba" not in IMPLS, reason="needs Numba")
+@pytest.mark.parametrize("x_scale_dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("parallel", [False, True])
+@pytest.mark.parametrize(("m", "k"), [(1, 4096), (16, 300), (3, 7)])
+def test_numba_linear_equals_its_reference_twin_exactly(monkeypatch, m, k, x_scale_dtype, parallel):
+    """The Numba kernel applies 1 / (s_x s_w) as it writes the output; the result must be bitwise the
+    reference's (the same int32 sum, the same float32 conversion and multiply), with a number or a
+    tensor w_scale, in the serial and the parallel (prange) build."""
+    monkeypatch.setattr(T, "numba_parallel", lambda work: parallel)
+    n = 33
+    w, q = _ternary(n, k), _activations(m, k)
+    s_x = (torch.rand(m, 1, generator=torch.Generator().manual_seed(2)) * 50 + 0.1).to(x_scale_dtype)
+    packed = T.pack_ternary(w)
+    for s_w in (1.7, torch.tensor(0.37, dtype=torch.float64)):
+        ref = T.ternary_linear(q, s_x, packed, s_w, k, impl="reference")
+        out = T.ternary_linear(q, s_x, packed, s_w, k, impl="numba")
+        assert out.dtype == torch.float32 and torch.equal(out, ref)
 
 
 def test_batched_leading_dims():

@@ -27,9 +27,9 @@ Operations (reference / Numba / Triton / dispatcher, as everywhere in :mod:`pape
 
 **The CPU kernel counts bits.** Write each int8 activation in two's complement,
 ``q_j = \sum_t c_t q_{tj}`` with bits ``q_{tj}``, ``c_t = 2^t`` for ``t < 7`` and ``c_7 = -128``, and use
-``-q = \lnot q + 1`` (the complement's bits are ``1 - q_{tj}``). Read a packed row as 64-bit words: the low
-bit of each code says "weight non-zero" (mask ``NZ``), the high bit "weight -1" (mask ``NEG``, kept under
-the low bits). With ``X_t`` the word holding bit ``t`` of the activations at the same positions,
+``-q = \lnot q + 1`` (the complement's bits are ``1 - q_{tj}``). Form from the packed codes a 64-bit word
+of masks for 64 weights: ``NZ`` (bit set where the weight is non-zero) and ``NEG`` (where it is -1). With
+``X_t`` the word holding bit ``t`` of the activations met by those 64 weights,
 
 .. math::
 
@@ -37,12 +37,17 @@ the low bits). With ``X_t`` the word holding bit ``t`` of the activations at the
         \operatorname{popcount}\bigl(NZ \mathbin{\&} (X_t \oplus NEG)\bigr),
 
 because a +1 weight adds the bits of ``q_j``, a -1 weight adds the bits of ``\lnot q_j`` plus one, and a
-zero weight nothing. Each 64-bit word covers 32 weights; per word and bit-plane that is one XOR, one AND
-(LLVM fuses them into one AVX-512 ``vpternlogq``) and one ``vpopcntq`` (a ``pshufb`` popcount on AVX2), on
-the bytes exactly as they are stored: no decoding, no lookup table, no multiplication. The lookup-table
-kernels of T-MAC and bitnet.cpp (TL1/TL2) solve the same problem with ``pshufb`` table lookups over
-groups of 2-4 weights' activations, which Numba cannot emit; the bit-serial form needs only operations
-LLVM vectorises by itself. The activations' bit-planes are built once per call (``8 k`` bits per row).
+zero weight nothing. Per 64 weights and bit-plane that is one XOR-AND (one AVX-512 ``vpternlogq``), one
+popcount (``vpopcntq``; a ``pshufb`` popcount on AVX2) and one add: no decoding, no lookup table, no
+multiplication. The masks come from the stored bytes with a few shifts and ANDs: a 64-bit word of the
+packed row holds 32 codes, the low bit of each saying "non-zero" and the high bit (with the low one)
+"-1", so the kernel pairs word ``w`` of a row with word ``w + h`` (``h`` = half the row's words), keeping
+the first word's flags on the even bits and moving the second's onto the odd bits; every bit of the
+masks then carries a weight, and each popcount counts 64 weights instead of 32 (the activations'
+bit-planes are laid out to match, once per call: ``8 k`` bits per row, built by shifting whole words).
+The lookup-table kernels of T-MAC and bitnet.cpp (TL1/TL2) solve the same problem with ``pshufb`` table
+lookups over groups of 2-4 weights' activations, which Numba cannot emit; the bit-serial form needs
+only operations LLVM vectorises by itself.
 
 **The GPU kernel uses the tensor cores.** It decodes a tile of codes to int8 ``{-1, 0, 1}`` in registers
 and multiplies it with the int8 activations by ``tl.dot`` (int8 products, int32 sums: exact), then
@@ -52,11 +57,11 @@ the memory; the matrix units can, and the weights still travel as 2 bits.
 
 What bounds the speed: at batch 1 (a GEMV) **memory traffic**: the packed weights are ``n k / 4`` bytes,
 16x fewer than fp32 (``4 n k``), so an fp32 GEMV at full bandwidth is the bar to beat by up to 16x. On a
-CPU with few cores the bit-serial inner loop (about 3 vector instructions per 32 weights and bit-plane,
-25 per 256 weights) is bounded by **vector integer throughput**; its work grows with the batch, while
-the fp32 product's weight traffic is shared by the batch. ``python -m paperlab.bench matmulfree`` reports
-GB/s of the packed weights against the machine's copy bandwidth, and the speedup over ``torch`` fp32
-``F.linear``.
+CPU with few cores the bit-serial inner loop (about 3 vector instructions per 64 weights and bit-plane,
+about 30 per 512 weights with the masks) is bounded by **vector integer throughput**; its work grows
+with the batch, while the fp32 product's weight traffic is shared by the batch.
+``python -m paperlab.bench matmulfree`` reports GB/s of the packed weights against the machine's copy
+bandwidth, and the speedup over ``torch`` fp32 ``F.linear``.
 """
 
 from __future__ import annotations
@@ -250,30 +255,54 @@ if HAS_NUMBA:
 
     LOW_BITS = np.uint64(0x5555555555555555)
     """The low bit of every 2-bit code in a 64-bit word."""
+    HIGH_BITS = ~LOW_BITS
+    """The high bit of every 2-bit code in a 64-bit word."""
+    BYTE_LOW_BITS = np.uint64(0x0101010101010101)
+    """The low bit of every byte in a 64-bit word."""
 
     @njit(cache=True)
     def _bitplanes_numba_kernel(x, kp, out):  # pragma: no cover - jitted
-        """x: (m, k) int8 -> out: (m, 8, n_words) uint64, zeroed by the caller. Bit ``8 j + 2 p`` of word
-        ``w`` of plane ``t`` is bit ``t`` (two's complement) of activation ``8 w + j + p kp``: the position
-        of the low code bit of that weight in the packed row read as 64-bit words."""
-        m, k = x.shape
-        for r in range(m):  # 8 k bit operations per row: one thread (the product is the work)
-            for col in range(k):
-                p = col // kp
-                byte = col - p * kp
-                w = byte >> 3
-                shift = np.uint64(8 * (byte & 7) + 2 * p)
-                v = np.int32(x[r, col]) & np.int32(255)
-                for t in range(8):
-                    out[r, t, w] |= np.uint64((v >> t) & 1) << shift
+        """x: (m, k) int8 -> out: (m, 8, h) uint64, the activations' bit-planes laid out like the
+        kernel's paired code words (``h`` = half the 64-bit words of a packed row): bit ``8 b + 2 p`` of
+        word ``w`` of plane ``t`` is bit ``t`` (two's complement) of the activation met by the low code bit
+        at byte ``b``, plane ``p`` of row word ``w`` (activation ``8 w + b + p kp``), and the odd bit above
+        it the same for row word ``w + h`` (activation ``8 (w + h) + b + p kp``); 0 past ``k``.
 
-    def _popcount_kernel(xbits, words, out):  # pragma: no cover - jitted
-        """xbits: (m, 8, n_words) uint64; words: (n, n_words) uint64, the packed rows -> out: (m, n) int32.
-        One weight row per prange iteration. Per 64-bit word (32 weights): ``nz`` and ``neg`` from the
-        code bits, then per bit-plane one XOR, AND and popcount, written out for the 8 planes so that the
-        loop over words is 9 vectorised reductions (see the module docstring for the identity)."""
-        m = xbits.shape[0]
-        n, n_words = words.shape
+        Built without a loop over bits: the activations of plane ``p`` are copied into a zero-padded
+        buffer read as 64-bit words ``Y_p`` (eight activations each); then ``(Y_p >> t) & 0x0101..01``
+        holds bit ``t`` of each of the eight at the bottom of its byte, and ``<< 2 p`` moves it to its code
+        position: a few shifts, ANDs and ORs per output word, vectorised over the words."""
+        m, k = x.shape
+        h = out.shape[2]
+        planes = np.zeros((4, 16 * h), dtype=np.int8)  # the activations met by each code plane
+        y = planes.view(np.uint64)  # (4, 2 h)
+        for r in range(m):
+            for p in range(4):
+                for b in range(min(kp, k - p * kp)):  # the rest stays 0 (padding, and bytes past kp)
+                    planes[p, b] = x[r, p * kp + b]
+            for t in range(8):
+                shift = np.uint64(t)
+                for w in range(h):
+                    lo = (((y[0, w] >> shift) & BYTE_LOW_BITS)
+                          | (((y[1, w] >> shift) & BYTE_LOW_BITS) << np.uint64(2))
+                          | (((y[2, w] >> shift) & BYTE_LOW_BITS) << np.uint64(4))
+                          | (((y[3, w] >> shift) & BYTE_LOW_BITS) << np.uint64(6)))
+                    hi = (((y[0, w + h] >> shift) & BYTE_LOW_BITS)
+                          | (((y[1, w + h] >> shift) & BYTE_LOW_BITS) << np.uint64(2))
+                          | (((y[2, w + h] >> shift) & BYTE_LOW_BITS) << np.uint64(4))
+                          | (((y[3, w + h] >> shift) & BYTE_LOW_BITS) << np.uint64(6)))
+                    out[r, t, w] = lo | (hi << np.uint64(1))
+
+    def _popcount_kernel(xbits, words, scale, out):  # pragma: no cover - jitted
+        """xbits: (m, 8, h) uint64; words: (n, 2 h) uint64, the packed rows -> out: (m, n), the
+        int32 sums, or with ``scale: (m,)`` float32 the BitLinear output ``float32(a) * scale[r]`` (the
+        same two roundings as the reference's ``a.float() * (1 / (s_x s_w))``). One weight row per prange
+        iteration. Per pair of row words ``w``, ``w + h`` (64 weights): the masks ``nz`` and ``neg``, the
+        first word's on the even bits and the second's on the odd bits, then per bit-plane one XOR-AND and
+        popcount, written out for the 8 planes so that the loop over words is 9 vectorised reductions (see
+        the module docstring for the identity)."""
+        m, _, h = xbits.shape
+        n = words.shape[0]
         one = np.uint64(1)
         for i in prange(n):
             row = words[i]
@@ -281,10 +310,10 @@ if HAS_NUMBA:
                 x0, x1, x2, x3 = xbits[r, 0], xbits[r, 1], xbits[r, 2], xbits[r, 3]
                 x4, x5, x6, x7 = xbits[r, 4], xbits[r, 5], xbits[r, 6], xbits[r, 7]
                 c0 = c1 = c2 = c3 = c4 = c5 = c6 = c7 = n_minus = np.int64(0)
-                for w in range(n_words):
-                    nz = row[w] & LOW_BITS  # weight != 0
-                    neg = (row[w] >> one) & LOW_BITS  # weight == -1 (code 0b11; padding 0b10 has nz = 0)
-                    neg = neg & nz
+                for w in range(h):
+                    lo, hi = row[w], row[w + h]  # two words of 32 codes -> one word of 64 weights
+                    nz = (lo & LOW_BITS) | ((hi << one) & HIGH_BITS)  # weight != 0
+                    neg = nz & (((lo >> one) & LOW_BITS) | (hi & HIGH_BITS))  # weight == -1 (0b11)
                     n_minus += _popcount(neg)
                     c0 += _popcount(nz & (x0[w] ^ neg))
                     c1 += _popcount(nz & (x1[w] ^ neg))
@@ -294,39 +323,52 @@ if HAS_NUMBA:
                     c5 += _popcount(nz & (x5[w] ^ neg))
                     c6 += _popcount(nz & (x6[w] ^ neg))
                     c7 += _popcount(nz & (x7[w] ^ neg))
-                out[r, i] = np.int32(n_minus + c0 + (c1 << 1) + (c2 << 2) + (c3 << 3) + (c4 << 4) + (c5 << 5)
-                                     + (c6 << 6) - (c7 << 7))  # c_7 = -128: the two's-complement sign bit
+                acc = (n_minus + c0 + (c1 << 1) + (c2 << 2) + (c3 << 3) + (c4 << 4) + (c5 << 5)
+                       + (c6 << 6) - (c7 << 7))  # c_7 = -128: the two's-complement sign bit
+                if scale is None:
+                    out[r, i] = np.int32(acc)
+                else:
+                    out[r, i] = np.float32(acc) * scale[r]
 
     _popcount_numba_kernel = njit(parallel=True, cache=True)(_popcount_kernel)
     _popcount_numba_kernel_serial = njit(cache=True)(_popcount_kernel)  # small products: one thread
 
 
 def _packed_words(packed: torch.Tensor) -> np.ndarray:
-    """The packed rows as uint64 words ``(n, ceil(kp / 8))``; rows are padded with zero bytes (a copy)
-    when ``kp`` is not a multiple of 8, i.e. ``k`` not a multiple of 32."""
+    """The packed rows as uint64 words ``(n, 2 ceil(kp / 16))`` (an even number: the kernel pairs them);
+    rows are padded with zero bytes (a copy) when ``kp`` is not a multiple of 16, i.e. ``k`` not a multiple
+    of 64."""
     n, kp = packed.shape
     pn = cpu_numpy(packed, torch.uint8)
-    if kp % 8:
-        pn = np.pad(pn, ((0, 0), (0, 8 - kp % 8)))
+    if kp % 16:
+        pn = np.pad(pn, ((0, 0), (0, 16 - kp % 16)))
     return pn.view(np.uint64)
+
+
+def _numba_product(x_q: torch.Tensor, packed: torch.Tensor, k: int, scale: torch.Tensor | None):
+    """The Numba product: int32 sums, or with ``scale`` (float32, one per row of ``x_q``) the float32
+    ``sums * scale`` computed in the kernel (no second pass over the output)."""
+    lead = x_q.shape[:-1]
+    x2 = x_q.reshape(-1, k)
+    m, (n, kp) = x2.shape[0], packed.shape
+    out = torch.empty(m, n, dtype=torch.int32 if scale is None else torch.float32)
+    if m == 0 or n == 0:
+        return out.view(*lead, n)
+    words = _packed_words(packed)
+    xbits = np.empty((m, 8, words.shape[1] // 2), dtype=np.uint64)
+    _bitplanes_numba_kernel(cpu_numpy(x2, torch.int8), kp, xbits)
+    parallel = numba_parallel(m * n * 4 * kp)
+    scale_np = None if scale is None else cpu_numpy(scale.reshape(m), torch.float32)
+    kernel = _popcount_numba_kernel if parallel else _popcount_numba_kernel_serial
+    kernel(xbits, words, scale_np, out.numpy())
+    return out.view(*lead, n)
 
 
 def ternary_matmul_int_numba(x_q: torch.Tensor, packed: torch.Tensor, k: int) -> torch.Tensor:
     """Numba bit-serial popcount kernel for :func:`ternary_matmul_int` (CPU tensors)."""
     _check_matmul(x_q, packed, k)
     require_numba(x_q)
-    lead = x_q.shape[:-1]
-    x2 = x_q.reshape(-1, k)
-    m, (n, kp) = x2.shape[0], packed.shape
-    out = torch.empty(m, n, dtype=torch.int32)
-    if m == 0 or n == 0:
-        return out.view(*lead, n)
-    words = _packed_words(packed)
-    xbits = np.zeros((m, 8, words.shape[1]), dtype=np.uint64)
-    _bitplanes_numba_kernel(cpu_numpy(x2, torch.int8), kp, xbits)
-    parallel = numba_parallel(m * n * 4 * kp)
-    (_popcount_numba_kernel if parallel else _popcount_numba_kernel_serial)(xbits, words, out.numpy())
-    return out.view(*lead, n)
+    return _numba_product(x_q, packed, k, None)
 
 
 # ====================================================================================== triton
@@ -442,7 +484,9 @@ def ternary_linear(x_q: torch.Tensor, x_scale: torch.Tensor, packed: torch.Tenso
     chosen = select_impl(impl, x_q)
     if chosen == "triton":
         return _triton_launch(x_q, packed, k, x_scale.to(torch.float32), w_scale)
-    acc = _MATMUL_INT[chosen](x_q, packed, k)
     if isinstance(w_scale, torch.Tensor):  # (a Python number stays one: no copy to the device)
         w_scale = w_scale.to(torch.float32).reshape(())
-    return acc.to(torch.float32) * (1.0 / (x_scale.to(torch.float32) * w_scale))
+    scale = 1.0 / (x_scale.to(torch.float32) * w_scale)  # (..., 1): one division per row
+    if chosen == "numba":  # the multiply by the scale in the kernel, as the output is written
+        return _numba_product(x_q, packed, k, scale)
+    return _MATMUL_INT[chosen](x_q, packed, k).to(torch.float32) * scale
