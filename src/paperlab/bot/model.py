@@ -6,8 +6,9 @@
    stated in phrasing ``j % 3``; phrasing 3 is never used in training.
 2. **Models** (:func:`load_model`, cached per seed): one word-level :class:`paperlab.nn.GPT` learns every
    role (distil, answer directly, answer step by step, propose and value Game of 24 steps) from the same
-   training problems, by supervised fine-tuning on the responses (:func:`paperlab.align.sft_batch`;
-   the format is :meth:`paperlab.bot.prompts.TinyPrompts.example`). Every example of a batch draws its
+   training problems, by supervised fine-tuning on the responses (the format is
+   :meth:`paperlab.bot.prompts.TinyPrompts.example`; the examples of a batch are packed into rows, each
+   seeing only itself: :class:`ExampleSampler`). Every example of a batch draws its
    (role, family) uniformly from :data:`ROLE_MIX`: all methods are served by one model trained on one
    budget, as all methods in the paper are served by one GPT-4.
 
@@ -188,7 +189,7 @@ class ExampleSampler:
             if encoded is not None:
                 return encoded
 
-    def __call__(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
         rng = random.Random(int(torch.randint(0, 2**62, (1,), generator=generator)))
         pairs = [self.example(rng) for _ in range(self.batch_size)]
         if self.pack_length is None:
