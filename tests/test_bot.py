@@ -370,6 +370,43 @@ def test_experiment_configs_and_sampler():
     assert torch.equal(idx, again)
 
 
+def test_packed_batches_train_the_same_response_tokens():
+    from paperlab.bot import model
+
+    problems = [p for name in tasks.FAMILIES for p in tasks.generate(name, 5, seed=0)]
+    from paperlab.tokenizers import WordTokenizer
+
+    texts = [t for p in problems for role in ("distill", "io", "cot")
+             for t in (TinyPrompts().example(role, p, 0) or ())]
+    tokenizer = WordTokenizer.fit(texts + [" ".join(str(i) for i in range(201)),
+                                           "propose value sure impossible left"])
+    padded = model.ExampleSampler(problems, tokenizer, batch_size=24)
+    packed = model.ExampleSampler(problems, tokenizer, batch_size=24, pack_length=128)
+    idx, targets, _, _ = packed(torch.Generator().manual_seed(3))
+    ref_idx, ref_targets = padded(torch.Generator().manual_seed(3))  # the same 24 examples, one per row
+    assert idx.shape[1] <= 127 and idx.shape[0] < ref_idx.shape[0]  # fewer rows, none over the context
+    assert idx.numel() < 0.75 * ref_idx.numel()  # far fewer token positions to compute
+    # exactly the same target tokens (as a multiset), so the same responses are learned
+    assert sorted(targets[targets != -100].tolist()) == sorted(ref_targets[ref_targets != -100].tolist())
+    assert int((idx == tokenizer.bos_id).sum()) == 24  # every example's <bos>, several per row
+    # with its block-diagonal mask and per-example positions, a packed batch gives the padded batch's loss
+    _, _, mask, positions = packed(torch.Generator().manual_seed(3))
+    torch.manual_seed(0)
+    gpt = model.make_gpt(model.ModelConfig(d_model=16, n_layers=1, n_heads=2), tokenizer.vocab_size).double()
+    loss = gpt.loss(idx, targets, attention_mask=mask, positions=positions)
+    assert torch.allclose(loss, gpt.loss(ref_idx, ref_targets), atol=1e-9)
+    leaky = gpt(idx)  # unmasked, the later examples of a row see the earlier ones
+    assert not torch.allclose(leaky, gpt(idx, attention_mask=mask, positions=positions), atol=1e-6)
+    rows = model.pack([([1, 2, 3], [4, 5]), ([6] * 70, [7] * 55), ([8], [9])], pack_length=128)
+    assert [sum(len(t) for t, _ in row) for row in rows] == [127, 5]  # first fit, longest first
+    assert rows[0] == [([6] * 70, False), ([7] * 55, True), ([8], False), ([9], True)]
+    assert rows[1] == [([1, 2, 3], False), ([4, 5], True)]
+    with pytest.raises(ValueError, match="does not fit in pack_length=8"):
+        model.pack([([1] * 5, [2] * 4)], pack_length=8)
+    with pytest.raises(ValueError, match="pack_length must be at least 2"):
+        model.ExampleSampler(problems, tokenizer, batch_size=4, pack_length=1)
+
+
 def test_sandbox_leaves_no_temporary_directory():
     before = {p for p in os.listdir("/tmp") if p.startswith("paperlab-sandbox-")}
     run_program("print(1)", LIMITS)

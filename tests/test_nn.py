@@ -255,6 +255,26 @@ def test_kv_cache_logits_equal_one_full_pass():
         model(torch.zeros(2, 1, dtype=torch.long), cache=cache)
 
 
+def test_packed_sequences_with_block_mask_equal_each_alone():
+    model = tiny_model(dtype=torch.float64, seed=5)
+    a, b = torch.randint(0, 23, (1, 5)), torch.randint(0, 23, (1, 7))
+    packed = torch.cat([a, b], dim=1)  # one row: a (positions 0-4), then b (positions 0-6)
+    segment = torch.tensor([0] * 5 + [1] * 7)
+    mask = (segment[:, None] == segment[None, :])[None]  # (1, 12, 12): each token sees its own sequence
+    positions = torch.cat([torch.arange(5), torch.arange(7)])[None]
+    out = model(packed, attention_mask=mask, positions=positions)
+    assert torch.allclose(out[:, :5], model(a), atol=1e-10)
+    assert torch.allclose(out[:, 5:], model(b), atol=1e-10)
+    leaky = model(packed)  # without the mask, b's tokens see a's
+    assert not torch.allclose(leaky[:, 5:], model(b), atol=1e-6)
+    with pytest.raises(ValueError, match="explicit positions"):
+        model(packed, attention_mask=mask)
+    with pytest.raises(ValueError, match="cache"):
+        model(packed, attention_mask=mask, positions=positions, cache=KVCache(model.config.n_layers))
+    with pytest.raises(ValueError, match="attention_mask"):
+        model(packed, attention_mask=mask[:, :, :11], positions=positions)
+
+
 def test_cached_generation_equals_uncached():
     model = tiny_model(dtype=torch.float64, seed=5)
     prompts = [[5, 6, 7, 8, 9], [1], [2, 3, 4]]

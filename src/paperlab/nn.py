@@ -143,9 +143,10 @@ class CausalSelfAttention(nn.Module):
 
     forward(x, cos, sin, attention_mask=None, cache=None):
         x: (batch, seq, d_model); cos, sin: from :func:`rope_cos_sin`;
-        attention_mask: (batch, seq) bool, True = real token, or None (no padding: the fast ``is_causal``
-        path). With a mask, query ``t`` sees key ``s`` iff ``s <= t`` and key ``s`` is real; every query
-        also sees itself, so padding queries (whose output is garbage and must be ignored) do not yield NaN.
+        attention_mask: (batch, seq) bool, True = real token, or (batch, seq, seq) bool, query ``t`` may see
+        key ``s`` (packed sequences), or None (no padding: the fast ``is_causal`` path). With a mask, query
+        ``t`` sees key ``s`` iff ``s <= t`` and the mask allows it (key ``s`` is real); every query also sees
+        itself, so padding queries (whose output is garbage and must be ignored) do not yield NaN.
         cache: this layer's :class:`LayerCache` (incremental decoding): ``x`` continues the tokens whose
         keys and values it holds; then ``attention_mask`` is (batch, past + seq) and covers them too.
         Returns (batch, seq, d_model).
@@ -188,7 +189,10 @@ class CausalSelfAttention(nn.Module):
         else:
             idx = torch.arange(seq, device=x.device)
             causal = idx[None, :] <= idx[:, None]  # (query, key): key s visible from query t iff s <= t
-            mask = causal & attention_mask[:, None, None, :]  # ... and key s is a real token
+            if attention_mask.dim() == 3:  # (batch, query, key): ... and query t may see key s
+                mask = causal & attention_mask[:, None, :, :]
+            else:
+                mask = causal & attention_mask[:, None, None, :]  # ... and key s is a real token
             mask = mask | torch.eye(seq, dtype=torch.bool, device=x.device)  # no all-masked rows
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
         y = rearrange(y, "b h t d -> b t (h d)")  # heads side by side again
@@ -343,9 +347,11 @@ class GPT(nn.Module):
                 f"idx has token ids in [{int(idx.min())}, {int(idx.max())}], outside [0, vocab_size = "
                 f"{self.config.vocab_size})"
             )
-        if attention_mask is not None and tuple(attention_mask.shape) != (batch, seq):
+        shapes = ((batch, seq), (batch, seq, seq))
+        if attention_mask is not None and tuple(attention_mask.shape) not in shapes:
             raise ValueError(
-                f"attention_mask must have the shape of idx {(batch, seq)}, got {tuple(attention_mask.shape)}"
+                f"attention_mask must have the shape of idx {(batch, seq)} (or {(batch, seq, seq)}: which "
+                f"keys each query sees), got {tuple(attention_mask.shape)}"
             )
         if positions is not None and tuple(positions.shape) not in ((batch, seq), (seq,)):
             raise ValueError(
@@ -367,7 +373,10 @@ class GPT(nn.Module):
         idx: (batch, seq) integer token ids, ``seq <= context_length``.
         positions: (batch, seq) or (seq,) RoPE positions. Default: ``0..seq-1``, or, when ``attention_mask``
             is given, the count of real tokens before each one (so a left-padded row starts at 0).
-        attention_mask: (batch, seq) bool, True = real token; padding keys are hidden from every query.
+        attention_mask: (batch, seq) bool, True = real token; padding keys are hidden from every query. Or
+            (batch, seq, seq) bool, ``[b, t, s]`` = query ``t`` may see key ``s`` (the causal rule on top):
+            e.g. a block-diagonal mask for several sequences packed in one row, which then also need their
+            ``positions`` (each from 0); not with a ``cache``.
         hook: ``hook(layer_index, h) -> h`` applied to the residual stream ``h: (batch, seq, d_model)`` after
             the embedding (layer_index 0) and after block i (layer_index i + 1); its return value replaces h.
         return_hidden: also return the ``n_layers + 1`` residual-stream tensors (after any hook).
@@ -379,7 +388,11 @@ class GPT(nn.Module):
         if attention_mask is not None:
             attention_mask = attention_mask.to(device=idx.device, dtype=torch.bool)
         if cache is not None:
+            if attention_mask is not None and attention_mask.dim() == 3:
+                raise ValueError("a (batch, seq, seq) attention_mask cannot be used with a cache")
             attention_mask, positions = self._extend_cache_mask(cache, idx, positions, attention_mask)
+        if positions is None and attention_mask is not None and attention_mask.dim() == 3:
+            raise ValueError("a (batch, seq, seq) attention_mask needs explicit positions (packed sequences)")
         if positions is None:
             if attention_mask is None:
                 positions = torch.arange(idx.shape[1], device=idx.device)

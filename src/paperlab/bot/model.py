@@ -6,8 +6,9 @@
    stated in phrasing ``j % 3``; phrasing 3 is never used in training.
 2. **Models** (:func:`load_model`, cached per seed): one word-level :class:`paperlab.nn.GPT` learns every
    role (distil, answer directly, answer step by step, propose and value Game of 24 steps) from the same
-   training problems, by supervised fine-tuning on the responses (:func:`paperlab.align.sft_batch`;
-   the format is :meth:`paperlab.bot.prompts.TinyPrompts.example`). Every example of a batch draws its
+   training problems, by supervised fine-tuning on the responses (the format is
+   :meth:`paperlab.bot.prompts.TinyPrompts.example`; the examples of a batch are packed into rows, each
+   seeing only itself: :class:`ExampleSampler`). Every example of a batch draws its
    (role, family) uniformly from :data:`ROLE_MIX`: all methods are served by one model trained on one
    budget, as all methods in the paper are served by one GPT-4.
 
@@ -31,7 +32,8 @@ from paperlab.tokenizers import WordTokenizer
 from paperlab.train import TrainConfig, TrainResult, auto_device, seed_everything, seeded_batches, train
 
 __all__ = ["DataConfig", "ModelConfig", "ROLE_MIX", "N_SEEN_PHRASINGS", "MAX_NUMBER", "build_data",
-           "problems_of", "test_phrasing", "make_tokenizer", "ExampleSampler", "make_gpt", "train_model",
+           "problems_of", "test_phrasing", "make_tokenizer", "ExampleSampler", "pack", "separate",
+           "make_gpt", "train_model",
            "load_model"]
 
 N_SEEN_PHRASINGS = 3  # phrasings 0-2 are used in training; phrasing 3 never is
@@ -53,12 +55,14 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The size of one tiny GPT."""
+    """The size of one tiny GPT, and the length of its packed training rows (:class:`ExampleSampler`)."""
 
     d_model: int = 64
     n_layers: int = 2
     n_heads: int = 4
-    context_length: int = 128
+    context_length: int = 128  # a prompt and its longest reply (up to 31 + 72 tokens) fit
+    pack_length: int = 96  # training rows: the longest example (75 tokens) fits; shorter rows than the
+    # context waste less of the block-diagonal attention
 
 
 # --------------------------------------------------------------------------------------------------
@@ -137,11 +141,25 @@ def _vocabulary(data: dict) -> list[str]:
 
 
 class ExampleSampler:
-    """Draws a batch of (prompt, response) token lists from the training problems: each example picks a
-    (role, family) of :data:`ROLE_MIX` uniformly, then a problem and a seen phrasing uniformly. (Batches of
-    one kind of example would pad less, but the model then learns to copy far more slowly.)"""
+    """Draws a batch of ``batch_size`` (prompt, response) examples from the training problems: each example
+    picks a (role, family) of :data:`ROLE_MIX` uniformly, then a problem and a seen phrasing uniformly.
 
-    def __init__(self, problems: list[tasks.Problem], tokenizer: WordTokenizer, batch_size: int):
+    **Packing** (``pack_length``): the examples are laid end to end in rows of at most ``pack_length``
+    tokens (:func:`pack`; each starts with its ``<bos>`` and ends with its ``<eos>``), only response tokens
+    are targets (:func:`paperlab.align.sft_turns_batch`), and a block-diagonal attention mask with
+    positions restarting at 0 for each example (:func:`separate`) makes each example's computation exactly
+    what it would be alone in a padded row. So the model learns exactly what it learns from padded batches
+    of the same examples, at about half the token positions (the examples average 34 tokens, the longest
+    75; padded to the longest in a batch, a row is about 74). The batch is then
+    ``(idx, targets, attention_mask, positions)``.
+    ``pack_length=None``: one example per row, right-padded (:func:`paperlab.align.sft_batch`).
+    (Batches of one kind of example would pad less, but the model then learns to copy far more slowly.)"""
+
+    def __init__(self, problems: list[tasks.Problem], tokenizer: WordTokenizer, batch_size: int,
+                 pack_length: int | None = None):
+        if pack_length is not None and pack_length < 2:
+            raise ValueError(f"pack_length must be at least 2 tokens (or None), got {pack_length}")
+        self.pack_length = pack_length
         self.by_family: dict[str, list[tasks.Problem]] = {}
         for p in problems:
             self.by_family.setdefault(p.family, []).append(p)
@@ -171,10 +189,54 @@ class ExampleSampler:
             if encoded is not None:
                 return encoded
 
-    def __call__(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
         rng = random.Random(int(torch.randint(0, 2**62, (1,), generator=generator)))
         pairs = [self.example(rng) for _ in range(self.batch_size)]
-        return align.sft_batch([p for p, _ in pairs], [r for _, r in pairs], pad_id=self.tokenizer.pad_id)
+        if self.pack_length is None:
+            return align.sft_batch([p for p, _ in pairs], [r for _, r in pairs], pad_id=self.tokenizer.pad_id)
+        rows = pack(pairs, self.pack_length)
+        idx, targets = align.sft_turns_batch(rows, pad_id=self.tokenizer.pad_id)
+        return (idx, targets) + separate(rows, idx.shape[1])
+
+
+def separate(rows: list[list[tuple[list[int], bool]]], seq: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """For packed ``rows`` (of :func:`pack`) cut to ``seq`` positions: the ``(batch, seq, seq)`` attention
+    mask that lets each token see only the tokens of its own example, and each token's position within its
+    example (from 0), so that a packed example is computed exactly as it would be alone in a row."""
+    segment = torch.full((len(rows), seq), -1, dtype=torch.long)
+    positions = torch.zeros((len(rows), seq), dtype=torch.long)
+    for r, row in enumerate(rows):
+        start = 0
+        for k in range(0, len(row), 2):  # (prompt, response) turns
+            size = len(row[k][0]) + len(row[k + 1][0])
+            end = min(start + size, seq)
+            segment[r, start:end] = k // 2
+            positions[r, start:end] = torch.arange(end - start)
+            start += size
+    mask = (segment[:, :, None] == segment[:, None, :]) & (segment[:, :, None] >= 0)
+    return mask, positions
+
+
+def pack(pairs: list[tuple[list[int], list[int]]], pack_length: int) -> list[list[tuple[list[int], bool]]]:
+    """(prompt, response) token lists packed into rows of at most ``pack_length`` tokens, first fit
+    decreasing (longest example first, each into the first row with room), the responses trainable: each
+    row a conversation of (tokens, trainable) turns for :func:`paperlab.align.sft_turns_batch`.
+    Deterministic in the order of ``pairs``. An example longer than ``pack_length`` is an error: it would
+    be cut."""
+    rows: list[list[tuple[list[int], bool]]] = []
+    room: list[int] = []
+    for prompt, response in sorted(pairs, key=lambda pair: -(len(pair[0]) + len(pair[1]))):
+        size = len(prompt) + len(response)
+        if size > pack_length:
+            raise ValueError(f"an example of {size} tokens does not fit in pack_length={pack_length}")
+        row = next((i for i, free in enumerate(room) if free >= size), None)
+        if row is None:
+            rows.append([])
+            room.append(pack_length)
+            row = len(rows) - 1
+        rows[row] += [(prompt, False), (response, True)]
+        room[row] -= size
+    return rows
 
 
 def _search_example(role: str, numbers, rng: random.Random, prompts: TinyPrompts) -> tuple[str, str] | None:
@@ -213,12 +275,17 @@ def make_gpt(size: ModelConfig, vocab_size: int) -> GPT:
 
 def train_model(data_config: DataConfig, size: ModelConfig, train_config: TrainConfig, seed: int,
                 device=None) -> dict:
-    """Train one multi-role model from ``seed`` (initial weights and batch order); its weights (on the
-    CPU) and history. Validation loss: 4 fixed batches from the validation problems."""
+    """Train one multi-role model from ``seed`` (initial weights and batch order) on batches packed into
+    rows of ``size.pack_length`` tokens; its weights (on the CPU) and history. Validation loss: 4 fixed
+    batches from the validation problems, one example per row (as the model is asked at inference)."""
+    if size.pack_length > size.context_length:
+        raise ValueError(f"pack_length ({size.pack_length}) must not exceed context_length "
+                         f"({size.context_length})")
     device = auto_device(device)
     data = build_data(data_config)
     tokenizer = make_tokenizer(data_config)
-    sampler = ExampleSampler(problems_of(data, "train"), tokenizer, train_config.batch_size)
+    sampler = ExampleSampler(problems_of(data, "train"), tokenizer, train_config.batch_size,
+                             pack_length=size.pack_length)
     validation_sampler = ExampleSampler(problems_of(data, "val"), tokenizer, train_config.batch_size)
     generator = torch.Generator().manual_seed(12345)
     validation = [validation_sampler(generator) for _ in range(4)]
@@ -229,7 +296,11 @@ def train_model(data_config: DataConfig, size: ModelConfig, train_config: TrainC
         losses = [float(m.loss(x.to(device), y.to(device))) for x, y in validation]
         return {"val_loss": sum(losses) / len(losses)}
 
-    result = train(model, seeded_batches(sampler, seed), lambda m, batch: m.loss(*batch),
+    def loss_fn(m: GPT, batch: tuple) -> torch.Tensor:
+        idx, targets, mask, positions = batch
+        return m.loss(idx, targets, attention_mask=mask, positions=positions)
+
+    result = train(model, seeded_batches(sampler, seed), loss_fn,
                    dataclasses.replace(train_config, seed=seed), eval_fn=eval_fn, device=device,
                    desc=f"BoT model d_model={size.d_model}, seed {seed}")
     return {"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
