@@ -111,8 +111,8 @@ class MLGRU(nn.Module):
 
     The output line follows the reference code (``hgrn_bit.py``: ``o_proj(g_norm(g_proj(x), o))`` with
     ``FusedRMSNormSwishGate(x, o) = RMSNorm(x) * SiLU(o)``): the gate projection is normalised and the
-    hidden state passes through the SiLU. (The paper's equations write the output as ``sigma(g_t) * h_t``,
-    with no norm; we follow the code, which is what was trained.)
+    hidden state passes through the SiLU. (The paper's equations write the gate without a norm; we follow
+    the code, which is what was trained.)
 
     ``scan``: ``"kernel"`` (:func:`paperlab_kernels.mlgru.mlgru_scan`), ``"sequential"`` or ``"parallel"``
     (the two PyTorch forms above; all three agree). ``attention_mask`` (batch, seq), True = real token:
