@@ -152,8 +152,6 @@ class MatMulFreeExperimentConfig:
         check_number_tuple(self, "sweep_lrs", low=0, open_low=True)
         check_type(self, "train", TrainConfig)
         check_ints(self, "n_layers", "sweep_d_model", "eval_windows", "n_val_sentences", "n_prompts")
-        check_that(self, self.sweep_d_model in self.sizes, "sweep_d_model",
-                   f"one of sizes {self.sizes} (its best runs are part of the size study)")
         check_that(self, self.corpus.context_length >= 5, "corpus",
                    "a ToolkitConfig with context_length >= 5 (3 prompt tokens, then generation)")
         for d_model in self.sizes:  # every run's own checks, before any training
@@ -161,6 +159,8 @@ class MatMulFreeExperimentConfig:
                 self.run_config("transformer", d_model, self.sweep_lrs[0])
             except ValueError as err:
                 raise ValueError(f"MatMulFreeExperimentConfig (sizes): {err}") from None
+        check_that(self, self.sweep_d_model in self.sizes, "sweep_d_model",
+                   f"one of sizes {self.sizes} (its best runs are part of the size study)")
 
     def run_config(self, kind: str, d_model: int, lr: float, seed: int | None = None) -> RunConfig:
         seed = self.seeds[0] if seed is None else seed
