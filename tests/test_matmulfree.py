@@ -193,6 +193,11 @@ def test_packed_inference_matches_float_path():
 def test_weight_bytes_packed_is_16x_smaller():
     model = MatMulFreeLM(MatMulFreeConfig(vocab_size=11, context_length=8, d_model=32))
     sizes = weight_bytes(model)
+    n_ternary = sum(m.weight.numel() for m in model.bitlinears().values())
+    n_other = sum(p.numel() for p in model.parameters()) - n_ternary
+    assert n_other == model.token_embedding.weight.numel() + sum(  # embedding and norm gains only:
+        p.numel() for name, p in model.named_parameters() if "norm" in name)  # the LM head is ternary
+    assert sizes["other_fp32"] == 4 * n_other
     n = sum(m.weight.numel() for m in model.bitlinears().values())
     assert sizes["ternary_fp32"] == 4 * n
     assert sizes["ternary_fp32"] / sizes["ternary_packed"] > 15
@@ -219,5 +224,79 @@ def test_bad_inputs():
 def test_experiment_configs():
     for profile in ("fast", "full"):
         config = E.EXPERIMENT.config(profile)
-        assert len(config.sizes) >= 3
+        assert len(config.sizes) >= 2 and len(config.seeds) >= 3 and len(config.mqar.seeds) >= 3
+        assert config.sweep_d_model in config.sizes
         assert config is E.CONFIGS[profile]
+    with pytest.raises(ValueError, match="sweep_d_model"):
+        E.MatMulFreeExperimentConfig(sizes=(32, 64), sweep_d_model=48)
+    with pytest.raises(ValueError, match="n_pairs"):
+        E.MQARSettings(seq_len=8, n_pairs=4)
+
+
+def test_mlgru_output_follows_the_reference_gate():
+    """o_t = BitLinear_o(RMSNorm(g_t) * SiLU(h_t)): the gate projection is normalised, the state is gated
+    (hgrn_bit's FusedRMSNormSwishGate(g_proj(x), h))."""
+    torch.manual_seed(5)
+    layer = MLGRU(10, scan="sequential")
+    x = torch.randn(2, 7, 10)
+    f, c = torch.sigmoid(layer.f_proj(x)), F.silu(layer.c_proj(x))
+    h = sequential_scan(f, c)
+    g = layer.g_proj(x)
+    expected = layer.o_proj(layer.g_norm(g) * F.silu(h))
+    torch.testing.assert_close(layer(x), expected)
+    swapped = layer.o_proj(layer.g_norm(h) * F.silu(g))  # the other order is a different function
+    assert not torch.allclose(layer(x), swapped, atol=1e-3)
+
+
+def test_glu_shares_one_ternary_projection_for_gate_and_up():
+    torch.manual_seed(6)
+    glu = E.MatMulFreeLM(E.MatMulFreeConfig(vocab_size=7, context_length=4, d_model=16)).blocks[0].glu
+    assert glu.gate_up.out_features == 2 * glu.down.in_features
+    x = torch.randn(3, 16)
+    gate, up = glu.gate_up(x).chunk(2, -1)
+    torch.testing.assert_close(glu(x), glu.down(F.silu(gate) * up))
+    w = glu.gate_up.quantised_weight().detach()
+    assert len(set((1 / w[w != 0].abs()).round(decimals=3).tolist())) == 1  # one scale s_w for both halves
+
+
+def test_lm_head_is_ternary_and_packed_model_has_no_float_linear():
+    model = MatMulFreeLM(MatMulFreeConfig(vocab_size=13, context_length=6, d_model=16))
+    assert isinstance(model.lm_head, BitLinear) and model.lm_head.quantise
+    assert model.lm_head.weight.data_ptr() != model.token_embedding.weight.data_ptr()  # untied
+    packed = pack_model(model)
+    assert not any(isinstance(m, (torch.nn.Linear, BitLinear)) for m in packed.modules())
+    fp = MatMulFreeLM(MatMulFreeConfig(vocab_size=13, context_length=6, d_model=16, quantise=False))
+    assert not fp.lm_head.quantise
+
+
+def test_flip_counter_counts_changed_ternary_values():
+    torch.manual_seed(7)
+    model = MatMulFreeLM(MatMulFreeConfig(vocab_size=5, context_length=4, d_model=8, n_layers=1))
+    counter = E.FlipCounter(model, log_every=2)
+    n = counter.initial.numel()
+    assert n == sum(m.weight.numel() for m in model.bitlinears().values())
+    counter.step(1)  # nothing changed
+    layer = model.lm_head
+    codes, scale = ternary_weight(layer.weight.detach())
+    i = int((codes == 0).flatten().nonzero()[0])
+    with torch.no_grad():  # push one zero weight far past the +1 threshold (the mean |W| barely moves)
+        layer.weight.view(-1)[i] = 3 / scale
+    counter.step(2)
+    flipped = int((counter.codes() != counter.initial).sum())
+    assert flipped >= 1
+    summary = counter.summary()
+    assert summary["steps"] == [2] and summary["rate"][0] == pytest.approx(flipped / (2 * n))
+    assert summary["ever"] == pytest.approx(flipped / n) and summary["net"] == pytest.approx(flipped / n)
+
+
+def test_add_only_check_counts_agreement(tmp_path):
+    from paperlab import toolkit
+    corpus = toolkit.build_corpus(E.CONFIGS["fast"].corpus)
+    torch.manual_seed(8)
+    model = MatMulFreeLM(MatMulFreeConfig(vocab_size=corpus.tokenizer.vocab_size, context_length=32,
+                                          d_model=16, n_layers=1)).eval()
+    out = E.add_only_check(model, corpus, n_prompts=3)
+    assert out["n_sentences"] == 3 and len(out["max_logit_difference"]) == 3
+    assert 0 < out["argmax_agree"] <= out["positions"]
+    assert 0 <= out["codes_changed"] <= out["codes_total"] and out["codes_total"] > 0
+    assert max(out["max_logit_difference"]) < 0.5

@@ -4,7 +4,7 @@
 - :mod:`~paperlab.matmulfree.layers`: BitLinear, MLGRU (kernel, sequential and parallel-scan forms), GLU,
   ternary attention;
 - :mod:`~paperlab.matmulfree.model`: the MatMul-free LM and its fp variant;
-- :mod:`~paperlab.matmulfree.packed`: 2-bit packing and add-only inference;
+- :mod:`~paperlab.matmulfree.packed`: 2-bit packing; inference whose matrix products only add and subtract;
 - :mod:`~paperlab.matmulfree.experiments`: the chapter's experiments (``python -m paperlab run matmulfree``).
 
 Kernels: :mod:`paperlab_kernels.ternary`, :mod:`paperlab_kernels.mlgru`, :mod:`paperlab_kernels.rmsnorm`.

@@ -1,25 +1,27 @@
-"""The MatMul-free chapter's experiments, on the toolkit's grammar corpus (known entropy floor).
+"""The MatMul-free chapter's experiments, on the toolkit's grammar corpus (known entropy floor), and the
+SSD chapter's recall task (MQAR).
 
-Every training run is one :class:`RunConfig` and one cache entry (:func:`paperlab.cache.cached`), so the
-scaling study, the learning-rate sweep and the attention ablation share runs whose settings coincide.
-Model families (``kind``):
+Every training run is one :class:`RunConfig` (or :class:`MQARRun`) and one cache entry
+(:func:`paperlab.cache.cached`), so the learning-rate sweep, the size study over seeds and the ablations
+share runs whose settings coincide. Model families (``kind``):
 
-- ``"transformer"``: the toolkit GPT (Transformer++: RoPE, SwiGLU, RMSNorm), full precision;
-- ``"matmulfree"``: the MatMul-free LM (ternary BitLinear, MLGRU, GLU);
+- ``"transformer"``: the toolkit GPT (Transformer++: RoPE, SwiGLU, RMSNorm), full precision, its LM head
+  **untied** from the embedding (as the MatMul-free LM's, and as in the reference code);
+- ``"matmulfree"``: the MatMul-free LM (ternary BitLinear, MLGRU, GLU, ternary LM head);
 - ``"fp"``: the same architecture without quantisation;
 - ``"ternary_attention"``: the MatMul-free LM with MLGRU replaced by attention with ternary projections.
 
-Tiny models train faster on one thread than on two busy cores (thread start-up dominates), so runs use
-one thread and restore the previous setting afterwards.
+Each family gets its own learning-rate sweep (first seed, at ``sweep_d_model``; chosen on the validation
+window loss); every other run of the family uses its best rate (ternary attention uses the MatMul-free
+LM's). A model is scored by the toolkit's **sentence loss** (:func:`paperlab.toolkit.sentence_loss`) on
+validation sentences: nats per token of whole sentences, comparable to the grammar's entropy per token.
 
-Training FLOPs are estimated as ``6 N D`` (Kaplan et al., 2020): ``N`` non-embedding parameters (the LM
-head included), ``D`` training tokens; for ternary layers these "FLOPs" are mostly additions.
+Runs train in worker processes, one thread each (:func:`paperlab.utils.parallel_map`), one per core.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import time
 from dataclasses import dataclass, field
 
 import torch
@@ -35,21 +37,27 @@ from paperlab.config import (
 )
 from paperlab.data import lm_batches
 from paperlab.experiments import Experiment
+from paperlab.matmulfree.layers import BITLINEAR_EPS, BitLinear
 from paperlab.matmulfree.model import MatMulFreeConfig, MatMulFreeLM
-from paperlab.matmulfree.packed import pack_model, weight_bytes
+from paperlab.matmulfree.packed import PackedBitLinear, pack_model, weight_bytes
+from paperlab.matmulfree.quant import ternary_weight
 from paperlab.nn import GPT, GPTConfig, count_parameters, generate
+from paperlab.ssd.mqar import check_mqar, mqar_batch, mqar_scores
 from paperlab.train import TrainConfig, TrainResult, auto_device, seeded_batches, train
-from paperlab.utils import cpu_threads, peak_cpu_allocation
+from paperlab.utils import cpu_threads, parallel_map
+from paperlab_kernels import rmsnorm as rms_kernels
 
-__all__ = ["RunConfig", "MatMulFreeExperimentConfig", "CONFIGS", "make_model", "train_run",
-           "load_run", "run", "EXPERIMENT", "KINDS"]
+__all__ = ["RunConfig", "MQARSettings", "MQARRun", "MatMulFreeExperimentConfig", "CONFIGS", "make_model",
+           "train_run", "load_run", "summarise_run", "mqar_run", "add_only_check", "model_bytes", "run",
+           "EXPERIMENT", "KINDS", "FAMILIES"]
 
 KINDS = ("transformer", "matmulfree", "fp", "ternary_attention")
+FAMILIES = ("transformer", "matmulfree", "fp")  # the families of the size study, each with its own sweep
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    """One training run: everything that determines its result (and so its cache key)."""
+    """One training run on the grammar corpus: everything that determines its result (its cache key)."""
 
     kind: str
     d_model: int
@@ -58,49 +66,110 @@ class RunConfig:
     n_layers: int = 2
     n_heads: int = 4
     eval_windows: int = 64
+    n_val_sentences: int = 500
 
     def __post_init__(self):
         check_choice(self, "kind", KINDS)
         check_type(self, "corpus", toolkit.ToolkitConfig)
         check_type(self, "train", TrainConfig)  # TrainConfig checks its own fields
-        check_ints(self, "d_model", "n_layers", "n_heads", "eval_windows")
+        check_ints(self, "d_model", "n_layers", "n_heads", "eval_windows", "n_val_sentences")
         head_dim = self.d_model / self.n_heads  # attention (GPT and ternary) splits d_model into even heads
         check_that(self, head_dim == int(head_dim) and int(head_dim) % 2 == 0, "d_model",
                    f"a multiple of 2 * n_heads = {2 * self.n_heads} (even heads for RoPE)")
 
 
 @dataclass(frozen=True)
+class MQARSettings:
+    """The recall task (:mod:`paperlab.ssd.mqar`, the SSD chapter's task and its defaults) and the two
+    models trained on it: the ternary MatMul-free LM (``"mlgru"``) and the Transformer++ (``"attention"``),
+    both ``n_layers`` layers of width ``width``. Each kind's learning rate is chosen from ``lrs`` with the
+    first seed (validation accuracy); the other seeds train at it; the test set scores each final model."""
+
+    seq_len: int = 16
+    n_pairs: int = 4
+    vocab_size: int = 64
+    width: int = 32
+    n_layers: int = 2
+    seeds: tuple[int, ...] = (0, 1, 2)
+    lrs: tuple[float, ...] = (3e-3, 1e-2)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        steps=1500, batch_size=32, warmup_steps=150, weight_decay=0.0, eval_every=250))
+    n_val: int = 256
+    val_seed: int = 54321
+    n_test: int = 1024
+    test_seed: int = 12345
+
+    def __post_init__(self):
+        check_type(self, "train", TrainConfig)
+        check_ints(self, "seq_len", "n_pairs", "vocab_size", "width", "n_layers", "n_val", "n_test")
+        check_ints(self, "val_seed", "test_seed", low=0)
+        check_int_tuple(self, "seeds", low=0)
+        check_that(self, len(set(self.seeds)) == len(self.seeds), "seeds", "distinct seeds")
+        check_number_tuple(self, "lrs", low=0, open_low=True)
+        check_that(self, self.width % 8 == 0, "width", "a multiple of 8 (4 attention heads of even size)")
+        try:
+            check_mqar(self.seq_len, self.n_pairs, self.vocab_size)
+        except ValueError as err:
+            raise ValueError(f"MQARSettings: {err}") from None
+
+
+@dataclass(frozen=True)
+class MQARRun:
+    """One MQAR model: ``kind`` ``"mlgru"`` or ``"attention"``, the task, and its training (lr, seed)."""
+
+    kind: str
+    task: MQARSettings
+    train: TrainConfig
+
+    def __post_init__(self):
+        check_choice(self, "kind", ("mlgru", "attention"))
+
+
+@dataclass(frozen=True)
 class MatMulFreeExperimentConfig:
-    """The chapter's settings for one profile. ``train`` is every run's schedule; its ``lr`` is replaced by
-    the learning rate of the sweep (``sweep_lrs``) or by the family's best one from it."""
+    """The chapter's settings for one profile. ``train`` is every run's schedule; its ``lr`` and ``seed``
+    are replaced by the run's. ``sweep_lrs`` is the grid every family's sweep uses."""
 
     corpus: toolkit.ToolkitConfig = field(default_factory=toolkit.ToolkitConfig)
-    sizes: tuple[int, ...] = (32, 48, 64)  # d_model of the scaling study
+    sizes: tuple[int, ...] = (32, 48, 64)  # d_model of the size study
+    seeds: tuple[int, ...] = (0, 1, 2)
     n_layers: int = 2
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        steps=300, batch_size=16, warmup_steps=30, eval_every=50, log_every=10))
+        steps=800, batch_size=16, warmup_steps=60, eval_every=100, log_every=10))
     sweep_d_model: int = 48
-    sweep_lrs: tuple[float, ...] = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+    sweep_lrs: tuple[float, ...] = (1e-3, 3e-3, 1e-2, 3e-2)
     eval_windows: int = 64
-    n_prompts: int = 8  # greedy generations compared packed vs float
+    n_val_sentences: int = 500  # validation sentences of the sentence loss
+    n_prompts: int = 256  # validation sentences on which the packed and float models are compared
+    mqar: MQARSettings = field(default_factory=MQARSettings)
 
     def __post_init__(self):
         check_type(self, "corpus", toolkit.ToolkitConfig)
+        check_type(self, "mqar", MQARSettings)
         check_int_tuple(self, "sizes")
+        check_int_tuple(self, "seeds", low=0)
+        check_that(self, len(set(self.seeds)) == len(self.seeds), "seeds", "distinct seeds")
         check_number_tuple(self, "sweep_lrs", low=0, open_low=True)
         check_type(self, "train", TrainConfig)
-        check_ints(self, "n_layers", "sweep_d_model", "eval_windows", "n_prompts")
+        check_ints(self, "n_layers", "sweep_d_model", "eval_windows", "n_val_sentences", "n_prompts")
         check_that(self, self.corpus.context_length >= 5, "corpus",
                    "a ToolkitConfig with context_length >= 5 (3 prompt tokens, then generation)")
-        for d_model in (*self.sizes, self.sweep_d_model):  # every run's own checks, before any training
+        for d_model in self.sizes:  # every run's own checks, before any training
             try:
                 self.run_config("transformer", d_model, self.sweep_lrs[0])
             except ValueError as err:
-                raise ValueError(f"MatMulFreeExperimentConfig (sizes, sweep_d_model): {err}") from None
+                raise ValueError(f"MatMulFreeExperimentConfig (sizes): {err}") from None
+        check_that(self, self.sweep_d_model in self.sizes, "sweep_d_model",
+                   f"one of sizes {self.sizes} (its best runs are part of the size study)")
 
-    def run_config(self, kind: str, d_model: int, lr: float) -> RunConfig:
+    def run_config(self, kind: str, d_model: int, lr: float, seed: int | None = None) -> RunConfig:
+        seed = self.seeds[0] if seed is None else seed
         return RunConfig(kind=kind, d_model=d_model, corpus=self.corpus, n_layers=self.n_layers,
-                         train=dataclasses.replace(self.train, lr=lr), eval_windows=self.eval_windows)
+                         train=dataclasses.replace(self.train, lr=lr, seed=seed),
+                         eval_windows=self.eval_windows, n_val_sentences=self.n_val_sentences)
+
+    def mqar_run(self, kind: str, lr: float, seed: int) -> MQARRun:
+        return MQARRun(kind, self.mqar, dataclasses.replace(self.mqar.train, lr=lr, seed=seed))
 
 
 _FAST_CORPUS = dataclasses.replace(toolkit.CONFIGS["fast"], context_length=32)
@@ -108,22 +177,65 @@ _FULL_CORPUS = dataclasses.replace(toolkit.CONFIGS["full"], context_length=32)
 
 CONFIGS = {
     "fast": MatMulFreeExperimentConfig(
-        corpus=_FAST_CORPUS, sizes=(16, 32, 48),
-        train=TrainConfig(steps=60, batch_size=8, warmup_steps=6, eval_every=30, log_every=2),
-        sweep_d_model=32, sweep_lrs=(3e-3, 3e-2), eval_windows=16, n_prompts=4,
+        corpus=_FAST_CORPUS, sizes=(16, 32),
+        train=TrainConfig(steps=24, batch_size=8, warmup_steps=3, eval_every=8, log_every=2),
+        sweep_d_model=32, sweep_lrs=(3e-3, 3e-2), eval_windows=8, n_val_sentences=40, n_prompts=16,
+        mqar=MQARSettings(seq_len=8, n_pairs=2, vocab_size=32, width=16, lrs=(1e-2,),
+                          train=TrainConfig(steps=24, batch_size=16, warmup_steps=3, weight_decay=0.0,
+                                            eval_every=8),
+                          n_val=64, n_test=128),
     ),
     "full": MatMulFreeExperimentConfig(corpus=_FULL_CORPUS),  # the defaults, on the full corpus
 }
 
 
 def make_model(run: RunConfig, vocab_size: int) -> torch.nn.Module:
-    """The model of ``run.kind`` at width ``run.d_model``."""
+    """The model of ``run.kind`` at width ``run.d_model`` (LM heads untied in every family)."""
     common = dict(vocab_size=vocab_size, context_length=run.corpus.context_length, d_model=run.d_model,
                   n_layers=run.n_layers, n_heads=run.n_heads)
     if run.kind == "transformer":
-        return GPT(GPTConfig(**common))
+        return GPT(GPTConfig(**common, tie_embeddings=False))
     mixer = "attention" if run.kind == "ternary_attention" else "mlgru"
     return MatMulFreeLM(MatMulFreeConfig(**common, quantise=run.kind != "fp", token_mixer=mixer))
+
+
+class FlipCounter:
+    """How often the latent weights of a model's BitLinears change their ternary value during training.
+
+    Call :meth:`step` after every optimizer step. It compares the ternary codes ``W_t`` of every BitLinear
+    with those after the previous step, and keeps, per log interval, the **flip rate** (the fraction of
+    ternary weights whose value changed, per step), and over the whole run, which weights ever changed
+    and which end with a value other than their initial one.
+    """
+
+    def __init__(self, model: torch.nn.Module, log_every: int):
+        self.layers = [m for m in model.modules() if isinstance(m, BitLinear) and m.quantise]
+        self.log_every = log_every
+        self.initial = self.previous = self.codes()
+        self.ever = torch.zeros_like(self.initial, dtype=torch.bool)
+        self.count, self.since = 0, 0
+        self.steps: list[int] = []
+        self.rates: list[float] = []
+
+    def codes(self) -> torch.Tensor:
+        return torch.cat([ternary_weight(m.weight.detach())[0].flatten() for m in self.layers])
+
+    def step(self, t: int, model=None) -> None:
+        now = self.codes()
+        changed = now != self.previous  # W_t of these weights changed in this step
+        self.ever |= changed
+        self.count += int(changed.sum())
+        self.since += 1
+        self.previous = now
+        if t % self.log_every == 0:
+            self.steps.append(t)
+            self.rates.append(self.count / (self.since * now.numel()))
+            self.count, self.since = 0, 0
+
+    def summary(self) -> dict:
+        return {"steps": self.steps, "rate": self.rates, "ever": float(self.ever.float().mean()),
+                "net": float((self.previous != self.initial).float().mean()),
+                "n_weights": self.initial.numel()}
 
 
 def _train(run: RunConfig, device) -> dict:
@@ -135,32 +247,36 @@ def _train(run: RunConfig, device) -> dict:
     get_batch = seeded_batches(
         lambda generator: lm_batches(train_ids, run.train.batch_size, run.corpus.context_length, generator),
         run.train.seed)
+    quantised = run.kind in ("matmulfree", "ternary_attention")
+    flips = FlipCounter(model, run.train.log_every) if quantised else None
 
     def eval_fn(m):
         return {"val_loss": toolkit.window_loss(m, corpus.val_ids, run.corpus, run.eval_windows)}
 
-    with cpu_threads(1):
+    with cpu_threads(1, device=device):
         result = train(model, get_batch, lambda m, b: m.loss(*b), run.train, eval_fn=eval_fn, device=device,
-                       desc=f"{run.kind} d={run.d_model} lr={run.train.lr:g}")
-    n_params = count_parameters(model)
-    n_non_embedding = n_params - model.token_embedding.weight.numel()
-    if run.kind == "transformer":  # tied head: the head's matmul still costs compute
-        n_non_embedding += model.token_embedding.weight.numel()
+                       desc=f"{run.kind} d={run.d_model} lr={run.train.lr:g} seed={run.train.seed}",
+                       on_step=flips.step if flips else None)
+        model.eval()
+        with torch.no_grad():  # nats/token of whole validation sentences, comparable to the entropy floor
+            sentence_loss = toolkit.sentence_loss(model, corpus, corpus.val_sentences[:run.n_val_sentences])
+    convergence = result.convergence("val_loss")
     return {
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "history": result.to_dict(),
-        "n_parameters": n_params,
-        "n_non_embedding": n_non_embedding,
-        "tokens": result.tokens_seen,
-        "flops": 6.0 * n_non_embedding * result.tokens_seen,
+        "n_parameters": count_parameters(model),
+        "n_non_embedding": count_parameters(model, exclude_embeddings=True),  # without embedding and head
+        "sentence_loss": sentence_loss,
         "final_val_loss": result.evals[-1]["val_loss"],
+        "converged": convergence.converged, "convergence": convergence.describe(),
+        "flips": flips.summary() if flips else None,
     }
 
 
 def train_run(run: RunConfig, device=None) -> dict:
     """Train (or load from the cache) one run; returns weights, history and summary numbers."""
-    return cache.cached("matmulfree-run", run, lambda: _train(run, device), seed=run.train.seed,
-                        check=cache.has_keys("state_dict", "history"))
+    return cache.cached("matmulfree-run-v2", run, lambda: _train(run, device), seed=run.train.seed,
+                        check=cache.has_keys("state_dict", "history", "sentence_loss"))
 
 
 def load_run(run: RunConfig, device=None) -> tuple[torch.nn.Module, toolkit.Corpus, dict]:
@@ -172,80 +288,202 @@ def load_run(run: RunConfig, device=None) -> tuple[torch.nn.Module, toolkit.Corp
     return model.to(auto_device(device)).eval(), corpus, result
 
 
-def _summary(run: RunConfig, result: dict) -> dict:
+def summarise_run(run: RunConfig, device=None) -> dict:
+    """Train (or load) ``run`` and return its JSON-able summary (no weights). A module-level function, so
+    that worker processes can run it."""
+    result = train_run(run, device)
     history = TrainResult.from_dict(result["history"])
     eval_steps, val = history.eval_history("val_loss")
-    return {"kind": run.kind, "d_model": run.d_model, "lr": run.train.lr,
+    return {"kind": run.kind, "d_model": run.d_model, "lr": run.train.lr, "seed": run.train.seed,
             "n_parameters": result["n_parameters"], "n_non_embedding": result["n_non_embedding"],
-            "flops": result["flops"], "tokens": result["tokens"], "final_val_loss": result["final_val_loss"],
+            "sentence_loss": result["sentence_loss"], "final_val_loss": result["final_val_loss"],
+            "converged": result["converged"], "convergence": result["convergence"],
             "steps": history.steps, "train_loss": history.loss, "eval_steps": eval_steps, "val_loss": val,
-            "train_seconds": history.seconds}
+            "flips": result["flips"], "train_seconds": history.seconds}
 
 
-def add_only_check(model: torch.nn.Module, corpus: toolkit.Corpus, n_prompts: int,
-                   max_new_tokens: int) -> dict:
-    """Greedy generation through the packed (add-only) model vs the dequantised float model."""
+# ---------------------------------------------------------------------------------------------- MQAR
+def _mqar_model(run: MQARRun) -> torch.nn.Module:
+    task = run.task
+    if run.kind == "attention":
+        return GPT(GPTConfig(vocab_size=task.vocab_size, context_length=task.seq_len, d_model=task.width,
+                             n_layers=task.n_layers, n_heads=4, tie_embeddings=False))
+    return MatMulFreeLM(MatMulFreeConfig(vocab_size=task.vocab_size, context_length=task.seq_len,
+                                         d_model=task.width, n_layers=task.n_layers))
+
+
+def mqar_run(run: MQARRun, device=None) -> dict:
+    """Train one MQAR model from its seed and score it (cached): ``{"kind", "lr", "seed", "val_accuracy",
+    "test_accuracy", "converged", "convergence"}``. Module-level, so that worker processes can run it."""
+    task, tc = run.task, run.train
+
+    def compute() -> dict:
+        dev = auto_device(device)
+        val = mqar_batch(task.n_val, task.seq_len, task.n_pairs, task.vocab_size,
+                         torch.Generator().manual_seed(task.val_seed))
+        test = mqar_batch(task.n_test, task.seq_len, task.n_pairs, task.vocab_size,
+                          torch.Generator().manual_seed(task.test_seed))
+        torch.manual_seed(tc.seed)
+        model = _mqar_model(run).to(dev)
+        get_batch = seeded_batches(lambda g: mqar_batch(tc.batch_size, task.seq_len, task.n_pairs,
+                                                        task.vocab_size, g), tc.seed)
+        with cpu_threads(1, device=dev):
+            result = train(model, get_batch, lambda m, batch: m.loss(*batch), tc, device=dev,
+                           desc=f"MQAR {run.kind}",
+                           eval_fn=lambda m: {f"val_{k}": v for k, v in mqar_scores(m, *val).items()})
+            model.eval()
+            test_accuracy = mqar_scores(model, *test)["accuracy"]
+        convergence = result.convergence("val_loss")
+        return {"kind": run.kind, "lr": tc.lr, "seed": tc.seed,
+                "val_accuracy": result.evals[-1]["val_accuracy"], "test_accuracy": test_accuracy,
+                "converged": convergence.converged, "convergence": convergence.describe()}
+
+    return cache.cached("matmulfree-mqar-run", run, compute, seed=tc.seed)
+
+
+# ------------------------------------------------------------------------------------ packed inference
+@torch.no_grad()
+def _int8_codes(model: torch.nn.Module, idx: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Logits of ``model`` on ``idx`` and the int8 codes ``q`` that each of its (packed or float)
+    BitLinears computes from its input, in call order."""
+    codes, handles = [], []
+    for module in model.modules():
+        if isinstance(module, (BitLinear, PackedBitLinear)):
+            def hook(m, args):
+                q, _ = rms_kernels.rms_norm_quant_reference(args[0].float(), m.norm_weight.float(),
+                                                            BITLINEAR_EPS)
+                codes.append(q)
+            handles.append(module.register_forward_pre_hook(hook))
+    try:
+        logits = model(idx).float()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return logits, codes
+
+
+def add_only_check(model: MatMulFreeLM, corpus: toolkit.Corpus, n_prompts: int) -> dict:
+    """The packed (add-only) model against the dequantised float model, teacher-forced on ``n_prompts``
+    validation sentences (each after the boundary token), plus greedy generations from 3-token prompts.
+
+    Per sentence: the largest |logit difference|, whether every position's argmax agrees, and how many
+    of the int8 activation codes (every BitLinear's input quantiser) differ between the two paths.
+    """
     packed = pack_model(model)
-    prompts = [corpus.tokenizer.encode(s)[:3] for s in corpus.val_sentences[:n_prompts]]
+    sentences = corpus.val_sentences[:n_prompts]
+    max_diff, agree, positions, codes_total, codes_changed, code_step = [], 0, 0, 0, 0, 0
     with cpu_threads(1):
-        t0 = time.perf_counter()
-        float_tokens = generate(model, prompts, max_new_tokens, greedy=True)
-        t1 = time.perf_counter()
-        packed_tokens = generate(packed, prompts, max_new_tokens, greedy=True)
-        t2 = time.perf_counter()
-        # Peak memory of the same generation runs (profiled separately, so the timings above are clean):
-        # weights held + the peak of what PyTorch allocates while generating (activations, and on the
-        # float path the quantised weight copies made in every forward).
-        _, transient_float = peak_cpu_allocation(
-            lambda: generate(model, prompts, max_new_tokens, greedy=True))
-        _, transient_packed = peak_cpu_allocation(
-            lambda: generate(packed, prompts, max_new_tokens, greedy=True))
-        x = torch.randint(0, corpus.tokenizer.vocab_size, (4, model.config.context_length),
-                          generator=torch.Generator().manual_seed(0))  # not the global RNG: same x on reruns
-        with torch.no_grad():
-            logit_gap = (model(x) - packed(x)).abs().max().item()
-    resident_float = sum(t.numel() * t.element_size() for t in model.state_dict().values())
-    resident_packed = sum(t.numel() * t.element_size() for t in packed.state_dict().values())
+        for sentence in sentences:
+            tokens = [corpus.end_id] + corpus.tokenizer.encode(sentence)
+            idx = torch.tensor([tokens[:model.config.context_length]])
+            float_logits, float_codes = _int8_codes(model, idx)
+            packed_logits, packed_codes = _int8_codes(packed, idx)
+            max_diff.append(float((float_logits - packed_logits).abs().max()))
+            agree += int((float_logits.argmax(-1) == packed_logits.argmax(-1)).sum())
+            positions += idx.shape[1]
+            for a, b in zip(float_codes, packed_codes):
+                codes_total += a.numel()
+                codes_changed += int((a != b).sum())
+                code_step = max(code_step, int((a.int() - b.int()).abs().max()))
+        prompts = [corpus.tokenizer.encode(s)[:3] for s in sentences]
+        new_tokens = model.config.context_length - 4
+        float_tokens = generate(model, prompts, new_tokens, greedy=True)
+        packed_tokens = generate(packed, prompts, new_tokens, greedy=True)
     return {
-        "prompts": prompts, "float_tokens": float_tokens, "packed_tokens": packed_tokens,
-        "n_equal": sum(a == b for a, b in zip(float_tokens, packed_tokens)), "n_prompts": len(prompts),
-        "float_text": [corpus.tokenizer.decode(p + t) for p, t in zip(prompts, float_tokens)],
-        "max_logit_difference": logit_gap,
-        "float_seconds": t1 - t0, "packed_seconds": t2 - t1,
-        "resident_bytes_float": resident_float, "resident_bytes_packed": resident_packed,
-        "peak_bytes_float": resident_float + transient_float,
-        "peak_bytes_packed": resident_packed + transient_packed,
+        "n_sentences": len(sentences), "max_logit_difference": max_diff,
+        "argmax_agree": agree, "positions": positions,
+        "codes_changed": codes_changed, "codes_total": codes_total, "largest_code_change": code_step,
+        "n_equal_generations": sum(a == b for a, b in zip(float_tokens, packed_tokens)),
+        "float_text": [corpus.tokenizer.decode(p + t) for p, t in zip(prompts[:3], float_tokens[:3])],
     }
 
+
+def model_bytes(config: MatMulFreeExperimentConfig, vocab_size: int) -> dict:
+    """Bytes of every family's weights at every width, from the architecture (not the training):
+    ``{kind: {d_model: {"fp32", "bf16", ["packed"]}}}``. ``packed`` (MatMul-free LM only) is the one
+    accounting used throughout: each ternary matrix at 2 bits per weight plus one fp32 scale, and every
+    other tensor (embedding table, norm gains) in bf16 (:func:`paperlab.matmulfree.packed.weight_bytes`)."""
+    out = {}
+    for kind in ("transformer", "matmulfree"):
+        out[kind] = {}
+        for d in config.sizes:
+            model = make_model(config.run_config(kind, d, config.sweep_lrs[0]), vocab_size)
+            n = count_parameters(model)
+            sizes = {"fp32": 4 * n, "bf16": 2 * n}
+            if kind == "matmulfree":
+                sizes["packed"] = weight_bytes(model)["model_packed"]
+            out[kind][str(d)] = sizes
+    return out
+
+
+# ------------------------------------------------------------------------------------------- the run
+def _job(run: RunConfig | MQARRun, device: str) -> dict:
+    """One training job of either kind (the workers of :func:`_train_all` run it)."""
+    return mqar_run(run, device) if isinstance(run, MQARRun) else summarise_run(run, device)
+
+
+def _cost(run: RunConfig | MQARRun) -> float:
+    """Rough relative cost of a job, to start the longest first."""
+    if isinstance(run, MQARRun):
+        return run.train.steps * run.train.batch_size * run.task.seq_len * run.task.width
+    return run.train.steps * run.train.batch_size * run.corpus.context_length * run.d_model
+
+
+def _train_all(runs: list, device, desc: str) -> list[dict]:
+    """Every distinct run, side by side on the cores (longest first); results in the order of ``runs``."""
+    unique = sorted(dict.fromkeys(runs), key=lambda r: -_cost(r))
+    workers = 1 if auto_device(device).type != "cpu" else None
+    results = dict(zip(unique, parallel_map(_job, [(r, str(device)) for r in unique], workers=workers,
+                                            desc=desc)))
+    return [results[r] for r in runs]
 
 
 def run(config: MatMulFreeExperimentConfig, device=None) -> dict:
     """All of the chapter's results (JSON-able).
 
-    The learning-rate sweep comes first, at ``sweep_d_model``; every other run of a family then uses the
-    sweep's best learning rate for it (the fp variant and ternary attention take the MatMul-free LM's), so
-    the size comparison is not decided by a learning rate that suits one family only. Every model trains on
-    ``device`` (checked before any work); the add-only inference check measures CPU time and memory, so it
-    runs on the CPU.
+    1. Each family's learning-rate sweep at ``sweep_d_model`` with the first seed, and each MQAR model's on
+       the recall task; the best rate is the one with the lowest final validation window loss (MQAR: the
+       best validation accuracy).
+    2. At each family's best rate: every width and seed; ternary attention over the seeds; the MatMul-free
+       LM over the seeds also at the Transformer++'s best rate and at the smallest rate of the grid (for the
+       learning-rate and weight-flip claims); the MQAR models over the seeds.
+    3. The packed model against the float model (largest width, first seed), on the CPU.
     """
     device = auto_device(device)
-    sweep = [_summary(r, train_run(r, device)) for kind in ("transformer", "matmulfree")
-             for r in [config.run_config(kind, config.sweep_d_model, lr) for lr in config.sweep_lrs]]
+    first = config.seeds[0]
+    sweep_runs = [config.run_config(kind, config.sweep_d_model, lr) for kind in FAMILIES
+                  for lr in config.sweep_lrs]
+    mqar_sweep_runs = [config.mqar_run(kind, lr, first) for kind in ("mlgru", "attention")
+                       for lr in config.mqar.lrs]
+    done = _train_all(sweep_runs + mqar_sweep_runs, device, "learning-rate sweeps")
+    sweep, mqar_sweep = done[:len(sweep_runs)], done[len(sweep_runs):]
     best_lr = {kind: min((r for r in sweep if r["kind"] == kind), key=lambda r: r["final_val_loss"])["lr"]
-               for kind in ("transformer", "matmulfree")}
-    best_lr["fp"] = best_lr["ternary_attention"] = best_lr["matmulfree"]
-    scaling = [_summary(r, train_run(r, device)) for kind in ("transformer", "matmulfree", "fp")
-               for r in [config.run_config(kind, d, best_lr[kind]) for d in config.sizes]]
-    ablation = [_summary(r, train_run(r, device)) for r in
-                [config.run_config(kind, config.sweep_d_model, best_lr[kind])
-                 for kind in ("matmulfree", "ternary_attention")]]
+               for kind in FAMILIES}
+    best_lr["ternary_attention"] = best_lr["matmulfree"]
+    mqar_lr = {kind: max((r for r in mqar_sweep if r["kind"] == kind),
+                         key=lambda r: r["val_accuracy"])["lr"] for kind in ("mlgru", "attention")}
+    d_sweep, seeds = config.sweep_d_model, config.seeds
+    groups = {
+        "scaling": [config.run_config(kind, d, best_lr[kind], s) for kind in FAMILIES for d in config.sizes
+                    for s in seeds],
+        "attention": [config.run_config("ternary_attention", d_sweep, best_lr["matmulfree"], s)
+                      for s in seeds],
+        "at_transformer_lr": [config.run_config("matmulfree", d_sweep, best_lr["transformer"], s)
+                              for s in seeds],
+        "at_lowest_lr": [config.run_config("matmulfree", d_sweep, min(config.sweep_lrs), s) for s in seeds],
+        "mqar": [config.mqar_run(kind, mqar_lr[kind], s) for kind in ("mlgru", "attention") for s in seeds],
+    }
+    trained = _train_all([r for runs in groups.values() for r in runs], device, "models")
+    results, start = {}, 0
+    for name, runs in groups.items():
+        results[name] = trained[start:start + len(runs)]
+        start += len(runs)
     largest = config.run_config("matmulfree", max(config.sizes), best_lr["matmulfree"])
     model, corpus, _ = load_run(largest, device)
-    model = model.cpu()
     return {
-        "scaling": scaling, "sweep": sweep, "ablation": ablation, "best_lr": best_lr,
-        "memory": weight_bytes(model),
-        "inference": add_only_check(model, corpus, config.n_prompts, config.corpus.context_length - 4),
+        **results, "sweep": sweep, "best_lr": best_lr, "mqar_sweep": mqar_sweep, "mqar_lr": mqar_lr,
+        "bytes": model_bytes(config, corpus.tokenizer.vocab_size),
+        "inference": add_only_check(model.cpu(), corpus, config.n_prompts),
         "entropy_per_token": corpus.grammar.exact_entropy_per_token(),
         "largest_d_model": max(config.sizes),
     }

@@ -107,7 +107,12 @@ class MLGRU(nn.Module):
         c_t = SiLU(BitLinear_c(x_t))             candidate
         h_t = f_t * h_{t-1} + (1 - f_t) * c_t    element-wise recurrence: no hidden-to-hidden matmul
         g_t = BitLinear_g(x_t)                   output gate
-        o_t = BitLinear_o(RMSNorm(h_t) * SiLU(g_t))
+        o_t = BitLinear_o(RMSNorm(g_t) * SiLU(h_t))
+
+    The output line follows the reference code (``hgrn_bit.py``: ``o_proj(g_norm(g_proj(x), o))`` with
+    ``FusedRMSNormSwishGate(x, o) = RMSNorm(x) * SiLU(o)``): the gate projection is normalised and the
+    hidden state passes through the SiLU. (The paper's equations write the gate without a norm; we follow
+    the code, which is what was trained.)
 
     ``scan``: ``"kernel"`` (:func:`paperlab_kernels.mlgru.mlgru_scan`), ``"sequential"`` or ``"parallel"``
     (the two PyTorch forms above; all three agree). ``attention_mask`` (batch, seq), True = real token:
@@ -122,7 +127,7 @@ class MLGRU(nn.Module):
         self.impl = impl
         self.f_proj, self.c_proj, self.g_proj, self.o_proj = (
             BitLinear(d_model, d_model, quantise=quantise, impl=impl) for _ in range(4))
-        self.h_norm = pnn.RMSNorm(d_model)
+        self.g_norm = pnn.RMSNorm(d_model)  # the reference's g_norm: RMSNorm of the gate projection
 
     def recurrence(self, f: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         if self.scan == "sequential":
@@ -138,21 +143,25 @@ class MLGRU(nn.Module):
             c = c * attention_mask[..., None].to(c.dtype)  # padding adds nothing to the state
         h = self.recurrence(f, c)  # h_t = f_t * h_{t-1} + (1 - f_t) * c_t, element-wise (a linear scan)
         g = self.g_proj(x)  # g_t = BitLinear_g(x_t), the output gate
-        return self.o_proj(self.h_norm(h) * F.silu(g))  # o_t = BitLinear_o(RMSNorm(h_t) * SiLU(g_t))
+        return self.o_proj(self.g_norm(g) * F.silu(h))  # o_t = BitLinear_o(RMSNorm(g_t) * SiLU(h_t))
 
 
 class GLU(nn.Module):
-    """Channel mixer: ``BitLinear_down(SiLU(BitLinear_gate(x)) * BitLinear_up(x))``.
-    x: (..., d) -> (..., d)."""
+    """Channel mixer: ``[g, u] = BitLinear_gate_up(x)``, ``BitLinear_down(SiLU(g) * u)``.
+    x: (..., d) -> (..., d).
+
+    As in the reference code (``HGRNBitMLP``), the gate and up projections are one BitLinear of width
+    ``2 d_hidden`` whose output is split in two: one RMSNorm, one activation quantisation and one weight
+    scale ``s_w`` for both halves."""
 
     def __init__(self, d_model: int, d_hidden: int, *, quantise: bool = True, impl: str = "auto"):
         super().__init__()
-        self.gate = BitLinear(d_model, d_hidden, quantise=quantise, impl=impl)
-        self.up = BitLinear(d_model, d_hidden, quantise=quantise, impl=impl)
+        self.gate_up = BitLinear(d_model, 2 * d_hidden, quantise=quantise, impl=impl)
         self.down = BitLinear(d_hidden, d_model, quantise=quantise, impl=impl)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down(F.silu(self.gate(x)) * self.up(x))  # down(SiLU(gate(x)) * up(x)), all BitLinear
+        gate, up = self.gate_up(x).chunk(2, dim=-1)  # one ternary matrix, split into gate and up halves
+        return self.down(F.silu(gate) * up)  # down(SiLU(gate) * up), all BitLinear
 
 
 class TernaryAttention(nn.Module):

@@ -1,14 +1,16 @@
 """The MatMul-free language model: embedding -> blocks (token mixer + GLU) -> RMSNorm -> LM head.
 
-One block maps the residual stream ``h: (batch, seq, d_model)`` to::
+As in the reference code (``modeling_hgrn_bit.py``), one block maps the residual stream
+``h: (batch, seq, d_model)`` to::
 
-    h = h + TokenMixer(h)      # MLGRU (or, for the ablation, ternary attention)
-    h = h + GLU(h)
+    h = h + TokenMixer(RMSNorm_mixer(h))      # MLGRU (or, for the ablation, ternary attention)
+    h = h + GLU(RMSNorm_glu(h))
 
-Every BitLinear normalises its own input (RMSNorm is its first step), so the block needs no separate
-pre-norm. As in the reference code, the token embedding, the final norm and the LM head stay in full
-precision: only the linear layers inside the blocks are ternary. ``quantise=False`` gives the "fp" variant
-(same architecture, full-precision weights and activations). The model has the ``config``, ``forward``
+with full-precision pre-norms, although every BitLinear normalises its own input again (RMSNorm is its
+first step). The model ends with a final RMSNorm and an LM head that is a BitLinear too (ternary, not tied
+to the embedding), as in the reference. What stays in floating point: the embedding table (a lookup, no
+matmul), the RMSNorm gains, and the element-wise gates and recurrence. ``quantise=False`` gives the "fp"
+variant (same architecture, full-precision weights and activations). The model has the ``config``, ``forward``
 and ``loss`` interface of :class:`paperlab.nn.GPT`, so :func:`paperlab.nn.generate` drives it.
 """
 
@@ -72,10 +74,12 @@ class _Block(nn.Module):
         else:
             self.mixer = TernaryAttention(config.d_model, config.n_heads, quantise=q, impl=impl)
         self.glu = GLU(config.d_model, config.d_hidden, quantise=q, impl=impl)
+        self.mixer_norm = pnn.RMSNorm(config.d_model)  # the reference's attn_norm
+        self.glu_norm = pnn.RMSNorm(config.d_model)  # the reference's mlp_norm
 
     def forward(self, h, attention_mask=None):
-        h = h + self.mixer(h, attention_mask)
-        return h + self.glu(h)
+        h = h + self.mixer(self.mixer_norm(h), attention_mask)  # h + TokenMixer(RMSNorm(h))
+        return h + self.glu(self.glu_norm(h))  # h + GLU(RMSNorm(h))
 
 
 class MatMulFreeLM(nn.Module):
@@ -87,9 +91,10 @@ class MatMulFreeLM(nn.Module):
         self.token_embedding = nn.Embedding(config.vocab_size, config.d_model)
         self.blocks = nn.ModuleList(_Block(config) for _ in range(config.n_layers))
         self.final_norm = pnn.RMSNorm(config.d_model)
-        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        # a BitLinear head, untied: the reference's HGRNBitForCausalLM.lm_head, tie_word_embeddings=False
+        self.lm_head = BitLinear(config.d_model, config.vocab_size, quantise=config.quantise,
+                                 impl=config.impl)
         nn.init.normal_(self.token_embedding.weight, std=0.02)
-        nn.init.normal_(self.lm_head.weight, std=0.02)
 
     def bitlinears(self) -> dict[str, BitLinear]:
         """The ternary layers by qualified name (what packing replaces)."""

@@ -1,4 +1,4 @@
-"""Add-only inference: a trained MatMul-free LM with its ternary weights packed 2 bits each.
+"""Packed inference: a trained MatMul-free LM whose ternary matrix products run by additions and subtractions.
 
 :func:`pack_model` replaces every :class:`BitLinear` by a :class:`PackedBitLinear` that stores only
 
