@@ -344,13 +344,21 @@ def test_language_similarity_and_onset(monkeypatch):
 
     config = E.EXPERIMENT.config("fast")
     low = E.low_directions(config)
-    shapes = {0: [3.0, 2.0, 1.0, 1.5], 1: [3.0, 1.8, 1.2, 1.4], 2: [3.0, 2.2, 0.9, 1.6]}  # minimum at step 30
+    # the mean over seeds is lowest at step 30; seed 1's own curve at step 20
+    shapes = {0: [3.0, 2.0, 1.0, 1.5], 1: [3.0, 1.1, 1.2, 1.4], 2: [3.0, 2.2, 0.9, 1.6]}
+    asked = []
 
     def fake_record(config, name, seed=None):
+        asked.append(name)
+        values = shapes[seed] if name == "moe" else [3.0, 2.0, 1.5, 1.0]  # "dense" never turns up
         return {"history": {"evals": [{"step": 10 * (i + 1), **{f"val/{d}": v for d in low}}
-                                      for i, v in enumerate(shapes[seed])]}}
+                                      for i, v in enumerate(values)]}}
 
     monkeypatch.setattr(E, "record", fake_record)
     config = dataclasses.replace(config, seeds=(0, 1, 2), train=dataclasses.replace(config.train, steps=40))
     found = E.onset(config)
     assert found["onset_step"] == 30 and found["curriculum_step"] == 10
+    assert found["per_seed"] == [30, 20, 30]
+    assert set(asked) == {"moe"}  # the curriculum's onset is measured on plain MoE
+    never = E.onset(config, "dense")  # a curve that never turns up: onset at the last step, no curriculum
+    assert never["onset_step"] == 40 and never["curriculum_step"] == 0 and never["per_seed"] == [40] * 3
