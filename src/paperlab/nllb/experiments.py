@@ -248,8 +248,10 @@ def summary(config: NLLBExperimentConfig, name: str) -> dict[str, list]:
       at the checkpoint the run keeps (the last one; the best validation one for bilingual models);
     - ``low_rise`` / ``high_rise``: final minus lowest mean validation loss of those directions;
     - ``low_chrf`` / ``high_chrf``: chrF++ of greedy translations, averaged the same way;
-    - ``converged``: the run's validation loss averaged over all its directions is not still falling over
-      its last fifth (:func:`paperlab.stats.convergence`); ``best_step``: the step of the weights kept.
+    - ``converged``: the validation loss averaged over each group of directions (low and high-resource
+      separately, so that one group turning up cannot hide the other still falling) is not still falling
+      over its last fifth (:func:`paperlab.stats.convergence`); for bilingual models, each model's own
+      curve; ``best_step``: the step of the weights kept.
     """
     if name == "bilingual":
         out = {key: [] for key in ("low_loss", "low_chrf", "low_rise", "converged", "best_step")}
@@ -272,7 +274,8 @@ def summary(config: NLLBExperimentConfig, name: str) -> dict[str, list]:
             out[f"{group}_loss"].append(_mean(r["test"][d]["loss"] for d in directions))
             out[f"{group}_chrf"].append(_mean(r["test"][d]["chrf"] for d in directions))
             out[f"{group}_rise"].append(_rise(curves_of(r, directions)[1]))
-        out["converged"].append(not _still_falling(*curves_of(r, r["directions"])))
+        out["converged"].append(all(not _still_falling(*curves_of(r, directions))
+                                    for directions in (low_directions(config), high_directions(config))))
         out["best_step"].append(r["best_step"])
     return out
 
