@@ -344,13 +344,45 @@ def test_language_similarity_and_onset(monkeypatch):
 
     config = E.EXPERIMENT.config("fast")
     low = E.low_directions(config)
-    shapes = {0: [3.0, 2.0, 1.0, 1.5], 1: [3.0, 1.8, 1.2, 1.4], 2: [3.0, 2.2, 0.9, 1.6]}  # minimum at step 30
+    # the mean over seeds is lowest at step 30; seed 1's own curve at step 20
+    shapes = {0: [3.0, 2.0, 1.0, 1.5], 1: [3.0, 1.1, 1.2, 1.4], 2: [3.0, 2.2, 0.9, 1.6]}
+    asked = []
 
     def fake_record(config, name, seed=None):
+        asked.append(name)
+        values = shapes[seed] if name == "moe" else [3.0, 2.0, 1.5, 1.0]  # "dense" never turns up
         return {"history": {"evals": [{"step": 10 * (i + 1), **{f"val/{d}": v for d in low}}
-                                      for i, v in enumerate(shapes[seed])]}}
+                                      for i, v in enumerate(values)]}}
 
     monkeypatch.setattr(E, "record", fake_record)
     config = dataclasses.replace(config, seeds=(0, 1, 2), train=dataclasses.replace(config.train, steps=40))
     found = E.onset(config)
     assert found["onset_step"] == 30 and found["curriculum_step"] == 10
+    assert found["per_seed"] == [30, 20, 30]
+    assert set(asked) == {"moe"}  # the curriculum's onset is measured on plain MoE
+    never = E.onset(config, "dense")  # a curve that never turns up: onset at the last step, no curriculum
+    assert never["onset_step"] == 40 and never["curriculum_step"] == 0 and never["per_seed"] == [40] * 3
+
+
+def test_summary_converged_needs_every_group_to_stop_falling(monkeypatch):
+    """A low-resource curve that turns up must not hide a high-resource one still falling."""
+    from paperlab.nllb import experiments as E
+
+    config = E.EXPERIMENT.config("fast")
+    config = dataclasses.replace(config, seeds=(0, 1), train=dataclasses.replace(config.train, steps=100))
+    low, high = E.low_directions(config), E.high_directions(config)
+    falling = [2.0, 1.8, 1.6, 1.4, 1.2, 1.0, 0.8, 0.6, 0.4, 0.2]
+    flat = [2.0, 1.0, 0.5, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3]
+    rising = [2.0, 1.0, 1.1, 1.3, 1.5, 1.7, 1.9, 2.1, 2.3, 2.5]  # averaged with `falling`: flat-ish
+
+    def fake_record(config, name, seed=None):
+        high_curve = falling if seed == 0 else flat
+        evals = [{"step": 10 * (i + 1), **{f"val/{d}": rising[i] for d in low},
+                  **{f"val/{d}": high_curve[i] for d in high}} for i in range(10)]
+        test = {d: {"loss": 1.0, "chrf": 50.0} for d in low + high}
+        return {"history": {"evals": evals}, "test": test, "directions": low + high, "best_step": 100}
+
+    monkeypatch.setattr(E, "record", fake_record)
+    out = E.summary(config, "moe")
+    assert out["converged"] == [False, True]
+    assert out["low_rise"] == [pytest.approx(1.5), pytest.approx(1.5)]

@@ -78,7 +78,7 @@ class NLLBExperimentConfig:
     overfit sooner and need fewer steps); ``dropout`` for every model; ``eom_p`` the expert output masking
     probability; ``workers`` runs train side by side on the CPU."""
 
-    world: WorldConfig = WorldConfig(n_high=5_000, n_low=100)
+    world: WorldConfig = WorldConfig(n_high=5_000, n_low=50, low_noise=0.5)
     languages: tuple[str, ...] = ("ara", "amu")
     d_model: int = 64
     n_heads: int = 4
@@ -126,7 +126,7 @@ class NLLBExperimentConfig:
 
 CONFIGS = {
     "fast": NLLBExperimentConfig(
-        world=WorldConfig(n_high=500, n_low=40, n_valid=16, n_test=16),
+        world=WorldConfig(n_high=500, n_low=40, low_noise=0.5, n_valid=16, n_test=16),
         d_model=32,
         n_heads=2,
         d_hidden=64,
@@ -216,17 +216,19 @@ def curves(config: NLLBExperimentConfig, name: str, directions: list[str]) -> di
     return {"steps": steps, "seeds": per_seed}
 
 
-def onset(config: NLLBExperimentConfig) -> dict:
-    """The onset of overfitting of the low-resource directions under plain MoE: the step ``k`` at which
-    their validation loss, averaged over directions and seeds, is lowest. NLLB's curriculum introduces a
-    direction that overfits after ``k`` updates at update ``T - k``; ``curriculum_step = T - k`` (0 when
-    the curve never turns up, i.e. no curriculum)."""
-    low = curves(config, "moe", low_directions(config))
+def onset(config: NLLBExperimentConfig, name: str = "moe") -> dict:
+    """The onset of overfitting of the low-resource directions under run ``name`` (default plain MoE, the
+    run the curriculum is measured on): the step ``k`` at which their validation loss, averaged over
+    directions and seeds, is lowest. NLLB's curriculum introduces a direction that overfits after ``k``
+    updates at update ``T - k``; ``curriculum_step = T - k`` (0 when the curve never turns up, i.e. no
+    curriculum). ``per_seed``: the same step for each seed's own curve, in ``config.seeds`` order."""
+    low = curves(config, name, low_directions(config))
     mean = [_mean(values) for values in zip(*low["seeds"])]
     best = min(range(len(mean)), key=mean.__getitem__)
+    per_seed = [low["steps"][min(range(len(c)), key=c.__getitem__)] for c in low["seeds"]]
     total = config.train.steps
     return {"steps": low["steps"], "mean": mean, "onset_step": low["steps"][best],
-            "curriculum_step": total - low["steps"][best]}
+            "curriculum_step": total - low["steps"][best], "per_seed": per_seed}
 
 
 def _rise(curve: list[float]) -> float:
@@ -246,8 +248,10 @@ def summary(config: NLLBExperimentConfig, name: str) -> dict[str, list]:
       at the checkpoint the run keeps (the last one; the best validation one for bilingual models);
     - ``low_rise`` / ``high_rise``: final minus lowest mean validation loss of those directions;
     - ``low_chrf`` / ``high_chrf``: chrF++ of greedy translations, averaged the same way;
-    - ``converged``: the run's validation loss averaged over all its directions is not still falling over
-      its last fifth (:func:`paperlab.stats.convergence`); ``best_step``: the step of the weights kept.
+    - ``converged``: the validation loss averaged over each group of directions (low and high-resource
+      separately, so that one group turning up cannot hide the other still falling) is not still falling
+      over its last fifth (:func:`paperlab.stats.convergence`); for bilingual models, each model's own
+      curve; ``best_step``: the step of the weights kept.
     """
     if name == "bilingual":
         out = {key: [] for key in ("low_loss", "low_chrf", "low_rise", "converged", "best_step")}
@@ -270,7 +274,8 @@ def summary(config: NLLBExperimentConfig, name: str) -> dict[str, list]:
             out[f"{group}_loss"].append(_mean(r["test"][d]["loss"] for d in directions))
             out[f"{group}_chrf"].append(_mean(r["test"][d]["chrf"] for d in directions))
             out[f"{group}_rise"].append(_rise(curves_of(r, directions)[1]))
-        out["converged"].append(not _still_falling(*curves_of(r, r["directions"])))
+        out["converged"].append(all(not _still_falling(*curves_of(r, directions))
+                                    for directions in (low_directions(config), high_directions(config))))
         out["best_step"].append(r["best_step"])
     return out
 
@@ -367,6 +372,7 @@ def run(config: NLLBExperimentConfig, device: str | None = None) -> dict:
     return {
         "seeds": list(config.seeds),
         "onset": onset(config),
+        "onset_dense": onset(config, "dense"),
         "summary": {name: summary(config, name) for name in (*MULTILINGUAL, "bilingual")},
         "routing": {name: routing(config, name) for name in ("moe", "moe_eom", "cmoe")},
         "zero_shot": zero_shot(config),
