@@ -7,9 +7,12 @@ returns plain results (numbers, lists, strings) for the chapter to plot.
    one, or a Hugging Face model's): concept vectors, held-out projections, hierarchical orthogonality
    against random pairs, and the two controls (shuffled rows, unwhitened Euclidean space), the
    parent/child plane, a three-category simplex and the cosine heatmap next to WordNet path similarity.
-3. :func:`intervention` adds ``alpha * (l_parent1 - l_parent2)`` to the LM's final hidden state and
-   measures parent-level and child-level logit differences.
+3. :func:`intervention` adds ``alpha * (l_parent1 - l_parent2)`` to the LM's final hidden state and to
+   the residual stream between its blocks, next to random directions of the same norm (the control),
+   and measures parent-level and child-level logit differences.
 4. :func:`planted` runs the same statistics on synthetic unembeddings whose structure is known.
+5. :func:`over_lm_seeds` runs 1-4 (and :func:`anisotropy`) for every LM seed side by side, and
+   :func:`seed_effects` gives each LM-based scorecard row's effect for one seed.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from paperlab import cache
+from paperlab import cache, stats
 from paperlab.config import (
     check_ints,
     check_number_tuple,
@@ -44,7 +47,7 @@ from paperlab.geometry.estimate import (
 from paperlab.geometry.hierarchy import Concepts, Hierarchy, extract_concepts, load_hierarchy
 from paperlab.geometry.lm import CorpusConfig, HierarchyCorpus, LMConfig, load_trained, representation
 from paperlab.geometry.synthetic import PlantedConfig, planted_unembeddings
-from paperlab.utils import cpu_threads
+from paperlab.utils import cpu_threads, parallel_map
 
 __all__ = [
     "GeometryConfig",
@@ -57,6 +60,9 @@ __all__ = [
     "planted",
     "planted_statistics",
     "anisotropy",
+    "for_seed",
+    "over_lm_seeds",
+    "seed_effects",
     "run",
     "EXPERIMENT",
 ]
@@ -80,6 +86,8 @@ class GeometryConfig:
     child_pair: tuple[str, str] = ("mammal.n.01", "reptile.n.01")
     alphas: tuple[float, ...] = (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0)
     n_contexts: int = 512
+    n_control_directions: int = 8  # random directions of the same norm: the intervention's control
+    seeds: tuple[int, ...] = (0, 1, 2)  # LM seeds (both LMs); figures show the first
     points_per_group: int = 250  # tokens per group in the scatter plots
     planted: PlantedConfig = field(default_factory=PlantedConfig)
     seed: int = 0
@@ -88,8 +96,14 @@ class GeometryConfig:
         check_type(self, "lm", LMConfig)
         check_type(self, "zipf_lm", LMConfig)
         check_type(self, "planted", PlantedConfig)
+        check_that(self, self.lm.n_layers >= 2, "lm",
+                   "an LM with n_layers >= 2 (the intervention also edits a middle layer)")
         check_ints(self, "min_tokens", low=2)
-        check_ints(self, "n_random_pairs", "n_contexts", "points_per_group")
+        check_ints(self, "n_random_pairs", "n_contexts", "points_per_group", "n_control_directions")
+        check_that(self, isinstance(self.seeds, tuple) and len(self.seeds) >= 2
+                   and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in self.seeds)
+                   and len(set(self.seeds)) == len(self.seeds), "seeds",
+                   "a tuple of at least 2 distinct ints >= 0 (an interval needs 2; the standard asks 3)")
         check_ints(self, "n_null_draws", low=20)  # stats.against_null needs 20 draws
         check_ints(self, "heatmap_max_depth", "seed", low=0)
         check_numbers(self, "held_out_fraction", low=0, high=1, open_low=True, open_high=True)
@@ -100,15 +114,16 @@ class GeometryConfig:
         check_that(self, self.alphas[0] < self.alphas[-1], "alphas", "from a smaller to a larger alpha")
 
 
-_FAST_TRAIN = dataclasses.replace(LMConfig().train, steps=200, warmup_steps=20, eval_every=100)
+_FAST_TRAIN = dataclasses.replace(LMConfig().train, steps=100, warmup_steps=10, eval_every=25)
 CONFIGS = {
     "fast": GeometryConfig(
-        lm=LMConfig(eval_sentences=1000, train=_FAST_TRAIN),  # the full LM, trained for a tenth of the steps
+        lm=LMConfig(eval_sentences=1000, train=_FAST_TRAIN),  # the full LM, a twentieth of the steps
         zipf_lm=LMConfig(corpus=CorpusConfig(zipf=1.0), eval_sentences=500,  # half the steps again: CI only
-                         train=dataclasses.replace(_FAST_TRAIN, steps=100, warmup_steps=10, eval_every=50)),
+                         train=dataclasses.replace(_FAST_TRAIN, steps=50, warmup_steps=5, eval_every=25)),
         n_random_pairs=100,
         n_null_draws=20,
         n_contexts=128,
+        n_control_directions=4,
         points_per_group=150,
         planted=PlantedConfig(d=64, n_other=500),
     ),
@@ -430,23 +445,141 @@ def anisotropy(config: GeometryConfig, device: str | torch.device | None = None)
     return cache.cached("geometry-anisotropy", config, compute, seed=config.seed)
 
 
+# ----------------------------------------------------------------------------------- LM seeds
+def for_seed(config: GeometryConfig, seed: int) -> GeometryConfig:
+    """``config`` with both LMs trained from ``seed`` and the analysis' own draws (random pairs, the
+    shuffle, the nulls, the contexts) seeded with it: one independent replicate of every LM-based result.
+    ``for_seed(config, config.seed)`` is ``config`` when its LMs use that seed too (the defaults: 0)."""
+    def reseed(lm: LMConfig) -> LMConfig:
+        return dataclasses.replace(lm, train=dataclasses.replace(lm.train, seed=seed))
+
+    return dataclasses.replace(config, lm=reseed(config.lm), zipf_lm=reseed(config.zipf_lm), seed=seed)
+
+
+def _seed_job(kind: str, seed: int, config: GeometryConfig, device: str | None = None) -> dict:
+    """One LM seed's results (module level: :func:`paperlab.utils.parallel_map` spawns its workers)."""
+    if kind == "planted":
+        return {"planted": planted(config)}
+    replicate = for_seed(config, seed)
+    if kind == "zipf":
+        return {"anisotropy": anisotropy(replicate, device)}
+    _, _, record = load_lm(replicate, device)
+    evals = record["history"]["evals"]
+    return {
+        "lemma_loss": evals[-1]["lemma_loss"], "bayes_lemma_loss": record["bayes_lemma_loss"],
+        "uniform_lemma_loss": record["uniform_lemma_loss"],
+        "converged": stats.convergence([e["step"] for e in evals], [e["lemma_loss"] for e in evals]).converged
+        if len(evals) >= 3 else None,
+        "analysis": analysis(replicate, device), "intervention": intervention(replicate, device),
+    }
+
+
+def over_lm_seeds(config: GeometryConfig, device: str | None = None) -> dict:
+    """Every result of the chapter, the runs side by side on the cores (:func:`paperlab.utils.parallel_map`),
+    each through the artifact cache:
+
+    - ``"replicates"``: one dict per seed of ``config.seeds`` (in that order): the uniform-frequency LM's
+      training record, :func:`analysis` and :func:`intervention`, and the Zipf-frequency LM's
+      :func:`anisotropy`;
+    - ``"planted"``: :func:`planted` (no LM; run beside the seeds so that no core waits for it)."""
+    device = None if device is None else str(device)
+    jobs = [(kind, seed, config, device) for kind in ("lm", "zipf") for seed in config.seeds]  # longest first
+    results = parallel_map(_seed_job, jobs + [("planted", config.planted.seed, config, device)],
+                           desc="LM seeds")
+    n = len(config.seeds)
+    replicates = [{"seed": seed, **results[i], **results[n + i]} for i, seed in enumerate(config.seeds)]
+    return {"replicates": replicates, "planted": results[-1]["planted"]}
+
+
+def seed_effects(replicate: dict) -> dict[str, float]:
+    """The effect of every LM-based scorecard row for one seed (``replicate``: one item of
+    :func:`over_lm_seeds`), each against its null of the same kind computed on that seed's unembedding;
+    the chapter summarises each over the seeds (:func:`paperlab.stats.over_seeds`)."""
+    a, iv, zipf = replicate["analysis"], replicate["intervention"], replicate["anisotropy"]
+    summary, nulls = a["summary"], a["nulls"]
+    w, sh, eu = summary["whitened"], summary["shuffled"], summary["euclidean"]
+    mean = lambda values: sum(values) / len(values)  # noqa: E731
+    abs_mean = lambda values: mean([abs(v) for v in values])  # noqa: E731
+    return {
+        "held_out": w["held_out_mean"] - sh["held_out_mean"],
+        "subsets": w["true_mean_abs"] - mean(nulls["true_mean_abs"]),
+        "shuffled": w["true_mean_abs"] - sh["true_matched_mean_abs"],
+        "siblings": w["siblings_mean_abs"] - sh["siblings_matched_mean_abs"],
+        "rest": w["disjoint_mean"] - mean(nulls["disjoint_mean"]),
+        "euclidean": eu["true_mean_abs"] - w["true_mean_abs"],
+        "euclidean_zipf": (zipf["summary"]["euclidean"]["true_mean_abs"]
+                           - zipf["summary"]["whitened"]["true_mean_abs"]),
+        "simplex": a["simplex"]["accuracy"] - a["simplex_shuffled"]["accuracy"],
+        "heatmap": a["heatmap"]["correlation"] - a["heatmap"]["correlation_shuffled"],
+        "steering": iv["child_slope"] / iv["parent_slope"],
+        "steering_middle": iv["middle"]["child_slope"] / iv["middle"]["parent_slope"],
+        "control": iv["parent_slope"] - abs_mean(iv["control"]["final"]["parent_slopes"]),
+        "control_middle": iv["middle"]["parent_slope"] - abs_mean(iv["control"]["middle"]["parent_slopes"]),
+    }
+
+
 # ---------------------------------------------------------------------------------- intervention
 @cpu_threads(1)
 def intervention(config: GeometryConfig, device: str | torch.device | None = None) -> dict:
-    """Add ``alpha * A^T (l_p1 - l_p2)`` to the final hidden state ``lambda(x)`` (so that every lemma's
-    logit moves by ``alpha * (l_p1 - l_p2) . g(y)`` plus a constant) on contexts of the corpus, and measure
-
-    - the parent-level logit difference: mean logit over ``Y(p1)`` minus mean over ``Y(p2)``;
-    - the child-level one, between two children of ``p1``: mean over ``Y(c1)`` minus mean over ``Y(c2)``;
-    - the probability mass of ``Y(p1)`` and the share of ``Y(c1)`` within ``Y(c1) + Y(c2)``,
-
-    averaged over ``n_contexts`` contexts, for each ``alpha`` in ``config.alphas``."""
+    """:func:`_intervention` on the trained LM of ``config`` (cached)."""
     model, corpus, _ = load_lm(config, device)
-    with torch.no_grad():
-        return _intervention(model, corpus, config)
+
+    def compute():
+        with torch.no_grad():
+            return _intervention(model, corpus, config)
+
+    return cache.cached("geometry-intervention", config, compute, seed=config.seed)
+
+
+def _middle_layer(model) -> int:
+    """The residual stream the middle-layer intervention edits: after block ``n_layers // 2`` (of >= 2)."""
+    if model.config.n_layers < 2:
+        raise ValueError(f"a middle-layer intervention needs n_layers >= 2, the model has "
+                         f"{model.config.n_layers}")
+    return model.config.n_layers // 2
+
+
+def _curves(logits_of, sets: dict[str, torch.Tensor], config: GeometryConfig) -> dict:
+    """Mean-logit differences and probabilities against alpha, from ``logits_of(alpha)``: (contexts,
+    lemmas)."""
+    p1, p2 = config.parent_pair
+    c1, c2 = config.child_pair
+    out = {"parent": [], "child": [], "mass_p1": [], "share_c1": []}
+    for alpha in config.alphas:
+        logits = logits_of(alpha)
+        mean = {c: logits[:, s].mean(1) for c, s in sets.items()}
+        out["parent"].append(float((mean[p1] - mean[p2]).mean()))
+        out["child"].append(float((mean[c1] - mean[c2]).mean()))
+        p = logits.softmax(1)
+        out["mass_p1"].append(float(p[:, sets[p1]].sum(1).mean()))
+        mass_c1, mass_c2 = p[:, sets[c1]].sum(1), p[:, sets[c2]].sum(1)
+        out["share_c1"].append(float((mass_c1 / (mass_c1 + mass_c2)).mean()))
+    span = config.alphas[-1] - config.alphas[0]
+    # the mean slope over the range of alpha (the slope itself at the final layer, where it is linear)
+    out["parent_slope"] = (out["parent"][-1] - out["parent"][0]) / span
+    out["child_slope"] = (out["child"][-1] - out["child"][0]) / span
+    return out
 
 
 def _intervention(model, corpus: HierarchyCorpus, config: GeometryConfig) -> dict:
+    """Steer the LM along ``l_p1 - l_p2`` (whitened; ``A^T (l_p1 - l_p2)`` in the model's coordinates) on
+    ``n_contexts`` contexts of the corpus, for each ``alpha`` in ``config.alphas``, at two places:
+
+    - **final**: ``lambda(x) + alpha * A^T (l_p1 - l_p2)``, the paper's intervention on the final
+      (normalised) hidden state; every logit moves by ``alpha * (l_p1 - l_p2) . g(y)`` plus a constant, so
+      the curves are exactly linear in alpha (``*_slope_closed_form`` gives the slopes in closed form);
+    - **middle**: the same vector added to the residual stream of the lemma's position after block
+      ``n_layers // 2``, translated into that stream's units, ``rms(h_L) * A^T (l_p1 - l_p2) / w`` (``h_L``
+      the last residual stream before the final RMSNorm, ``w`` its gain): what would move ``lambda(x)`` by
+      the same vector if the later blocks passed it on unchanged and the norm's denominator stayed put.
+      The later blocks and the normalisation make the effect non-linear.
+
+    Measured at each: the parent-level mean-logit difference (mean logit over ``Y(p1)`` minus over
+    ``Y(p2)``), the child-level one between two children of ``p1`` (``Y(c1)`` minus ``Y(c2)``), the
+    probability mass of ``Y(p1)`` and the share of ``Y(c1)`` within ``Y(c1) + Y(c2)``, averaged over the
+    contexts, and their mean slopes over the range of alpha. The **control**: ``n_control_directions``
+    random whitened directions of the same norm as ``l_p1 - l_p2``, added the same way (their parent- and
+    child-level mean slopes, per direction)."""
     gamma, vocabulary = lm_unembedding(model, corpus)
     whitening = Whitening(gamma)
     g = whitening(gamma)
@@ -454,42 +587,57 @@ def _intervention(model, corpus: HierarchyCorpus, config: GeometryConfig) -> dic
     names = list(config.parent_pair) + list(config.child_pair)
     for name in names:
         concepts.check(name)
-    sets = {c: torch.tensor([vocabulary[t] for t in concepts.tokens[c]]) for c in names}
-    vectors = {c: estimate_vector(g[sets[c]]) for c in names}
+    device = next(model.parameters()).device
+    sets = {c: torch.tensor([vocabulary[t] for t in concepts.tokens[c]], device=device) for c in names}
+    vectors = {c: estimate_vector(g[sets[c].cpu()]) for c in names}
     p1, p2 = config.parent_pair
     c1, c2 = config.child_pair
-    direction = whitening.to_embedding_direction(vectors[p1] - vectors[p2]).float()
+    concept = vectors[p1] - vectors[p2]  # whitened
     generator = torch.Generator().manual_seed(config.seed + 1)
     sentences, _ = corpus.sample(config.n_contexts, generator)
-    device = next(model.parameters()).device
-    hidden = representation(model, corpus.inputs(sentences).to(device))[:, -1].float()
-    head = model.lm_head.weight[corpus.lemma_ids.to(device)].float()  # (lemmas, d)
-    out = {
-        "alphas": list(config.alphas),
-        "parent": [],
-        "child": [],
-        "mass_p1": [],
-        "share_c1": [],
-        "pairs": {"parent": [p1, p2], "child": [c1, c2]},
-    }
-    for alpha in config.alphas:
-        logits = (hidden + alpha * direction.to(device)) @ head.T  # (contexts, lemmas)
-        mean = {c: logits[:, sets[c].to(device)].mean(1) for c in names}
-        out["parent"].append(float((mean[p1] - mean[p2]).mean()))
-        out["child"].append(float((mean[c1] - mean[c2]).mean()))
-        p = logits.softmax(1)
-        out["mass_p1"].append(float(p[:, sets[p1].to(device)].sum(1).mean()))
-        mass_c1 = p[:, sets[c1].to(device)].sum(1)
-        mass_c2 = p[:, sets[c2].to(device)].sum(1)
-        out["share_c1"].append(float((mass_c1 / (mass_c1 + mass_c2)).mean()))
-    slope = lambda ys: (ys[-1] - ys[0]) / (out["alphas"][-1] - out["alphas"][0])  # noqa: E731
-    out["parent_slope"], out["child_slope"] = slope(out["parent"]), slope(out["child"])
-    # The closed form: logits = (lambda(x) + alpha d) . gamma(y), so a mean-logit difference between two
-    # token sets moves by alpha * d . (mean gamma over one set - mean gamma over the other), for every
-    # context alike: exactly linear in alpha, with this slope (in whitened terms (l_p1 - l_p2) . (mean g
-    # over one set - mean g over the other)).
-    mean_head = {c: head[sets[c].to(device)].mean(0) for c in names}
-    d = direction.to(device)
+    random = torch.randn(config.n_control_directions, len(concept), generator=generator, dtype=concept.dtype)
+    random = random / random.norm(dim=1, keepdim=True) * concept.norm()  # random directions, same norm
+    x = corpus.inputs(sentences).to(device)
+    lemma_ids = corpus.lemma_ids.to(device)
+    head = model.lm_head.weight[lemma_ids].float()  # (lemmas, d)
+    _, hidden_states = model(x, return_hidden=True)
+    last = hidden_states[-1][:, -1].float()  # h_L at the lemma's position, before the final norm
+    hidden = representation(model, x)[:, -1].float()  # lambda(x)
+    rms = (last.pow(2).mean(-1, keepdim=True) + model.final_norm.eps).sqrt()  # (contexts, 1)
+    layer = _middle_layer(model)
+
+    def final(direction):
+        return lambda alpha: (hidden + alpha * direction) @ head.T
+
+    def middle(direction):
+        step = rms * direction / model.final_norm.weight.float()  # (contexts, d): lambda's vector in h units
+
+        def logits_of(alpha):
+            def hook(index, h):
+                if index != layer:
+                    return h
+                h = h.clone()
+                h[:, -1] = h[:, -1] + alpha * step.to(h.dtype)
+                return h
+            return model(x, hook=hook)[:, -1, lemma_ids].float()
+        return logits_of
+
+    to_model = lambda v: whitening.to_embedding_direction(v).float().to(device)  # noqa: E731
+    out = {"alphas": list(config.alphas), "pairs": {"parent": [p1, p2], "child": [c1, c2]},
+           "middle_layer": layer}
+    out.update(_curves(final(to_model(concept)), sets, config))  # the final layer, at the top level
+    out["middle"] = _curves(middle(to_model(concept)), sets, config)
+    out["control"] = {}
+    for where, make in (("final", final), ("middle", middle)):
+        runs = [_curves(make(to_model(r)), sets, config) for r in random]
+        out["control"][where] = {"parent_slopes": [r["parent_slope"] for r in runs],
+                                 "child_slopes": [r["child_slope"] for r in runs]}
+    # The closed form at the final layer: logits = (lambda(x) + alpha d) . gamma(y), so a mean-logit
+    # difference between two token sets moves by alpha * d . (mean gamma over one set - over the other), in
+    # every context alike: exactly linear in alpha, with this slope (in whitened terms
+    # (l_p1 - l_p2) . (mean g over one set - mean g over the other)).
+    mean_head = {c: head[sets[c]].mean(0) for c in names}
+    d = to_model(concept)
     out["parent_slope_closed_form"] = float(d @ (mean_head[p1] - mean_head[p2]))
     out["child_slope_closed_form"] = float(d @ (mean_head[c1] - mean_head[c2]))
     return out
@@ -527,19 +675,18 @@ def planted_statistics(config: GeometryConfig) -> dict:
 
 
 def run(config: GeometryConfig, device: str | None = None) -> dict:
-    """Every experiment of the chapter; JSON-able summary results."""
-    model, corpus, record = load_lm(config, device)
-    main = analysis(config, device)
+    """Every experiment of the chapter (CPU; the LM seeds side by side): JSON-able summary results."""
+    results = over_lm_seeds(config, device)
+    replicates = results["replicates"]
+    first = replicates[0]
     return {
-        "lemma_loss": record["history"]["evals"][-1]["lemma_loss"],
-        "bayes_lemma_loss": record["bayes_lemma_loss"],
-        "uniform_lemma_loss": record["uniform_lemma_loss"],
-        "summary": main["summary"],
-        "heatmap_correlation": main["heatmap"]["correlation"],
-        "simplex_accuracy": main["simplex"]["accuracy"],
-        "intervention": intervention(config, device),
-        "planted": planted(config)["summary"],
-        "zipf_lm": anisotropy(config, device)["summary"],
+        "seeds": list(config.seeds),
+        "lemma_loss": [r["lemma_loss"] for r in replicates],
+        "bayes_lemma_loss": first["bayes_lemma_loss"],
+        "uniform_lemma_loss": first["uniform_lemma_loss"],
+        "effects": [seed_effects(r) for r in replicates],
+        "summary": first["analysis"]["summary"],
+        "planted": results["planted"]["summary"],
     }
 
 

@@ -83,7 +83,7 @@ class CorpusConfig:
 class LMConfig:
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
     d_model: int = 64
-    n_layers: int = 1
+    n_layers: int = 2  # two blocks: the intervention also edits the residual stream between them
     n_heads: int = 4
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(
