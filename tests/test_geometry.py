@@ -280,3 +280,86 @@ def test_zipf_frequencies_skew_the_lemma_prior(hierarchy):
     assert math.isclose(float(mass[0] / mass[1]), 2.0, rel_tol=1e-9)  # rank^-1: the top word twice the second
     with pytest.raises(ValueError, match="zipf"):
         CorpusConfig(zipf=-1.0)
+
+
+# ------------------------------------------------------------------------- seeds and the middle layer
+def test_config_needs_two_blocks_and_distinct_seeds():
+    with pytest.raises(ValueError, match="n_layers >= 2"):
+        E.GeometryConfig(lm=LMConfig(n_layers=1))
+    for seeds in ((0,), (1, 1, 2), (0, -1), [0, 1]):
+        with pytest.raises(ValueError, match="seeds"):
+            E.GeometryConfig(seeds=seeds)
+    assert len(E.EXPERIMENT.config("full").seeds) >= 3
+
+
+def test_for_seed_reseeds_both_lms_and_the_analysis():
+    config = E.EXPERIMENT.config("fast")
+    assert E.for_seed(config, 0) == config  # the defaults are seed 0 throughout
+    other = E.for_seed(config, 7)
+    assert (other.seed, other.lm.train.seed, other.zipf_lm.train.seed) == (7, 7, 7)
+    assert dataclasses.replace(other, seed=0, lm=config.lm, zipf_lm=config.zipf_lm) == config
+
+
+def _tiny_intervention_config():
+    return dataclasses.replace(E.EXPERIMENT.config("fast"), n_contexts=16, n_control_directions=3,
+                               lm=LMConfig(d_model=16, n_heads=2, eval_sentences=20,
+                                           train=TrainConfig(steps=3, batch_size=8)))
+
+
+def test_middle_layer_intervention_is_the_translated_vector_through_the_rest_of_the_model(corpus):
+    config = _tiny_intervention_config()
+    torch.manual_seed(0)
+    model = make_model(config.lm, corpus).eval()
+    with torch.no_grad():
+        result = E._intervention(model, corpus, config)
+        assert result["middle_layer"] == 1
+        # by hand: the residual stream after block 1, the step rms(h_L) d / w at the last position, block 2,
+        # the final norm and the head; with block 2's residual outputs zeroed h_L is h_1, so the step is the
+        # vector that moves lambda by alpha d to first order, and the logits follow the RMSNorm exactly
+        for block in model.blocks[1:]:
+            block.attention.out.weight.zero_()
+            block.mlp.down.weight.zero_()
+        zeroed = E._intervention(model, corpus, config)
+        x = corpus.inputs(corpus.sample(config.n_contexts, torch.Generator().manual_seed(config.seed + 1))[0])
+        _, hidden = model(x, return_hidden=True)
+        h = hidden[1][:, -1]
+        gamma, vocabulary = E.lm_unembedding(model, corpus)
+        whitening = Whitening(gamma)
+        g = whitening(gamma)
+        concepts = extract_concepts(corpus.hierarchy, vocabulary, config.min_tokens, config.lm.corpus.roots)
+        sets = {c: torch.tensor([vocabulary[t] for t in concepts.tokens[c]]) for c in config.parent_pair}
+        p1, p2 = config.parent_pair
+        concept = estimate_vector(g[sets[p1]]) - estimate_vector(g[sets[p2]])
+        d = whitening.to_embedding_direction(concept).float()
+        norm = model.final_norm
+        rms = (h.pow(2).mean(-1, keepdim=True) + norm.eps).sqrt()
+        alpha = config.alphas[-1]
+        logits = norm(h + alpha * rms * d / norm.weight) @ model.lm_head.weight[corpus.lemma_ids].T
+        expected = float((logits[:, sets[p1]].mean(1) - logits[:, sets[p2]].mean(1)).mean())
+    assert zeroed["middle"]["parent"][-1] == pytest.approx(expected, abs=1e-4)
+    # the final layer is linear in alpha, the middle layer is not (the norm saturates)
+    for curve, linear in ((result, True), (result["middle"], False)):
+        values, alphas = torch.tensor(curve["parent"]), torch.tensor(result["alphas"])
+        straight = values[0] + (values[-1] - values[0]) * (alphas - alphas[0]) / (alphas[-1] - alphas[0])
+        assert ((values - straight).abs().max() < 1e-3) == linear
+    for where in ("final", "middle"):
+        assert len(result["control"][where]["parent_slopes"]) == config.n_control_directions
+
+
+def test_seed_effects_are_each_row_against_its_null(monkeypatch):
+    monkeypatch.setenv("PAPERLAB_CACHE_DISABLE", "1")
+    config = _tiny_intervention_config()
+    replicate = E._seed_job("lm", 0, config)
+    replicate.update(E._seed_job("zipf", 0, config))
+    effects = E.seed_effects(replicate)
+    a = replicate["analysis"]
+    w, sh = a["summary"]["whitened"], a["summary"]["shuffled"]
+    assert effects["subsets"] == pytest.approx(w["true_mean_abs"] - sum(a["nulls"]["true_mean_abs"])
+                                               / len(a["nulls"]["true_mean_abs"]))
+    assert effects["shuffled"] == pytest.approx(w["true_mean_abs"] - sh["true_matched_mean_abs"])
+    iv = replicate["intervention"]
+    middle = iv["middle"]
+    assert effects["steering_middle"] == pytest.approx(middle["child_slope"] / middle["parent_slope"])
+    random_final = sum(abs(s) for s in iv["control"]["final"]["parent_slopes"]) / config.n_control_directions
+    assert effects["control"] == pytest.approx(iv["parent_slope"] - random_final)
+    assert all(math.isfinite(v) for v in effects.values())
