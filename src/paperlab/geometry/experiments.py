@@ -33,6 +33,7 @@ from paperlab.config import (
     check_type,
 )
 from paperlab.experiments import Experiment
+from paperlab.geometry import lm as lm_module
 from paperlab.geometry.estimate import (
     Whitening,
     cosine,
@@ -482,6 +483,7 @@ def over_lm_seeds(config: GeometryConfig, device: str | None = None) -> dict:
       training record, :func:`analysis` and :func:`intervention`, and the Zipf-frequency LM's
       :func:`anisotropy`;
     - ``"planted"``: :func:`planted` (no LM; run beside the seeds so that no core waits for it)."""
+    lm_module.auto_device(device)  # an unknown device is a one-line error here, before any worker starts
     device = None if device is None else str(device)
     jobs = [(kind, seed, config, device) for kind in ("lm", "zipf") for seed in config.seeds]  # longest first
     results = parallel_map(_seed_job, jobs + [("planted", config.planted.seed, config, device)],
