@@ -85,7 +85,7 @@ class GeometryConfig:
     simplex: tuple[str, str, str] = ("mammal.n.01", "bird.n.01", "fish.n.01")
     parent_pair: tuple[str, str] = ("animal.n.01", "plant.n.02")
     child_pair: tuple[str, str] = ("mammal.n.01", "reptile.n.01")
-    alphas: tuple[float, ...] = (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0)
+    alphas: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)  # fine near 0
     n_contexts: int = 512
     n_control_directions: int = 8  # random directions of the same norm: the intervention's control
     seeds: tuple[int, ...] = (0, 1, 2)  # LM seeds (both LMs); figures show the first
@@ -580,8 +580,8 @@ def _intervention(model, corpus: HierarchyCorpus, config: GeometryConfig) -> dic
     ``Y(p2)``), the child-level one between two children of ``p1`` (``Y(c1)`` minus ``Y(c2)``), the
     probability mass of ``Y(p1)`` and the share of ``Y(c1)`` within ``Y(c1) + Y(c2)``, averaged over the
     contexts, and their mean slopes over the range of alpha. The **control**: ``n_control_directions``
-    random whitened directions of the same norm as ``l_p1 - l_p2``, added the same way (their parent- and
-    child-level mean slopes, per direction)."""
+    random whitened directions of the same norm as ``l_p1 - l_p2``, added the same way (per direction,
+    the parent- and child-level mean slopes and the parent-level curve)."""
     gamma, vocabulary = lm_unembedding(model, corpus)
     whitening = Whitening(gamma)
     g = whitening(gamma)
@@ -633,7 +633,8 @@ def _intervention(model, corpus: HierarchyCorpus, config: GeometryConfig) -> dic
     for where, make in (("final", final), ("middle", middle)):
         runs = [_curves(make(to_model(r)), sets, config) for r in random]
         out["control"][where] = {"parent_slopes": [r["parent_slope"] for r in runs],
-                                 "child_slopes": [r["child_slope"] for r in runs]}
+                                 "child_slopes": [r["child_slope"] for r in runs],
+                                 "parent": [r["parent"] for r in runs]}
     # The closed form at the final layer: logits = (lambda(x) + alpha d) . gamma(y), so a mean-logit
     # difference between two token sets moves by alpha * d . (mean gamma over one set - over the other), in
     # every context alike: exactly linear in alpha, with this slope (in whitened terms
