@@ -125,6 +125,7 @@ CONFIGS = {
         n_null_draws=20,
         n_contexts=128,
         n_control_directions=4,
+        seeds=(0, 1),  # CI checks the code runs: two seeds (rows on fewer than 3 are judged inconclusive)
         points_per_group=150,
         planted=PlantedConfig(d=64, n_other=500),
     ),
