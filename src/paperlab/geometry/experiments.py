@@ -464,16 +464,24 @@ def _seed_job(kind: str, seed: int, config: GeometryConfig, device: str | None =
         return {"planted": planted(config)}
     replicate = for_seed(config, seed)
     if kind == "zipf":
-        return {"anisotropy": anisotropy(replicate, device)}
+        _, _, record = load_trained(replicate.zipf_lm, device)
+        return {"anisotropy": anisotropy(replicate, device), "zipf_converged": _converged(record)}
     _, _, record = load_lm(replicate, device)
-    evals = record["history"]["evals"]
     return {
-        "lemma_loss": evals[-1]["lemma_loss"], "bayes_lemma_loss": record["bayes_lemma_loss"],
-        "uniform_lemma_loss": record["uniform_lemma_loss"],
-        "converged": stats.convergence([e["step"] for e in evals], [e["lemma_loss"] for e in evals]).converged
-        if len(evals) >= 3 else None,
+        "lemma_loss": record["history"]["evals"][-1]["lemma_loss"],
+        "bayes_lemma_loss": record["bayes_lemma_loss"], "uniform_lemma_loss": record["uniform_lemma_loss"],
+        "converged": _converged(record),
         "analysis": analysis(replicate, device), "intervention": intervention(replicate, device),
     }
+
+
+def _converged(record: dict) -> bool | None:
+    """Has the LM's evaluation lemma loss stopped falling over its last fifth of training
+    (:func:`paperlab.stats.convergence`)? None with fewer than 3 evaluations."""
+    evals = record["history"]["evals"]
+    if len(evals) < 3:
+        return None
+    return stats.convergence([e["step"] for e in evals], [e["lemma_loss"] for e in evals]).converged
 
 
 def over_lm_seeds(config: GeometryConfig, device: str | None = None) -> dict:
