@@ -42,7 +42,7 @@ from paperlab.matmulfree.model import MatMulFreeConfig, MatMulFreeLM
 from paperlab.matmulfree.packed import PackedBitLinear, pack_model, weight_bytes
 from paperlab.matmulfree.quant import ternary_weight
 from paperlab.nn import GPT, GPTConfig, count_parameters, generate
-from paperlab.ssd.mqar import check_mqar, mqar_batch, mqar_scores
+from paperlab.ssd.mqar import check_mqar, train_mqar
 from paperlab.train import TrainConfig, TrainResult, auto_device, seeded_batches, train
 from paperlab.utils import cpu_threads, parallel_map
 from paperlab_kernels import rmsnorm as rms_kernels
@@ -318,21 +318,8 @@ def mqar_run(run: MQARRun, device=None) -> dict:
     task, tc = run.task, run.train
 
     def compute() -> dict:
-        dev = auto_device(device)
-        val = mqar_batch(task.n_val, task.seq_len, task.n_pairs, task.vocab_size,
-                         torch.Generator().manual_seed(task.val_seed))
-        test = mqar_batch(task.n_test, task.seq_len, task.n_pairs, task.vocab_size,
-                          torch.Generator().manual_seed(task.test_seed))
-        torch.manual_seed(tc.seed)
-        model = _mqar_model(run).to(dev)
-        get_batch = seeded_batches(lambda g: mqar_batch(tc.batch_size, task.seq_len, task.n_pairs,
-                                                        task.vocab_size, g), tc.seed)
-        with cpu_threads(1, device=dev):
-            result = train(model, get_batch, lambda m, batch: m.loss(*batch), tc, device=dev,
-                           desc=f"MQAR {run.kind}",
-                           eval_fn=lambda m: {f"val_{k}": v for k, v in mqar_scores(m, *val).items()})
-            model.eval()
-            test_accuracy = mqar_scores(model, *test)["accuracy"]
+        _, result, test_accuracy = train_mqar(lambda: _mqar_model(run), task, tc, auto_device(device),
+                                              desc=f"MQAR {run.kind}")
         convergence = result.convergence("val_loss")
         return {"kind": run.kind, "lr": tc.lr, "seed": tc.seed,
                 "val_accuracy": result.evals[-1]["val_accuracy"], "test_accuracy": test_accuracy,

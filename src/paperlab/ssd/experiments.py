@@ -30,8 +30,8 @@ from paperlab.experiments import Experiment
 from paperlab.nn import GPT, GPTConfig, count_parameters
 from paperlab.ssd.core import random_inputs, segsum, segsum_naive, ssd_chunked, ssd_quadratic, ssd_recurrent
 from paperlab.ssd.model import Mamba2Config, Mamba2LM
-from paperlab.ssd.mqar import check_mqar, mqar_batch, mqar_scores
-from paperlab.train import TrainConfig, auto_device, seeded_batches, train
+from paperlab.ssd.mqar import check_mqar, train_mqar
+from paperlab.train import TrainConfig, auto_device
 from paperlab.utils import cpu_threads, parallel_map
 from paperlab_kernels import ssd as kernels
 
@@ -383,19 +383,7 @@ def mqar_run(run: MQARRun, device: str | torch.device | None = None) -> dict:
 
     def compute() -> dict:
         dev = auto_device(device)
-        val = mqar_batch(config.n_val, config.seq_len, config.n_pairs, config.vocab_size,
-                         torch.Generator().manual_seed(config.val_seed))
-        test = mqar_batch(config.n_test, config.seq_len, config.n_pairs, config.vocab_size,
-                          torch.Generator().manual_seed(config.test_seed))
-        torch.manual_seed(tc.seed)
-        model = make_model(run).to(dev)
-        get_batch = seeded_batches(lambda g: mqar_batch(tc.batch_size, config.seq_len, config.n_pairs,
-                                                        config.vocab_size, g), tc.seed)
-        with cpu_threads(1, device=dev):  # tiny models: one thread is faster than two busy cores
-            result = train(model, get_batch, lambda m, batch: m.loss(*batch), tc, device=dev, desc="MQAR",
-                           eval_fn=lambda m: {f"val_{k}": v for k, v in mqar_scores(m, *val).items()})
-            model.eval()
-            test_accuracy = mqar_scores(model, *test)["accuracy"]
+        model, result, test_accuracy = train_mqar(lambda: make_model(run), config, tc, dev)
         steps, accuracy = result.eval_history("val_accuracy")
         convergence = result.convergence("val_loss")
         return {"kind": run.kind, "d_state": run.d_state, "seed": tc.seed, "lr": tc.lr,

@@ -11,6 +11,8 @@ can look them up.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 IGNORE = -100
@@ -77,3 +79,29 @@ def mqar_accuracy(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.T
                   batch_size: int = 256) -> float:
     """Fraction of query positions where the model's most likely next token is the right value."""
     return mqar_scores(model, inputs, targets, batch_size)["accuracy"]
+
+
+def train_mqar(make_model: Callable[[], torch.nn.Module], task, train_config, device, desc: str = "MQAR"):
+    """Build a model with ``make_model()`` from ``train_config.seed`` and train it on MQAR batches drawn
+    from that seed, on ``device`` with one CPU thread, scoring the validation set (``val_accuracy``,
+    ``val_loss``) every ``train_config.eval_every`` steps; then the test set once. ``task`` holds
+    ``seq_len``, ``n_pairs``, ``vocab_size``, ``n_val``, ``n_test``, ``val_seed`` and ``test_seed`` (the
+    SSD and MatMul-free chapters' MQAR settings). Returns ``(model, result, test_accuracy)``, ``result``
+    a :class:`paperlab.train.TrainResult`."""
+    from paperlab.train import seeded_batches, train
+    from paperlab.utils import cpu_threads
+
+    val = mqar_batch(task.n_val, task.seq_len, task.n_pairs, task.vocab_size,
+                     torch.Generator().manual_seed(task.val_seed))
+    test = mqar_batch(task.n_test, task.seq_len, task.n_pairs, task.vocab_size,
+                      torch.Generator().manual_seed(task.test_seed))
+    torch.manual_seed(train_config.seed)
+    model = make_model().to(device)
+    get_batch = seeded_batches(lambda g: mqar_batch(train_config.batch_size, task.seq_len, task.n_pairs,
+                                                    task.vocab_size, g), train_config.seed)
+    with cpu_threads(1, device=device):  # tiny models: one thread is faster than two busy cores
+        result = train(model, get_batch, lambda m, batch: m.loss(*batch), train_config, device=device,
+                       desc=desc, eval_fn=lambda m: {f"val_{k}": v for k, v in mqar_scores(m, *val).items()})
+        model.eval()
+        test_accuracy = mqar_scores(model, *test)["accuracy"]
+    return model, result, test_accuracy
