@@ -21,8 +21,8 @@ from paperlab import registry
 # experiment -> the modules whose ``auto_device`` and ``train`` names the experiment calls
 MODULES = {
     "toolkit": ["paperlab.toolkit"],
-    "ssd": ["paperlab.ssd.experiments"],
-    "matmulfree": ["paperlab.matmulfree.experiments"],
+    "ssd": ["paperlab.ssd.experiments", "paperlab.ssd.mqar"],
+    "matmulfree": ["paperlab.matmulfree.experiments", "paperlab.ssd.mqar"],
     "nllb": ["paperlab.nllb.experiments", "paperlab.nllb.train"],
     "geometry": ["paperlab.geometry.lm"],
     "sae": ["paperlab.sae.experiments", "paperlab.sae.train"],

@@ -15,6 +15,9 @@ from collections.abc import Callable
 
 import torch
 
+from paperlab.train import seeded_batches, train
+from paperlab.utils import cpu_threads
+
 IGNORE = -100
 
 
@@ -88,9 +91,6 @@ def train_mqar(make_model: Callable[[], torch.nn.Module], task, train_config, de
     ``seq_len``, ``n_pairs``, ``vocab_size``, ``n_val``, ``n_test``, ``val_seed`` and ``test_seed`` (the
     SSD and MatMul-free chapters' MQAR settings). Returns ``(model, result, test_accuracy)``, ``result``
     a :class:`paperlab.train.TrainResult`."""
-    from paperlab.train import seeded_batches, train
-    from paperlab.utils import cpu_threads
-
     val = mqar_batch(task.n_val, task.seq_len, task.n_pairs, task.vocab_size,
                      torch.Generator().manual_seed(task.val_seed))
     test = mqar_batch(task.n_test, task.seq_len, task.n_pairs, task.vocab_size,
