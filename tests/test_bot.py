@@ -350,18 +350,24 @@ def test_tiny_prompts_are_the_training_format():
     assert prompts.example("cot", tasks.family("game24").problem([3, 3, 8, 8])) is None  # fractions only
 
 
+def _problems_and_tokenizer():
+    """Five problems of every family and a word tokenizer over their training texts."""
+    from paperlab.tokenizers import WordTokenizer
+
+    problems = [p for name in tasks.FAMILIES for p in tasks.generate(name, 5, seed=0)]
+    texts = [t for p in problems for role in ("distill", "io", "cot")
+             for t in (TinyPrompts().example(role, p, 0) or ())]
+    tokenizer = WordTokenizer.fit(texts + [" ".join(str(i) for i in range(201)),
+                                           "propose value sure impossible left"])
+    return problems, tokenizer
+
+
 def test_experiment_configs_and_sampler():
     from paperlab.bot import experiments, model
 
     config = experiments.EXPERIMENT.config("fast")
     assert experiments.EXPERIMENT.config("full").data.n_train >= config.data.n_train
-    problems = [p for name in tasks.FAMILIES for p in tasks.generate(name, 5, seed=0)]
-    from paperlab.tokenizers import WordTokenizer
-
-    texts = [t for p in problems for role in ("distill", "io", "cot")
-             for t in (TinyPrompts().example(role, p, 0) or ())]
-    tokenizer = WordTokenizer.fit(texts + [" ".join(str(i) for i in range(201)),
-                                           "propose value sure impossible left"])
+    problems, tokenizer = _problems_and_tokenizer()
     sampler = model.ExampleSampler(problems, tokenizer, batch_size=8)
     idx, targets = sampler(torch.Generator().manual_seed(0))
     assert idx.shape == targets.shape and idx.shape[0] == 8
@@ -373,13 +379,7 @@ def test_experiment_configs_and_sampler():
 def test_packed_batches_train_the_same_response_tokens():
     from paperlab.bot import model
 
-    problems = [p for name in tasks.FAMILIES for p in tasks.generate(name, 5, seed=0)]
-    from paperlab.tokenizers import WordTokenizer
-
-    texts = [t for p in problems for role in ("distill", "io", "cot")
-             for t in (TinyPrompts().example(role, p, 0) or ())]
-    tokenizer = WordTokenizer.fit(texts + [" ".join(str(i) for i in range(201)),
-                                           "propose value sure impossible left"])
+    problems, tokenizer = _problems_and_tokenizer()
     padded = model.ExampleSampler(problems, tokenizer, batch_size=24)
     packed = model.ExampleSampler(problems, tokenizer, batch_size=24, pack_length=128)
     idx, targets, _, _ = packed(torch.Generator().manual_seed(3))

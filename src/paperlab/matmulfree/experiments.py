@@ -42,7 +42,7 @@ from paperlab.matmulfree.model import MatMulFreeConfig, MatMulFreeLM
 from paperlab.matmulfree.packed import PackedBitLinear, pack_model, weight_bytes
 from paperlab.matmulfree.quant import ternary_weight
 from paperlab.nn import GPT, GPTConfig, count_parameters, generate
-from paperlab.ssd.mqar import check_mqar, train_mqar
+from paperlab.ssd.mqar import MQARTask, train_mqar
 from paperlab.train import TrainConfig, TrainResult, auto_device, seeded_batches, train
 from paperlab.utils import cpu_threads, parallel_map
 from paperlab_kernels import rmsnorm as rms_kernels
@@ -79,38 +79,27 @@ class RunConfig:
 
 
 @dataclass(frozen=True)
-class MQARSettings:
+class MQARSettings(MQARTask):
     """The recall task (:mod:`paperlab.ssd.mqar`, the SSD chapter's task and its defaults) and the two
     models trained on it: the ternary MatMul-free LM (``"mlgru"``) and the Transformer++ (``"attention"``),
     both ``n_layers`` layers of width ``width``. Each kind's learning rate is chosen from ``lrs`` with the
     first seed (validation accuracy); the other seeds train at it; the test set scores each final model."""
 
-    seq_len: int = 16
-    n_pairs: int = 4
-    vocab_size: int = 64
     width: int = 32
     n_layers: int = 2
     seeds: tuple[int, ...] = (0, 1, 2)
     lrs: tuple[float, ...] = (3e-3, 1e-2)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         steps=1500, batch_size=32, warmup_steps=150, weight_decay=0.0, eval_every=250))
-    n_val: int = 256
-    val_seed: int = 54321
-    n_test: int = 1024
-    test_seed: int = 12345
 
     def __post_init__(self):
+        super().__post_init__()  # the task's own checks
         check_type(self, "train", TrainConfig)
-        check_ints(self, "seq_len", "n_pairs", "vocab_size", "width", "n_layers", "n_val", "n_test")
-        check_ints(self, "val_seed", "test_seed", low=0)
+        check_ints(self, "width", "n_layers")
         check_int_tuple(self, "seeds", low=0)
         check_that(self, len(set(self.seeds)) == len(self.seeds), "seeds", "distinct seeds")
         check_number_tuple(self, "lrs", low=0, open_low=True)
         check_that(self, self.width % 8 == 0, "width", "a multiple of 8 (4 attention heads of even size)")
-        try:
-            check_mqar(self.seq_len, self.n_pairs, self.vocab_size)
-        except ValueError as err:
-            raise ValueError(f"MQARSettings: {err}") from None
 
 
 @dataclass(frozen=True)

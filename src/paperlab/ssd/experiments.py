@@ -30,7 +30,7 @@ from paperlab.experiments import Experiment
 from paperlab.nn import GPT, GPTConfig, count_parameters
 from paperlab.ssd.core import random_inputs, segsum, segsum_naive, ssd_chunked, ssd_quadratic, ssd_recurrent
 from paperlab.ssd.model import Mamba2Config, Mamba2LM
-from paperlab.ssd.mqar import check_mqar, train_mqar
+from paperlab.ssd.mqar import MQARTask, train_mqar
 from paperlab.train import TrainConfig, auto_device
 from paperlab.utils import cpu_threads, parallel_map
 from paperlab_kernels import ssd as kernels
@@ -74,7 +74,7 @@ class CostConfig:
 
 
 @dataclass(frozen=True)
-class MQARConfig:
+class MQARConfig(MQARTask):
     """Multi-query associative recall: 2-layer Mamba-2 models at several state sizes, and attention.
 
     The task keeps the paper's proportions scaled down: a quarter of the ``seq_len`` tokens are pairs
@@ -91,9 +91,6 @@ class MQARConfig:
     ``test_seed``) scores each final model once.
     """
 
-    seq_len: int = 16
-    n_pairs: int = 4
-    vocab_size: int = 64
     width: int = 32
     state_sizes: tuple[int, ...] = (1, 4, 16)
     headdim: int = 16
@@ -104,16 +101,11 @@ class MQARConfig:
     attention_lrs: tuple[float, ...] = (3e-3, 1e-2)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         steps=3000, batch_size=32, lr=1e-3, warmup_steps=300, weight_decay=0.0, eval_every=200))
-    n_val: int = 256
-    val_seed: int = 54321
-    n_test: int = 1024
-    test_seed: int = 12345
 
     def __post_init__(self):
+        super().__post_init__()  # the task's own checks
         check_type(self, "train", TrainConfig)
-        check_ints(self, "seq_len", "n_pairs", "vocab_size", "width", "headdim", "chunk_size", "n_layers",
-                   "n_val", "n_test")
-        check_ints(self, "val_seed", "test_seed", low=0)
+        check_ints(self, "width", "headdim", "chunk_size", "n_layers")
         check_int_tuple(self, "state_sizes")
         check_int_tuple(self, "seeds", low=0)
         check_that(self, len(set(self.seeds)) == len(self.seeds), "seeds", "distinct seeds")
@@ -122,8 +114,7 @@ class MQARConfig:
         check_that(self, len(self.mamba_lrs) == len(self.attention_lrs), "attention_lrs",
                    f"as many learning rates as mamba_lrs ({len(self.mamba_lrs)}): both families get the "
                    "same tuning")
-        try:  # the task's and the models' own rules, in their homes
-            check_mqar(self.seq_len, self.n_pairs, self.vocab_size)
+        try:  # the models' own rules, in their homes
             attention_config(self)
             for d_state in self.state_sizes:
                 mamba_config(self, d_state)

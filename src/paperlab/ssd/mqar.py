@@ -12,9 +12,11 @@ can look them up.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
+from paperlab.config import check_ints
 from paperlab.train import seeded_batches, train
 from paperlab.utils import cpu_threads
 
@@ -32,6 +34,30 @@ def check_mqar(seq_len: int, n_pairs: int, vocab_size: int) -> None:
     half = vocab_size // 2
     if n_pairs > half - 1:
         raise ValueError(f"n_pairs = {n_pairs} keys do not fit in vocab_size // 2 - 1 = {half - 1} key ids")
+
+
+@dataclass(frozen=True)
+class MQARTask:
+    """The recall task's data, shared by the chapters that train on it (the SSD chapter's
+    ``MQARConfig``, the MatMul-free chapter's ``MQARSettings`` extend it with their models): sequences of
+    ``seq_len`` tokens holding ``n_pairs`` pairs over ``vocab_size`` tokens; a validation set of ``n_val``
+    sequences from ``val_seed`` and a test set of ``n_test`` from ``test_seed``."""
+
+    seq_len: int = 16
+    n_pairs: int = 4
+    vocab_size: int = 64
+    n_val: int = 256
+    val_seed: int = 54321
+    n_test: int = 1024
+    test_seed: int = 12345
+
+    def __post_init__(self):
+        check_ints(self, "seq_len", "n_pairs", "vocab_size", "n_val", "n_test")
+        check_ints(self, "val_seed", "test_seed", low=0)
+        try:
+            check_mqar(self.seq_len, self.n_pairs, self.vocab_size)
+        except ValueError as err:
+            raise ValueError(f"{type(self).__name__}: {err}") from None
 
 
 def mqar_batch(batch: int, seq_len: int, n_pairs: int, vocab_size: int,
@@ -88,8 +114,7 @@ def train_mqar(make_model: Callable[[], torch.nn.Module], task, train_config, de
     """Build a model with ``make_model()`` from ``train_config.seed`` and train it on MQAR batches drawn
     from that seed, on ``device`` with one CPU thread, scoring the validation set (``val_accuracy``,
     ``val_loss``) every ``train_config.eval_every`` steps; then the test set once. ``task`` holds
-    ``seq_len``, ``n_pairs``, ``vocab_size``, ``n_val``, ``n_test``, ``val_seed`` and ``test_seed`` (the
-    SSD and MatMul-free chapters' MQAR settings). Returns ``(model, result, test_accuracy)``, ``result``
+    :class:`MQARTask`'s fields. Returns ``(model, result, test_accuracy)``, ``result``
     a :class:`paperlab.train.TrainResult`."""
     val = mqar_batch(task.n_val, task.seq_len, task.n_pairs, task.vocab_size,
                      torch.Generator().manual_seed(task.val_seed))
