@@ -497,3 +497,41 @@ def test_distiller_accuracy_counts_exact_parameters():
     results = {"seeds": runs}
     assert experiments.distiller_accuracy(results, config) == [1.0, pytest.approx(1 - 1 / len(problems))]
     assert experiments.distiller_accuracy(results, config, held_out=True) == [1.0, 0.0]
+
+
+def test_plan_runs_each_step_once_after_what_it_needs_and_balances_two_cores():
+    from paperlab.bot import experiments
+
+    for seeds in ((0, 1, 2), (0, 1, 2, 3, 4), (7,)):
+        for workers in (1, 2, 3, 4, 16):
+            chains = experiments.plan(seeds, workers)
+            assert 1 <= len(chains) <= workers
+            steps = [step for chain in chains for step in chain]
+            expected = {(kind, size, seed) for kind in ("train", "measure") for size in ("small", "large")
+                        for seed in seeds}
+            assert len(steps) == len(expected) and set(steps) == expected  # each exactly once
+            for chain in chains:  # a measurement follows its model's training in the same chain
+                for k, (kind, size, seed) in enumerate(chain):
+                    if kind == "measure":
+                        assert ("train", size, seed) in chain[:k]
+    chains = experiments.plan((0, 1, 2), 2)  # the third seed split over both cores
+    assert [sum(1 for kind, _, seed in chain if kind == "train" and seed == 2) for chain in chains] == [1, 1]
+    assert len(experiments.plan((0, 1, 2), 1)) == 1
+
+
+def test_measure_seed_merges_the_two_models_results_in_order():
+    from paperlab.bot import experiments
+
+    small = {"seed": 0, "answers": {"io": [1], "cot": [2], "tot": [3], "bot": [4]},
+             "correct": {"io": [True], "cot": [True], "tot": [False], "bot": [True]},
+             "costs": {m: [] for m in ("io", "cot", "tot", "bot")},
+             "seconds": {m: 1.0 for m in ("io", "cot", "tot", "bot")}, "sweep": {},
+             "training": {"small": {"converged": True}}}
+    large = {"seed": 0, "answers": {"io_large": [5], "cot_large": [6]},
+             "correct": {"io_large": [False], "cot_large": [True]},
+             "costs": {"io_large": [], "cot_large": []},
+             "seconds": {"io_large": 2.0, "cot_large": 2.0}, "training": {"large": {"converged": False}}}
+    merged = experiments._merge(small, large)
+    assert list(merged["answers"]) == ["io", "cot", "io_large", "cot_large", "tot", "bot"]
+    assert merged["correct"]["cot_large"] == [True] and merged["sweep"] == {}
+    assert merged["training"] == {"small": {"converged": True}, "large": {"converged": False}}

@@ -6,13 +6,15 @@ a stream of problems with the buffer manager, and against a larger model.
 :func:`measure_seed` runs every evaluation for one training seed: each method on the test set with the
 small model (IO and chain of thought also with the large one), Tree of Thoughts on the Game of 24, Buffer
 of Thoughts with the chapter's templates; chain of thought and BoT on the held-out phrasing; the threshold
-sweep (:func:`sweep_thresholds`); the stream (:func:`paperlab.bot.methods.run_stream`). :func:`run`
-trains every model (one per core, cached), then measures every seed, two at a time, and returns
+sweep (:func:`sweep_thresholds`); the stream (:func:`paperlab.bot.methods.run_stream`); the small and
+the large model's parts are measured and cached apart (:func:`measure_small`, :func:`measure_large`).
+:func:`run` trains and measures every model in chains of work, one per core (:func:`plan`), and returns
 JSON-able results.
 """
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -41,14 +43,14 @@ from paperlab.bot.model import (
 )
 from paperlab.bot.prompts import TinyPrompts
 from paperlab.bot.sandbox import Limits
-from paperlab.experiments import Experiment, over_seeds
+from paperlab.experiments import Experiment
 from paperlab.nn import count_parameters
 from paperlab.train import TrainConfig, TrainResult, auto_device
 from paperlab.utils import parallel_map
 
 __all__ = ["BoTConfig", "CONFIGS", "EXPERIMENT", "load", "measure_seed", "run", "sweep_thresholds",
-           "statements", "METHODS", "family_accuracy", "mean_accuracy", "best_single_query",
-           "cost_per_problem", "distiller_accuracy"]
+           "statements", "METHODS", "measure_small", "measure_large", "plan", "family_accuracy",
+           "mean_accuracy", "best_single_query", "cost_per_problem", "distiller_accuracy"]
 
 METHODS = ("io", "cot", "tot", "bot", "io_large", "cot_large")
 
@@ -121,33 +123,78 @@ def _timed(fn):
 
 
 def measure_seed(seed: int, config: BoTConfig, device: str | None = None) -> dict:
-    """Every evaluation of the chapter for the models of training seed ``seed`` (JSON-able; cached)."""
-    return cache.cached("bot-measure", config, lambda: _measure_seed(seed, config, device), seed=seed)
+    """Every evaluation of the chapter for the models of training seed ``seed`` (JSON-able): the small
+    model's (:func:`measure_small`) and the large model's (:func:`measure_large`), each cached."""
+    return _merge(measure_small(seed, config, device), measure_large(seed, config, device))
 
 
-def _measure_seed(seed: int, config: BoTConfig, device: str | None) -> dict:
+def measure_small(seed: int, config: BoTConfig, device: str | None = None) -> dict:
+    """Every evaluation of the small model of seed ``seed`` (JSON-able; cached)."""
+    return cache.cached("bot-measure", config, lambda: _measure_small(seed, config, device), seed=seed)
+
+
+def measure_large(seed: int, config: BoTConfig, device: str | None = None) -> dict:
+    """IO and chain of thought with the large model of seed ``seed`` (JSON-able; cached). Its own sampling
+    stream, so measured apart from the small model's evaluations with the same results."""
+    return cache.cached("bot-measure-large", config, lambda: _measure_large(seed, config, device), seed=seed)
+
+
+def _merge(small: dict, large: dict) -> dict:
+    """One seed's results: the small model's with the large model's methods and training history, the
+    methods in :data:`METHODS`' measuring order (io, cot, io_large, cot_large, tot, bot)."""
+    out = dict(small)
+    for key in ("answers", "correct", "costs", "seconds"):
+        both = {**small[key], **large[key]}
+        out[key] = {m: both[m] for m in ("io", "cot", "io_large", "cot_large", "tot", "bot") if m in both}
+    out["training"] = {"small": small["training"]["small"], "large": large["training"]["large"]}
+    return out
+
+
+def _training(history: TrainResult) -> dict:
+    convergence = history.convergence("val_loss")
+    return {"convergence": convergence.describe(), "converged": convergence.converged,
+            "evals": history.evals, "seconds": history.seconds}
+
+
+def _recorder(out: dict, problems: list[tasks.Problem]):
+    def record(method: str, ledger: Ledger, answers, seconds: float, subset=None) -> None:
+        chosen = subset if subset is not None else range(len(problems))
+        out["answers"][method] = list(answers)
+        out["correct"][method] = _graded([problems[i] for i in chosen], answers)
+        out["costs"][method] = [ledger.costs[i].as_dict() for i in chosen]
+        out["seconds"][method] = seconds
+    return record
+
+
+def _measure_large(seed: int, config: BoTConfig, device: str | None) -> dict:
+    problems = problems_of(build_data(config.data), "test")
+    large, large_history = load(config, "large", seed, device)
+    prompts = TinyPrompts(n_propose=config.n_propose, n_value=config.n_value)
+    seen = statements(problems)
+    out: dict = {"seed": seed, "answers": {}, "correct": {}, "costs": {}, "seconds": {}}
+    record = _recorder(out, problems)
+    for method, fn in (("io_large", io), ("cot_large", chain_of_thought)):
+        ledger = Ledger(large, len(problems))
+        answers, seconds = _timed(lambda fn=fn, ledger=ledger: fn(ledger, prompts, seen))
+        record(method, ledger, answers, seconds)
+    out["training"] = {"large": _training(large_history)}
+    return out
+
+
+def _measure_small(seed: int, config: BoTConfig, device: str | None) -> dict:
     problems = problems_of(build_data(config.data), "test")
     small, small_history = load(config, "small", seed, device)
-    large, large_history = load(config, "large", seed, device)
     prompts = TinyPrompts(n_propose=config.n_propose, n_value=config.n_value)
     runner = ProgramRunner(config.limits)
     seen = statements(problems)
     n = len(problems)
     out: dict = {"seed": seed, "answers": {}, "correct": {}, "costs": {}, "seconds": {}}
+    record = _recorder(out, problems)
 
-    def record(method: str, ledger: Ledger, answers, seconds: float, subset=None) -> None:
-        chosen = subset if subset is not None else range(n)
-        out["answers"][method] = list(answers)
-        out["correct"][method] = _graded([problems[i] for i in chosen], answers)
-        out["costs"][method] = [ledger.costs[i].as_dict() for i in chosen]
-        out["seconds"][method] = seconds
-
-    for method, model, fn in (("io", small, io), ("cot", small, chain_of_thought),
-                              ("io_large", large, io), ("cot_large", large, chain_of_thought)):
-        ledger = Ledger(model, n)
-        start = time.perf_counter()
-        answers = fn(ledger, prompts, seen)
-        record(method, ledger, answers, time.perf_counter() - start)
+    for method, fn in (("io", io), ("cot", chain_of_thought)):
+        ledger = Ledger(small, n)
+        answers, seconds = _timed(lambda fn=fn, ledger=ledger: fn(ledger, prompts, seen))
+        record(method, ledger, answers, seconds)
 
     game24 = [i for i, p in enumerate(problems) if p.family == "game24"]
     ledger = Ledger(small, n)
@@ -196,11 +243,7 @@ def _measure_seed(seed: int, config: BoTConfig, device: str | None) -> dict:
                                [cot_answers[i] for i in order], runner, delta=config.delta,
                                novelty=config.novelty)
     out["stream"]["order"] = order
-    out["training"] = {
-        size: {"convergence": history.convergence("val_loss").describe(),
-               "converged": history.convergence("val_loss").converged,
-               "evals": history.evals, "seconds": history.seconds}
-        for size, history in (("small", small_history), ("large", large_history))}
+    out["training"] = {"small": _training(small_history)}
     return out
 
 
@@ -258,21 +301,57 @@ def load(config: BoTConfig, size: str, seed: int,
     return load_model(config.data, getattr(config, size), config.train, seed, device)
 
 
-def _train_job(size: str, seed: int, config: BoTConfig, device: str | None) -> float:
-    """Train (or load) one model; the seconds its training took (module level: run in worker processes)."""
-    return load(config, size, seed, device)[1].seconds
+def _chain(steps: tuple, config: BoTConfig, device: str | None) -> None:
+    """Run ``steps`` in order in one worker (module level: run in worker processes): ``(kind, size,
+    seed)``, kind ``"train"`` (train or load the model) or ``"measure"`` (:func:`measure_small` or
+    :func:`measure_large`), every result going to the cache."""
+    for kind, size, seed in steps:
+        if kind == "train":
+            load(config, size, seed, device)
+        else:
+            (measure_small if size == "small" else measure_large)(seed, config, device)
+
+
+def plan(seeds: tuple[int, ...], workers: int) -> list[tuple]:
+    """The work of :func:`run` as ``workers`` chains of steps (for :func:`_chain`), each step after what
+    it needs in its own chain: a seed's whole work (train the large model, the small one, measure both)
+    in one chain, seeds dealt round-robin; the seeds left over when they do not divide evenly are split
+    into their large-model and small-model halves (train, then measure), each half to the chain with the
+    least work (weights: a large model's training and measurement about 1.3 times a small model's,
+    judged from the full profile's times). So 3 seeds on 2 cores keep both cores busy to the end
+    instead of leaving one idle while the third seed is measured."""
+    workers = max(1, min(workers, 2 * len(seeds)))
+    chains: list[list[tuple]] = [[] for _ in range(workers)]
+    load_of = [0.0] * workers
+    weight = {"large": 1.3, "small": 1.0}
+    whole = len(seeds) - len(seeds) % workers if workers > 1 else len(seeds)
+    for k, seed in enumerate(seeds[:whole]):
+        c = k % workers
+        chains[c] += [("train", "large", seed), ("train", "small", seed), ("measure", "small", seed),
+                      ("measure", "large", seed)]
+        load_of[c] += weight["large"] + weight["small"]
+    for seed in seeds[whole:]:
+        for size in ("large", "small"):
+            c = min(range(workers), key=lambda i: (load_of[i], i))
+            chains[c] += [("train", size, seed), ("measure", size, seed)]
+            load_of[c] += weight[size]
+    return [tuple(chain) for chain in chains if chain]
 
 
 def run(config: BoTConfig, device: str | None = None) -> dict:
-    """Train every (size, seed) model, one per core, large ones first; then :func:`measure_seed` for every
-    seed, two at a time; plus what does not depend on the seed (data, vocabulary, model sizes)."""
+    """Train every (size, seed) model and measure it (:func:`measure_seed`), in chains of work that keep
+    every core busy (:func:`plan`, one process per core; CUDA: all in this process); plus what does not
+    depend on the seed (data, vocabulary, model sizes)."""
     device = None if device is None else str(auto_device(device))  # a bad device fails before any work
     data = build_data(config.data)
     tokenizer = make_tokenizer(config.data)
-    workers = 1 if device is not None and device.startswith("cuda") else None  # CUDA: one process
-    jobs = [(size, seed, config, device) for size in ("large", "small") for seed in config.seeds]
-    parallel_map(_train_job, jobs, workers=workers, desc="BoT models")
-    per_seed = over_seeds(measure_seed, config.seeds, config, device, workers=workers, desc="BoT seeds")
+    cuda = device is not None and device.startswith("cuda")
+    workers = 1 if cuda else (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                              else (os.cpu_count() or 1))
+    chains = plan(tuple(config.seeds), workers)
+    parallel_map(_chain, [(chain, config, device) for chain in chains], workers=len(chains),
+                 desc="BoT models and measurements")
+    per_seed = [measure_seed(seed, config, device) for seed in config.seeds]  # from the cache
     return {
         "families": list(tasks.FAMILIES),
         "test_families": [p.family for p in problems_of(data, "test")],

@@ -19,6 +19,7 @@ or the evaluation does not retrain the models (the cache keys cover this module'
 from __future__ import annotations
 
 import dataclasses
+import functools
 import random
 from dataclasses import dataclass
 
@@ -167,7 +168,12 @@ class ExampleSampler:
         if missing:
             raise ValueError(f"no training problems of the families {sorted(set(missing))}")
         self.tokenizer, self.batch_size, self.prompts = tokenizer, batch_size, TinyPrompts()
-        self._encoded: dict[tuple, tuple[list[int], list[int]] | None] = {}
+        # the encoded examples, shared by every sampler of these problems and this vocabulary in this
+        # process (the models a worker trains one after another draw many of the same examples); encoding
+        # is deterministic, so sharing changes no batch
+        content = (tuple(tokenizer.tokens),
+                   tuple((p.family, p.uid, p.answer, repr(p.params)) for p in problems))
+        self._encoded: dict[tuple, tuple[list[int], list[int]] | None] = _ENCODED.setdefault(content, {})
 
     def encode(self, pair: tuple[str, str] | None) -> tuple[list[int], list[int]] | None:
         if pair is None:
@@ -182,9 +188,9 @@ class ExampleSampler:
             if role in ("propose", "value"):
                 encoded = self.encode(_search_example(role, problem.params["numbers"], rng, self.prompts))
             else:
-                key = (role, problem.uid, rng.randrange(N_SEEN_PHRASINGS))
+                key = (role, problem.family, problem.uid, rng.randrange(N_SEEN_PHRASINGS))
                 if key not in self._encoded:
-                    self._encoded[key] = self.encode(self.prompts.example(role, problem, key[2]))
+                    self._encoded[key] = self.encode(self.prompts.example(role, problem, key[3]))
                 encoded = self._encoded[key]
             if encoded is not None:
                 return encoded
@@ -197,6 +203,9 @@ class ExampleSampler:
         rows = pack(pairs, self.pack_length)
         idx, targets = align.sft_turns_batch(rows, pad_id=self.tokenizer.pad_id)
         return (idx, targets) + separate(rows, idx.shape[1])
+
+
+_ENCODED: dict[tuple, dict] = {}
 
 
 def separate(rows: list[list[tuple[list[int], bool]]], seq: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -239,6 +248,13 @@ def pack(pairs: list[tuple[list[int], list[int]]], pack_length: int) -> list[lis
     return rows
 
 
+@functools.cache
+def _steps(state: tuple[int, ...]) -> tuple:
+    """The whole-number steps of ``state`` (:func:`paperlab.bot.tasks.integer_steps`) whose result is in the
+    vocabulary, in the same order; memoised (the training draws the same states again and again)."""
+    return tuple(s for s in tasks.integer_steps(state) if s[3] <= MAX_NUMBER)
+
+
 def _search_example(role: str, numbers, rng: random.Random, prompts: TinyPrompts) -> tuple[str, str] | None:
     """A Tree of Thoughts training pair from one puzzle: ``propose`` maps a state (after 0 to 2 random
     whole-number steps) to one of its steps, drawn uniformly; ``value`` maps a state (after 1 to 3 steps,
@@ -248,14 +264,14 @@ def _search_example(role: str, numbers, rng: random.Random, prompts: TinyPrompts
     along_solution = role == "value" and rng.random() < 0.5
     depth = rng.randint(0, 2) if role == "propose" else rng.randint(1, 3)
     for _ in range(depth):
-        steps = [s for s in tasks.integer_steps(state) if s[3] <= MAX_NUMBER]
+        steps = list(_steps(state))
         if along_solution:
             steps = [s for s in steps if tasks.solvable_with_integer_steps(s[4])] or steps
         if not steps:
             return None
         state = rng.choice(steps)[4]
     if role == "propose":
-        steps = [s for s in tasks.integer_steps(state) if s[3] <= MAX_NUMBER]
+        steps = list(_steps(state))
         if not steps:
             return None
         a, op, b, result, left = rng.choice(steps)
