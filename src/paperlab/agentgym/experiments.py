@@ -18,8 +18,9 @@ exploration's samples. The validation loss (for the convergence check) is measur
 trajectories of training instructions ``n_large .. n_large + n_val - 1``, which no run trains on.
 
 The base model is pretrained once and cached; then, for each seed, the AgentEvol chain
-(BC_base and its iterations) and BC_large are two jobs, run side by side on the cores and cached too, so
-the chapter reloads everything in seconds.
+(BC_base and its iterations) and BC_large are two jobs, cached too, so the chapter reloads everything in
+seconds. On the CPU the chains are computed piece by piece (train, evaluate, explore) over one process
+per core (:func:`_run_scheduled`), which keeps both cores busy; the results are those of the whole jobs.
 """
 
 from __future__ import annotations
