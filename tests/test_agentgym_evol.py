@@ -132,6 +132,35 @@ def test_agentevol_chain_runs_end_to_end_on_a_tiny_setting(tmp_path, monkeypatch
         experiments.load_agent(config, 0, "AgentEvol 7")
 
 
+def test_scheduled_pieces_give_exactly_the_jobs_results(tmp_path, monkeypatch):
+    """run() cuts the AgentEvol chains into pieces spread over worker processes: every result (weights,
+    successes, losses, exploration rounds) must be the one the whole job computes in one piece."""
+    monkeypatch.setenv("PAPERLAB_CACHE", str(tmp_path / "pieces"))
+    tiny = TrainConfig(steps=6, batch_size=4, lr=3e-3, warmup_steps=1, eval_every=2, seed=0)
+    config = dataclasses.replace(
+        experiments.CONFIGS["fast"], envs=("shop",), n_base=4, n_large=8, n_val=4, n_test=4, iterations=2,
+        pretrain=PretrainConfig(envs=("shop",), episodes_per_instruction=1, train=tiny,
+                                model=AgentModelConfig(160, d_model=16, n_layers=1, n_heads=2)),
+        train=tiny, seeds=(0, 1))
+    with cpu_threads(1):
+        experiments.base_agent(config.pretrain)
+    scheduled = experiments._run_scheduled(config, None, workers=2)
+    assert experiments._run_scheduled(config, None, workers=2)[0]["models"][1]["val_loss"] == \
+        scheduled[0]["models"][1]["val_loss"]  # the second time, from the cache
+    monkeypatch.setenv("PAPERLAB_CACHE", str(tmp_path / "whole"))
+    with cpu_threads(1):
+        whole = [experiments.JOBS[job](seed, config) for job in ("agentevol", "bc_large") for seed in (0, 1)]
+
+    def comparable(result):
+        return {**result, "models": [{k: (v if k != "state_dict" else {n: t.tolist() for n, t in v.items()})
+                                      for k, v in m.items() if k not in ("train_seconds", "history")}
+                                     | {"evals": m["history"]["evals"], "loss": m["history"]["loss"]}
+                                     for m in result["models"]]}
+
+    assert [comparable(r) for r in scheduled] == [comparable(r) for r in whole]
+    assert [m["name"] for m in scheduled[0]["models"]] == ["BC_base", "AgentEvol 1", "AgentEvol 2"]
+
+
 def test_pretraining_corpus_is_random_play_and_every_token_is_a_target():
     config = PretrainConfig(envs=("craft", "shop"), episodes_per_instruction=1)
     transcripts = corpus(config)

@@ -18,8 +18,9 @@ exploration's samples. The validation loss (for the convergence check) is measur
 trajectories of training instructions ``n_large .. n_large + n_val - 1``, which no run trains on.
 
 The base model is pretrained once and cached; then, for each seed, the AgentEvol chain
-(BC_base and its iterations) and BC_large are two jobs, run side by side on the cores and cached too, so
-the chapter reloads everything in seconds.
+(BC_base and its iterations) and BC_large are two jobs, cached too, so the chapter reloads everything in
+seconds. On the CPU the chains are computed piece by piece (train, evaluate, explore) over one process
+per core (:func:`_run_scheduled`), which keeps both cores busy; the results are those of the whole jobs.
 """
 
 from __future__ import annotations
@@ -227,14 +228,17 @@ def run_job(job: str, seed: int, config: AgentGymConfig, device=None) -> dict:
 
 
 def run(config: AgentGymConfig, device: str | torch.device | None = None) -> dict:
-    """Every job of every seed (longest first, one process per core; one after another on a GPU).
-    Returns, per seed, the records of BC_base, the AgentEvol iterations and BC_large (weights left out)."""
+    """Every job of every seed (one process per core, the pieces of the jobs scheduled over them; one
+    after another on a GPU). Returns, per seed, the records of BC_base, the AgentEvol iterations and
+    BC_large (weights left out)."""
     device = None if device is None else str(auto_device(device))
     _, pretraining = base_agent(config.pretrain, device)  # once, here; the jobs load it from the cache
     jobs = [("agentevol", s, config, device) for s in config.seeds] + [("bc_large", s, config, device)
                                                                       for s in config.seeds]
-    workers = 1 if device is not None and device.startswith("cuda") else None
-    results = parallel_map(run_job, jobs, workers=workers, desc="AgentGym jobs")
+    if device is not None and device.startswith("cuda"):
+        results = parallel_map(run_job, jobs, workers=1, desc="AgentGym jobs")
+    else:
+        results = _run_scheduled(config, device)
     summary = {"final_loss": pretraining.loss[-1]}
     summary["seconds"] = pretraining.seconds  # wall clock
     per_seed = []
@@ -246,6 +250,139 @@ def run(config: AgentGymConfig, device: str | torch.device | None = None) -> dic
         per_seed.append({"seed": seed, "models": models, "exploration": chain["exploration"]})
     return {"seeds": per_seed, "envs": list(config.envs), "random_agent": random_agent(config),
             "pretraining": summary}
+
+
+# --------------------------------------------------------------------------------------------------
+# Scheduling the jobs' pieces over the cores
+# --------------------------------------------------------------------------------------------------
+# Three AgentEvol chains, each several times as long as a BC_large job, cannot be shared evenly by two
+# processes as whole jobs: one core would idle while the last chain finishes. So a chain is cut into its
+# pieces (train model m; evaluate model m; explore with model m), each a task that a free process takes,
+# and the parent passes the weights and the explored trajectories between them. The pieces compute
+# exactly what :func:`agentevol_chain` computes (each one a pure function of its inputs, on one thread),
+# so the chain's result, stored under the same cache entry, is the same; only the order differs.
+_CODE = (__name__,)  # the cache entries' code root, as cache.cached from this module sets it
+
+
+def _model_from(state_dict: dict, config: AgentGymConfig, seed: int, device) -> GPT:
+    model = initial_model(config.pretrain.model, agent_tokenizer().vocab_size, seed)
+    model.load_state_dict(state_dict)
+    return model.to(auto_device(device)).eval()
+
+
+def _piece(kind: str, seed: int, m: int, config: AgentGymConfig, device, payload) -> dict:
+    """One piece of a job, in a worker process. ``train``: model ``m`` of the chain of ``seed`` on the
+    expert data and ``payload`` (the kept trajectories); ``evaluate``: the record of model ``m``
+    (``payload``: its weights, history and data size); ``explore``: round ``m`` from model ``m - 1``
+    (``payload``: its weights); ``bc_large``: the whole BC_large job."""
+    if kind == "bc_large":
+        return bc_large(seed, config, device)
+    if kind == "train":
+        expert = expert_data(config, range(config.n_base))
+        desc = f"BC_base seed {seed}" if m == 0 else f"AgentEvol {m} seed {seed}"
+        model, history = _train(expert + payload, config, seed, device, desc)
+        return {"state_dict": state_of(model), "history": history.to_dict(),
+                "n_train": len(expert) + len(payload)}
+    if kind == "evaluate":
+        name = "BC_base" if m == 0 else f"AgentEvol {m}"
+        return _record(name, _model_from(payload["state_dict"], config, seed, device),
+                       TrainResult.from_dict(payload["history"]), config, payload["n_train"])
+    if kind == "explore":
+        return {"sampled": explore(_model_from(payload, config, seed, device), config, seed=1000 * seed + m)}
+    raise ValueError(f"unknown piece {kind!r}")
+
+
+def _run_scheduled(config: AgentGymConfig, device, workers: int | None = None) -> list[dict]:
+    """The results of every job (AgentEvol chains, then BC_large, seed by seed): from the cache where
+    stored; the rest computed piece by piece on ``workers`` processes (default: one per core), the piece
+    with the longest work still behind it first (a critical-path list schedule), then stored."""
+    import concurrent.futures
+    import multiprocessing
+    import os
+
+    from paperlab.utils import _call_on_one_thread, _check_main_is_guarded, progress
+
+    names = [("agentevol", s) for s in config.seeds] + [("bc_large", s) for s in config.seeds]
+    results: dict = {}
+    for job, seed in names:
+        found, value = cache.lookup(f"agentgym-{job}", config, seed, _CODE)
+        if found:
+            results[job, seed] = value
+    todo = [(job, seed) for job, seed in names if (job, seed) not in results]
+    if not todo:
+        return [results[n] for n in names]
+    if workers is None:
+        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    # estimated remaining work (in units of one training run) from the start of a piece to the end of its job
+    train, explore_, evaluate_ = 1.0, 0.7, 0.1
+
+    def remaining(kind: str, m: int) -> float:
+        after = (config.iterations - m) * (explore_ + train) + evaluate_
+        return {"train": train + after, "explore": explore_ + train + after, "evaluate": evaluate_,
+                "bc_large": train + evaluate_}[kind]
+
+    expert = expert_data(config, range(config.n_base))
+    ready: list[tuple] = []  # (kind, seed, m, payload)
+    chains: dict[int, dict] = {}
+    for job, seed in todo:
+        if job == "agentevol":
+            chains[seed] = {"models": {}, "rounds": {}}
+            ready.append(("train", seed, 0, []))
+        else:
+            ready.append(("bc_large", seed, 0, None))
+    total = len(ready) + sum(2 * config.iterations + 1 for _ in chains)
+
+    def finished(kind: str, seed: int, m: int, out: dict) -> None:
+        """Record a finished piece; queue the pieces it made ready; store a job once it is complete."""
+        if kind == "bc_large":
+            results["bc_large", seed] = out
+            cache.store("agentgym-bc_large", config, out, seed, _CODE)
+            return
+        chain = chains[seed]
+        if kind == "train":
+            ready.append(("evaluate", seed, m, out))
+            if m < config.iterations:
+                ready.append(("explore", seed, m + 1, out["state_dict"]))
+        elif kind == "explore":
+            sampled = out["sampled"]
+            kept = filter_trajectories(sampled, threshold=config.success_threshold, existing=expert)
+            chain["rounds"][m] = {"iteration": m, "explored": _summary(sampled, config),
+                                  "kept": {env: sum(t.env == env for t in kept) for env in config.envs}}
+            ready.append(("train", seed, m, kept))
+        else:
+            chain["models"][m] = out
+            if len(chain["models"]) == config.iterations + 1:
+                iterations = range(1, config.iterations + 1)
+                value = {"seed": seed, "models": [chain["models"][i] for i in range(config.iterations + 1)],
+                         "exploration": [chain["rounds"][i] for i in iterations]}
+                results["agentevol", seed] = value
+                cache.store("agentgym-agentevol", config, value, seed, _CODE)
+
+    bar = progress(total=total, desc="AgentGym jobs (pieces)")
+    workers = max(1, min(workers, total))
+    _check_main_is_guarded("agentgym.experiments.run")
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+        running: dict = {}
+        try:
+            while ready or running:
+                ready.sort(key=lambda piece: (-remaining(piece[0], piece[2]), piece[1]))
+                while ready and len(running) < workers:
+                    piece = ready.pop(0)
+                    args = (*piece[:3], config, device, piece[3])
+                    running[pool.submit(_call_on_one_thread, _piece, args)] = piece
+                done, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
+                for future in done:
+                    kind, seed, m, _ = running.pop(future)
+                    finished(kind, seed, m, future.result())  # a piece's error ends the run
+                    bar.update()
+        except BaseException:
+            for future in running:
+                future.cancel()
+            raise
+        finally:
+            bar.close()
+    return [results[n] for n in names]
 
 
 @dataclass(frozen=True)
