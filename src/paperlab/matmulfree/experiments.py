@@ -131,7 +131,7 @@ class MatMulFreeExperimentConfig:
     seeds: tuple[int, ...] = (0, 1, 2)
     n_layers: int = 2
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        steps=600, batch_size=16, warmup_steps=60, eval_every=50, log_every=10))
+        steps=800, batch_size=16, warmup_steps=60, eval_every=100, log_every=10))
     sweep_d_model: int = 48
     sweep_lrs: tuple[float, ...] = (1e-3, 3e-3, 1e-2)  # the MatMul-free LM and its fp variant
     transformer_lrs: tuple[float, ...] = (3e-3, 1e-2, 3e-2)
