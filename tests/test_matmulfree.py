@@ -231,6 +231,23 @@ def test_experiment_configs():
         E.MatMulFreeExperimentConfig(sizes=(32, 64), sweep_d_model=48)
     with pytest.raises(ValueError, match="n_pairs"):
         E.MQARSettings(seq_len=8, n_pairs=4)
+    full = E.CONFIGS["full"]  # each family's grid: equally many rates, the smallest the flip claim's
+    assert full.lrs("transformer") == full.transformer_lrs and full.lrs("fp") == full.lrs("matmulfree")
+    assert len(full.transformer_lrs) == len(full.sweep_lrs)
+    with pytest.raises(ValueError, match="transformer_lrs"):
+        E.MatMulFreeExperimentConfig(transformer_lrs=(1e-2,))
+
+
+def test_jobs_start_longest_first():
+    config = E.CONFIGS["full"]
+    runs = [config.run_config(kind, d, 1e-2) for kind in E.KINDS for d in config.sizes]
+    runs += [config.mqar_run(kind, 1e-2, 0) for kind in ("mlgru", "attention")]
+    cost = {r: E._cost(r) for r in runs}
+    assert all(v > 0 for v in cost.values())
+    # a wider model of a family costs more; the MatMul-free LM more than the Transformer++ at one width
+    assert cost[config.run_config("matmulfree", 64, 1e-2)] > cost[config.run_config("matmulfree", 32, 1e-2)]
+    assert cost[config.run_config("matmulfree", 48, 1e-2)] > cost[config.run_config("transformer", 48, 1e-2)]
+    assert cost[config.mqar_run("mlgru", 1e-2, 0)] > cost[config.mqar_run("attention", 1e-2, 0)]
 
 
 def test_mlgru_output_follows_the_reference_gate():

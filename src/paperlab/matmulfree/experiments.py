@@ -12,9 +12,11 @@ share runs whose settings coincide. Model families (``kind``):
 - ``"ternary_attention"``: the MatMul-free LM with MLGRU replaced by attention with ternary projections.
 
 Each family gets its own learning-rate sweep (first seed, at ``sweep_d_model``; chosen on the validation
-window loss); every other run of the family uses its best rate (ternary attention uses the MatMul-free
-LM's). A model is scored by the toolkit's **sentence loss** (:func:`paperlab.toolkit.sentence_loss`) on
-validation sentences: nats per token of whole sentences, comparable to the grammar's entropy per token.
+window loss) over a grid of equally many rates, a factor of about 3 apart, around its optimum
+(``sweep_lrs`` for the MatMul-free LM and its fp variant, ``transformer_lrs`` for the Transformer++); every
+other run of the family uses its best rate (ternary attention uses the MatMul-free LM's). A model is
+scored by the toolkit's **sentence loss** (:func:`paperlab.toolkit.sentence_loss`) on validation sentences:
+nats per token of whole sentences, comparable to the grammar's entropy per token.
 
 Runs train in worker processes, one thread each (:func:`paperlab.utils.parallel_map`), one per core.
 """
@@ -117,7 +119,12 @@ class MQARRun:
 @dataclass(frozen=True)
 class MatMulFreeExperimentConfig:
     """The chapter's settings for one profile. ``train`` is every run's schedule; its ``lr`` and ``seed``
-    are replaced by the run's. ``sweep_lrs`` is the grid every family's sweep uses."""
+    are replaced by the run's. ``sweep_lrs`` is the learning-rate grid of the MatMul-free LM's and the fp
+    variant's sweeps (its smallest rate is the weight-flip claim's), ``transformer_lrs`` the
+    Transformer++'s: equally many rates, each family's grid centred on its own optimum, so that the best
+    rate is interior to it (the full profile's grids: at 800 steps the common grid 1e-3 .. 3e-2 put the
+    best rates at 3e-3 for the MatMul-free LM and the fp variant and at 1e-2 for the Transformer++, and
+    spent a quarter of each sweep on the rate farthest from the family's optimum)."""
 
     corpus: toolkit.ToolkitConfig = field(default_factory=toolkit.ToolkitConfig)
     sizes: tuple[int, ...] = (32, 48, 64)  # d_model of the size study
@@ -126,7 +133,8 @@ class MatMulFreeExperimentConfig:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         steps=800, batch_size=16, warmup_steps=60, eval_every=100, log_every=10))
     sweep_d_model: int = 48
-    sweep_lrs: tuple[float, ...] = (1e-3, 3e-3, 1e-2, 3e-2)
+    sweep_lrs: tuple[float, ...] = (1e-3, 3e-3, 1e-2)  # the MatMul-free LM and its fp variant
+    transformer_lrs: tuple[float, ...] = (3e-3, 1e-2, 3e-2)
     eval_windows: int = 64
     n_val_sentences: int = 500  # validation sentences of the sentence loss
     n_prompts: int = 256  # validation sentences on which the packed and float models are compared
@@ -139,6 +147,10 @@ class MatMulFreeExperimentConfig:
         check_int_tuple(self, "seeds", low=0)
         check_that(self, len(set(self.seeds)) == len(self.seeds), "seeds", "distinct seeds")
         check_number_tuple(self, "sweep_lrs", low=0, open_low=True)
+        check_number_tuple(self, "transformer_lrs", low=0, open_low=True)
+        check_that(self, len(self.transformer_lrs) == len(self.sweep_lrs), "transformer_lrs",
+                   f"as many learning rates as sweep_lrs ({len(self.sweep_lrs)}): every family's sweep "
+                   "gets the same number of runs")
         check_type(self, "train", TrainConfig)
         check_ints(self, "n_layers", "sweep_d_model", "eval_windows", "n_val_sentences", "n_prompts")
         check_that(self, self.corpus.context_length >= 5, "corpus",
@@ -150,6 +162,10 @@ class MatMulFreeExperimentConfig:
                 raise ValueError(f"MatMulFreeExperimentConfig (sizes): {err}") from None
         check_that(self, self.sweep_d_model in self.sizes, "sweep_d_model",
                    f"one of sizes {self.sizes} (its best runs are part of the size study)")
+
+    def lrs(self, kind: str) -> tuple[float, ...]:
+        """The learning-rate grid of ``kind``'s sweep."""
+        return self.transformer_lrs if kind == "transformer" else self.sweep_lrs
 
     def run_config(self, kind: str, d_model: int, lr: float, seed: int | None = None) -> RunConfig:
         seed = self.seeds[0] if seed is None else seed
@@ -168,7 +184,8 @@ CONFIGS = {
     "fast": MatMulFreeExperimentConfig(
         corpus=_FAST_CORPUS, sizes=(16, 32),
         train=TrainConfig(steps=24, batch_size=8, warmup_steps=3, eval_every=8, log_every=2),
-        sweep_d_model=32, sweep_lrs=(3e-3, 3e-2), eval_windows=8, n_val_sentences=40, n_prompts=16,
+        sweep_d_model=32, sweep_lrs=(3e-3, 3e-2), transformer_lrs=(3e-3, 3e-2), eval_windows=8,
+        n_val_sentences=40, n_prompts=16,
         mqar=MQARSettings(seq_len=8, n_pairs=2, vocab_size=32, width=16, lrs=(1e-2,),
                           train=TrainConfig(steps=24, batch_size=16, warmup_steps=3, weight_decay=0.0,
                                             eval_every=8),
@@ -398,11 +415,20 @@ def _job(run: RunConfig | MQARRun, device: str) -> dict:
     return mqar_run(run, device) if isinstance(run, MQARRun) else summarise_run(run, device)
 
 
+# Milliseconds per optimizer step on one CPU thread, measured for the full profile's shapes: a language
+# model of width d costs about (2.5 + 0.1 d) ms times its family's factor (batch 16 x 32 tokens); an MQAR
+# model (batch 32 x 16 tokens, width 32) its kind's time. Only the order of the jobs depends on them.
+_LM_FACTOR = {"transformer": 1.0, "fp": 1.05, "matmulfree": 1.25, "ternary_attention": 1.55}
+_MQAR_MS = {"mlgru": 8.7, "attention": 6.3}
+
+
 def _cost(run: RunConfig | MQARRun) -> float:
-    """Rough relative cost of a job, to start the longest first."""
+    """Estimated seconds of a job, to start the longest first (so that the two workers end together)."""
     if isinstance(run, MQARRun):
-        return run.train.steps * run.train.batch_size * run.task.seq_len * run.task.width
-    return run.train.steps * run.train.batch_size * run.corpus.context_length * run.d_model
+        size = run.train.batch_size * run.task.seq_len * run.task.width / (32 * 16 * 32)
+        return run.train.steps * _MQAR_MS[run.kind] * size / 1000
+    size = run.train.batch_size * run.corpus.context_length / (16 * 32)
+    return run.train.steps * (2.5 + 0.1 * run.d_model) * _LM_FACTOR[run.kind] * size / 1000
 
 
 def _train_all(runs: list, device, desc: str) -> list[dict]:
@@ -417,7 +443,8 @@ def _train_all(runs: list, device, desc: str) -> list[dict]:
 def run(config: MatMulFreeExperimentConfig, device=None) -> dict:
     """All of the chapter's results (JSON-able).
 
-    1. Each family's learning-rate sweep at ``sweep_d_model`` with the first seed, and each MQAR model's on
+    1. Each family's learning-rate sweep (:meth:`MatMulFreeExperimentConfig.lrs`) at ``sweep_d_model`` with
+       the first seed, and each MQAR model's on
        the recall task; the best rate is the one with the lowest final validation window loss (MQAR: the
        best validation accuracy).
     2. At each family's best rate: every width and seed; ternary attention over the seeds; the MatMul-free
@@ -428,7 +455,7 @@ def run(config: MatMulFreeExperimentConfig, device=None) -> dict:
     device = auto_device(device)
     first = config.seeds[0]
     sweep_runs = [config.run_config(kind, config.sweep_d_model, lr) for kind in FAMILIES
-                  for lr in config.sweep_lrs]
+                  for lr in config.lrs(kind)]
     mqar_sweep_runs = [config.mqar_run(kind, lr, first) for kind in ("mlgru", "attention")
                        for lr in config.mqar.lrs]
     done = _train_all(sweep_runs + mqar_sweep_runs, device, "learning-rate sweeps")
