@@ -43,7 +43,7 @@ from paperlab.sae.metrics import (
 )
 from paperlab.sae.train import SAE_TRAIN, RunConfig, build_sae, load_sae, run_cached, train_runs
 from paperlab.train import TrainConfig, auto_device
-from paperlab.utils import cpu_threads
+from paperlab.utils import cpu_threads, parallel_map
 
 __all__ = ["SAEExperimentConfig", "CONFIGS", "steps_for", "all_runs", "train_all", "lr_sweep", "frontier",
            "matched_l0", "scaling", "fit_scaling_law", "scaling_law", "holdout_prediction", "dead_latents",
@@ -479,8 +479,7 @@ def probe(config: SAEExperimentConfig, device=None) -> dict:
     dev = auto_device(device)
     data = lm_activations(config.lm)["val"]
     x, labels = data["activations"], data["labels"]
-    out = {"prior_entropy": binary_entropy(labels), "positive_fraction": float(labels.float().mean()),
-           "raw_dimensions": probe_loss(x, labels)[0], "saes": []}
+    latents = []  # (k, seed, trained latents, untrained latents)
     for k in config.lm_ks:
         for seed in config.seeds:
             run = _lm_run(config, k, seed)
@@ -488,14 +487,19 @@ def probe(config: SAEExperimentConfig, device=None) -> dict:
             untrained = build_sae(run)
             untrained.init_b_pre(lm_activations(config.lm)["train"]["activations"][:1024])
             untrained.scale_encoder_(seed=seed)
-            losses = {}
-            for name, sae in (("trained", trained), ("untrained", untrained)):
-                with torch.no_grad():
-                    z = sae.to(dev).eval().encode(x.to(dev)).cpu()  # the SAE on the device; probes on the CPU
-                losses[name] = probe_loss(z, labels)
-            out["saes"].append({"k": k, "seed": seed, "probe_loss": losses["trained"][0],
-                                "latent": losses["trained"][1],
-                                "untrained_probe_loss": losses["untrained"][0]})
+            with torch.no_grad():  # the SAE on the device; probes on the CPU
+                latents.append((k, seed, *(sae.to(dev).eval().encode(x.to(dev)).cpu()
+                                           for sae in (trained, untrained))))
+    # the probes (each on one thread, as in this process) split over the CPU cores
+    jobs = [(x, labels)] + [(z, labels) for *_, trained_z, untrained_z in latents
+                            for z in (trained_z, untrained_z)]
+    losses = parallel_map(probe_loss, jobs, desc="probes")
+    out = {"prior_entropy": binary_entropy(labels), "positive_fraction": float(labels.float().mean()),
+           "raw_dimensions": losses[0][0], "saes": []}
+    for i, (k, seed, *_) in enumerate(latents):
+        trained_loss, untrained_loss = losses[1 + 2 * i], losses[2 + 2 * i]
+        out["saes"].append({"k": k, "seed": seed, "probe_loss": trained_loss[0], "latent": trained_loss[1],
+                            "untrained_probe_loss": untrained_loss[0]})
     return out
 
 
