@@ -208,3 +208,10 @@ def test_shared_batches_and_the_one_pass_evaluation_change_no_number(monkeypatch
             with torch.no_grad():
                 auxk = float(sae.auxk_loss(val, sae(val), sae.pre_activations(val)))
             assert bool(sae.dead_mask.any()) and last["auxk"] == auxk
+
+
+def test_train_runs_runs_extra_jobs_after_the_runs_and_returns_their_results():
+    from paperlab.sae import train as sae_train
+
+    assert sae_train.train_runs([], device="cpu", extra=[(math.sqrt, (4.0,))]) == [2.0]
+    assert sae_train.train_runs([], device="cpu") == []

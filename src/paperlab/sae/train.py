@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -266,23 +266,31 @@ def run_cached(run: RunConfig, device: str | torch.device | None = "cpu") -> dic
                         check=cache.has_keys("state_dict", "record"))
 
 
-def _run_job(run: RunConfig, device: str) -> dict:
+def _run_job(job, device: str):
+    """One job of :func:`train_runs`: a :class:`RunConfig` (trained or loaded) or an extra ``(fn, args)``."""
     global _SHARED_BATCHES
     if _SHARED_BATCHES is None:  # a worker of train_runs: its runs share their synthetic batches
         _SHARED_BATCHES = {}
-    return run_cached(run, device)
+    if isinstance(job, RunConfig):
+        return run_cached(job, device)
+    fn, args = job
+    return fn(*args)
 
 
-def train_runs(runs: Iterable[RunConfig], device: str | torch.device | None = "cpu") -> None:
+def train_runs(runs: Iterable[RunConfig], device: str | torch.device | None = "cpu", *,
+               extra: Sequence[tuple[Callable, tuple]] = ()) -> list:
     """Train (or load) every run of ``runs``: on a CPU one run per core, longest first
     (:func:`paperlab.utils.parallel_map`), on any other device one after another in this process. The
-    results go to the artifact cache (and to this process's memory), where :func:`run_cached` finds them."""
+    results go to the artifact cache (and to this process's memory), where :func:`run_cached` finds them.
+    ``extra``: more jobs ``(fn, args)`` (``fn`` importable by name) for the same workers, after the runs
+    (short jobs that fill the last gaps); returns ``[fn(*args)]`` in their order."""
     device = auto_device(device)
     # longest first, so that the last to finish is short (the language-model runs among the others: their
     # activations are computed below, before the workers start)
     todo = sorted(dict.fromkeys(r for r in runs if r not in _TRAINED), key=lambda r: -r.cost)
-    if not todo:
-        return
+    extra = [(fn, tuple(args)) for fn, args in extra]
+    if not todo and not extra:
+        return []
     workers = None if device.type == "cpu" else 1
     if workers is None and len(todo) > 1:
         lm_configs = {r.lm for r in todo if r.data == "lm"}
@@ -290,11 +298,12 @@ def train_runs(runs: Iterable[RunConfig], device: str | torch.device | None = "c
             lm_activations(config)
     global _SHARED_BATCHES
     try:
-        artifacts = parallel_map(_run_job, [(run, str(device)) for run in todo], workers=workers,
-                                 desc="SAE runs")
+        results = parallel_map(_run_job, [(job, str(device)) for job in todo + extra], workers=workers,
+                               desc="SAE runs")
     finally:
         _SHARED_BATCHES = None  # set by _run_job when it ran in this process (one worker)
-    _TRAINED.update(zip(todo, artifacts))
+    _TRAINED.update(zip(todo, results))
+    return results[len(todo):]
 
 
 def load_sae(run: RunConfig, device: str | torch.device | None = "cpu") -> tuple[SparseAutoencoder, dict]:
