@@ -181,6 +181,7 @@ def test_shared_batches_and_the_one_pass_evaluation_change_no_number(monkeypatch
     # evaluation computes the pre-activations once: both must give exactly the numbers of the plain run.
     from paperlab.sae import train as sae_train
     from paperlab.sae.model import TopKSAE
+    from paperlab.utils import cpu_threads
 
     runs = [RunConfig(n_latents=64, k=2, k_aux=8, dead_tokens=64, synthetic=SyntheticConfig(n_features=32),
                       train=dataclasses.replace(SAE_TRAIN, steps=20, batch_size=64, eval_every=5,
@@ -202,10 +203,11 @@ def test_shared_batches_and_the_one_pass_evaluation_change_no_number(monkeypatch
     for (sae, record), run in zip(plain, runs):
         val = sae_train._data(run)[1][:2048]
         last = record["history"]["evals"][-1]
-        expected = sae_train.evaluate(sae, val)
+        with cpu_threads(1):  # as train_sae computes them
+            expected = sae_train.evaluate(sae, val)
         assert {key: last[key] for key in expected} == expected
         if isinstance(sae, TopKSAE):
-            with torch.no_grad():
+            with torch.no_grad(), cpu_threads(1):
                 auxk = float(sae.auxk_loss(val, sae(val), sae.pre_activations(val)))
             assert bool(sae.dead_mask.any()) and last["auxk"] == auxk
 
