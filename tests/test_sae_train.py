@@ -174,3 +174,46 @@ def test_the_history_logs_how_often_dead_latents_are_positive():
     with torch.no_grad():
         expected = float((sae.pre_activations(val)[:, dead] > 0).float().mean())
     assert last["dead_positive"] == pytest.approx(expected)
+
+
+def test_shared_batches_and_the_one_pass_evaluation_change_no_number(monkeypatch):
+    # train_runs' workers draw each (seed, step) batch once for all runs of that seed, and the per-window
+    # evaluation computes the pre-activations once: both must give exactly the numbers of the plain run.
+    from paperlab.sae import train as sae_train
+    from paperlab.sae.model import TopKSAE
+    from paperlab.utils import cpu_threads
+
+    runs = [RunConfig(n_latents=64, k=2, k_aux=8, dead_tokens=64, synthetic=SyntheticConfig(n_features=32),
+                      train=dataclasses.replace(SAE_TRAIN, steps=20, batch_size=64, eval_every=5,
+                                                warmup_steps=2)),
+            RunConfig(kind="relu", n_latents=64, l1_coefficient=0.3, k_aux=0, dead_tokens=64,
+                      synthetic=SyntheticConfig(n_features=32),
+                      train=dataclasses.replace(SAE_TRAIN, steps=20, batch_size=64, eval_every=5,
+                                                warmup_steps=2))]
+    plain = [train_sae(run) for run in runs]
+    monkeypatch.setattr(sae_train, "_SHARED_BATCHES", {})
+    shared = [train_sae(run) for run in runs]
+    assert sae_train._SHARED_BATCHES  # the batches were drawn once and kept
+    shared_again = train_sae(runs[0])  # the same seed: every batch from the shared store
+    for (sae_a, rec_a), (sae_b, rec_b) in zip(plain, shared + [shared_again]):
+        assert rec_a["final"] == rec_b["final"] and rec_a["history"]["evals"] == rec_b["history"]["evals"]
+        assert all(torch.equal(a, b)
+                   for a, b in zip(sae_a.state_dict().values(), sae_b.state_dict().values()))
+    # the last evaluation (one pass) against the separate calls it replaces, bit for bit
+    for (sae, record), run in zip(plain, runs):
+        val = sae_train._data(run)[1][:2048]
+        last = record["history"]["evals"][-1]
+        with cpu_threads(1):  # as train_sae computes them
+            expected = sae_train.evaluate(sae, val)
+        assert {key: last[key] for key in expected} == expected
+        if isinstance(sae, TopKSAE):
+            with torch.no_grad(), cpu_threads(1):
+                auxk = float(sae.auxk_loss(val, sae(val), sae.pre_activations(val)))
+            assert bool(sae.dead_mask.any()) and last["auxk"] == auxk
+
+
+def test_train_runs_runs_extra_jobs_after_the_runs_and_returns_their_results():
+    from paperlab.sae import train as sae_train
+
+    assert sae_train.train_runs([], device="cpu", extra=[(math.sqrt, (4.0,))]) == [2.0]
+    assert sae_train.train_runs([], device="cpu") == []

@@ -183,9 +183,16 @@ def all_runs(config: SAEExperimentConfig) -> list[RunConfig]:
 
 
 def train_all(config: SAEExperimentConfig, device=None) -> int:
-    """Train (or load from the cache) every run of :func:`all_runs`, one per CPU core; returns how many."""
+    """Train (or load from the cache) every run of :func:`all_runs`, one per CPU core; returns how many.
+    On a CPU the probes of :func:`probe` run on the same workers, after the runs (kept in
+    :data:`_PROBES` for this process)."""
     runs = all_runs(config)
-    train_runs(runs, auto_device(device))
+    dev = auto_device(device)
+    jobs = [job for job in _probe_jobs(config) if job not in _PROBES] if dev.type == "cpu" else []
+    if jobs:
+        lm_activations(config.lm)  # computed here (as the runs' are), not by each worker
+    results = train_runs(runs, dev, extra=[(_probe_job, (*job, "cpu")) for job in jobs])
+    _PROBES.update(zip(jobs, results))
     return len(runs)
 
 
@@ -477,26 +484,52 @@ def probe(config: SAEExperimentConfig, device=None) -> dict:
     latents (per k and seed), on the same SAE before training (a random dictionary of the same size and
     k: the null), and on the raw dimensions of the residual stream."""
     dev = auto_device(device)
-    data = lm_activations(config.lm)["val"]
-    x, labels = data["activations"], data["labels"]
+    labels = lm_activations(config.lm)["val"]["labels"]
+    losses = {job: _PROBES[job] if job in _PROBES and dev.type == "cpu" else _probe_job(*job, device=dev)
+              for job in _probe_jobs(config)}
     out = {"prior_entropy": binary_entropy(labels), "positive_fraction": float(labels.float().mean()),
-           "raw_dimensions": probe_loss(x, labels)[0], "saes": []}
+           "raw_dimensions": losses[(config.lm, None, False)][0], "saes": []}
     for k in config.lm_ks:
         for seed in config.seeds:
             run = _lm_run(config, k, seed)
-            trained, _ = load_sae(run, dev)
-            untrained = build_sae(run)
-            untrained.init_b_pre(lm_activations(config.lm)["train"]["activations"][:1024])
-            untrained.scale_encoder_(seed=seed)
-            losses = {}
-            for name, sae in (("trained", trained), ("untrained", untrained)):
-                with torch.no_grad():
-                    z = sae.to(dev).eval().encode(x.to(dev)).cpu()  # the SAE on the device; probes on the CPU
-                losses[name] = probe_loss(z, labels)
-            out["saes"].append({"k": k, "seed": seed, "probe_loss": losses["trained"][0],
-                                "latent": losses["trained"][1],
-                                "untrained_probe_loss": losses["untrained"][0]})
+            trained, untrained = losses[(config.lm, run, True)], losses[(config.lm, run, False)]
+            out["saes"].append({"k": k, "seed": seed, "probe_loss": trained[0], "latent": trained[1],
+                                "untrained_probe_loss": untrained[0]})
     return out
+
+
+_PROBES: dict[tuple, tuple[float, int]] = {}
+"""The probes :func:`train_all` computed on its workers, by :func:`_probe_jobs` job."""
+
+
+def _probe_jobs(config: SAEExperimentConfig) -> list[tuple]:
+    """The probes of :func:`probe` as ``(lm, run, trained)``: the raw dimensions (``run`` None) first, then
+    per k and seed the trained LM SAE and the same SAE untrained."""
+    return [(config.lm, None, False)] + [(config.lm, _lm_run(config, k, seed), trained)
+                                         for k in config.lm_ks for seed in config.seeds
+                                         for trained in (True, False)]
+
+
+@cpu_threads(1)
+def _probe_job(lm: LMDataConfig, run: RunConfig | None, trained: bool, device=None) -> tuple[float, int]:
+    """:func:`paperlab.sae.metrics.probe_loss` on the validation tokens of ``lm``: on the raw dimensions
+    (``run`` None), or on the latents of ``run``'s SAE, trained or as initialised (``b_pre`` at the geometric
+    median of 1024 training activations, the encoder scaled: the null). The SAE encodes on ``device``; the
+    probe runs on the CPU."""
+    dev = auto_device(device)
+    data = lm_activations(lm)
+    x, labels = data["val"]["activations"], data["val"]["labels"]
+    if run is None:
+        return probe_loss(x, labels)
+    if trained:
+        sae, _ = load_sae(run, dev)
+    else:
+        sae = build_sae(run)
+        sae.init_b_pre(data["train"]["activations"][:1024])
+        sae.scale_encoder_(seed=run.train.seed)
+    with torch.no_grad():
+        z = sae.to(dev).eval().encode(x.to(dev)).cpu()
+    return probe_loss(z, labels)
 
 
 @cpu_threads(1)

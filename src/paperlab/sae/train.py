@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -91,8 +91,13 @@ class RunConfig:
 
     @property
     def cost(self) -> float:
-        """A rough relative cost (steps times the encoder's size), to start the longest runs first."""
-        return self.train.steps * (self.n_latents + 256)
+        """A rough relative cost, to start the longest runs first: steps times the encoder's size, plus a
+        term for the latents kept per token (TopK; 4k for Multi-TopK) or for the dense decoder (ReLU),
+        fitted by eye to the full profile's run times on one CPU thread."""
+        if self.kind == "relu":
+            return self.train.steps * (1.25 * self.n_latents + 256)
+        kept = 4 * self.k if self.multi_topk else self.k
+        return self.train.steps * (self.n_latents + 256 + 16 * kept)
 
 
 def d_model_of(run: RunConfig) -> int:
@@ -128,14 +133,35 @@ def _data(run: RunConfig):
     batch_size = run.train.batch_size
     if run.data == "synthetic":
         synthetic = make_synthetic(run.synthetic)
-        return (seeded_batches(lambda g: (synthetic.sample(batch_size, g),), run.train.seed),
-                validation_data(run), synthetic)
+        get_batch = seeded_batches(lambda g: (synthetic.sample(batch_size, g),), run.train.seed)
+        if _SHARED_BATCHES is not None:
+            get_batch = _shared(get_batch, (run.synthetic, run.train.seed, batch_size))
+        return get_batch, validation_data(run), synthetic
     train_x = lm_activations(run.lm)["train"]["activations"]
 
     def sample(generator: torch.Generator) -> tuple[torch.Tensor]:
         return (train_x[torch.randint(0, train_x.shape[0], (batch_size,), generator=generator)],)
 
     return seeded_batches(sample, run.train.seed), validation_data(run), None
+
+
+_SHARED_BATCHES: dict | None = None
+"""While :func:`train_runs` trains (in each worker process): the synthetic batches drawn so far, keyed by
+(synthetic config, seed, batch size, step, rank), so that the runs of one seed draw each batch once
+instead of once per run. Every run of a seed gets the same batch at a step (:func:`seeded_batches` seeds
+each step's generator from the seed and the step alone), so sharing them changes no number. None: off."""
+
+
+def _shared(get_batch, key: tuple):
+    """``get_batch`` drawing each batch once per process (:data:`_SHARED_BATCHES`)."""
+
+    def shared(step: int, rank: int = 0, world_size: int = 1) -> tuple:
+        entry = (*key, step, rank, world_size)
+        if entry not in _SHARED_BATCHES:
+            _SHARED_BATCHES[entry] = get_batch(step, rank, world_size)
+        return _SHARED_BATCHES[entry]
+
+    return shared
 
 
 @torch.no_grad()
@@ -145,6 +171,12 @@ def evaluate(sae: SparseAutoencoder, x: torch.Tensor, k: int | None = None,
     fraction (from the training counters); with the true ``features``, feature recovery over the live
     latents: mean best cosine and the fraction recovered (best cosine > :data:`RECOVERED_COSINE`)."""
     z = sae.encode(x, k) if (k is not None and isinstance(sae, TopKSAE)) else sae.encode(x)
+    return _evaluate_latents(sae, x, z, features)
+
+
+def _evaluate_latents(sae: SparseAutoencoder, x: torch.Tensor, z: torch.Tensor,
+                      features: torch.Tensor | None = None) -> dict[str, float]:
+    """:func:`evaluate` given the latents ``z`` of ``x``."""
     live = firing_counts(z) > 0
     out = {"nmse": float(nmse(sae.decode(z), x)), "l0": l0(z), "dead_fraction": sae.dead_fraction(),
            "live_fraction": float(live.float().mean())}
@@ -179,16 +211,24 @@ def _train_sae(run: RunConfig, device) -> tuple[SparseAutoencoder, dict]:
     previous_dead = [sae.dead_mask.clone()]
 
     def eval_fn(model):
-        out = evaluate(model, val_eval)
+        # The pre-activations and the top k once, for every metric: the same numbers as evaluate(model,
+        # val_eval), model(val_eval) and model.pre_activations(val_eval) computed separately, bit for bit.
+        pre = model.pre_activations(model.check_input(val_eval))
+        if isinstance(model, TopKSAE):
+            top = torch.topk(pre, model.k, dim=1, sorted=True)
+            values, indices = torch.relu(top.values), top.indices
+            z = torch.zeros(pre.shape, dtype=values.dtype, device=values.device).scatter(1, indices, values)
+        else:
+            z = torch.relu(pre)
+        out = _evaluate_latents(model, val_eval, z)
         dead = model.dead_mask
         out["died"] = int((dead & ~previous_dead[0]).sum())
         out["revived"] = int((previous_dead[0] & ~dead).sum())
         previous_dead[0] = dead.clone()
         if bool(dead.any()):  # can a dead latent still fire, or get an AuxK gradient (ReLU > 0)?
-            with torch.no_grad():
-                out["dead_positive"] = float((model.pre_activations(val_eval)[:, dead] > 0).float().mean())
+            out["dead_positive"] = float((pre[:, dead] > 0).float().mean())
         if isinstance(model, TopKSAE) and model.k_aux:
-            out["auxk"] = float(model.auxk_loss(val_eval, model(val_eval), model.pre_activations(val_eval)))
+            out["auxk"] = float(model.auxk_loss(val_eval, model.decode_sparse(values, indices), pre))
         return out
 
     result = train(sae, get_batch, lambda m, batch: m.loss(batch[0])[0],
@@ -226,27 +266,44 @@ def run_cached(run: RunConfig, device: str | torch.device | None = "cpu") -> dic
                         check=cache.has_keys("state_dict", "record"))
 
 
-def _run_job(run: RunConfig, device: str) -> dict:
-    return run_cached(run, device)
+def _run_job(job, device: str):
+    """One job of :func:`train_runs`: a :class:`RunConfig` (trained or loaded) or an extra ``(fn, args)``."""
+    global _SHARED_BATCHES
+    if _SHARED_BATCHES is None:  # a worker of train_runs: its runs share their synthetic batches
+        _SHARED_BATCHES = {}
+    if isinstance(job, RunConfig):
+        return run_cached(job, device)
+    fn, args = job
+    return fn(*args)
 
 
-def train_runs(runs: Iterable[RunConfig], device: str | torch.device | None = "cpu") -> None:
+def train_runs(runs: Iterable[RunConfig], device: str | torch.device | None = "cpu", *,
+               extra: Sequence[tuple[Callable, tuple]] = ()) -> list:
     """Train (or load) every run of ``runs``: on a CPU one run per core, longest first
     (:func:`paperlab.utils.parallel_map`), on any other device one after another in this process. The
-    results go to the artifact cache (and to this process's memory), where :func:`run_cached` finds them."""
+    results go to the artifact cache (and to this process's memory), where :func:`run_cached` finds them.
+    ``extra``: more jobs ``(fn, args)`` (``fn`` importable by name) for the same workers, after the runs
+    (short jobs that fill the last gaps); returns ``[fn(*args)]`` in their order."""
     device = auto_device(device)
-    # longest first, so that the last to finish is short; the language-model runs last (they need the GPT)
-    todo = sorted(dict.fromkeys(r for r in runs if r not in _TRAINED),
-                  key=lambda r: (r.data == "lm", -r.cost))
-    if not todo:
-        return
+    # longest first, so that the last to finish is short (the language-model runs among the others: their
+    # activations are computed below, before the workers start)
+    todo = sorted(dict.fromkeys(r for r in runs if r not in _TRAINED), key=lambda r: -r.cost)
+    extra = [(fn, tuple(args)) for fn, args in extra]
+    if not todo and not extra:
+        return []
     workers = None if device.type == "cpu" else 1
     if workers is None and len(todo) > 1:
         lm_configs = {r.lm for r in todo if r.data == "lm"}
         for config in lm_configs:  # compute the shared activations once, before the workers need them
             lm_activations(config)
-    artifacts = parallel_map(_run_job, [(run, str(device)) for run in todo], workers=workers, desc="SAE runs")
-    _TRAINED.update(zip(todo, artifacts))
+    global _SHARED_BATCHES
+    try:
+        results = parallel_map(_run_job, [(job, str(device)) for job in todo + extra], workers=workers,
+                               desc="SAE runs")
+    finally:
+        _SHARED_BATCHES = None  # set by _run_job when it ran in this process (one worker)
+    _TRAINED.update(zip(todo, results))
+    return results[len(todo):]
 
 
 def load_sae(run: RunConfig, device: str | torch.device | None = "cpu") -> tuple[SparseAutoencoder, dict]:
