@@ -96,6 +96,20 @@ def test_a_figure_cell_with_two_displays_is_refused():
         stage.stage(chapter, "sphinx")
 
 
+def test_an_object_repr_value_is_dropped_so_a_figure_keeps_one_output():
+    chapter = _chapter()
+    legend = nbformat.v4.new_output("execute_result", execution_count=5,
+                                    data={"text/plain": "<matplotlib.legend.Legend at 0x7f1d15f512d0>"})
+    value = nbformat.v4.new_output("execute_result", execution_count=6, data={"text/plain": "0.25"})
+    chapter.cells[1].outputs.insert(0, legend)
+    chapter.cells[3].outputs = [value]
+    staged = stage.stage(chapter, "sphinx")
+    assert [o.output_type for o in staged.cells[2].outputs] == ["display_data"]  # the figure alone
+    assert staged.cells[2].metadata["mystnb"]["figure"]["name"] == "fig-a"
+    assert any(o.get("data", {}).get("text/plain") == "0.25" for c in staged.cells if c.cell_type == "code"
+               for o in c.outputs)  # a value that says something stays
+
+
 def test_an_unexecuted_figure_keeps_its_number_with_a_placeholder():
     chapter = _chapter()
     chapter.cells[1].outputs = []

@@ -11,6 +11,9 @@ after these steps:
   of the ~5 MB self-contained HTML that every visit would otherwise fetch;
 - the front matter (``title``, ``subtitle``) becomes a leading Markdown cell (mystmd reads front matter
   from there, not from notebook metadata; Sphinx gets the title as the page heading);
+- a cell's ``Out[]`` value that is only an object's default repr (``<matplotlib.legend.Legend at 0x...>``,
+  left by a cell that ends with a call returning an artist) is dropped: it says nothing to a reader and
+  would be a figure cell's second output;
 - for Sphinx, the ``#| label:`` / ``#| caption:`` lines of a figure cell become myst-nb's figure options.
 
 Everything here is a pure function of the notebook, so it is tested without building a site.
@@ -27,6 +30,7 @@ import yaml
 PLOTLY_MIME = "application/vnd.plotly.v1+json"
 PLOTLY_JS = "plotly.min.js"  # in the Sphinx site's _static, added to the pages that draw a plotly figure
 CELL_OPTION = re.compile(r"^#\|\s*(?P<key>[\w-]+):\s*(?P<value>.*)$")
+OBJECT_REPR = re.compile(r"^<[\w.]+(?: object)? at 0x[0-9a-f]+>$")
 NOT_DRAWN = "(not drawn yet: this chapter has not been executed; `make book` executes it)"
 REMOVED = {"remove-cell", "remove-output"}  # tags whose outputs are not shown anyway
 
@@ -82,6 +86,17 @@ def one_plotly_copy(notebook, target: str):
                 data.pop("text/html", None)
             else:
                 data["text/html"] = plotly_html(data.pop(PLOTLY_MIME))
+    return notebook
+
+
+def drop_object_reprs(notebook):
+    """Remove each ``execute_result`` that is only an object's default repr (``<... at 0x...>``)."""
+    for cell in notebook.cells:
+        if cell.cell_type != "code":
+            continue
+        cell.outputs = [o for o in cell.get("outputs", []) if not (
+            o.get("output_type") == "execute_result" and set(o.get("data", {})) == {"text/plain"}
+            and OBJECT_REPR.match(o["data"]["text/plain"].strip()))]
     return notebook
 
 
@@ -164,6 +179,7 @@ def stage(notebook, target: str):
     notebook = copy.deepcopy(notebook)
     notebook.metadata.pop("jupytext", None)
     markdown_outputs_to_cells(notebook)
+    drop_object_reprs(notebook)
     one_plotly_copy(notebook, target)
     if target == "sphinx":
         figure_options_to_metadata(notebook)
