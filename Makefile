@@ -61,10 +61,10 @@ unit: $(STAMP)
 chapters: $(STAMP)
 	$(BIN)/python tools/book.py convert .nbtest
 	PAPERLAB_PROFILE=fast PAPERLAB_PROGRESS=0 PAPERLAB_STATIC=1 $(BIN)/python -m pytest -q --nbmake --nbmake-timeout=300 \
-		--durations=0 -p no:cacheprovider .nbtest
+		--overwrite --durations=0 -p no:cacheprovider .nbtest
 
 content-check: $(STAMP)
-	$(BIN)/python tools/book.py check
+	$(BIN)/python tools/book.py check --executed .nbtest
 
 bench: $(STAMP)
 	$(BIN)/python -m paperlab.bench

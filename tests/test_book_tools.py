@@ -356,3 +356,21 @@ def test_serve_answers_on_localhost_only(tmp_path):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_the_staging_check_names_an_executed_chapter_whose_figure_cell_shows_two_outputs(tmp_path, capsys):
+    bad = _chapter()
+    bad.cells[1].outputs.append(bad.cells[1].outputs[0])
+    nbformat.write(bad, tmp_path / "02-bad.ipynb")
+    nbformat.write(_chapter(), tmp_path / "01-good.ipynb")
+    unexecuted = _chapter()
+    for cell in unexecuted.cells:
+        if cell.cell_type == "code":
+            cell.outputs = []
+    nbformat.write(unexecuted, tmp_path / "03-not-run.ipynb")
+    problems, checked = book.staging_problems(tmp_path)
+    assert checked == 2  # the notebook without outputs is not a run to check
+    assert len(problems) == 1 and problems[0].startswith("02-bad.ipynb (sphinx)") and "fig-a" in problems[0]
+    assert book.check_executed(tmp_path) == 1
+    assert "02-bad.ipynb" in capsys.readouterr().out
+    assert book.check_executed(tmp_path / "missing") == 0

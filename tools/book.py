@@ -534,6 +534,43 @@ def cmd_check(args) -> int:
             print("  -", warning)
         return 1
     print(f"Offline book (Sphinx) check passed: {len(notebooks)} pages, no warnings.")
+    if args.executed:
+        return check_executed(Path(args.executed))
+    return 0
+
+
+def staging_problems(folder: Path) -> tuple[list[str], int]:
+    """Stage every executed notebook in ``folder`` (e.g. the fast run's, which ``make chapters`` keeps) for
+    both renderers: what only outputs can break (a figure cell with two displays). Returns (problems, number
+    of notebooks that had outputs)."""
+    import nbformat
+    from stage import stage as stage_notebook
+
+    problems, checked = [], 0
+    for path in sorted(folder.glob("*.ipynb")):
+        notebook = nbformat.read(path, as_version=4)
+        if not any(c.get("outputs") for c in notebook.cells if c.cell_type == "code"):
+            continue
+        checked += 1
+        for target in ("myst", "sphinx"):
+            try:
+                stage_notebook(notebook, target)
+            except ValueError as err:
+                problems.append(f"{path.name} ({target}): {err}")
+    return problems, checked
+
+
+def check_executed(folder: Path) -> int:
+    if not folder.is_dir():
+        print(f"Staging check skipped: {folder} does not exist (make chapters writes it)")
+        return 0
+    problems, checked = staging_problems(folder)
+    if problems:
+        print("Staging check of the executed chapters FAILED:")
+        for problem in problems:
+            print("  -", problem)
+        return 1
+    print(f"Staging check passed: {checked} executed chapters in {folder} staged for both renderers.")
     return 0
 
 
@@ -551,7 +588,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=DEFAULT_PORT)
     p = sub.add_parser("convert")
     p.add_argument("out")
-    sub.add_parser("check")
+    p = sub.add_parser("check")
+    p.add_argument("--executed", metavar="DIR",
+                   help="also stage the executed notebooks in DIR (make chapters keeps them in .nbtest)")
     args = parser.parse_args(argv)
     commands = {"execute": cmd_execute, "html": cmd_html, "serve": cmd_serve, "convert": cmd_convert,
                 "check": cmd_check}
