@@ -41,7 +41,7 @@ import torch.distributed as dist
 from torch import nn
 
 from paperlab.stats import Convergence, convergence
-from paperlab.utils import progress, threads_pinned
+from paperlab.utils import progress, threads_pinned, usable_cores
 
 __all__ = [
     "TrainConfig",
@@ -130,10 +130,7 @@ def _configure_cpu_threads() -> None:
     _threads_configured = True
     if os.environ.get("OMP_NUM_THREADS"):
         return
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        usable = os.cpu_count() or 1
+    usable = usable_cores()
     local_processes = max(1, _env_int("LOCAL_WORLD_SIZE", 1))
     torch.set_num_threads(max(1, min(usable // local_processes, MAX_CPU_THREADS)))
 

@@ -167,6 +167,14 @@ def _check_main_is_guarded(desc: str) -> None:
         frame = frame.f_back
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask where the OS has one, else all)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 def _dead_workers(processes: list) -> str:
     """The exit codes of the pool's worker processes (``-9``: killed by SIGKILL, as by the out-of-memory
     killer; ``-15``: stopped by the pool after another worker died). ``processes`` is the list taken when
@@ -208,7 +216,7 @@ def parallel_map(fn: Callable[..., T], jobs: list[tuple], *, workers: int | None
 
     jobs = [tuple(job) for job in jobs]
     if workers is None:
-        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        workers = usable_cores()
     if not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be a positive number of processes, got {workers!r}")
     workers = min(workers, max(len(jobs), 1))

@@ -50,7 +50,7 @@ from paperlab.experiments import Experiment
 from paperlab.llm import TinyLM
 from paperlab.nn import GPT
 from paperlab.train import TrainConfig, TrainResult, auto_device
-from paperlab.utils import cpu_threads, parallel_map
+from paperlab.utils import cpu_threads, parallel_map, usable_cores
 
 __all__ = ["AgentGymConfig", "CONFIGS", "EXPERIMENT", "run", "run_job", "base_agent", "load_agent",
            "evaluate", "explore", "random_agent"]
@@ -298,7 +298,6 @@ def _run_scheduled(config: AgentGymConfig, device, workers: int | None = None) -
     with the longest work still behind it first (a critical-path list schedule), then stored."""
     import concurrent.futures
     import multiprocessing
-    import os
 
     from paperlab.utils import _call_on_one_thread, _check_main_is_guarded, progress
 
@@ -312,7 +311,7 @@ def _run_scheduled(config: AgentGymConfig, device, workers: int | None = None) -
     if not todo:
         return [results[n] for n in names]
     if workers is None:
-        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        workers = usable_cores()
     # estimated remaining work (in units of one training run) from the start of a piece to the end of its job
     train, explore_, evaluate_ = 1.0, 0.7, 0.1
 

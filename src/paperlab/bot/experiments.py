@@ -14,7 +14,6 @@ JSON-able results.
 
 from __future__ import annotations
 
-import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -46,7 +45,7 @@ from paperlab.bot.sandbox import Limits
 from paperlab.experiments import Experiment
 from paperlab.nn import count_parameters
 from paperlab.train import TrainConfig, TrainResult, auto_device
-from paperlab.utils import parallel_map
+from paperlab.utils import parallel_map, usable_cores
 
 __all__ = ["BoTConfig", "CONFIGS", "EXPERIMENT", "load", "measure_seed", "run", "sweep_thresholds",
            "statements", "METHODS", "measure_small", "measure_large", "plan", "family_accuracy",
@@ -346,8 +345,7 @@ def run(config: BoTConfig, device: str | None = None) -> dict:
     data = build_data(config.data)
     tokenizer = make_tokenizer(config.data)
     cuda = device is not None and device.startswith("cuda")
-    workers = 1 if cuda else (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                              else (os.cpu_count() or 1))
+    workers = 1 if cuda else usable_cores()
     chains = plan(tuple(config.seeds), workers)
     parallel_map(_chain, [(chain, config, device) for chain in chains], workers=len(chains),
                  desc="BoT models and measurements")

@@ -187,8 +187,18 @@ class TopKSAE(SparseAutoencoder):
         """``(values, indices)``, each (batch, k): the k largest pre-activations (sorted, largest first),
         ReLU-ed. At most k latents per token are nonzero (fewer when some of the top k are <= 0)."""
         k = self.k if k is None else self.check_k(k)
-        top = torch.topk(self.pre_activations(self.check_input(x)), k, dim=1, sorted=True)
+        return self.select(self.pre_activations(self.check_input(x)), k)
+
+    def select(self, pre: torch.Tensor, k: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`encode_sparse` from given pre-activations ``pre`` (batch, n_latents)."""
+        k = self.k if k is None else self.check_k(k)
+        top = torch.topk(pre, k, dim=1, sorted=True)
         return torch.relu(top.values), top.indices
+
+    def scatter(self, values: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        """Dense latents (batch, n_latents) from the sparse ``(values, indices)``."""
+        return torch.zeros(values.shape[0], self.n_latents, dtype=values.dtype, device=values.device).scatter(
+            1, indices, values)
 
     def _impl(self, values: torch.Tensor) -> str:
         """The sparse decoder's implementation: with ``"auto"``, Triton on CUDA and Numba on the CPU, at
@@ -203,9 +213,7 @@ class TopKSAE(SparseAutoencoder):
 
     def encode(self, x: torch.Tensor, k: int | None = None) -> torch.Tensor:
         """Dense latents z: (batch, n_latents), zero except at the top-k."""
-        values, indices = self.encode_sparse(x, k)
-        return torch.zeros(x.shape[0], self.n_latents, dtype=values.dtype, device=values.device).scatter(
-            1, indices, values)
+        return self.scatter(*self.encode_sparse(x, k))
 
     def forward(self, x: torch.Tensor, k: int | None = None) -> torch.Tensor:
         return self.decode_sparse(*self.encode_sparse(x, k))

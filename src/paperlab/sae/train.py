@@ -215,9 +215,8 @@ def _train_sae(run: RunConfig, device) -> tuple[SparseAutoencoder, dict]:
         # val_eval), model(val_eval) and model.pre_activations(val_eval) computed separately, bit for bit.
         pre = model.pre_activations(model.check_input(val_eval))
         if isinstance(model, TopKSAE):
-            top = torch.topk(pre, model.k, dim=1, sorted=True)
-            values, indices = torch.relu(top.values), top.indices
-            z = torch.zeros(pre.shape, dtype=values.dtype, device=values.device).scatter(1, indices, values)
+            values, indices = model.select(pre)
+            z = model.scatter(values, indices)
         else:
             z = torch.relu(pre)
         out = _evaluate_latents(model, val_eval, z)
