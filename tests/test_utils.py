@@ -79,6 +79,21 @@ def test_parallel_map_reports_a_dead_worker_in_one_line():
     assert "\n" not in str(info.value)
 
 
+def test_worker_pool_gives_a_scheduler_of_its_own_the_same_one_line_report():
+    import os
+
+    from paperlab.utils import worker_pool
+
+    with worker_pool(2, "my schedule") as submit:  # jobs come back in a scheduler's own order
+        futures = {submit(divmod, n, 3): n for n in (7, 8)}
+        assert {futures[f]: f.result() for f in futures} == {7: (2, 1), 8: (2, 2)}
+    with pytest.raises(RuntimeError, match=r"^my schedule: a worker process died .*exit codes.*3") as info:
+        with worker_pool(2, "my schedule") as submit:
+            for future in [submit(os._exit, 3) for _ in range(2)]:
+                future.result()
+    assert "\n" not in str(info.value)
+
+
 def test_parallel_map_refuses_a_call_from_an_unguarded_script_before_starting_workers(tmp_path):
     import subprocess
     import sys

@@ -12,7 +12,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from tqdm.auto import tqdm
 
@@ -212,7 +212,6 @@ def parallel_map(fn: Callable[..., T], jobs: list[tuple], *, workers: int | None
     in native code) ends the map with a one-line RuntimeError giving the workers' exit codes.
     """
     import concurrent.futures
-    import multiprocessing
 
     jobs = [tuple(job) for job in jobs]
     if workers is None:
@@ -228,13 +227,9 @@ def parallel_map(fn: Callable[..., T], jobs: list[tuple], *, workers: int | None
             bar.update()
         bar.close()
         return results
-    _check_main_is_guarded(f"parallel_map ({desc})")
-    context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
-        processes: list = []
+    with worker_pool(workers, f"parallel_map ({desc})") as submit:
+        futures = [submit(fn, *job) for job in jobs]
         try:
-            futures = [pool.submit(_call_on_one_thread, fn, job) for job in jobs]
-            processes = list((getattr(pool, "_processes", None) or {}).values())  # started by submit
             for future in concurrent.futures.as_completed(futures):
                 if future.exception() is not None:  # the first failure ends the map: jobs not started
                     for other in futures:  # are cancelled, running ones finish
@@ -242,13 +237,40 @@ def parallel_map(fn: Callable[..., T], jobs: list[tuple], *, workers: int | None
                     future.result()
                 bar.update()
             return [future.result() for future in futures]
-        except concurrent.futures.process.BrokenProcessPool:
-            raise RuntimeError(
-                f"parallel_map ({desc}): a worker process died before returning its job (exit codes of "
-                f"the workers: {_dead_workers(processes)}); -9 (SIGKILL) is usually the out-of-memory "
-                "killer, and a worker's own error, if it had one, is printed above") from None
         finally:
             bar.close()
+
+
+@contextlib.contextmanager
+def worker_pool(workers: int, name: str) -> Iterator[Callable[..., Any]]:
+    """A pool of ``workers`` spawned processes for a scheduler of one's own (``parallel_map`` is one):
+    yields ``submit(fn, *args)``, which returns the future of ``fn(*args)`` run in a worker on one CPU
+    thread. As in :func:`parallel_map`: ``fn`` must be importable by name; a call from the unguarded top
+    level of a script is refused in one line before any worker starts; a job's exception comes back as
+    itself; a worker that dies ends the block with a one-line RuntimeError, named by ``name``, giving the
+    workers' exit codes."""
+    import concurrent.futures
+    import multiprocessing
+
+    _check_main_is_guarded(name)
+    context = multiprocessing.get_context("spawn")
+    processes: list = []  # a broken pool forgets its processes: keep them as they start
+
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+        def submit(fn: Callable[..., T], *args) -> concurrent.futures.Future:
+            future = pool.submit(_call_on_one_thread, fn, args)
+            started = list((getattr(pool, "_processes", None) or {}).values())
+            if len(started) > len(processes):
+                processes[:] = started
+            return future
+
+        try:
+            yield submit
+        except concurrent.futures.process.BrokenProcessPool:
+            raise RuntimeError(
+                f"{name}: a worker process died before returning its job (exit codes of the workers: "
+                f"{_dead_workers(processes)}); -9 (SIGKILL) is usually the out-of-memory killer, and a "
+                "worker's own error, if it had one, is printed above") from None
 
 
 # Kineto (the profiler's backend) writes "USDT:... profiler_start" / "profiler_stop" lines straight to file

@@ -50,7 +50,7 @@ from paperlab.experiments import Experiment
 from paperlab.llm import TinyLM
 from paperlab.nn import GPT
 from paperlab.train import TrainConfig, TrainResult, auto_device
-from paperlab.utils import cpu_threads, parallel_map, usable_cores
+from paperlab.utils import cpu_threads, parallel_map, progress, usable_cores, worker_pool
 
 __all__ = ["AgentGymConfig", "CONFIGS", "EXPERIMENT", "run", "run_job", "base_agent", "load_agent",
            "evaluate", "explore", "random_agent"]
@@ -297,9 +297,6 @@ def _run_scheduled(config: AgentGymConfig, device, workers: int | None = None) -
     stored; the rest computed piece by piece on ``workers`` processes (default: one per core), the piece
     with the longest work still behind it first (a critical-path list schedule), then stored."""
     import concurrent.futures
-    import multiprocessing
-
-    from paperlab.utils import _call_on_one_thread, _check_main_is_guarded, progress
 
     names = [("agentevol", s) for s in config.seeds] + [("bc_large", s) for s in config.seeds]
     results: dict = {}
@@ -359,17 +356,14 @@ def _run_scheduled(config: AgentGymConfig, device, workers: int | None = None) -
 
     bar = progress(total=total, desc="AgentGym jobs (pieces)")
     workers = max(1, min(workers, total))
-    _check_main_is_guarded("agentgym.experiments.run")
-    context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+    with worker_pool(workers, "agentgym.experiments.run") as submit:
         running: dict = {}
         try:
             while ready or running:
                 ready.sort(key=lambda piece: (-remaining(piece[0], piece[2]), piece[1]))
                 while ready and len(running) < workers:
                     piece = ready.pop(0)
-                    args = (*piece[:3], config, device, piece[3])
-                    running[pool.submit(_call_on_one_thread, _piece, args)] = piece
+                    running[submit(_piece, *piece[:3], config, device, piece[3])] = piece
                 done, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
                 for future in done:
                     kind, seed, m, _ = running.pop(future)
