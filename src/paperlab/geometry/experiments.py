@@ -118,7 +118,7 @@ class GeometryConfig:
 _FAST_TRAIN = dataclasses.replace(LMConfig().train, steps=100, warmup_steps=10, eval_every=25)
 CONFIGS = {
     "fast": GeometryConfig(
-        lm=LMConfig(eval_sentences=1000, train=_FAST_TRAIN),  # the full LM, a twentieth of the steps
+        lm=LMConfig(eval_sentences=1000, train=_FAST_TRAIN),  # the full LM, a thirtieth of the steps
         zipf_lm=LMConfig(corpus=CorpusConfig(zipf=1.0), eval_sentences=500,  # half the steps again: CI only
                          train=dataclasses.replace(_FAST_TRAIN, steps=50, warmup_steps=5, eval_every=25)),
         n_random_pairs=100,
@@ -129,7 +129,7 @@ CONFIGS = {
         points_per_group=150,
         planted=PlantedConfig(d=64, n_other=500),
     ),
-    "full": GeometryConfig(),  # the defaults: LMConfig trains for 2000 steps
+    "full": GeometryConfig(),  # the defaults: LMConfig trains for 3000 steps
 }
 
 
