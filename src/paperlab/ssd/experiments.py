@@ -104,7 +104,7 @@ class MQARConfig(MQARTask):
     mamba_lrs: tuple[float, ...] = (3e-3, 1e-2, 3e-2)
     attention_lrs: tuple[float, ...] = (3e-3, 1e-2, 3e-2)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        steps=1500, batch_size=128, lr=1e-3, warmup_steps=150, weight_decay=0.0, eval_every=100))
+        steps=1500, batch_size=128, lr=1e-3, warmup_steps=150, weight_decay=0.0, eval_every=50))
 
     def __post_init__(self):
         super().__post_init__()  # the task's own checks
