@@ -170,3 +170,36 @@ def test_causal_depthwise_conv_matches_conv1d():
     v[:, -1] += 1.0
     assert torch.equal(causal_depthwise_conv(v, conv.weight, None)[:, :-1],
                        causal_depthwise_conv(u, conv.weight, None)[:, :-1])
+
+
+class _RuleModel(torch.nn.Module):
+    """An MQAR 'model' that follows a rule on the input: ``recall`` answers each query with its key's value;
+    otherwise it answers with the first listed value not yet asked for (the shortcut)."""
+
+    def __init__(self, n_pairs: int, vocab_size: int, recall: bool):
+        super().__init__()
+        self.n_pairs, self.vocab_size, self.recall = n_pairs, vocab_size, recall
+        self.p = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, idx):
+        logits = torch.zeros(*idx.shape, self.vocab_size)
+        n = self.n_pairs
+        for b, row in enumerate(idx.tolist()):
+            pairs = dict(zip(row[0:2 * n:2], row[1:2 * n:2]))
+            remaining = row[1:2 * n:2]  # the listed values not yet asked for (a multiset)
+            for t in range(2 * n, len(row)):
+                if row[t] in pairs and (t - 2 * n) % 2 == 0:
+                    logits[b, t, pairs[row[t]] if self.recall else remaining[0]] = 1.0
+                    if t + 1 < len(row) and row[t + 1] in remaining:
+                        remaining.remove(row[t + 1])
+        return logits
+
+
+def test_accuracy_by_query_tells_recall_from_the_shortcut():
+    task = experiments.MQARConfig(seq_len=12, n_pairs=3, vocab_size=64, state_sizes=(1, 3, 4), n_test=1500)
+    assert experiments.elimination_guess(3) == [1 / 3, 1 / 2, 1.0]
+    assert experiments.accuracy_by_query(_RuleModel(3, 64, recall=True), task) == [1.0, 1.0, 1.0]
+    shortcut = experiments.accuracy_by_query(_RuleModel(3, 64, recall=False), task)
+    # values are drawn with replacement, so a repeated value makes the guess right a little more often
+    for measured, expected in zip(shortcut, experiments.elimination_guess(3)):
+        assert expected - 0.01 <= measured <= expected + 0.06, shortcut
