@@ -30,6 +30,30 @@ def test_every_chapter_in_the_toc_exists_and_every_chapter_is_in_the_toc():
     assert on_disk == listed
 
 
+def test_every_code_cells_options_are_valid_yaml():
+    """mystmd reads a cell's ``#|`` lines as YAML and refuses the page if they are not ("Invalid code cell
+    metadata", no line given): a caption with ": " in it is the usual cause. Name the cell here instead."""
+    import yaml
+
+    problems = []
+    for chapter in book.chapters():
+        lines = chapter.path.read_text(encoding="utf-8").split("\n")
+        for i, line in enumerate(lines):
+            if not line.startswith("```{code-cell}"):
+                continue
+            options = []
+            for option in lines[i + 1:]:
+                if not option.startswith("#|"):
+                    break
+                options.append(option[3:] if option.startswith("#| ") else option[2:])
+            try:
+                yaml.safe_load("\n".join(options))
+            except yaml.YAMLError as error:
+                problems.append(f"{chapter.path.name}:{i + 2}: {str(error).splitlines()[0]}")
+    assert not problems, ("cell options that are not YAML (quote a caption with ': ' in it): "
+                          + "; ".join(problems))
+
+
 # --------------------------------------------------------------------------------------------------
 # Staging
 
