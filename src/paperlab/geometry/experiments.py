@@ -465,23 +465,28 @@ def _seed_job(kind: str, seed: int, config: GeometryConfig, device: str | None =
     replicate = for_seed(config, seed)
     if kind == "zipf":
         _, _, record = load_trained(replicate.zipf_lm, device)
-        return {"anisotropy": anisotropy(replicate, device), "zipf_converged": _converged(record)}
+        converged, described = _convergence(record)
+        return {"anisotropy": anisotropy(replicate, device), "zipf_converged": converged,
+                "zipf_convergence": described}
     _, _, record = load_lm(replicate, device)
+    converged, described = _convergence(record)
     return {
         "lemma_loss": record["history"]["evals"][-1]["lemma_loss"],
         "bayes_lemma_loss": record["bayes_lemma_loss"], "uniform_lemma_loss": record["uniform_lemma_loss"],
-        "converged": _converged(record),
+        "converged": converged, "convergence": described,
         "analysis": analysis(replicate, device), "intervention": intervention(replicate, device),
     }
 
 
-def _converged(record: dict) -> bool | None:
+def _convergence(record: dict) -> tuple[bool | None, str]:
     """Has the LM's evaluation lemma loss stopped falling over its last fifth of training
-    (:func:`paperlab.stats.convergence`)? None with fewer than 3 evaluations."""
+    (:func:`paperlab.stats.convergence`)? With the check's own words (how much it fell, as a share of its
+    level). None with fewer than 3 evaluations."""
     evals = record["history"]["evals"]
     if len(evals) < 3:
-        return None
-    return stats.convergence([e["step"] for e in evals], [e["lemma_loss"] for e in evals]).converged
+        return None, "too few evaluations"
+    check = stats.convergence([e["step"] for e in evals], [e["lemma_loss"] for e in evals])
+    return check.converged, check.describe()
 
 
 def over_lm_seeds(config: GeometryConfig, device: str | None = None) -> dict:

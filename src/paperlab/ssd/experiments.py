@@ -30,7 +30,7 @@ from paperlab.experiments import Experiment
 from paperlab.nn import GPT, GPTConfig, count_parameters
 from paperlab.ssd.core import random_inputs, segsum, segsum_naive, ssd_chunked, ssd_quadratic, ssd_recurrent
 from paperlab.ssd.model import Mamba2Config, Mamba2LM
-from paperlab.ssd.mqar import IGNORE, MQARTask, mqar_batch, train_mqar
+from paperlab.ssd.mqar import IGNORE, MQARTask, train_mqar
 from paperlab.train import TrainConfig, auto_device
 from paperlab.utils import cpu_threads, parallel_map
 from paperlab_kernels import ssd as kernels
@@ -375,8 +375,7 @@ def accuracy_by_query(model: torch.nn.Module, config: MQARTask) -> list[float]:
     A model that has not learnt which value belongs to which key can still guess among the values of the
     first part that have not been asked for yet: right 1 time in ``n_pairs`` at the first query, ..., every
     time at the last (:func:`elimination_guess`). This profile tells that shortcut from recall."""
-    inputs, targets = mqar_batch(config.n_test, config.seq_len, config.n_pairs, config.vocab_size,
-                                 torch.Generator().manual_seed(config.test_seed))
+    inputs, targets = config.test_set()
     model.eval()
     device = next(model.parameters()).device
     predictions = torch.cat([model(inputs[i:i + 256].to(device)).argmax(-1).cpu()

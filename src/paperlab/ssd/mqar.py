@@ -59,6 +59,16 @@ class MQARTask:
         except ValueError as err:
             raise ValueError(f"{type(self).__name__}: {err}") from None
 
+    def val_set(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``n_val`` validation sequences (``inputs, targets``), drawn from ``val_seed``."""
+        return mqar_batch(self.n_val, self.seq_len, self.n_pairs, self.vocab_size,
+                          torch.Generator().manual_seed(self.val_seed))
+
+    def test_set(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``n_test`` test sequences (``inputs, targets``), drawn from ``test_seed``."""
+        return mqar_batch(self.n_test, self.seq_len, self.n_pairs, self.vocab_size,
+                          torch.Generator().manual_seed(self.test_seed))
+
 
 def mqar_batch(batch: int, seq_len: int, n_pairs: int, vocab_size: int,
                generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,16 +120,14 @@ def mqar_accuracy(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.T
     return mqar_scores(model, inputs, targets, batch_size)["accuracy"]
 
 
-def train_mqar(make_model: Callable[[], torch.nn.Module], task, train_config, device, desc: str = "MQAR"):
+def train_mqar(make_model: Callable[[], torch.nn.Module], task: MQARTask, train_config, device,
+               desc: str = "MQAR"):
     """Build a model with ``make_model()`` from ``train_config.seed`` and train it on MQAR batches drawn
     from that seed, on ``device`` with one CPU thread, scoring the validation set (``val_accuracy``,
-    ``val_loss``) every ``train_config.eval_every`` steps; then the test set once. ``task`` holds
-    :class:`MQARTask`'s fields. Returns ``(model, result, test_accuracy)``, ``result``
+    ``val_loss``) every ``train_config.eval_every`` steps; then the test set once. ``task`` is an
+    :class:`MQARTask` (or extends it). Returns ``(model, result, test_accuracy)``, ``result``
     a :class:`paperlab.train.TrainResult`."""
-    val = mqar_batch(task.n_val, task.seq_len, task.n_pairs, task.vocab_size,
-                     torch.Generator().manual_seed(task.val_seed))
-    test = mqar_batch(task.n_test, task.seq_len, task.n_pairs, task.vocab_size,
-                      torch.Generator().manual_seed(task.test_seed))
+    val, test = task.val_set(), task.test_set()
     torch.manual_seed(train_config.seed)
     model = make_model().to(device)
     get_batch = seeded_batches(lambda g: mqar_batch(train_config.batch_size, task.seq_len, task.n_pairs,
