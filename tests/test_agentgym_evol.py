@@ -112,7 +112,7 @@ def test_configs_reject_bad_values_naming_the_field(make, message):
 
 def test_agentevol_chain_runs_end_to_end_on_a_tiny_setting(tmp_path, monkeypatch):
     monkeypatch.setenv("PAPERLAB_CACHE", str(tmp_path))
-    tiny = TrainConfig(steps=6, batch_size=4, lr=3e-3, warmup_steps=1, eval_every=2, seed=0)
+    tiny = TrainConfig(steps=6, batch_size=4, lr=3e-3, warmup_steps=1, eval_every=1, seed=0)
     config = dataclasses.replace(
         experiments.CONFIGS["fast"], envs=("shop",), n_base=4, n_large=8, n_val=4, n_test=4, iterations=1,
         pretrain=PretrainConfig(envs=("shop",), episodes_per_instruction=1, train=tiny,
@@ -136,7 +136,7 @@ def test_scheduled_pieces_give_exactly_the_jobs_results(tmp_path, monkeypatch):
     """run() cuts the AgentEvol chains into pieces spread over worker processes: every result (weights,
     successes, losses, exploration rounds) must be the one the whole job computes in one piece."""
     monkeypatch.setenv("PAPERLAB_CACHE", str(tmp_path / "pieces"))
-    tiny = TrainConfig(steps=6, batch_size=4, lr=3e-3, warmup_steps=1, eval_every=2, seed=0)
+    tiny = TrainConfig(steps=6, batch_size=4, lr=3e-3, warmup_steps=1, eval_every=1, seed=0)
     config = dataclasses.replace(
         experiments.CONFIGS["fast"], envs=("shop",), n_base=4, n_large=8, n_val=4, n_test=4, iterations=2,
         pretrain=PretrainConfig(envs=("shop",), episodes_per_instruction=1, train=tiny,

@@ -173,7 +173,7 @@ def test_cli_entry_point_prints_one_error_line():
     ("val_fraction=0", "ToolkitConfig.val_fraction must be a finite number in (0, 1)"),
     ("eval_windows=0", "ToolkitConfig.eval_windows must be a positive integer"),
     ("train.steps=0", "TrainConfig.steps must be an int >= 1"),
-    ("train.eval_every=0", "ToolkitConfig.train must be a TrainConfig with >= 3 evaluations"),
+    ("train.eval_every=0", "ToolkitConfig.train must be a TrainConfig with >= 5 evaluations"),
     ("seeds=[]", "ToolkitConfig.seeds must be a non-empty tuple"),
 ])
 def test_toolkit_overrides_are_checked_before_training(override, message):
@@ -186,8 +186,8 @@ def test_toolkit_run_checks_its_evaluations_before_training(monkeypatch):
     from paperlab import toolkit
 
     monkeypatch.setattr(toolkit, "over_seeds", lambda *a, **k: pytest.fail("trained before checking"))
-    config = experiments.override(toolkit.CONFIGS["fast"], ["train.eval_every=200"])  # 300 steps: 2 evals
-    with pytest.raises(ValueError, match="it has 2"):
+    config = experiments.override(toolkit.CONFIGS["fast"], ["train.eval_every=300"])  # 300 steps: 1 eval
+    with pytest.raises(ValueError, match="it has 1"):
         toolkit.run(config)
 
 

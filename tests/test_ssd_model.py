@@ -144,7 +144,7 @@ def test_mqar_sweep_tunes_then_trains_the_other_seeds(tmp_path, monkeypatch):
     config = experiments.MQARConfig(
         seq_len=8, n_pairs=2, vocab_size=32, width=16, state_sizes=(1, 2), seeds=(0, 1, 2),
         mamba_lrs=(1e-3, 1e-2), attention_lrs=(1e-3, 1e-2), n_val=16, n_test=16,
-        train=experiments.TrainConfig(steps=6, batch_size=4, warmup_steps=1, eval_every=2))
+        train=experiments.TrainConfig(steps=6, batch_size=4, warmup_steps=1, eval_every=1))
     result = experiments.mqar_sweep(config, workers=1)
     assert [r["lr"] for r in result["sweep"]["attention"]] == [1e-3, 1e-2]
     for n in ("1", "2"):

@@ -76,6 +76,19 @@ def test_convergence_tells_falling_from_flat_and_noisy():
     assert tiny.converged  # a significant but negligible fall
 
 
+def test_convergence_fits_five_evaluations_and_has_an_absolute_floor():
+    steps = np.arange(100, 1100, 100)  # the last fifth (820-1000) holds 2 evaluations
+    check = stats.convergence(steps, 2.0 - steps / 4000)
+    assert check.slope.n == 5 and check.tail_steps == (600, 1000)  # the last five, reaching back
+    with pytest.raises(ValueError, match="at least 5"):
+        stats.convergence(steps[:4], 2.0 - steps[:4] / 4000)
+    near_zero = 1e-6 * np.exp(-steps / 300)  # a loss at its floor of 0: falls 10x, by 1e-8 nats
+    assert stats.convergence(steps, near_zero).still_falling  # relative to its level, a big fall
+    assert stats.convergence(steps, near_zero, floor=1e-3).converged
+    with pytest.raises(ValueError, match="floor"):
+        stats.convergence(steps, near_zero, floor=-1)
+
+
 def test_bad_input_is_named():
     with pytest.raises(ValueError, match="at least 2"):
         stats.over_seeds([1.0])

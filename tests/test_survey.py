@@ -232,6 +232,6 @@ def test_run_needs_three_seeds_and_evaluations_before_any_work():
     config = E.EXPERIMENT.config("fast")
     with pytest.raises(ValueError, match="SurveyConfig.seeds must be a tuple of >= 3 seeds"):
         E.run(replace(config, seeds=(0, 1)))
-    with pytest.raises(ValueError, match="SurveyConfig.rl must be a TrainConfig with >= 3 evaluations"):
+    with pytest.raises(ValueError, match="SurveyConfig.rl must be a TrainConfig with >= 5 evaluations"):
         E.run(replace(config, rl=replace(config.rl, eval_every=0)))
 

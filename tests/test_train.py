@@ -9,11 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 import paperlab.train as train_module
+from paperlab import stats
 from paperlab.train import (
     TrainConfig,
     TrainResult,
@@ -199,9 +201,21 @@ def test_log_every_records_window_means():
 # ---------------------------------------------------------------------------------------------- evaluation
 
 
+@pytest.mark.parametrize("steps, eval_every", [(800, 100), (3000, 250), (220, 20), (1000, 100), (30, 10),
+                                               (1500, 50), (3750, 150)])
+def test_evaluation_steps_give_the_convergence_check_five_in_its_window(steps, eval_every):
+    config = TrainConfig(steps=steps, batch_size=8, eval_every=eval_every)
+    due = config.evaluation_steps()
+    if (steps, eval_every) == (800, 100):  # 3 of every 100 in the last fifth (620-800): 660-765 added
+        assert due == (100, 200, 300, 400, 500, 600, 660, 695, 700, 730, 765, 800)
+    assert set(range(eval_every, steps + 1, eval_every)) <= set(due) and due[-1] == steps
+    check = stats.convergence(due, np.linspace(2.0, 1.0, len(due)))
+    assert check.slope.n >= 5 and check.tail_steps[0] >= steps - 0.2 * (steps - due[0])  # in the last fifth
+
+
 @pytest.mark.parametrize(
     "steps, eval_every, expected",
-    [(10, 3, [3, 6, 9, 10]), (9, 3, [3, 6, 9]), (5, 0, [5]), (4, 10, [4])],
+    [(10, 3, [3, 6, 9, 10]), (9, 3, [3, 6, 8, 9]), (5, 0, [5]), (4, 10, [4])],
 )
 def test_eval_fn_called_at_the_right_steps(steps, eval_every, expected):
     calls = []

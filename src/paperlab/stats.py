@@ -264,26 +264,40 @@ class Convergence:
                 f"{self.tail_steps[0]}-{self.tail_steps[1]}{share}")
 
 
-def convergence(steps: Sequence[int], values: Sequence[float], *, tail: float = 0.2,
-                tolerance: float = 0.005) -> Convergence:
+CONVERGENCE_TAIL = 0.2  # the share of training (in steps) at its end whose evaluations the check fits
+CONVERGENCE_MIN_EVALUATIONS = 5  # the fewest evaluations it fits its line to (3 degrees of freedom)
+
+
+def convergence(steps: Sequence[int], values: Sequence[float], *, tail: float = CONVERGENCE_TAIL,
+                tolerance: float = 0.005, floor: float = 0.0) -> Convergence:
     """Fit a line to the last ``tail`` fraction of a curve (a validation loss) and ask if it still falls.
 
     Still falling means both: the slope's 95% interval lies below zero (the fall is not noise), and the
-    fitted decrease over the tail exceeds ``tolerance`` times the curve's level there (0.5% by default:
-    smaller gains would not change a comparison). A curve that turns up (overfitting) counts as
-    converged in this sense: more steps at this learning rate would not lower it.
+    fitted decrease over the tail exceeds both ``tolerance`` times the curve's level there (0.5% by
+    default: smaller gains would not change a comparison) and ``floor``, in the curve's own units (for a
+    loss that can reach 0, such as a cross-entropy on a task with one right answer, a relative tolerance
+    alone would call a fall from 1e-6 to 1e-7 nats a fall). A curve that turns up (overfitting) counts
+    as converged in this sense: more steps at this learning rate would not lower it.
+
+    The line is fitted to at least ``CONVERGENCE_MIN_EVALUATIONS`` (5) evaluations: with 3, its slope's
+    interval has one degree of freedom and is so wide that nearly every curve passes.
+    :meth:`paperlab.train.TrainConfig.evaluation_steps` adds evaluations to the last fifth of training
+    so that it holds five; a curve with fewer there is fitted over its last five, which reach further back.
     """
-    x = _finite_array(steps, "convergence (steps)", 3)
-    y = _finite_array(values, "convergence (values)", 3)
+    need = CONVERGENCE_MIN_EVALUATIONS
+    x = _finite_array(steps, "convergence (steps)", need)
+    y = _finite_array(values, "convergence (values)", need)
     if x.size != y.size:
         raise ValueError(f"convergence needs equally many steps and values, got {x.size} and {y.size}")
     if not 0 < tail <= 1:
         raise ValueError(f"tail must be in (0, 1], got {tail!r}")
+    if not (math.isfinite(floor) and floor >= 0):
+        raise ValueError(f"floor must be a finite number >= 0, got {floor!r}")
     start = x[-1] - tail * (x[-1] - x[0])
     keep = x >= start
-    if keep.sum() < 3:
+    if keep.sum() < need:  # too few in the last fifth: the last five, reaching further back
         keep = np.zeros_like(keep)
-        keep[-3:] = True
+        keep[-need:] = True
     tx, ty = x[keep], y[keep]
     fit = _scipy_stats.linregress(tx, ty)
     half = float(_scipy_stats.t.ppf(0.5 + CONFIDENCE / 2, df=tx.size - 2)) * fit.stderr
@@ -291,5 +305,5 @@ def convergence(steps: Sequence[int], values: Sequence[float], *, tail: float = 
                      f"least squares over the last {tx.size} evaluations")
     drop = float(-fit.slope * (tx[-1] - tx[0]))
     level = float(ty.mean())
-    falling = bool(slope.high < 0 and drop > tolerance * abs(level))
+    falling = bool(slope.high < 0 and drop > max(tolerance * abs(level), floor))
     return Convergence(slope, (int(tx[0]), int(tx[-1])), drop, level, tolerance, falling)

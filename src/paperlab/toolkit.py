@@ -32,7 +32,15 @@ from paperlab.data import Grammar, GrammarConfig, lm_batches, split_train_val
 from paperlab.experiments import Experiment, over_seeds
 from paperlab.nn import GPT, GPTConfig, count_parameters, generate, sequence_logprob
 from paperlab.tokenizers import WordTokenizer
-from paperlab.train import TrainConfig, TrainResult, auto_device, seed_everything, seeded_batches, train
+from paperlab.train import (
+    TrainConfig,
+    TrainResult,
+    auto_device,
+    check_convergence_evaluations,
+    seed_everything,
+    seeded_batches,
+    train,
+)
 
 
 @dataclass(frozen=True)
@@ -232,12 +240,9 @@ def measure_seed(seed: int, config: ToolkitConfig, device: str | None = None) ->
 
 
 def check_runnable(config: ToolkitConfig) -> None:
-    """What :func:`run` needs beyond a valid config: >= 3 evaluations per training run, for the
+    """What :func:`run` needs beyond a valid config: >= 5 evaluations per training run, for the
     convergence check (a ValueError before any training; ``python -m paperlab run`` calls it up front)."""
-    every, steps = config.train.eval_every, config.train.steps
-    n_evals = steps // every + (steps % every > 0) if every else 1  # and always after the last step
-    check_that(config, n_evals >= 3, "train", f"a TrainConfig with >= 3 evaluations for run()'s "
-               f"convergence check (eval_every <= steps / 3 = {steps // 3}); it has {n_evals}")
+    check_convergence_evaluations(config, "train", config.train)
 
 
 def run(config: ToolkitConfig, device: str | torch.device | None = None) -> dict:

@@ -40,7 +40,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from paperlab.stats import Convergence, convergence
+from paperlab.config import check_that
+from paperlab.stats import CONVERGENCE_MIN_EVALUATIONS, CONVERGENCE_TAIL, Convergence, convergence
 from paperlab.utils import progress, threads_pinned, usable_cores
 
 __all__ = [
@@ -66,6 +67,16 @@ _threads_configured = False
 # --------------------------------------------------------------------------------------------------
 # Seeds, devices, processes
 # --------------------------------------------------------------------------------------------------
+
+
+def check_convergence_evaluations(config: Any, name: str, train_config: TrainConfig) -> None:
+    """A ValueError naming ``config``'s field ``name`` unless ``train_config`` (that field's TrainConfig)
+    evaluates often enough for :func:`paperlab.stats.convergence` (5 evaluations); for run checks that
+    must fail before any training."""
+    n = len(train_config.evaluation_steps())
+    check_that(config, n >= CONVERGENCE_MIN_EVALUATIONS, name,
+               f"a TrainConfig with >= {CONVERGENCE_MIN_EVALUATIONS} evaluations for the convergence check "
+               f"(eval_every > 0 and a first evaluation well before the last step); it has {n}")
 
 
 def seed_everything(seed: int) -> None:
@@ -231,6 +242,8 @@ class TrainConfig:
     - ``grad_clip``: clip the global gradient norm to this value; ``None`` = never clip (the norm is
       still recorded).
     - ``eval_every``: call ``eval_fn`` every this many steps (and always after the last); 0 = only at the end.
+      When that leaves fewer than 5 evaluations in the last fifth of training, a few are added there, so
+      that :func:`paperlab.stats.convergence` can fit its line (see :meth:`evaluation_steps`).
     - ``log_every``: record loss, learning rate and gradient norm every this many steps (and at the last);
       each record is the mean over the steps since the previous one.
     - ``seed``: passed to :func:`seed_everything` (plus the rank) when training starts.
@@ -247,6 +260,22 @@ class TrainConfig:
     eval_every: int = 0
     log_every: int = 1
     seed: int = 0
+
+    def evaluation_steps(self) -> tuple[int, ...]:
+        """The steps after which :func:`train` calls ``eval_fn``, in order.
+
+        Every ``eval_every`` steps and the last; then, if the last fifth of training (the window of
+        :func:`paperlab.stats.convergence`, from the first evaluation on) holds fewer than 5 of them, 5
+        evenly spaced steps across that window are added. ``eval_every = 0``: the last step only.
+        """
+        if not self.eval_every:
+            return (self.steps,)
+        due = set(range(self.eval_every, self.steps + 1, self.eval_every)) | {self.steps}
+        first, last, need = min(due), self.steps, CONVERGENCE_MIN_EVALUATIONS
+        start = last - CONVERGENCE_TAIL * (last - first)  # the same window as stats.convergence
+        if sum(step >= start for step in due) < need:
+            due |= {min(last, math.ceil(start + k * (last - start) / (need - 1))) for k in range(need)}
+        return tuple(sorted(due))
 
     def __post_init__(self) -> None:
         def fail(name: str, expected: str) -> None:
@@ -351,13 +380,14 @@ class TrainResult:
     def convergence(self, name: str = "val_loss", **kwargs: Any) -> Convergence:
         """Is the evaluated metric ``name`` still falling over the last fifth of training?
 
-        See :func:`paperlab.stats.convergence` (slope with a 95% interval; "still falling" when the fall is
-        both real and larger than 0.5% of the level). A comparison of runs that are still falling says so.
+        See :func:`paperlab.stats.convergence` (slope with a 95% interval over >= 5 evaluations; "still
+        falling" when the fall is both real and larger than 0.5% of the level); ``kwargs`` go to it. A
+        comparison of runs that are still falling says so.
         """
         steps, values = self.eval_history(name)
-        if len(steps) < 3:
-            raise ValueError(f"convergence needs >= 3 evaluations of {name!r}, got {len(steps)}; "
-                             "set TrainConfig.eval_every")
+        if len(steps) < CONVERGENCE_MIN_EVALUATIONS:
+            raise ValueError(f"convergence needs >= {CONVERGENCE_MIN_EVALUATIONS} evaluations of {name!r}, "
+                             f"got {len(steps)}; set TrainConfig.eval_every")
         return convergence(steps, values, **kwargs)
 
     def to_dict(self) -> dict:
@@ -519,10 +549,6 @@ def _set_lr(optimizer: torch.optim.Optimizer, lr: float, peak_lr: float) -> None
         group["lr"] = group["initial_lr"] * lr / peak_lr
 
 
-def _evaluation_due(step: int, config: TrainConfig) -> bool:
-    return step == config.steps or bool(config.eval_every and step % config.eval_every == 0)
-
-
 def _evaluate(model: nn.Module, eval_fn: Callable[[nn.Module], Mapping[str, float]]) -> Mapping[str, float]:
     """``eval_fn(model)`` in ``model.eval()`` mode under ``torch.no_grad()``, then ``model.train()``."""
     model.eval()
@@ -644,8 +670,9 @@ def train(
     3. ``n = ||g||_2`` over all parameters is recorded; if ``n > grad_clip`` every gradient is scaled by
        ``grad_clip / n``.
     4. Every group's learning rate is set to ``lr_at(t) * group_lr / config.lr`` and the optimizer steps.
-    5. ``on_step(t, model)`` if given; ``eval_fn(model)`` every ``eval_every`` steps and after the last,
-       in ``model.eval()`` mode under ``torch.no_grad()``, then back to ``model.train()``.
+    5. ``on_step(t, model)`` if given; ``eval_fn(model)`` at :meth:`TrainConfig.evaluation_steps` (every
+       ``eval_every`` steps, after the last, and enough in the last fifth for the convergence check), in
+       ``model.eval()`` mode under ``torch.no_grad()``, then back to ``model.train()``.
 
     The optimizer defaults to :func:`adamw_for` (decay on >= 2-D parameters only). A given ``optimizer``
     is used as is (``config.weight_decay`` and ``betas`` are then ignored); the schedule scales each group's
@@ -663,6 +690,7 @@ def train(
     run = _set_up(model, loss_fn, config, device, optimizer)
     log = _Log(config, run, desc)
     max_norm = math.inf if config.grad_clip is None else config.grad_clip  # None: record, never clip
+    evaluation_due = set(config.evaluation_steps())
     for step in log.bar:
         batch = _to_device(get_batch(step, run.rank, run.world_size), run.device)  # 1. this rank's batch
         log.count(batch)
@@ -676,6 +704,6 @@ def train(
         run.optimizer.step()
         if on_step is not None:  # 5. the caller's hook, then evaluation when due
             on_step(step, model)
-        if eval_fn is not None and _evaluation_due(step, config):
+        if eval_fn is not None and step in evaluation_due:
             log.evaluation(step, _evaluate(model, eval_fn))
     return log.finish()

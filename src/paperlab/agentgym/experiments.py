@@ -49,7 +49,7 @@ from paperlab.config import (
 from paperlab.experiments import Experiment
 from paperlab.llm import TinyLM
 from paperlab.nn import GPT
-from paperlab.train import TrainConfig, TrainResult, auto_device
+from paperlab.train import TrainConfig, TrainResult, auto_device, check_convergence_evaluations
 from paperlab.utils import cpu_threads, parallel_map, progress, usable_cores, worker_pool
 
 __all__ = ["AgentGymConfig", "CONFIGS", "EXPERIMENT", "run", "run_job", "base_agent", "load_agent",
@@ -85,6 +85,7 @@ class AgentGymConfig:
         check_numbers(self, "success_threshold", low=0, high=1, open_low=True)
         check_type(self, "pretrain", PretrainConfig)
         check_type(self, "train", TrainConfig)  # TrainConfig checks its own fields
+        check_convergence_evaluations(self, "train", self.train)
         check_int_tuple(self, "seeds", low=0)
         check_that(self, len(set(self.seeds)) == len(self.seeds), "seeds", "distinct")
         check_that(self, self.n_base <= self.n_large, "n_base", f"at most n_large = {self.n_large}")

@@ -58,7 +58,15 @@ from paperlab.ditto.methods import (
 from paperlab.experiments import Experiment
 from paperlab.nn import GPT, GPTConfig, count_parameters
 from paperlab.tokenizers import Tokenizer
-from paperlab.train import TrainConfig, TrainResult, auto_device, seed_everything, seeded_batches, train
+from paperlab.train import (
+    TrainConfig,
+    TrainResult,
+    auto_device,
+    check_convergence_evaluations,
+    seed_everything,
+    seeded_batches,
+    train,
+)
 from paperlab.utils import cpu_threads, parallel_map
 
 __all__ = [
@@ -500,9 +508,7 @@ def check_runnable(config: DittoExperimentConfig) -> None:
     """What :func:`run` needs beyond a valid config (a ValueError before any work)."""
     cast = make_cast(config.cast)
     check_that(config, len(cast.dev) >= 1, "cast", "a cast with at least one dev author (for the tuning)")
-    n_evals = config.base.train.steps // max(config.base.train.eval_every, 1)
-    check_that(config, n_evals >= 3, "base",
-               "a pretraining with >= 3 evaluations (for the convergence check)")
+    check_convergence_evaluations(config, "base", config.base.train)
 
 
 EXPERIMENT = Experiment(name="ditto", chapter="book/10-ditto.md", configs=CONFIGS, run=run,

@@ -45,7 +45,14 @@ from paperlab.matmulfree.packed import PackedBitLinear, pack_model, weight_bytes
 from paperlab.matmulfree.quant import ternary_weight
 from paperlab.nn import GPT, GPTConfig, count_parameters, generate
 from paperlab.ssd.mqar import MQARTask, train_mqar
-from paperlab.train import TrainConfig, TrainResult, auto_device, seeded_batches, train
+from paperlab.train import (
+    TrainConfig,
+    TrainResult,
+    auto_device,
+    check_convergence_evaluations,
+    seeded_batches,
+    train,
+)
 from paperlab.utils import cpu_threads, parallel_map
 from paperlab_kernels import rmsnorm as rms_kernels
 
@@ -97,6 +104,7 @@ class MQARSettings(MQARTask):
     def __post_init__(self):
         super().__post_init__()  # the task's own checks
         check_type(self, "train", TrainConfig)
+        check_convergence_evaluations(self, "train", self.train)
         check_ints(self, "width", "n_layers")
         check_int_tuple(self, "seeds", low=0)
         check_that(self, len(set(self.seeds)) == len(self.seeds), "seeds", "distinct seeds")
@@ -152,6 +160,7 @@ class MatMulFreeExperimentConfig:
                    f"as many learning rates as sweep_lrs ({len(self.sweep_lrs)}): every family's sweep "
                    "gets the same number of runs")
         check_type(self, "train", TrainConfig)
+        check_convergence_evaluations(self, "train", self.train)
         check_ints(self, "n_layers", "sweep_d_model", "eval_windows", "n_val_sentences", "n_prompts")
         check_that(self, self.corpus.context_length >= 5, "corpus",
                    "a ToolkitConfig with context_length >= 5 (3 prompt tokens, then generation)")

@@ -42,7 +42,7 @@ from paperlab.nllb.data import (
 )
 from paperlab.nllb.train import NLLB_TRAIN, RunConfig, prefetch, run_cached, score
 from paperlab.stats import convergence
-from paperlab.train import TrainConfig, auto_device
+from paperlab.train import TrainConfig, auto_device, check_convergence_evaluations
 
 __all__ = [
     "NLLBExperimentConfig",
@@ -119,6 +119,7 @@ class NLLBExperimentConfig:
             check_that(self, schedule.eval_every > 0 and schedule.steps // schedule.eval_every >= 3, name,
                        "a TrainConfig with at least 3 evaluations (eval_every > 0), to find the onset of "
                        "overfitting and check convergence")
+            check_convergence_evaluations(self, name, schedule)
         try:  # the runs' own rules (top-2 needs n_experts >= 2; heads divide d_model)
             RunConfig(world=self.world, d_model=self.d_model, n_heads=self.n_heads, n_layers=self.n_layers,
                       d_hidden=self.d_hidden, ffn="cmoe", n_experts=self.n_experts, dropout=self.dropout,

@@ -55,7 +55,7 @@ from paperlab.survey.models import (
     verifier_probability,
 )
 from paperlab.survey.task import AdditionTask, Question, TaskConfig
-from paperlab.train import TrainConfig, auto_device, seed_everything, train
+from paperlab.train import TrainConfig, auto_device, check_convergence_evaluations, seed_everything, train
 
 __all__ = ["SurveyConfig", "CONFIGS", "check_runnable", "seed_run", "run_seeds", "run", "EXPERIMENT",
            "vote_accuracy", "best_of_n_curve", "environment_reward", "balanced_accuracy"]
@@ -121,15 +121,12 @@ class SurveyConfig:
 
 
 def check_runnable(config: SurveyConfig) -> None:
-    """What :func:`run` needs beyond a valid config: >= 3 seeds (the scorecard's intervals) and >= 3
+    """What :func:`run` needs beyond a valid config: >= 3 seeds (the scorecard's intervals) and >= 5
     evaluations in each traced run (DPO, policy gradient), for the curves and the convergence check. A
     ValueError before any work; ``python -m paperlab run`` calls it up front."""
     check_that(config, len(config.seeds) >= 3, "seeds", "a tuple of >= 3 seeds (95% intervals over seeds)")
     for name in ("dpo", "rl"):
-        every, steps = getattr(config, name).eval_every, getattr(config, name).steps
-        n_evals = steps // every + (steps % every > 0) if every else 1  # and always after the last step
-        check_that(config, n_evals >= 3, name, f"a TrainConfig with >= 3 evaluations (eval_every <= "
-                   f"steps / 3 = {steps // 3}); it has {n_evals}")
+        check_convergence_evaluations(config, name, getattr(config, name))
 
 
 CONFIGS = {
