@@ -90,7 +90,7 @@ class BaseConfig:
     n_layers: int = 2
     n_heads: int = 4
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        steps=1000, batch_size=16, lr=3e-3, warmup_steps=50, eval_every=100, seed=0))
+        steps=2000, batch_size=16, lr=3e-3, warmup_steps=50, eval_every=100, seed=0))
     n_val_documents: int = 64
 
     def __post_init__(self):
