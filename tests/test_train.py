@@ -17,6 +17,7 @@ from torch import nn
 import paperlab.train as train_module
 from paperlab import stats
 from paperlab.train import (
+    BestWeights,
     TrainConfig,
     TrainResult,
     auto_device,
@@ -234,6 +235,39 @@ def test_eval_fn_called_at_the_right_steps(steps, eval_every, expected):
     assert result.evals[0] == {"step": expected[0], "val": 1.5, "n": 3.0}
     assert result.eval_history("val") == (expected, [1.5] * len(expected))
     assert on_steps == list(range(1, steps + 1))
+
+
+def test_best_weights_keeps_the_lowest_finite_score_and_restores_it():
+    """The score is scripted per evaluation (an infinite one never wins; a tie keeps the earlier); the
+    restored model must hold the weights the model had at the best evaluation, not the last ones."""
+    scores = iter([3.0, 1.0, math.inf, 1.0, 2.0, 2.5])  # evaluations at steps 2, 4, 6, 8, 9, 10
+    snapshots = {}
+    model = make_model()
+
+    def eval_fn(m):
+        snapshots[len(snapshots)] = [p.detach().clone() for p in m.parameters()]
+        return {"val": next(scores)}
+
+    keep = BestWeights(eval_fn, score=lambda metrics: metrics["val"])
+    result = fit(model, seeded_batch, mse, TrainConfig(steps=10, batch_size=8, eval_every=2), eval_fn=keep)
+    assert [e["step"] for e in result.evals] == [2, 4, 6, 8, 9, 10]
+    assert [e["val"] for e in result.evals] == [3.0, 1.0, math.inf, 1.0, 2.0, 2.5]  # metrics pass through
+    assert not all(torch.equal(a, b) for a, b in zip(model.parameters(), snapshots[1]))
+    assert keep.restore(model, result) == 4  # the first of the two 1.0s
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), snapshots[1]))
+
+
+def test_best_weights_without_a_finite_score_keeps_the_last_weights():
+    model = make_model()
+    keep = BestWeights(lambda m: {"val": math.nan}, score=lambda metrics: metrics["val"])
+    result = fit(model, seeded_batch, mse, TrainConfig(steps=6, batch_size=8, eval_every=3), eval_fn=keep)
+    last = [p.detach().clone() for p in model.parameters()]
+    assert keep.restore(model, result) == 6
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), last))
+    with pytest.raises(ValueError, match="result has 0 evaluations, BestWeights saw 2"):
+        keep.restore(model, TrainResult())
+    with pytest.raises(TypeError, match="callable eval_fn and a callable score"):
+        BestWeights(lambda m: {}, score="val")
 
 
 def test_result_round_trips_through_json():

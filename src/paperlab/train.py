@@ -26,6 +26,7 @@ chapter code runs unchanged either way.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import os
@@ -45,6 +46,7 @@ from paperlab.stats import CONVERGENCE_MIN_EVALUATIONS, CONVERGENCE_TAIL, Conver
 from paperlab.utils import progress, threads_pinned, usable_cores
 
 __all__ = [
+    "BestWeights",
     "TrainConfig",
     "TrainResult",
     "auto_device",
@@ -707,3 +709,41 @@ def train(
         if eval_fn is not None and step in evaluation_due:
             log.evaluation(step, _evaluate(model, eval_fn))
     return log.finish()
+
+
+class BestWeights:
+    """Keep the weights of the evaluation with the lowest score (checkpoint selection on a validation set).
+
+    Wraps an ``eval_fn`` for :func:`train`: each call returns ``eval_fn(model)``'s metrics unchanged and,
+    when ``score(metrics)`` is finite and below every earlier one, copies the model's weights. After
+    training, :meth:`restore` loads the copy. ``score`` is the number to minimise, e.g.
+    ``lambda metrics: metrics["val_loss"]``. Ties keep the earlier evaluation.
+    """
+
+    def __init__(self, eval_fn: Callable[[nn.Module], Mapping[str, float]],
+                 score: Callable[[Mapping[str, float]], float]) -> None:
+        if not callable(eval_fn) or not callable(score):
+            raise TypeError("BestWeights needs a callable eval_fn and a callable score")
+        self.eval_fn, self.score = eval_fn, score
+        self.n_evaluations, self.best_score, self.best_index, self.best_state = 0, math.inf, None, None
+
+    def __call__(self, model: nn.Module) -> Mapping[str, float]:
+        metrics = self.eval_fn(model)
+        value = float(self.score(metrics))
+        if math.isfinite(value) and value < self.best_score:
+            self.best_score, self.best_index = value, self.n_evaluations
+            self.best_state = copy.deepcopy(model.state_dict())
+        self.n_evaluations += 1
+        return metrics
+
+    def restore(self, model: nn.Module, result: TrainResult) -> int:
+        """Load the best evaluation's weights into ``model`` and return the step they were taken at
+        (``result`` is the run's :class:`TrainResult`). When no evaluation scored a finite value, the
+        model keeps its last weights and the last step is returned."""
+        if len(result.evals) != self.n_evaluations:
+            raise ValueError(f"result has {len(result.evals)} evaluations, BestWeights saw "
+                             f"{self.n_evaluations}: restore with the TrainResult of the run it evaluated")
+        if self.best_index is None:
+            return result.steps[-1] if result.steps else 0
+        model.load_state_dict(self.best_state)
+        return result.evals[self.best_index]["step"]

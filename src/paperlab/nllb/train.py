@@ -18,9 +18,7 @@ the cache key of :func:`run_cached`. A run:
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import math
 import os
 from dataclasses import dataclass
 
@@ -44,7 +42,7 @@ from paperlab.nllb.data import (
 )
 from paperlab.nllb.model import ModelConfig, Seq2Seq, beam_search, greedy_decode
 from paperlab.tokenizers import SPECIAL_TOKENS
-from paperlab.train import TrainConfig, TrainResult, batch_generator, train
+from paperlab.train import BestWeights, TrainConfig, batch_generator, train
 from paperlab.utils import cpu_threads, parallel_map
 
 __all__ = [
@@ -329,10 +327,11 @@ def _train_run(run: RunConfig, device) -> tuple[Seq2Seq, Translator, dict]:
                                    directions, tokenizer.pad_id)
     validation = _Validation(run, {_name(d): encode_pairs(translator, world.pairs(*d, split="valid"), d)
                                    for d in directions})
+    eval_fn = BestWeights(validation, score=_Validation.mean) if run.select == "best" else validation
     moe_log = _MoELog()
-    result = train(model, get_batch, lambda m, b: m.loss(*b), run.train, eval_fn=validation, device=device,
+    result = train(model, get_batch, lambda m, b: m.loss(*b), run.train, eval_fn=eval_fn, device=device,
                    desc=f"NLLB {run.ffn} {'+'.join(run.languages)}", on_step=moe_log)
-    best_step = validation.restore_best(model, result)
+    best_step = eval_fn.restore(model, result) if run.select == "best" else run.train.steps
     model.eval()
     test = _test_scores(run, translator, world, directions)
     model.cpu()
@@ -386,32 +385,19 @@ def _concatenate(tensors: list[torch.Tensor]) -> torch.Tensor:
 
 
 class _Validation:
-    """The ``eval_fn`` of a run: validation loss per direction; with ``select="best"`` it also keeps the
-    weights of the evaluation with the lowest mean loss."""
+    """The ``eval_fn`` of a run: validation loss per direction (with ``select="best"`` wrapped in
+    :class:`paperlab.train.BestWeights`, which keeps the weights of the lowest mean loss)."""
 
     def __init__(self, run: RunConfig, valid: dict[str, tuple[torch.Tensor, ...]]) -> None:
         self.run, self.valid = run, valid
-        self.n_evaluations, self.best_loss = 0, math.inf
-        self.best_index, self.best_state = None, None
 
     def __call__(self, model: Seq2Seq) -> dict[str, float]:
-        losses = {f"val/{name}": validation_loss(model, v) for name, v in self.valid.items()}
-        mean = sum(losses.values()) / len(losses)
-        if self.run.select == "best" and mean < self.best_loss:
-            self.best_loss, self.best_index = mean, self.n_evaluations
-            self.best_state = copy.deepcopy(model.state_dict())
-        self.n_evaluations += 1
-        return losses
+        return {f"val/{name}": validation_loss(model, v) for name, v in self.valid.items()}
 
-    def restore_best(self, model: Seq2Seq, result: TrainResult) -> int:
-        """With ``select="best"``, load the best evaluation's weights into ``model``; returns the step of
-        the weights the model now holds."""
-        if self.run.select != "best":
-            return self.run.train.steps
-        if self.best_index is None:  # no evaluation had a finite loss: the last weights stay
-            return 0
-        model.load_state_dict(self.best_state)
-        return result.evals[self.best_index]["step"]
+    @staticmethod
+    def mean(losses: dict[str, float]) -> float:
+        """The score ``select="best"`` minimises: the mean validation loss over the trained directions."""
+        return sum(losses.values()) / len(losses)
 
 
 class _MoELog:
