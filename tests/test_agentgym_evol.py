@@ -82,12 +82,46 @@ def test_behavioural_cloning_learns_the_expert_turns():
     before = [p.clone() for p in base.parameters()]
     config = TrainConfig(steps=30, batch_size=8, lr=2e-2, warmup_steps=3, eval_every=10, seed=0)
     with cpu_threads(1):
-        model, history = train_agent(data, tokenizer, base, config, validation=data[:4])
+        model, history, kept = train_agent(data, tokenizer, base, config, validation=data[:4])
     held_out = [encode_conversation(tokenizer, t) for t in data[:4]]
-    assert history.evals[-1]["val_loss"] < 0.5 * conversation_loss(base, held_out)
+    assert kept == 30 and history.evals[-1]["val_loss"] < 0.5 * conversation_loss(base, held_out)
     assert all(torch.equal(a, b) for a, b in zip(before, base.parameters()))  # the base model is untouched
     with pytest.raises(ValueError, match="at least one trajectory"):
         train_agent([], tokenizer, base, config)
+    with pytest.raises(ValueError, match="select='best' needs validation"):
+        train_agent(data, tokenizer, base, config, select="best")
+
+
+def test_select_best_keeps_the_weights_of_the_lowest_validation_loss():
+    """Over-fit a tiny model on 2 trajectories, validated on others: with select="best" the model holds
+    the weights of the evaluation with the lowest validation loss, not the last ones."""
+    tokenizer = agent_tokenizer()
+    data = [expert_trajectory("shop", i) for i in range(12)]
+    base = initial_model(AgentModelConfig(context_length=64, d_model=16, n_layers=1, n_heads=2),
+                         tokenizer.vocab_size, 0)
+    config = TrainConfig(steps=60, batch_size=8, lr=3e-2, warmup_steps=3, eval_every=5, seed=0)
+    with cpu_threads(1):
+        last, history, kept_last = train_agent(data[:2], tokenizer, base, config, validation=data[4:])
+        best, history_best, kept = train_agent(data[:2], tokenizer, base, config, validation=data[4:],
+                                               select="best")
+    losses = {e["step"]: e["val_loss"] for e in history_best.evals}
+    assert history_best.evals == history.evals and kept_last == 60  # the same run either way
+    assert kept == min(losses, key=losses.get) and kept < 60  # it over-fits: the best is not the last
+    held_out = [encode_conversation(tokenizer, t) for t in data[4:]]
+    assert conversation_loss(best, held_out) == pytest.approx(losses[kept], rel=1e-5)
+    assert conversation_loss(best, held_out) < conversation_loss(last, held_out)
+    with pytest.raises(ValueError, match="select must be 'last' or 'best'"):
+        train_agent(data, tokenizer, base, config, validation=data[:4], select="first")
+
+
+def test_every_run_makes_the_same_number_of_epochs_over_its_own_data():
+    config = experiments.CONFIGS["full"]
+    base = config.train_config(config.n_base * 4, seed=1)
+    large = config.train_config(config.n_large * 4, seed=1)
+    assert (base.steps, base.warmup_steps, base.seed) == (120, 12, 1)  # 24 epochs of 160 at batch 32
+    assert (large.steps, large.warmup_steps) == (480, 48)  # four times the data, four times the steps
+    assert (large.lr, large.batch_size, large.eval_every) == (config.train.lr, 32, 20)
+    assert config.train_config(161, seed=0).steps == 121  # ceil(24 * 161 / 32)
 
 
 Config = experiments.AgentGymConfig
@@ -104,6 +138,11 @@ Config = experiments.AgentGymConfig
     (lambda: PretrainConfig(episodes_per_instruction=0), "PretrainConfig.episodes_per_instruction"),
     (lambda: AgentModelConfig(d_model=30, n_heads=4), "AgentModelConfig.n_heads must be a divisor"),
     (lambda: experiments.ChecksConfig(load_steps=0), "ChecksConfig.load_steps"),
+    (lambda: Config(train=TrainConfig(steps=200, batch_size=32, eval_every=20)),
+     "AgentGymConfig.train must be a TrainConfig with steps=1 and warmup_steps=0"),
+    (lambda: Config(epochs=1), r"AgentGymConfig.epochs must be enough for the convergence check: BC_base's "
+                               r"run takes 5 steps with 1 evaluations, 5 are needed"),
+    (lambda: Config(warmup_fraction=1.0), "AgentGymConfig.warmup_fraction must be"),
 ])
 def test_configs_reject_bad_values_naming_the_field(make, message):
     with pytest.raises(ValueError, match=message):
@@ -113,11 +152,12 @@ def test_configs_reject_bad_values_naming_the_field(make, message):
 def test_agentevol_chain_runs_end_to_end_on_a_tiny_setting(tmp_path, monkeypatch):
     monkeypatch.setenv("PAPERLAB_CACHE", str(tmp_path))
     tiny = TrainConfig(steps=6, batch_size=4, lr=3e-3, warmup_steps=1, eval_every=1, seed=0)
+    template = TrainConfig(steps=1, batch_size=4, lr=3e-3, warmup_steps=0, eval_every=1, seed=0)
     config = dataclasses.replace(
         experiments.CONFIGS["fast"], envs=("shop",), n_base=4, n_large=8, n_val=4, n_test=4, iterations=1,
         pretrain=PretrainConfig(envs=("shop",), episodes_per_instruction=1, train=tiny,
                                 model=AgentModelConfig(160, d_model=16, n_layers=1, n_heads=2)),
-        train=tiny, seeds=(0,))
+        train=template, epochs=6, seeds=(0,))
     with cpu_threads(1):
         chain = experiments.run_job("agentevol", 0, config)
     assert [m["name"] for m in chain["models"]] == ["BC_base", "AgentEvol 1"]
@@ -137,11 +177,12 @@ def test_scheduled_pieces_give_exactly_the_jobs_results(tmp_path, monkeypatch):
     successes, losses, exploration rounds) must be the one the whole job computes in one piece."""
     monkeypatch.setenv("PAPERLAB_CACHE", str(tmp_path / "pieces"))
     tiny = TrainConfig(steps=6, batch_size=4, lr=3e-3, warmup_steps=1, eval_every=1, seed=0)
+    template = TrainConfig(steps=1, batch_size=4, lr=3e-3, warmup_steps=0, eval_every=1, seed=0)
     config = dataclasses.replace(
         experiments.CONFIGS["fast"], envs=("shop",), n_base=4, n_large=8, n_val=4, n_test=4, iterations=2,
         pretrain=PretrainConfig(envs=("shop",), episodes_per_instruction=1, train=tiny,
                                 model=AgentModelConfig(160, d_model=16, n_layers=1, n_heads=2)),
-        train=tiny, seeds=(0, 1))
+        train=template, epochs=6, seeds=(0, 1))
     with cpu_threads(1):
         experiments.base_agent(config.pretrain)
     scheduled = experiments._run_scheduled(config, None, workers=2)

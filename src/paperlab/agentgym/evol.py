@@ -36,7 +36,7 @@ from paperlab import align
 from paperlab.agentgym.agent import AgentTokenizer, Trajectory, encode_conversation
 from paperlab.config import check_ints, check_that
 from paperlab.nn import GPT, GPTConfig
-from paperlab.train import TrainConfig, TrainResult, seed_everything, seeded_batches, train
+from paperlab.train import BestWeights, TrainConfig, TrainResult, seed_everything, seeded_batches, train
 
 __all__ = ["AgentModelConfig", "initial_model", "filter_trajectories", "train_agent", "conversation_loss"]
 
@@ -78,14 +78,21 @@ def filter_trajectories(sampled: Iterable[Trajectory], *, threshold: float = 1.0
 
 
 def train_agent(trajectories: Sequence[Trajectory], tokenizer: AgentTokenizer, base: GPT,
-                train_config: TrainConfig, *, validation: Sequence[Trajectory] = (), device=None,
-                desc: str = "agent") -> tuple[GPT, TrainResult]:
+                train_config: TrainConfig, *, validation: Sequence[Trajectory] = (), select: str = "last",
+                device=None, desc: str = "agent") -> tuple[GPT, TrainResult, int]:
     """Behavioural cloning on ``trajectories`` (loss on the agent's turns only, eq. 1), starting from a
     copy of the ``base`` model (``base`` itself is not changed); batches are drawn with replacement from a
     stream seeded by ``train_config.seed``. The validation loss is measured on ``validation`` (expert
-    trajectories no run trains on) every ``eval_every`` steps. Returns the model and its history."""
+    trajectories no run trains on) at the trainer's evaluation steps. ``select="last"`` keeps the last
+    weights; ``"best"`` those of the evaluation with the lowest validation loss
+    (:class:`paperlab.train.BestWeights`). Returns the model, its history and the step of the weights
+    kept."""
     if not trajectories:
         raise ValueError("train_agent needs at least one trajectory")
+    if select not in ("last", "best"):
+        raise ValueError(f"select must be 'last' or 'best', got {select!r}")
+    if select == "best" and not validation:
+        raise ValueError("select='best' needs validation trajectories to choose the weights by")
     conversations = [encode_conversation(tokenizer, t) for t in trajectories]
     longest = max(sum(len(ids) for ids, _ in c) for c in conversations)
     if longest > base.config.context_length + 1:
@@ -102,9 +109,12 @@ def train_agent(trajectories: Sequence[Trajectory], tokenizer: AgentTokenizer, b
     def eval_fn(model: GPT) -> dict:
         return {"val_loss": conversation_loss(model, held_out, pad_id=pad)} if held_out else {}
 
+    evaluate = (BestWeights(eval_fn, score=lambda metrics: metrics["val_loss"]) if select == "best"
+                else eval_fn if held_out else None)
     result = train(model, seeded_batches(sample, train_config.seed), lambda m, batch: m.loss(*batch),
-                   train_config, eval_fn=eval_fn if held_out else None, device=device, desc=desc)
-    return model.eval(), result
+                   train_config, eval_fn=evaluate, device=device, desc=desc)
+    kept = evaluate.restore(model, result) if select == "best" else train_config.steps
+    return model.eval(), result, kept
 
 
 @torch.no_grad()

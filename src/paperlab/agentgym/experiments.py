@@ -13,9 +13,14 @@ split is mirrored as
 - ``BC_large``: behavioural cloning on the expert trajectories of all ``n_large`` (AgentTraj-L);
 
 every model is evaluated greedily on the ``n_test`` held-out instructions of each environment (AgentEval).
-All runs train for the same steps at the same learning rate; a seed sets their batches and the
-exploration's samples. The validation loss (for the convergence check) is measured on expert
-trajectories of training instructions ``n_large .. n_large + n_val - 1``, which no run trains on.
+Every run follows one recipe: ``epochs`` passes over its own training set (so BC_large, with four times
+BC_base's data, takes four times the steps; the authors, too, train every model for a fixed number of
+epochs), the same learning rate and schedule shape, and it keeps the weights of its evaluation with the
+lowest validation loss (:class:`paperlab.train.BestWeights`; the authors keep the last weights of one
+epoch, which a 7B model does not over-fit, while a tiny model over-fits a small set at its own step).
+The validation loss (for the choice of weights and the convergence check) is measured on expert
+trajectories of training instructions ``n_large .. n_large + n_val - 1``, which no run trains on. A seed
+sets the batches and the exploration's samples.
 
 The base model is pretrained once and cached; then, for each seed, the AgentEvol chain
 (BC_base and its iterations) and BC_large are two jobs, cached too, so the chapter reloads everything in
@@ -26,6 +31,7 @@ per core (:func:`_run_scheduled`), which keeps both cores busy; the results are 
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 from dataclasses import dataclass, field
 
@@ -49,7 +55,8 @@ from paperlab.config import (
 from paperlab.experiments import Experiment
 from paperlab.llm import TinyLM
 from paperlab.nn import GPT
-from paperlab.train import TrainConfig, TrainResult, auto_device, check_convergence_evaluations
+from paperlab.stats import CONVERGENCE_MIN_EVALUATIONS
+from paperlab.train import TrainConfig, TrainResult, auto_device
 from paperlab.utils import cpu_threads, parallel_map, progress, usable_cores, worker_pool
 
 __all__ = ["AgentGymConfig", "CONFIGS", "EXPERIMENT", "run", "run_job", "base_agent", "load_agent",
@@ -71,8 +78,12 @@ class AgentGymConfig:
     success_threshold: float = 1.0  # keep explored trajectories with at least this reward
     max_tokens: int = 16  # tokens per agent turn at most
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)  # the base model (and its size)
+    epochs: int = 24  # passes over its own training set that every run makes (see train_config)
+    warmup_fraction: float = 0.1  # of a run's steps, the learning rate's linear warmup
+    # batch size, peak learning rate, schedule and evaluation period of every run; its steps and warmup
+    # come from epochs and warmup_fraction, per run (train_config), so it must say steps=1, warmup_steps=0
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        steps=220, batch_size=32, lr=3e-3, warmup_steps=22, eval_every=20, seed=0))
+        steps=1, batch_size=32, lr=3e-3, warmup_steps=0, eval_every=20, seed=0))
     seeds: tuple[int, ...] = (0, 1, 2)
 
     def __post_init__(self) -> None:
@@ -80,12 +91,14 @@ class AgentGymConfig:
         for name in self.envs:
             check_that(self, name in ENVS, "envs", f"a tuple of known environments ({', '.join(ENVS)})")
         check_ints(self, "n_base", "n_large", "n_val", "n_test", "iterations", "samples_per_instruction",
-                   "max_tokens")
+                   "max_tokens", "epochs")
         check_numbers(self, "temperature", low=0, open_low=True)
         check_numbers(self, "success_threshold", low=0, high=1, open_low=True)
+        check_numbers(self, "warmup_fraction", low=0, high=1, open_high=True)
         check_type(self, "pretrain", PretrainConfig)
         check_type(self, "train", TrainConfig)  # TrainConfig checks its own fields
-        check_convergence_evaluations(self, "train", self.train)
+        check_that(self, (self.train.steps, self.train.warmup_steps) == (1, 0), "train",
+                   "a TrainConfig with steps=1 and warmup_steps=0 (each run's steps come from epochs)")
         check_int_tuple(self, "seeds", low=0)
         check_that(self, len(set(self.seeds)) == len(self.seeds), "seeds", "distinct")
         check_that(self, self.n_base <= self.n_large, "n_base", f"at most n_large = {self.n_large}")
@@ -98,14 +111,27 @@ class AgentGymConfig:
                        f"at most {cls.n_test} ({name}'s held-out instructions)")
         check_that(self, self.pretrain.envs == self.envs, "pretrain",
                    f"pretrained on the experiment's environments {self.envs}, not {self.pretrain.envs}")
+        smallest = self.train_config(self.n_base * len(self.envs), 0)  # BC_base's run, the shortest
+        n = len(smallest.evaluation_steps())
+        check_that(self, n >= CONVERGENCE_MIN_EVALUATIONS, "epochs",
+                   f"enough for the convergence check: BC_base's run takes {smallest.steps} steps with {n} "
+                   f"evaluations, {CONVERGENCE_MIN_EVALUATIONS} are needed (raise epochs or lower "
+                   f"train.eval_every)")
+
+    def train_config(self, n_trajectories: int, seed: int) -> TrainConfig:
+        """The schedule of a run on ``n_trajectories``: ``ceil(epochs * n_trajectories / batch_size)``
+        steps, the first ``warmup_fraction`` of them warming up, the batches of ``seed``."""
+        steps = math.ceil(self.epochs * n_trajectories / self.train.batch_size)
+        return dataclasses.replace(self.train, steps=steps, warmup_steps=int(self.warmup_fraction * steps),
+                                   seed=seed)
 
 CONFIGS = {
     "fast": AgentGymConfig(
-        n_base=8, n_large=24, n_val=8, n_test=12, iterations=2, samples_per_instruction=1,
+        n_base=8, n_large=24, n_val=8, n_test=12, iterations=2, samples_per_instruction=1, epochs=15,
         pretrain=PretrainConfig(episodes_per_instruction=1, model=AgentModelConfig(d_model=32, n_layers=1,
                                                                                    n_heads=2),
                                 train=TrainConfig(steps=30, batch_size=16, lr=3e-3, warmup_steps=5, seed=0)),
-        train=TrainConfig(steps=30, batch_size=16, lr=3e-3, warmup_steps=5, eval_every=10, seed=0)),
+        train=TrainConfig(steps=1, batch_size=16, lr=3e-3, warmup_steps=0, eval_every=10, seed=0)),
     "full": AgentGymConfig(),
 }
 
@@ -174,11 +200,15 @@ def _summary(trajectories: list[Trajectory], config: AgentGymConfig) -> dict:
     return {env: [int(t.success) for t in trajectories if t.env == env] for env in config.envs}
 
 
-def _record(name: str, model: GPT, history: TrainResult, config: AgentGymConfig, n_train: int) -> dict:
+def _record(name: str, model: GPT, history: TrainResult, config: AgentGymConfig, n_train: int,
+            kept_step: int) -> dict:
+    """What the chapter reads of one trained model: its held-out successes, the run's length, the step of
+    the weights kept and their validation loss, and the convergence check of the whole curve."""
     test = evaluate(model, config)
     converged = history.convergence("val_loss")
     return {"name": name, "state_dict": state_of(model), "success": _summary(test, config),
-            "n_trajectories": n_train, "val_loss": history.evals[-1]["val_loss"],
+            "n_trajectories": n_train, "steps": history.steps[-1], "kept_step": kept_step,
+            "val_loss": next(e["val_loss"] for e in history.evals if e["step"] == kept_step),
             "converged": converged.converged, "convergence": converged.describe(),
             "history": {"steps": history.steps, "loss": history.loss, "evals": history.evals},
             "train_seconds": history.seconds, "examples": [t.to_dict() for t in test[:: config.n_test]]}
@@ -188,26 +218,27 @@ def _record(name: str, model: GPT, history: TrainResult, config: AgentGymConfig,
 # The two jobs of a seed
 # --------------------------------------------------------------------------------------------------
 def _train(trajectories, config: AgentGymConfig, seed: int, device, desc: str):
-    """Behavioural cloning from the base model, with the batches of ``seed``."""
+    """Behavioural cloning from the base model for ``config.epochs`` passes over ``trajectories``, with
+    the batches of ``seed``, keeping the weights of the lowest validation loss. Returns the model, its
+    history and the step of the weights kept."""
     base, _ = base_agent(config.pretrain, device)
     validation = expert_data(config, range(config.n_large, config.n_large + config.n_val))
-    train_config = dataclasses.replace(config.train, seed=seed)
-    return train_agent(trajectories, agent_tokenizer(), base, train_config, validation=validation,
-                       device=device, desc=desc)
+    return train_agent(trajectories, agent_tokenizer(), base, config.train_config(len(trajectories), seed),
+                       validation=validation, select="best", device=device, desc=desc)
 
 
 def agentevol_chain(seed: int, config: AgentGymConfig, device=None) -> dict:
     """BC_base, then ``iterations`` rounds of explore, filter, merge with the expert data, retrain from
     the base model. Returns one record per model (iteration 0 is BC_base) and per exploration round."""
     expert = expert_data(config, range(config.n_base))
-    model, history = _train(expert, config, seed, device, f"BC_base seed {seed}")
-    models = [_record("BC_base", model, history, config, len(expert))]
+    model, history, kept = _train(expert, config, seed, device, f"BC_base seed {seed}")
+    models = [_record("BC_base", model, history, config, len(expert), kept)]
     rounds = []
     for m in range(1, config.iterations + 1):
         sampled = explore(model, config, seed=1000 * seed + m)
         kept = filter_trajectories(sampled, threshold=config.success_threshold, existing=expert)
-        model, history = _train(expert + kept, config, seed, device, f"AgentEvol {m} seed {seed}")
-        models.append(_record(f"AgentEvol {m}", model, history, config, len(expert) + len(kept)))
+        model, history, step = _train(expert + kept, config, seed, device, f"AgentEvol {m} seed {seed}")
+        models.append(_record(f"AgentEvol {m}", model, history, config, len(expert) + len(kept), step))
         rounds.append({"iteration": m, "explored": _summary(sampled, config),
                        "kept": {env: sum(t.env == env for t in kept) for env in config.envs}})
     return {"seed": seed, "models": models, "exploration": rounds}
@@ -216,8 +247,8 @@ def agentevol_chain(seed: int, config: AgentGymConfig, device=None) -> dict:
 def bc_large(seed: int, config: AgentGymConfig, device=None) -> dict:
     """Behavioural cloning on the expert trajectories of all ``n_large`` training instructions."""
     expert = expert_data(config, range(config.n_large))
-    model, history = _train(expert, config, seed, device, f"BC_large seed {seed}")
-    return {"seed": seed, "models": [_record("BC_large", model, history, config, len(expert))]}
+    model, history, kept = _train(expert, config, seed, device, f"BC_large seed {seed}")
+    return {"seed": seed, "models": [_record("BC_large", model, history, config, len(expert), kept)]}
 
 
 JOBS = {"agentevol": agentevol_chain, "bc_large": bc_large}
@@ -281,13 +312,14 @@ def _piece(kind: str, seed: int, m: int, config: AgentGymConfig, device, payload
     if kind == "train":
         expert = expert_data(config, range(config.n_base))
         desc = f"BC_base seed {seed}" if m == 0 else f"AgentEvol {m} seed {seed}"
-        model, history = _train(expert + payload, config, seed, device, desc)
+        model, history, kept = _train(expert + payload, config, seed, device, desc)
         return {"state_dict": state_of(model), "history": history.to_dict(),
-                "n_train": len(expert) + len(payload)}
+                "n_train": len(expert) + len(payload), "kept_step": kept}
     if kind == "evaluate":
         name = "BC_base" if m == 0 else f"AgentEvol {m}"
         return _record(name, _model_from(payload["state_dict"], config, seed, device),
-                       TrainResult.from_dict(payload["history"]), config, payload["n_train"])
+                       TrainResult.from_dict(payload["history"]), config, payload["n_train"],
+                       payload["kept_step"])
     if kind == "explore":
         return {"sampled": explore(_model_from(payload, config, seed, device), config, seed=1000 * seed + m)}
     raise ValueError(f"unknown piece {kind!r}")
