@@ -44,7 +44,7 @@ from paperlab.matmulfree.model import MatMulFreeConfig, MatMulFreeLM
 from paperlab.matmulfree.packed import PackedBitLinear, pack_model, weight_bytes
 from paperlab.matmulfree.quant import ternary_weight
 from paperlab.nn import GPT, GPTConfig, count_parameters, generate
-from paperlab.ssd.mqar import MQARTask, train_mqar
+from paperlab.ssd.mqar import MQAR_LOSS_FLOOR, MQARTask, train_mqar
 from paperlab.train import (
     TrainConfig,
     TrainResult,
@@ -335,7 +335,7 @@ def mqar_run(run: MQARRun, device=None) -> dict:
     def compute() -> dict:
         _, result, test_accuracy = train_mqar(lambda: _mqar_model(run), task, tc, auto_device(device),
                                               desc=f"MQAR {run.kind}")
-        convergence = result.convergence("val_loss")
+        convergence = result.convergence("val_loss", floor=MQAR_LOSS_FLOOR)  # as in the SSD chapter
         return {"kind": run.kind, "lr": tc.lr, "seed": tc.seed,
                 "val_accuracy": result.evals[-1]["val_accuracy"], "test_accuracy": test_accuracy,
                 "converged": convergence.converged, "convergence": convergence.describe()}

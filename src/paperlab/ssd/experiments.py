@@ -30,7 +30,7 @@ from paperlab.experiments import Experiment
 from paperlab.nn import GPT, GPTConfig, count_parameters
 from paperlab.ssd.core import random_inputs, segsum, segsum_naive, ssd_chunked, ssd_quadratic, ssd_recurrent
 from paperlab.ssd.model import Mamba2Config, Mamba2LM
-from paperlab.ssd.mqar import IGNORE, MQARTask, train_mqar
+from paperlab.ssd.mqar import IGNORE, MQAR_LOSS_FLOOR, MQARTask, train_mqar
 from paperlab.train import TrainConfig, auto_device, check_convergence_evaluations
 from paperlab.utils import cpu_threads, parallel_map
 from paperlab_kernels import ssd as kernels
@@ -38,7 +38,6 @@ from paperlab_kernels import ssd as kernels
 # The largest difference between two algorithms that still counts as "the same layer": rounding error of
 # the precision (one home for the chapter's assert and its scorecard row).
 TOLERANCE = {"float64": 1e-10, "float32": 1e-5}
-MQAR_LOSS_FLOOR = 1e-3  # nats: the smallest fall of MQAR's validation loss that counts as still falling
 
 
 # ------------------------------------------------------------------------------------------- configs
