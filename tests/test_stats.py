@@ -89,6 +89,23 @@ def test_convergence_fits_five_evaluations_and_has_an_absolute_floor():
         stats.convergence(steps, near_zero, floor=-1)
 
 
+def test_convergence_says_why_a_fall_did_not_count():
+    steps = np.arange(100, 2100, 100)
+    falling = stats.convergence(steps, 2.0 - steps / 4000).describe()
+    assert falling == "still falling: fell 0.1 over steps 1600-2000 (6.5% of 1.55)"
+    assert stats.convergence(steps, 1.5 + steps / 10000).describe().startswith("converged: rose ")
+    tiny = stats.convergence(steps, 2.0 - steps * 1e-8).describe()
+    assert tiny.startswith("converged: fell ") and tiny.endswith("under the 0.5% that counts)")
+    near_zero = stats.convergence(steps, 1e-6 * np.exp(-steps / 300), floor=1e-3).describe()
+    assert near_zero.endswith("under the 0.001 floor)")
+    noisy = 1.0 + np.where(np.arange(steps.size) % 2 == 0, 0.2, -0.2)  # a large zigzag ending in a fall
+    noisy[-1] -= 0.1
+    check = stats.convergence(steps, noisy)
+    assert check.converged and check.drop > 0.005 * check.level and check.slope.low < 0 < check.slope.high
+    assert check.describe().startswith("converged (no significant fall): fell ")
+    assert check.describe().endswith("the slope's 95% interval includes 0)")
+
+
 def test_bad_input_is_named():
     with pytest.raises(ValueError, match="at least 2"):
         stats.over_seeds([1.0])

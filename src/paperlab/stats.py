@@ -251,17 +251,32 @@ class Convergence:
     level: float  # mean value over the tail
     tolerance: float  # relative drop (of level) below which a fall is negligible
     still_falling: bool
+    floor: float = 0.0  # absolute drop (value units) below which a fall is negligible
 
     @property
     def converged(self) -> bool:
         return not self.still_falling
 
     def describe(self) -> str:
-        state = "still falling" if self.still_falling else "converged"
+        """The verdict and the fitted change over the tail, with the reason a fall did not count: the curve
+        rose, the fall is under the tolerance (or floor), or it is not significant (noise)."""
         change = "fell" if self.drop > 0 else "rose"
-        share = f" ({100 * abs(self.drop) / abs(self.level):.2g}% of {self.level:.3g})" if self.level else ""
-        return (f"{state}: {change} {abs(self.drop):.3g} over steps "
-                f"{self.tail_steps[0]}-{self.tail_steps[1]}{share}")
+        share = f"{100 * abs(self.drop) / abs(self.level):.2g}% of {self.level:.3g}" if self.level else ""
+        reason = ""
+        if self.still_falling:
+            state = "still falling"
+        elif self.drop <= 0:
+            state = "converged"
+        elif self.drop <= max(self.tolerance * abs(self.level), self.floor):
+            state = "converged"
+            reason = (f"under the {self.floor:g} floor" if self.floor > self.tolerance * abs(self.level)
+                      else f"under the {100 * self.tolerance:g}% that counts")
+        else:  # a fall larger than the tolerance, but the slope's interval reaches zero
+            state = "converged (no significant fall)"
+            reason = "the slope's 95% interval includes 0"
+        detail = "; ".join(part for part in (share, reason) if part)
+        return (f"{state}: {change} {abs(self.drop):.3g} over steps {self.tail_steps[0]}-{self.tail_steps[1]}"
+                + (f" ({detail})" if detail else ""))
 
 
 CONVERGENCE_TAIL = 0.2  # the share of training (in steps) at its end whose evaluations the check fits
@@ -306,4 +321,4 @@ def convergence(steps: Sequence[int], values: Sequence[float], *, tail: float = 
     drop = float(-fit.slope * (tx[-1] - tx[0]))
     level = float(ty.mean())
     falling = bool(slope.high < 0 and drop > max(tolerance * abs(level), floor))
-    return Convergence(slope, (int(tx[0]), int(tx[-1])), drop, level, tolerance, falling)
+    return Convergence(slope, (int(tx[0]), int(tx[-1])), drop, level, tolerance, falling, floor)
