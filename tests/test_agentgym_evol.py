@@ -88,13 +88,14 @@ def test_behavioural_cloning_learns_the_expert_turns():
     assert all(torch.equal(a, b) for a, b in zip(before, base.parameters()))  # the base model is untouched
     with pytest.raises(ValueError, match="at least one trajectory"):
         train_agent([], tokenizer, base, config)
-    with pytest.raises(ValueError, match="select='best' needs validation"):
-        train_agent(data, tokenizer, base, config, select="best")
+    with pytest.raises(ValueError, match="select needs validation trajectories or an evaluate"):
+        train_agent(data, tokenizer, base, config, select=lambda metrics: metrics["val_loss"])
 
 
 def test_select_best_keeps_the_weights_of_the_lowest_validation_loss():
-    """Over-fit a tiny model on 2 trajectories, validated on others: with select="best" the model holds
-    the weights of the evaluation with the lowest validation loss, not the last ones."""
+    """Over-fit a tiny model on 2 trajectories, validated on others: with a select score the model holds
+    the weights of the evaluation with the lowest score (here the validation loss), not the last ones;
+    an evaluate function's metrics are recorded beside the validation loss."""
     tokenizer = agent_tokenizer()
     data = [expert_trajectory("shop", i) for i in range(12)]
     base = initial_model(AgentModelConfig(context_length=64, d_model=16, n_layers=1, n_heads=2),
@@ -103,15 +104,15 @@ def test_select_best_keeps_the_weights_of_the_lowest_validation_loss():
     with cpu_threads(1):
         last, history, kept_last = train_agent(data[:2], tokenizer, base, config, validation=data[4:])
         best, history_best, kept = train_agent(data[:2], tokenizer, base, config, validation=data[4:],
-                                               select="best")
+                                               evaluate=lambda model: {"calls": 1.0},
+                                               select=lambda metrics: metrics["val_loss"])
     losses = {e["step"]: e["val_loss"] for e in history_best.evals}
-    assert history_best.evals == history.evals and kept_last == 60  # the same run either way
+    assert [{k: v for k, v in e.items() if k != "calls"} for e in history_best.evals] == history.evals
+    assert kept_last == 60 and all(e["calls"] == 1.0 for e in history_best.evals)  # the same run
     assert kept == min(losses, key=losses.get) and kept < 60  # it over-fits: the best is not the last
     held_out = [encode_conversation(tokenizer, t) for t in data[4:]]
     assert conversation_loss(best, held_out) == pytest.approx(losses[kept], rel=1e-5)
     assert conversation_loss(best, held_out) < conversation_loss(last, held_out)
-    with pytest.raises(ValueError, match="select must be 'last' or 'best'"):
-        train_agent(data, tokenizer, base, config, validation=data[:4], select="first")
 
 
 def test_every_run_makes_the_same_number_of_epochs_over_its_own_data():
@@ -120,7 +121,7 @@ def test_every_run_makes_the_same_number_of_epochs_over_its_own_data():
     large = config.train_config(config.n_large * 4, seed=1)
     assert (base.steps, base.warmup_steps, base.seed) == (120, 12, 1)  # 24 epochs of 160 at batch 32
     assert (large.steps, large.warmup_steps) == (480, 48)  # four times the data, four times the steps
-    assert (large.lr, large.batch_size, large.eval_every) == (config.train.lr, 32, 20)
+    assert (large.lr, large.batch_size, large.eval_every) == (config.train.lr, 32, 40)
     assert config.train_config(161, seed=0).steps == 121  # ceil(24 * 161 / 32)
 
 
@@ -214,3 +215,16 @@ def test_pretraining_corpus_is_random_play_and_every_token_is_a_target():
     ((ids, trainable),) = encode_transcript(tokenizer, transcripts[0])
     assert trainable and ids[0] == tokenizer.bos_id and tokenizer.unk_id not in ids
     assert tokenizer.decode(ids) == transcripts[0].prompt().replace(" <eos>", "")
+
+
+def test_success_trend_calls_a_rising_success_rate_not_converged():
+    from paperlab.train import TrainResult
+
+    steps = list(range(20, 220, 20))
+    rising = TrainResult(evals=[{"step": t, "val_success": 0.1 + t / 1000} for t in steps])
+    check = experiments.success_trend(rising)
+    assert check.still_falling
+    assert experiments.describe_success(check).startswith("success still rising: rose ")
+    flat = TrainResult(evals=[{"step": t, "val_success": 0.3 + (0.01 if t % 40 else -0.01)} for t in steps])
+    assert not experiments.success_trend(flat).still_falling
+    assert experiments.describe_success(experiments.success_trend(flat)).startswith("success not rising")

@@ -27,7 +27,7 @@ succeeded and removes duplicates; :func:`train_agent` is the learning step.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -78,21 +78,23 @@ def filter_trajectories(sampled: Iterable[Trajectory], *, threshold: float = 1.0
 
 
 def train_agent(trajectories: Sequence[Trajectory], tokenizer: AgentTokenizer, base: GPT,
-                train_config: TrainConfig, *, validation: Sequence[Trajectory] = (), select: str = "last",
-                device=None, desc: str = "agent") -> tuple[GPT, TrainResult, int]:
+                train_config: TrainConfig, *, validation: Sequence[Trajectory] = (),
+                evaluate: Callable[[GPT], Mapping[str, float]] | None = None,
+                select: Callable[[Mapping[str, float]], float] | None = None, device=None,
+                desc: str = "agent") -> tuple[GPT, TrainResult, int]:
     """Behavioural cloning on ``trajectories`` (loss on the agent's turns only, eq. 1), starting from a
     copy of the ``base`` model (``base`` itself is not changed); batches are drawn with replacement from a
-    stream seeded by ``train_config.seed``. The validation loss is measured on ``validation`` (expert
-    trajectories no run trains on) at the trainer's evaluation steps. ``select="last"`` keeps the last
-    weights; ``"best"`` those of the evaluation with the lowest validation loss
-    (:class:`paperlab.train.BestWeights`). Returns the model, its history and the step of the weights
-    kept."""
+    stream seeded by ``train_config.seed``.
+
+    At the trainer's evaluation steps it records ``val_loss`` on ``validation`` (expert trajectories no run
+    trains on) and the metrics of ``evaluate(model)`` (e.g. the success rate of greedy episodes). Without
+    ``select`` the last weights are kept; with it, those of the evaluation whose metrics give the lowest
+    ``select(metrics)`` (:class:`paperlab.train.BestWeights`; ties keep the earlier). Returns the model,
+    its history and the step of the weights kept."""
     if not trajectories:
         raise ValueError("train_agent needs at least one trajectory")
-    if select not in ("last", "best"):
-        raise ValueError(f"select must be 'last' or 'best', got {select!r}")
-    if select == "best" and not validation:
-        raise ValueError("select='best' needs validation trajectories to choose the weights by")
+    if select is not None and not (validation or evaluate):
+        raise ValueError("select needs validation trajectories or an evaluate function to choose by")
     conversations = [encode_conversation(tokenizer, t) for t in trajectories]
     longest = max(sum(len(ids) for ids, _ in c) for c in conversations)
     if longest > base.config.context_length + 1:
@@ -107,13 +109,15 @@ def train_agent(trajectories: Sequence[Trajectory], tokenizer: AgentTokenizer, b
     held_out = [encode_conversation(tokenizer, t) for t in validation]
 
     def eval_fn(model: GPT) -> dict:
-        return {"val_loss": conversation_loss(model, held_out, pad_id=pad)} if held_out else {}
+        metrics = {"val_loss": conversation_loss(model, held_out, pad_id=pad)} if held_out else {}
+        return {**metrics, **(evaluate(model) if evaluate else {})}
 
-    evaluate = (BestWeights(eval_fn, score=lambda metrics: metrics["val_loss"]) if select == "best"
-                else eval_fn if held_out else None)
+    measure = eval_fn if (held_out or evaluate) else None
+    if select is not None:
+        measure = BestWeights(eval_fn, score=select)
     result = train(model, seeded_batches(sample, train_config.seed), lambda m, batch: m.loss(*batch),
-                   train_config, eval_fn=evaluate, device=device, desc=desc)
-    kept = evaluate.restore(model, result) if select == "best" else train_config.steps
+                   train_config, eval_fn=measure, device=device, desc=desc)
+    kept = measure.restore(model, result) if select is not None else train_config.steps
     return model.eval(), result, kept
 
 

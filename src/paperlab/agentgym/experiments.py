@@ -16,11 +16,12 @@ every model is evaluated greedily on the ``n_test`` held-out instructions of eac
 Every run follows one recipe: ``epochs`` passes over its own training set (so BC_large, with four times
 BC_base's data, takes four times the steps; the authors, too, train every model for a fixed number of
 epochs), the same learning rate and schedule shape, and it keeps the weights of its evaluation with the
-lowest validation loss (:class:`paperlab.train.BestWeights`; the authors keep the last weights of one
-epoch, which a 7B model does not over-fit, while a tiny model over-fits a small set at its own step).
-The validation loss (for the choice of weights and the convergence check) is measured on expert
-trajectories of training instructions ``n_large .. n_large + n_val - 1``, which no run trains on. A seed
-sets the batches and the exploration's samples.
+highest greedy success rate on the validation instructions (:class:`paperlab.train.BestWeights`; the
+authors keep the last weights of one epoch, which a 7B model does not over-fit, while a tiny model
+over-fits a small set at its own step). The validation instructions are the training instructions
+``n_large .. n_large + n_val - 1`` of each environment, which no run trains on or explores; the
+validation loss (for the convergence check) is measured on their expert trajectories. A seed sets the
+batches and the exploration's samples.
 
 The base model is pretrained once and cached; then, for each seed, the AgentEvol chain
 (BC_base and its iterations) and BC_large are two jobs, cached too, so the chapter reloads everything in
@@ -37,7 +38,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from paperlab import cache
+from paperlab import cache, stats
 from paperlab.agentgym.agent import Trajectory, agent_tokenizer, expert_trajectory, rollout
 from paperlab.agentgym.client import LocalClient
 from paperlab.agentgym.envs import ENVS
@@ -83,7 +84,7 @@ class AgentGymConfig:
     # batch size, peak learning rate, schedule and evaluation period of every run; its steps and warmup
     # come from epochs and warmup_fraction, per run (train_config), so it must say steps=1, warmup_steps=0
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        steps=1, batch_size=32, lr=3e-3, warmup_steps=0, eval_every=20, seed=0))
+        steps=1, batch_size=32, lr=3e-3, warmup_steps=0, eval_every=40, seed=0))
     seeds: tuple[int, ...] = (0, 1, 2)
 
     def __post_init__(self) -> None:
@@ -160,6 +161,22 @@ def random_agent(config: AgentGymConfig) -> dict:
             for env in config.envs}
 
 
+def validation_ids(config: AgentGymConfig) -> range:
+    """The validation instructions of every environment: training instructions no run trains on or
+    explores (their expert trajectories give the validation loss)."""
+    return range(config.n_large, config.n_large + config.n_val)
+
+
+def validation_success(model: GPT, config: AgentGymConfig, clients=None) -> dict:
+    """``{"val_success": s}``: the greedy success rate on the validation instructions, mean over the
+    environments (the primary metric, measured where no run trains; chooses each run's weights)."""
+    episodes = [(env, i, 0) for env in config.envs for i in validation_ids(config)]
+    trajectories = rollout(as_llm(model), clients or local_clients(config), episodes, temperature=0.0,
+                           max_tokens=config.max_tokens)
+    success = _summary(trajectories, config)
+    return {"val_success": sum(sum(v) / len(v) for v in success.values()) / len(success)}
+
+
 def held_out(config: AgentGymConfig, env: str) -> list[int]:
     """The evaluation instructions of ``env``: its first ``n_test`` held-out ones."""
     return list(ENVS[env].split("test"))[: config.n_test]
@@ -200,16 +217,33 @@ def _summary(trajectories: list[Trajectory], config: AgentGymConfig) -> dict:
     return {env: [int(t.success) for t in trajectories if t.env == env] for env in config.envs}
 
 
+def success_trend(history: TrainResult) -> stats.Convergence:
+    """The convergence check (:func:`paperlab.stats.convergence`) on the validation success rate, turned
+    upside down: "still falling" here means the success rate is still rising over the last fifth."""
+    steps, success = history.eval_history("val_success")
+    return stats.convergence(steps, [-value for value in success])
+
+
+def describe_success(check: stats.Convergence) -> str:
+    """:func:`success_trend`'s check in words (a rise of the success rate is a fall of its negative)."""
+    state = "still rising" if check.still_falling else "not rising"
+    change = "rose" if check.drop > 0 else "fell"
+    first, last = check.tail_steps
+    return f"success {state}: {change} {abs(check.drop):.3f} over steps {first}-{last}"
+
+
 def _record(name: str, model: GPT, history: TrainResult, config: AgentGymConfig, n_train: int,
             kept_step: int) -> dict:
     """What the chapter reads of one trained model: its held-out successes, the run's length, the step of
     the weights kept and their validation loss, and the convergence check of the whole curve."""
     test = evaluate(model, config)
-    converged = history.convergence("val_loss")
+    loss_check, success_check = history.convergence("val_loss"), success_trend(history)
+    kept = next(e for e in history.evals if e["step"] == kept_step)
     return {"name": name, "state_dict": state_of(model), "success": _summary(test, config),
             "n_trajectories": n_train, "steps": history.steps[-1], "kept_step": kept_step,
-            "val_loss": next(e["val_loss"] for e in history.evals if e["step"] == kept_step),
-            "converged": converged.converged, "convergence": converged.describe(),
+            "val_loss": kept["val_loss"], "val_success": kept["val_success"],
+            "converged": loss_check.converged and success_check.converged,
+            "convergence": loss_check.describe(), "success_trend": describe_success(success_check),
             "history": {"steps": history.steps, "loss": history.loss, "evals": history.evals},
             "train_seconds": history.seconds, "examples": [t.to_dict() for t in test[:: config.n_test]]}
 
@@ -219,12 +253,13 @@ def _record(name: str, model: GPT, history: TrainResult, config: AgentGymConfig,
 # --------------------------------------------------------------------------------------------------
 def _train(trajectories, config: AgentGymConfig, seed: int, device, desc: str):
     """Behavioural cloning from the base model for ``config.epochs`` passes over ``trajectories``, with
-    the batches of ``seed``, keeping the weights of the lowest validation loss. Returns the model, its
-    history and the step of the weights kept."""
+    the batches of ``seed``, keeping the weights of the highest validation success rate (the earlier of
+    equals). Returns the model, its history and the step of the weights kept."""
     base, _ = base_agent(config.pretrain, device)
-    validation = expert_data(config, range(config.n_large, config.n_large + config.n_val))
+    validation = expert_data(config, validation_ids(config))
     return train_agent(trajectories, agent_tokenizer(), base, config.train_config(len(trajectories), seed),
-                       validation=validation, select="best", device=device, desc=desc)
+                       validation=validation, evaluate=lambda model: validation_success(model, config),
+                       select=lambda metrics: -metrics["val_success"], device=device, desc=desc)
 
 
 def agentevol_chain(seed: int, config: AgentGymConfig, device=None) -> dict:
