@@ -217,3 +217,63 @@ def test_train_runs_runs_extra_jobs_after_the_runs_and_returns_their_results():
 
     assert sae_train.train_runs([], device="cpu", extra=[(math.sqrt, (4.0,))]) == [2.0]
     assert sae_train.train_runs([], device="cpu") == []
+
+
+def test_downstream_judges_each_sae_against_its_own_untrained_twin(monkeypatch):
+    """The downstream null: per k and seed, the same SAE before training, spliced in the same way. An SAE
+    that is its own untrained twin has no effect over the null; an SAE that reconstructs perfectly
+    recovers the whole loss, and its effect is what its twin leaves."""
+    from paperlab.nn import GPT, GPTConfig
+    from paperlab.sae import experiments
+    from paperlab.sae.metrics import downstream_loss, fraction_of_loss_recovered, nmse
+    from paperlab.sae.train import build_sae
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=20, context_length=8, d_model=64, n_layers=2, n_heads=4)).eval()
+    idx = torch.randint(0, 20, (16, 8))
+    targets = idx.clone()  # the current token: the tied embedding makes even a random GPT predict it
+    with torch.no_grad():
+        _, hidden = model(idx, return_hidden=True)
+    h = hidden[1].reshape(-1, 64)
+    normalised = (h - h.mean(-1, keepdim=True)) / (h.var(-1, unbiased=False, keepdim=True) + 1e-5).sqrt()
+    data = {"train": {"activations": normalised},
+            "val": {"idx": idx, "targets": targets, "activations": normalised}}
+    config = dataclasses.replace(CONFIGS["fast"], lm_ks=(2, 4), lm_size=128, seeds=(0, 1, 2))
+    flat = [{"step": 10 * i, "nmse": 1.0} for i in range(1, 11)]
+    record = {"final": {"nmse": 0.1}, "history": {"evals": flat}}
+    monkeypatch.setattr(experiments, "_lm", lambda config, dev: (model, None))
+    monkeypatch.setattr(experiments, "lm_activations", lambda lm: data)
+
+    def twin(run):  # the null, written out here rather than taken from the package
+        sae = build_sae(run)
+        sae.init_b_pre(normalised[:1024])
+        sae.scale_encoder_(seed=run.train.seed)
+        return sae.eval()
+
+    monkeypatch.setattr(experiments, "load_sae", lambda run, dev: (twin(run), record))
+    out = experiments.downstream(config, device="cpu")
+    assert [(s["k"], s["seed"]) for s in out["saes"]] == [(k, s) for k in (2, 4) for s in (0, 1, 2)]
+    nulls = []
+    for s in out["saes"]:
+        null = twin(experiments._lm_run(config, s["k"], s["seed"]))
+        loss = downstream_loss(model, null, 1, idx, targets)
+        expected = fraction_of_loss_recovered(loss, out["clean"], out["mean_ablation"])
+        assert s["untrained_fraction_recovered"] == pytest.approx(expected, abs=1e-9)
+        assert s["over_null"] == pytest.approx(0.0, abs=1e-9)  # paired with its own seed's twin
+        assert s["converged"] is True  # a flat curve
+        with torch.no_grad():
+            twin_nmse = float(nmse(null(normalised), normalised))
+        assert s["untrained_nmse"] == pytest.approx(twin_nmse, rel=1e-6)
+        nulls.append(s["untrained_fraction_recovered"])
+    assert len({round(v, 9) for v in nulls}) == len(nulls)  # every k and seed has its own null
+    assert out["splice_only"] < 1.0
+
+    class Perfect(torch.nn.Module):
+        def forward(self, x, k=None):
+            return x
+
+    monkeypatch.setattr(experiments, "load_sae", lambda run, dev: (Perfect(), record))
+    perfect = experiments.downstream(config, device="cpu")
+    for s, null in zip(perfect["saes"], nulls):
+        assert s["fraction_recovered"] == pytest.approx(1.0, abs=1e-4)
+        assert s["over_null"] == pytest.approx(1.0 - null, abs=1e-4)

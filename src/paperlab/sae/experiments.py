@@ -47,7 +47,8 @@ from paperlab.utils import cpu_threads
 
 __all__ = ["SAEExperimentConfig", "CONFIGS", "steps_for", "all_runs", "train_all", "lr_sweep", "frontier",
            "matched_l0", "scaling", "fit_scaling_law", "scaling_law", "holdout_prediction", "dead_latents",
-           "recovery", "multi_topk", "downstream", "probe", "top_contexts", "run", "EXPERIMENT"]
+           "recovery", "multi_topk", "downstream", "untrained_sae", "probe", "top_contexts", "run",
+           "EXPERIMENT"]
 
 
 @dataclass(frozen=True)
@@ -455,7 +456,17 @@ def _lm(config: SAEExperimentConfig, dev):
 def downstream(config: SAEExperimentConfig, device=None) -> dict:
     """Next-token loss on the validation windows with the residual stream after the first block replaced
     by each SAE's reconstruction, per k and seed; the clean and mean-ablated losses bracket it, and
-    ``fraction_recovered`` places each SAE between them."""
+    ``fraction_recovered`` places each SAE between them.
+
+    The null (as for :func:`probe`): the same SAE before training (:func:`untrained_sae`), spliced in the
+    same way, per k and seed (``untrained_loss``, ``untrained_fraction_recovered``, and its NMSE on the
+    validation activations, ``untrained_nmse``); ``over_null`` is the
+    trained SAE's fraction minus its untrained twin's, the effect the chapter judges. The splice puts
+    each token's own mean and spread back (:func:`paperlab.sae.metrics.downstream_loss`), so even a
+    useless reconstruction recovers part of the loss: ``splice_only`` is the fraction recovered when every
+    token is reconstructed as one constant vector (the geometric median of 1024 layer-normalised training
+    activations, the untrained SAEs' ``b_pre``). ``converged``: whether the trained SAE's validation NMSE
+    had stopped falling."""
     dev = auto_device(device)
     model, _ = _lm(config, dev)
     data = lm_activations(config.lm)
@@ -467,15 +478,44 @@ def downstream(config: SAEExperimentConfig, device=None) -> dict:
     mean = activation.reshape(-1, activation.shape[-1]).mean(0)
     clean = downstream_loss(model, None, layer, idx, targets, mode="clean")
     ablated = downstream_loss(model, None, layer, idx, targets, mode="mean", mean=mean, component=component)
-    out = {"clean": clean, "mean_ablation": ablated, "layer": layer, "component": component, "saes": []}
+    x_val = data["val"]["activations"].to(dev)
+
+    def spliced(sae) -> tuple[float, float]:
+        loss = downstream_loss(model, sae, layer, idx, targets, component=component)
+        return loss, fraction_of_loss_recovered(loss, clean, ablated)
+
+    constant = untrained_sae(_lm_run(config, config.lm_ks[0], config.seeds[0]), data).b_pre.detach().to(dev)
+    out = {"clean": clean, "mean_ablation": ablated, "layer": layer, "component": component,
+           "splice_only": spliced(lambda flat: constant.expand_as(flat))[1], "saes": []}
     for k in config.lm_ks:
         for seed in config.seeds:
-            sae, record = load_sae(_lm_run(config, k, seed), dev)
-            loss = downstream_loss(model, sae.to(dev), layer, idx, targets, component=component)
+            run = _lm_run(config, k, seed)
+            sae, record = load_sae(run, dev)
+            loss, fraction = spliced(sae.to(dev).eval())
+            null = untrained_sae(run, data).to(dev)
+            null_loss, null_fraction = spliced(null)
+            with torch.no_grad():
+                null_nmse = float(nmse(null(x_val), x_val))
+            evals = record["history"]["evals"]
+            converged = stats.convergence([e["step"] for e in evals], [e["nmse"] for e in evals]).converged
             out["saes"].append({"k": k, "seed": seed, "n_latents": config.lm_size,
-                                "nmse": record["final"]["nmse"], "loss": loss,
-                                "fraction_recovered": fraction_of_loss_recovered(loss, clean, ablated)})
+                                "nmse": record["final"]["nmse"], "converged": converged, "loss": loss,
+                                "fraction_recovered": fraction, "untrained_loss": null_loss,
+                                "untrained_nmse": null_nmse, "untrained_fraction_recovered": null_fraction,
+                                "over_null": fraction - null_fraction})
     return out
+
+
+def untrained_sae(run: RunConfig, data: dict | None = None):
+    """The SAE of ``run`` as initialised, before any training: the null of :func:`probe` and
+    :func:`downstream` (a random dictionary of the same size and k). ``b_pre`` at the geometric median of
+    the first 1024 training activations of ``data`` (default: ``lm_activations(run.lm)``), the encoder
+    scaled with the run's seed; eval mode, CPU."""
+    data = lm_activations(run.lm) if data is None else data
+    sae = build_sae(run)
+    sae.init_b_pre(data["train"]["activations"][:1024])
+    sae.scale_encoder_(seed=run.train.seed)
+    return sae.eval()
 
 
 @cpu_threads(1)
@@ -521,12 +561,7 @@ def _probe_job(lm: LMDataConfig, run: RunConfig | None, trained: bool, device=No
     x, labels = data["val"]["activations"], data["val"]["labels"]
     if run is None:
         return probe_loss(x, labels)
-    if trained:
-        sae, _ = load_sae(run, dev)
-    else:
-        sae = build_sae(run)
-        sae.init_b_pre(data["train"]["activations"][:1024])
-        sae.scale_encoder_(seed=run.train.seed)
+    sae = load_sae(run, dev)[0] if trained else untrained_sae(run, data)
     with torch.no_grad():
         z = sae.to(dev).eval().encode(x.to(dev)).cpu()
     return probe_loss(z, labels)
