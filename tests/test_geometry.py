@@ -18,6 +18,7 @@ from paperlab.geometry.estimate import (
     held_out_projections,
     ledoit_wolf,
     projection,
+    sibling_orthogonality,
     whiten,
 )
 from paperlab.geometry.hf import single_token_lemmas
@@ -168,6 +169,53 @@ def test_estimator_recovers_planted_structure_and_none_in_shuffled_data(hierarch
     concepts = extract_concepts(hierarchy, corpus.lemmas, config.min_tokens)
     data = planted_unembeddings(concepts, corpus.lemmas, PlantedConfig(d=32, n_other=100))
     assert data["gamma"].shape == (len(corpus.lemmas) + 100, 32)
+
+
+def test_random_siblings_match_the_real_ones_sizes_and_overlap():
+    parent = list(range(100, 160))
+    generator = torch.Generator().manual_seed(0)
+    draws = [E._random_siblings(parent, 20, 15, shared, generator) for shared in (0, 4, 15) for _ in range(5)]
+    for (a, b), shared in zip(draws, [0] * 5 + [4] * 5 + [15] * 5):
+        assert (len(a), len(b), len(set(a) & set(b))) == (20, 15, shared)
+        assert set(a) | set(b) <= set(parent)
+    assert len({tuple(a) for a, _ in draws[:5]}) == 5  # fresh draws
+    with pytest.raises(ValueError, match="do not fit"):
+        E._random_siblings(parent, 40, 30, 5, generator)  # 65 distinct tokens in a parent of 60
+
+
+def test_sibling_null_tells_structured_siblings_from_random_ones():
+    """Siblings whose offsets from the parent are orthogonal to it (the theorem) have smaller
+    |cos(l_parent, l_a - l_b)| than random subsets of the parent; random "siblings" do not."""
+    d, n = 16, 30
+    generator = torch.Generator().manual_seed(1)
+    noise = lambda k: 0.3 * torch.randn(k, d, generator=generator, dtype=torch.float64)  # noqa: E731
+    parent = torch.zeros(d, dtype=torch.float64)
+    parent[0] = 3.0
+    rows, sets, triples = [], {}, []
+    for z in range(12):
+        offsets = torch.zeros(2, d, dtype=torch.float64)
+        offsets[0, 1 + z % 7], offsets[1, 8 + z % 7] = 2.0, 2.0  # orthogonal to the parent's direction
+        start = len(rows)
+        rows += list(parent + offsets[0] + noise(n)) + list(parent + offsets[1] + noise(n))
+        a, b = list(range(start, start + n)), list(range(start + n, start + 2 * n))
+        sets.update({f"z{z}": a + b, f"a{z}": a, f"b{z}": b})
+        triples.append((f"z{z}", f"a{z}", f"b{z}"))
+    g = torch.stack(rows)
+    vectors = estimate_vectors(g, sets)
+    true = sum(abs(c) for c in sibling_orthogonality(vectors, triples)) / len(triples)
+    null = E._sibling_nulls(g, sets, triples, 20, torch.Generator().manual_seed(2))
+    assert len(null) == 20
+    assert true < min(null) - 0.02  # structured siblings beat every draw of their null
+    # "siblings" that are random halves of the parent are no better than the null
+    shuffled = torch.randperm(2 * n, generator=generator).tolist()
+    random_sets = dict(sets)
+    for z, a, b in triples:
+        members = sets[z]
+        random_sets[a] = sorted(members[i] for i in shuffled[:n])
+        random_sets[b] = sorted(members[i] for i in shuffled[n:])
+    random_vectors = estimate_vectors(g, random_sets)
+    random_true = sum(abs(c) for c in sibling_orthogonality(random_vectors, triples)) / len(triples)
+    assert min(null) - 0.05 < random_true < max(null) + 0.05
 
 
 def test_held_out_projections_on_pure_noise_are_near_zero():
@@ -356,7 +404,12 @@ def test_seed_effects_are_each_row_against_its_null(monkeypatch):
     w, sh = a["summary"]["whitened"], a["summary"]["shuffled"]
     assert effects["subsets"] == pytest.approx(w["true_mean_abs"] - sum(a["nulls"]["true_mean_abs"])
                                                / len(a["nulls"]["true_mean_abs"]))
-    assert effects["shuffled"] == pytest.approx(w["true_mean_abs"] - sh["true_matched_mean_abs"])
+    assert "shuffled" not in effects  # the matched-norm shuffled control is no null for orthogonality
+    sibling_null = a["nulls"]["siblings_mean_abs"]
+    assert len(sibling_null) == config.n_null_draws
+    assert effects["siblings"] == pytest.approx(w["siblings_mean_abs"]
+                                                - sum(sibling_null) / len(sibling_null))
+    assert effects["held_out"] == pytest.approx(w["held_out_mean"] - sh["held_out_mean"])
     iv = replicate["intervention"]
     middle = iv["middle"]
     assert effects["steering_middle"] == pytest.approx(middle["child_slope"] / middle["parent_slope"])
