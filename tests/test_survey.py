@@ -235,3 +235,28 @@ def test_run_needs_three_seeds_and_evaluations_before_any_work():
     with pytest.raises(ValueError, match="SurveyConfig.rl must be a TrainConfig with >= 5 evaluations"):
         E.run(replace(config, rl=replace(config.rl, eval_every=0)))
 
+
+
+def test_equals_greedy_is_the_control_filter_that_checks_nothing():
+    samples = [["3", "4", "3"], ["7", "7", "8"]]
+    kept = E.equals_greedy(samples, ["3", "8"])
+    assert kept.tolist() == [True, False, True, False, False, True]
+    correct = torch.tensor([True, False, True, True, True, False])
+    checked = E._checked(kept, correct)
+    assert checked["accepted_share"] == pytest.approx(0.5)
+    assert checked["accepted_accuracy"] == pytest.approx(2 / 3)  # the greedy answer to question 2 is wrong
+    with pytest.raises(ValueError):
+        E.equals_greedy(samples, ["3"])  # one greedy answer per question
+
+
+def test_likelihood_reward_is_the_reference_log_probability_and_ranks_best_of_n(task):
+    model = tiny_model(task, seed=1)
+    q = task.test[0]
+    prompts = [task.prompt_ids(q)] * 3
+    answers = [task.answer_ids(a) for a in (q.answer, str(int(q.answer) + 1), "0")]
+    scores = E.likelihood_reward(model)(prompts, answers)
+    expected = [answer_logprob(model, task, [q], [task.decode(a)]).item() for a in answers]
+    assert scores == pytest.approx(expected, abs=1e-5)
+    gold = torch.tensor([[1.0, 0.0, 0.0]])
+    best = int(torch.tensor(scores).argmax())
+    assert E.best_of_n_curve(gold, torch.tensor([scores]), [3])["gold"] == [gold[0, best].item()]

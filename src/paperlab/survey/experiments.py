@@ -8,14 +8,16 @@ base policy of :func:`paperlab.survey.models.base_policy` (SFT on the demonstrat
 2. **mechanism**, the generator-verifier gap: how well the policy checks answers (its own sampled
    answers, and near misses) against how well it produces them. Two checkers: the policy's own
    probability of the candidate (no new labels), and the policy fine-tuned to answer ``"a+b=c?"`` on
-   as many labelled checks as it had demonstrations;
+   as many labelled checks as it had demonstrations; and a control that checks nothing: keep a sample
+   when it equals the policy's greedy answer;
 3. **behaviour imitation**, weak-to-strong: the base fine-tuned on a weak supervisor's answers to the
    transfer questions, against the supervisor and against the same fine-tuning on true answers;
 4. **model feedback**: preference pairs of the policy's own answers (one right, one wrong, labelled by
    the gold checker); two reward models trained on them with the Bradley-Terry loss (a scalar head on
    the transformer, and DPO's implicit reward ``beta log pi / pi_ref``); best-of-n against each; policy
    gradient against the implicit reward; the DPO policy itself. Each traced as gold reward against KL
-   from the base policy;
+   from the base policy. Best-of-n is also run against the untrained base policy's log-likelihood, the
+   control a learnt reward has to beat;
 5. **environment feedback**: the same policy gradient with the environment's checker as the reward.
 """
 
@@ -58,7 +60,8 @@ from paperlab.survey.task import AdditionTask, Question, TaskConfig
 from paperlab.train import TrainConfig, auto_device, check_convergence_evaluations, seed_everything, train
 
 __all__ = ["SurveyConfig", "CONFIGS", "check_runnable", "seed_run", "run_seeds", "run", "EXPERIMENT",
-           "vote_accuracy", "best_of_n_curve", "environment_reward", "balanced_accuracy"]
+           "vote_accuracy", "best_of_n_curve", "environment_reward", "balanced_accuracy", "equals_greedy",
+           "likelihood_reward"]
 
 
 @dataclass(frozen=True)
@@ -215,6 +218,23 @@ def environment_reward(task: AdditionTask):
     return reward
 
 
+def equals_greedy(samples: Sequence[Sequence[str]], greedy: Sequence[str]) -> torch.Tensor:
+    """The control filter that checks nothing: accept a sample iff it is the policy's greedy answer to its
+    question. Flat over ``samples`` (questions x samples per question), like the checkers' decisions."""
+    return torch.tensor([a == g for answers, g in zip(samples, greedy, strict=True) for a in answers],
+                        dtype=torch.bool)
+
+
+def likelihood_reward(reference, pad_id: int = 0):
+    """The untrained control reward: the reference policy's log-probability of the whole answer."""
+
+    @torch.no_grad()
+    def reward(prompts: list[list[int]], responses: list[list[int]]) -> list[float]:
+        return sequence_logprob(reference, prompts, responses, pad_id=pad_id).tolist()
+
+    return reward
+
+
 def _checked(accepted: torch.Tensor, correct: torch.Tensor) -> dict:
     """What a checker did to a set of answers: the share of right answers it accepted and of wrong ones
     it rejected, its balanced accuracy (the mean of the two), the share it accepted and the accuracy of
@@ -331,9 +351,10 @@ def _self_consistency(s: _Seed, greedy: list[str]) -> tuple[dict, list[list[str]
             "tokens_per_sample": tiny.usage.generated_tokens / (len(questions) * c.vote_samples)}, samples
 
 
-def _generator_verifier_gap(s: _Seed, samples: list[list[str]]) -> dict:
+def _generator_verifier_gap(s: _Seed, samples: list[list[str]], greedy: list[str]) -> dict:
     """2. Two checkers (the policy's own probability > 1/2, and the policy fine-tuned on as many labelled
-    checks as it had demonstrations) on all of the policy's own samples and on balanced near misses."""
+    checks as it had demonstrations) on all of the policy's own samples and on balanced near misses; and
+    the control that checks nothing (keep a sample iff it equals the greedy answer) on the same samples."""
     c, task = s.config, s.task
     questions = [q for q in task.test[: c.n_vote_questions] for _ in range(c.vote_samples)]
     own = [a for answers in samples for a in answers]
@@ -341,9 +362,11 @@ def _generator_verifier_gap(s: _Seed, samples: list[list[str]]) -> dict:
     check_questions = task.test[: c.n_test_checks]
     _, candidates, truth = check_examples(task, check_questions, random.Random(s.seed + 2))
     half = torch.log(torch.tensor(0.5))
+    own_likely = answer_logprob(s.base, task, questions, own) > half
     likelihood = {"near_misses": balanced_accuracy(
         answer_logprob(s.base, task, check_questions, candidates) > half, torch.tensor(truth)),
-        **_checked(answer_logprob(s.base, task, questions, own) > half, correct)}
+        **_checked(own_likely, correct)}
+    control = equals_greedy(samples, greedy[: len(samples)])
     checker = copy.deepcopy(s.base).train()
     labelled, _, _ = check_examples(task, task.transfer[: len(task.demos)], random.Random(s.seed + 1))
     sft(checker, labelled, s.tuned(c.checker), device=s.device, desc="checker")
@@ -352,7 +375,9 @@ def _generator_verifier_gap(s: _Seed, samples: list[list[str]]) -> dict:
         verifier_probability(checker, task, check_questions, candidates) > 0.5, torch.tensor(truth)),
         **_checked(verifier_probability(checker, task, questions, own) > 0.5, correct)}
     return {"sample_accuracy": correct.float().mean().item(), "likelihood_checker": likelihood,
-            "trained_checker": trained, "n_labelled_checks": len(labelled)}
+            "trained_checker": trained, "greedy_filter": _checked(control, correct),
+            "likelihood_agrees_with_greedy_filter": (own_likely == control).float().mean().item(),
+            "n_labelled_checks": len(labelled)}
 
 
 def _weak_to_strong(s: _Seed) -> dict:
@@ -379,9 +404,10 @@ def _weak_to_strong(s: _Seed) -> dict:
     return out
 
 
-def _reward_models(s: _Seed, reference, curves: dict) -> tuple[dict, Callable, Callable]:
+def _reward_models(s: _Seed, reference, curves: dict) -> tuple[dict, Callable, Callable, Callable]:
     """4. Pairs of the policy's own answers (right, wrong), a scalar-head reward model and DPO (one run
-    per beta, traced into ``curves``) on them. Returns the pair accuracies and the two learnt rewards."""
+    per beta, traced into ``curves``) on them. Returns the pair accuracies, the two learnt rewards and the
+    untrained control (the base policy's log-likelihood)."""
     c, task = s.config, s.task
     rng = random.Random(s.seed)
     texts, ids = sample_answers(s.base, task, task.unlabelled, c.pair_samples, s.generator)
@@ -409,18 +435,17 @@ def _reward_models(s: _Seed, reference, curves: dict) -> tuple[dict, Callable, C
         dpo_policies.append(align.freeze(policy))
     learnt_reward = implicit_reward(dpo_policies[0], reference, c.dpo_betas[0], task.tokenizer.pad_id)
 
-    def likelihood_score(prompts, responses):
-        return sequence_logprob(reference, prompts, responses).tolist()
-
+    likelihood_score = likelihood_reward(reference, task.tokenizer.pad_id)
     scores = {"scalar head": scalar_reward, "implicit (DPO)": learnt_reward,
               "base likelihood (untrained)": likelihood_score}
     return ({"pairs": len(triples), "prompts": len(task.unlabelled), "held_out_pairs": len(held_out),
              "pair_accuracy": {name: _pair_accuracy(fn, task, held_out) for name, fn in scores.items()}},
-            learnt_reward, scalar_reward)
+            learnt_reward, scalar_reward, likelihood_score)
 
 
 def _best_of_n(s: _Seed, rewards: dict[str, Callable]) -> dict:
-    """4. Best-of-n against each learnt reward, on ``bon_samples`` samples per test question."""
+    """4. Best-of-n against each reward (the learnt ones and the untrained control), on ``bon_samples``
+    samples per test question."""
     c, task = s.config, s.task
     questions = task.test[: c.n_bon_questions]
     texts, ids = sample_answers(s.base, task, questions, c.bon_samples, s.generator)
@@ -469,13 +494,14 @@ def _compute_seed(config: SurveyConfig, seed: int, device) -> dict:
         "train_accuracy": greedy_accuracy(base, task, task.demos)}}
     out["vote"], samples = _self_consistency(s, greedy)
     lap("self-consistency")
-    out["gap"] = {"generation_accuracy": out["vote"]["greedy"], **_generator_verifier_gap(s, samples)}
+    out["gap"] = {"generation_accuracy": out["vote"]["greedy"], **_generator_verifier_gap(s, samples, greedy)}
     lap("generator-verifier gap")
     out["w2s"] = {"strong_before": out["base"]["greedy_accuracy"], **_weak_to_strong(s)}
     lap("weak-to-strong")
     reference, curves = align.freeze(base), {}
-    out["reward_models"], learnt_reward, scalar_reward = _reward_models(s, reference, curves)
-    out["best_of_n"] = _best_of_n(s, {"implicit (DPO)": learnt_reward, "scalar head": scalar_reward})
+    out["reward_models"], learnt_reward, scalar_reward, likelihood = _reward_models(s, reference, curves)
+    out["best_of_n"] = _best_of_n(s, {"implicit (DPO)": learnt_reward, "scalar head": scalar_reward,
+                                      "base likelihood (untrained)": likelihood})
     lap("reward models, DPO, best-of-n")
     curves["rl_reward_model"] = _policy_gradient(s, reference, learnt_reward, learnt_reward,
                                                  "rl_reward_model")
