@@ -320,19 +320,58 @@ def test_curriculum_holds_low_resource_directions_back_until_its_step():
         RunConfig(curriculum_step=NLLB_TRAIN.steps)
 
 
-def test_zero_shot_null_and_untrained_routing_are_recorded():
+def test_zero_shot_null_and_the_routing_null_are_recorded():
+    from paperlab.nllb.train import _initial_gates, build_model
+
     run = RunConfig(world=SMALL_WORLD, d_model=32, d_hidden=64, n_heads=2, ffn="moe", n_experts=4,
                     train=dataclasses.replace(NLLB_TRAIN, steps=2, batch_size=4, warmup_steps=1,
                                               eval_every=1))
-    _, _, record = train_run(run)
+    model, translator, record = train_run(run)
     assert D.zero_shot_directions(("ara", "amu")) == [("ara", "amu"), ("amu", "ara")]
     for a, b in D.zero_shot_directions(run.languages):
         entry = record["test"][f"{a}-{b}"]
         assert entry["zero_shot"] and entry["shifted_loss"] > 0 and entry["loss"] > 0
     assert "shifted_loss" not in record["test"]["ara-pax"]
     layers = {"encoder.1", "decoder.1"}
-    assert set(record["routing_untrained"]["usage"]) == set(record["routing"]["usage"]) == layers
+    assert set(record["routing_initial_gate"]["usage"]) == set(record["routing"]["usage"]) == layers
     assert record["routing"]["eval_dropped"] == {"encoder.1": 0.0, "decoder.1": 0.0}  # C = S in evaluation
+    # the null is the trained network with only the gates W_g put back to their initial weights
+    vocab = translator.tokenizer.vocab_size
+    null, initial = _initial_gates(model, run, vocab), build_model(run, vocab)
+    gate_ids = {id(layer.gate.weight) for layer in null.moe_layers().values()}
+    gates = {k for k, p in null.named_parameters() if id(p) in gate_ids}
+    assert gates == {"encoder.1.ffn.ffn.gate.weight", "decoder.1.ffn.ffn.gate.weight"}
+    trained, init = model.state_dict(), initial.state_dict()
+    for key, value in null.state_dict().items():
+        assert torch.equal(value, init[key] if key in gates else trained[key]), key
+    assert any(not torch.equal(trained[k], init[k]) for k in gates)  # the gates did train
+    assert not null.training
+    again = routing_by_language(null, Translator(null, translator.tokenizer), D.make_world(SMALL_WORLD),
+                                run.languages)
+    assert again["usage"] == record["routing_initial_gate"]["usage"]
+
+
+def test_low_resource_directions_are_scored_at_their_own_best_validation_checkpoint():
+    """One checkpoint rule for the transfer comparison: the lowest mean low-resource validation loss, for a
+    multilingual run (whose own checkpoint is the last) and for a bilingual one (whose own is the best)."""
+    schedule = dataclasses.replace(NLLB_TRAIN, steps=12, batch_size=8, lr=3e-3, warmup_steps=2, eval_every=2)
+    multi = RunConfig(world=SMALL_WORLD, languages=("ara", "amu"), d_model=32, d_hidden=64, n_heads=2,
+                      train=schedule, test_zero_shot=False)
+    _, _, record = train_run(multi)
+    evals = record["history"]["evals"]
+    low = [(e["step"], (e["val/amu-pax"] + e["val/pax-amu"]) / 2) for e in evals]
+    assert record["low_best"]["step"] == min(low, key=lambda x: x[1])[0]
+    assert set(record["low_best"]["test"]) == {"amu-pax", "pax-amu"}
+    assert record["best_step"] == 12  # the run itself keeps its last weights
+    if record["low_best"]["step"] != 12:
+        assert record["low_best"]["test"]["amu-pax"]["loss"] != record["test"]["amu-pax"]["loss"]
+    bilingual = dataclasses.replace(multi, languages=("amu",), select="best")
+    _, _, record = train_run(bilingual)
+    assert record["low_best"]["step"] == record["best_step"]
+    for d in ("amu-pax", "pax-amu"):
+        assert record["low_best"]["test"][d]["loss"] == record["test"][d]["loss"]
+    high_only = dataclasses.replace(multi, languages=("ara",))
+    assert train_run(high_only)[2]["low_best"] is None
 
 
 def test_language_similarity_and_onset(monkeypatch):
@@ -380,9 +419,13 @@ def test_summary_converged_needs_every_group_to_stop_falling(monkeypatch):
         evals = [{"step": 10 * (i + 1), **{f"val/{d}": rising[i] for d in low},
                   **{f"val/{d}": high_curve[i] for d in high}} for i in range(10)]
         test = {d: {"loss": 1.0, "chrf": 50.0} for d in low + high}
-        return {"history": {"evals": evals}, "test": test, "directions": low + high, "best_step": 100}
+        low_best = {"step": 20, "test": {d: {"loss": 0.5 + seed, "chrf": 60.0} for d in low}}
+        return {"history": {"evals": evals}, "test": test, "directions": low + high, "best_step": 100,
+                "low_best": low_best}
 
     monkeypatch.setattr(E, "record", fake_record)
     out = E.summary(config, "moe")
     assert out["converged"] == [False, True]
     assert out["low_rise"] == [pytest.approx(1.5), pytest.approx(1.5)]
+    assert out["low_loss"] == [1.0, 1.0] and out["low_loss_best"] == [0.5, 1.5]  # the two checkpoints
+    assert out["low_best_step"] == [20, 20] and out["low_chrf_best"] == [60.0, 60.0]

@@ -13,6 +13,10 @@ once per seed of ``config.seeds``. The runs (see :func:`run_config`), all with t
 - ``bilingual/<x>``: for each low-resource language ``x``, a dense model trained on ``x <-> hub`` only, on
   its own schedule (``bilingual_train``), at its best validation checkpoint.
 
+Every run also records its low-resource test scores at the checkpoint of its lowest mean low-resource
+validation loss (``low_best``, see :func:`paperlab.nllb.train.train_run`): the transfer comparison scores
+the multilingual dense model and the bilingual baselines by that one rule.
+
 The primary metric of every comparison is the held-out loss (nats per target token, teacher forcing):
 the test loss at the checkpoint a run keeps, and the validation curves for overfitting. :func:`summary`
 gives one number per seed for each quantity; the chapter turns them into estimates and verdicts.
@@ -88,12 +92,14 @@ class NLLBExperimentConfig:
     capacity_factor: float = 1.0
     dropout: float = 0.1
     train: TrainConfig = dataclasses.replace(NLLB_TRAIN, steps=1500, batch_size=32, lr=3e-3, warmup_steps=100,
-                                             eval_every=100)
-    # bilingual: best validation step 100 on every seed at 600 steps and at 300 (measured; test loss 1.967 and
-    # 1.969), so 300 steps (6 evaluations) go well past it. The multilingual runs keep 1500: at 1200 a plain
-    # MoE seed's high-resource validation loss is still falling by the convergence check (measured)
+                                             eval_every=50)
+    # bilingual: best validation step 100 on every seed at 600 steps and at 300 with an evaluation every 50
+    # (measured), the second evaluation: too coarse to find the minimum, so every 10 steps (30 evaluations).
+    # The multilingual runs evaluate every 50 for the same reason (the dense low-resource minimum fell at step
+    # 200-400 with every 100). They keep 1500 steps: at 1200 a plain MoE seed's high-resource validation loss
+    # is still falling by the convergence check (measured)
     bilingual_train: TrainConfig = dataclasses.replace(NLLB_TRAIN, steps=300, batch_size=32, lr=3e-3,
-                                                       warmup_steps=50, eval_every=50)
+                                                       warmup_steps=50, eval_every=10)
     eom_p: float = 0.2
     seeds: tuple[int, ...] = (0, 1, 2)
     workers: int = 2
@@ -250,6 +256,9 @@ def summary(config: NLLBExperimentConfig, name: str) -> dict[str, list]:
 
     - ``low_loss`` / ``high_loss``: test loss (nats/token) averaged over the low / high-resource directions,
       at the checkpoint the run keeps (the last one; the best validation one for bilingual models);
+    - ``low_loss_best`` / ``low_chrf_best`` / ``low_best_step``: the low-resource test loss, chrF++ and step
+      at the checkpoint of the lowest mean low-resource validation loss, one rule for every run (for
+      bilingual models the checkpoint they keep; ``low_best_step`` one step per bilingual model);
     - ``low_rise`` / ``high_rise``: final minus lowest mean validation loss of those directions;
     - ``low_chrf`` / ``high_chrf``: chrF++ of greedy translations, averaged the same way;
     - ``converged``: the validation loss averaged over each group of directions (low and high-resource
@@ -258,11 +267,16 @@ def summary(config: NLLBExperimentConfig, name: str) -> dict[str, list]:
       curve; ``best_step``: the step of the weights kept.
     """
     if name == "bilingual":
-        out = {key: [] for key in ("low_loss", "low_chrf", "low_rise", "converged", "best_step")}
+        out = {key: [] for key in ("low_loss", "low_chrf", "low_loss_best", "low_chrf_best", "low_best_step",
+                                   "low_rise", "converged", "best_step")}
         for seed in config.seeds:
             records = [record(config, name, seed) for name in names(config) if name.startswith("bilingual/")]
             out["low_loss"].append(_mean(r["test"][d]["loss"] for r in records for d in r["directions"]))
             out["low_chrf"].append(_mean(r["test"][d]["chrf"] for r in records for d in r["directions"]))
+            best = [r["low_best"] for r in records]
+            out["low_loss_best"].append(_mean(b["test"][d]["loss"] for b in best for d in b["test"]))
+            out["low_chrf_best"].append(_mean(b["test"][d]["chrf"] for b in best for d in b["test"]))
+            out["low_best_step"].append([b["step"] for b in best])
             per_model = [curves_of(r, r["directions"]) for r in records]
             out["low_rise"].append(_mean(_rise(c) for _, c in per_model))
             out["converged"].append(all(not _still_falling(s, c) for s, c in per_model))
@@ -271,9 +285,13 @@ def summary(config: NLLBExperimentConfig, name: str) -> dict[str, list]:
     if name not in MULTILINGUAL:
         raise ValueError(f"summary takes one of {MULTILINGUAL + ('bilingual',)}, got {name!r}")
     out = {key: [] for key in ("low_loss", "high_loss", "low_rise", "high_rise", "low_chrf", "high_chrf",
-                               "converged", "best_step")}
+                               "low_loss_best", "low_chrf_best", "low_best_step", "converged", "best_step")}
     for seed in config.seeds:
         r = record(config, name, seed)
+        best = r["low_best"]
+        out["low_loss_best"].append(_mean(best["test"][d]["loss"] for d in low_directions(config)))
+        out["low_chrf_best"].append(_mean(best["test"][d]["chrf"] for d in low_directions(config)))
+        out["low_best_step"].append(best["step"])
         for group, directions in (("low", low_directions(config)), ("high", high_directions(config))):
             out[f"{group}_loss"].append(_mean(r["test"][d]["loss"] for d in directions))
             out[f"{group}_chrf"].append(_mean(r["test"][d]["chrf"] for d in directions))
@@ -307,13 +325,14 @@ def language_similarity(usage: dict[str, list[float]]) -> float:
 def routing(config: NLLBExperimentConfig, name: str = "moe") -> dict:
     """Routing of the MoE run ``name``: expert usage per language and layer (first seed), and per seed the
     load-balancing loss and dropped fraction over the last tenth of training, the largest dropped fraction
-    in evaluation, and each layer's :func:`language_similarity` for the trained model and for the same model
-    before training (the null: what the languages' different words alone do to the routing)."""
+    in evaluation, and each layer's :func:`language_similarity` for the trained model and for the null, the
+    trained model with its gates put back to their initial weights (what the trained network's
+    representations of the languages do to the routing without a trained gate)."""
     first = record(config, name)
     layers = list(first["routing"]["usage"])
     per_seed = {"final_l_aux": [], "final_dropped": [], "final_dropped_tokens": [], "eval_dropped": [],
                 "similarity": {layer: [] for layer in layers},
-                "similarity_untrained": {layer: [] for layer in layers}}
+                "similarity_null": {layer: [] for layer in layers}}
     for seed in config.seeds:
         r = record(config, name, seed)
         log = r["moe_log"]
@@ -323,8 +342,8 @@ def routing(config: NLLBExperimentConfig, name: str = "moe") -> dict:
         per_seed["eval_dropped"].append(max(r["routing"]["eval_dropped"].values()))
         for layer in layers:
             per_seed["similarity"][layer].append(language_similarity(r["routing"]["usage"][layer]))
-            untrained = r["routing_untrained"]["usage"][layer]
-            per_seed["similarity_untrained"][layer].append(language_similarity(untrained))
+            null = r["routing_initial_gate"]["usage"][layer]
+            per_seed["similarity_null"][layer].append(language_similarity(null))
     log = first["moe_log"]
     return {
         "languages": list(first["routing"]["usage"][layers[0]]),

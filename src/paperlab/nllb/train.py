@@ -13,7 +13,11 @@ the cache key of :func:`run_cached`. A run:
    (``l_aux``, dropped fraction) every step; then, at the checkpoint it keeps (``select``), the test loss
    of every direction (zero-shot directions included, with a null: the same sources against shifted
    references), chrF++ and BLEU (sacrebleu) of greedy translations, and the expert usage per language
-   (:func:`routing_by_language`) of the trained model and of the same model before training.
+   (:func:`routing_by_language`) of the trained model and of the null (the trained model with its MoE
+   gates put back to their initial weights, :func:`_initial_gates`);
+4. when it trains a low-resource direction, also scores those directions (``low_best``) at the
+   checkpoint of their own lowest mean validation loss, the rule the transfer comparison applies to the
+   multilingual model and the bilingual baselines alike.
 """
 
 from __future__ import annotations
@@ -327,28 +331,52 @@ def _train_run(run: RunConfig, device) -> tuple[Seq2Seq, Translator, dict]:
                                    directions, tokenizer.pad_id)
     validation = _Validation(run, {_name(d): encode_pairs(translator, world.pairs(*d, split="valid"), d)
                                    for d in directions})
-    eval_fn = BestWeights(validation, score=_Validation.mean) if run.select == "best" else validation
+    select = BestWeights(validation, score=_Validation.mean) if run.select == "best" else None
+    low = [d for d in directions if d[0] in LOW or d[1] in LOW]
+    low_best = BestWeights(select or validation, score=_Validation.low_mean) if low else None
+    eval_fn = low_best or select or validation
     moe_log = _MoELog()
     result = train(model, get_batch, lambda m, b: m.loss(*b), run.train, eval_fn=eval_fn, device=device,
                    desc=f"NLLB {run.ffn} {'+'.join(run.languages)}", on_step=moe_log)
-    best_step = eval_fn.restore(model, result) if run.select == "best" else run.train.steps
+    low_record = None
+    if low_best is not None:  # the low-resource directions at their own best validation checkpoint
+        kept = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        low_step = low_best.restore(model, result)
+        model.eval()
+        low_record = {"step": low_step, "test": _test_scores(run, translator, world, low, zero_shot=False)}
+        model.load_state_dict(kept)
+    best_step = select.restore(model, result) if select is not None else run.train.steps
     model.eval()
     test = _test_scores(run, translator, world, directions)
     model.cpu()
     translator.model = model
-    untrained = build_model(run, tokenizer.vocab_size)  # the same initial weights (same seed), never trained
+    null = _initial_gates(model, run, tokenizer.vocab_size)
     return model, translator, {
         "history": result.to_dict(),
         "moe_log": moe_log.record,
         "test": test,
+        "low_best": low_record,
         "routing": routing_by_language(model, translator, world, run.languages),
-        "routing_untrained": routing_by_language(untrained, Translator(untrained, tokenizer), world,
-                                                 run.languages),
+        "routing_initial_gate": routing_by_language(null, Translator(null, tokenizer), world, run.languages),
         "best_step": best_step,
         "parameters": sum(p.numel() for p in model.parameters()),
         "directions": [_name(d) for d in directions],
         "seconds": result.seconds,
     }
+
+
+def _initial_gates(model: Seq2Seq, run: RunConfig, vocab_size: int) -> Seq2Seq:
+    """The routing null: a copy of the trained ``model`` whose MoE gates ``W_g`` are put back to their
+    initial weights (same seed), eval mode. The rest of the network stays trained, so whatever the trained
+    embeddings and layers already do to separate languages is in the null too; only what training the
+    gate added is not."""
+    null = build_model(run, vocab_size)
+    initial = {name: layer.gate.weight.detach().clone() for name, layer in null.moe_layers().items()}
+    null.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        for name, layer in null.moe_layers().items():
+            layer.gate.weight.copy_(initial[name])
+    return null.eval()
 
 
 def _direction_sampler(run: RunConfig, data: list[tuple[torch.Tensor, ...]], directions: list, pad_id: int):
@@ -399,6 +427,13 @@ class _Validation:
         """The score ``select="best"`` minimises: the mean validation loss over the trained directions."""
         return sum(losses.values()) / len(losses)
 
+    @staticmethod
+    def low_mean(losses: dict[str, float]) -> float:
+        """The score of the ``low_best`` checkpoint: the mean validation loss over the trained directions
+        with a low-resource language on either side (for a bilingual baseline, all of them)."""
+        low = [v for k, v in losses.items() if any(x in LOW for x in k.removeprefix("val/").split("-"))]
+        return sum(low) / len(low)
+
 
 class _MoELog:
     """The ``on_step`` of a run: per step, the cross-entropy and the MoE layers' mean ``l_aux``, dropped
@@ -420,15 +455,16 @@ class _MoELog:
             log["gate"].append(sum(gates) / len(gates))
 
 
-def _test_scores(run: RunConfig, translator: Translator, world, directions: list) -> dict:
-    """Per direction of the test set (every trained direction, and the zero-shot directions between trained
-    languages when ``test_zero_shot``): the test loss (nats/token, teacher forcing), chrF++ and BLEU of
-    greedy translations, three examples; for zero-shot directions also ``shifted_loss``, the loss of the
-    same sources against the references shifted by one sentence (right language, wrong meaning): the null
-    that the true references' loss is compared with."""
-    zero_shot = zero_shot_directions(run.languages)
+def _test_scores(run: RunConfig, translator: Translator, world, directions: list,
+                 zero_shot: bool = True) -> dict:
+    """Per direction of the test set (``directions``, and the zero-shot directions between trained
+    languages when ``zero_shot`` and ``run.test_zero_shot``): the test loss (nats/token, teacher forcing),
+    chrF++ and BLEU of greedy translations, three examples; for zero-shot directions also
+    ``shifted_loss``, the loss of the same sources against the references shifted by one sentence (right
+    language, wrong meaning): the null that the true references' loss is compared with."""
+    unseen = zero_shot_directions(run.languages) if zero_shot and run.test_zero_shot else []
     test = {}
-    for d in list(directions) + (zero_shot if run.test_zero_shot else []):
+    for d in list(directions) + unseen:
         pairs = world.pairs(*d, split="test")
         hypotheses = translator.translate([s for s, _ in pairs], *d)
         test[_name(d)] = {
