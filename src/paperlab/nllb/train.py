@@ -329,8 +329,8 @@ def _train_run(run: RunConfig, device) -> tuple[Seq2Seq, Translator, dict]:
     directions = run.directions
     get_batch = _direction_sampler(run, [encode_pairs(translator, world.pairs(*d), d) for d in directions],
                                    directions, tokenizer.pad_id)
-    validation = _Validation(run, {_name(d): encode_pairs(translator, world.pairs(*d, split="valid"), d)
-                                   for d in directions})
+    validation = _Validation({_name(d): encode_pairs(translator, world.pairs(*d, split="valid"), d)
+                              for d in directions})
     select = BestWeights(validation, score=_Validation.mean) if run.select == "best" else None
     low = [d for d in directions if d[0] in LOW or d[1] in LOW]
     low_best = BestWeights(select or validation, score=_Validation.low_mean) if low else None
@@ -416,8 +416,8 @@ class _Validation:
     """The ``eval_fn`` of a run: validation loss per direction (with ``select="best"`` wrapped in
     :class:`paperlab.train.BestWeights`, which keeps the weights of the lowest mean loss)."""
 
-    def __init__(self, run: RunConfig, valid: dict[str, tuple[torch.Tensor, ...]]) -> None:
-        self.run, self.valid = run, valid
+    def __init__(self, valid: dict[str, tuple[torch.Tensor, ...]]) -> None:
+        self.valid = valid
 
     def __call__(self, model: Seq2Seq) -> dict[str, float]:
         return {f"val/{name}": validation_loss(model, v) for name, v in self.valid.items()}
