@@ -106,6 +106,24 @@ def test_convergence_says_why_a_fall_did_not_count():
     assert check.describe().endswith("the slope's 95% interval includes 0)")
 
 
+def test_convergence_of_a_score_to_raise_mirrors_the_loss_check():
+    steps = np.arange(100, 2100, 100)
+    rising = stats.convergence(steps, 0.2 + steps / 10000, higher_is_better=True)
+    mirrored = stats.convergence(steps, -(0.2 + steps / 10000))
+    assert rising.still_falling and mirrored.still_falling  # still improving, in either direction
+    assert rising.drop > 0 and rising.drop == pytest.approx(mirrored.drop)
+    assert rising.level == pytest.approx(-mirrored.level)
+    assert rising.slope.value == pytest.approx(1e-4)  # the slope in the curve's own units
+    assert rising.describe() == "still rising: rose 0.04 over steps 1600-2000 (11% of 0.38)"
+    falling = stats.convergence(steps, 0.6 - steps / 10000, higher_is_better=True)
+    assert falling.converged and falling.describe().startswith("converged: fell 0.04 ")
+    noisy = 0.5 + np.where(np.arange(steps.size) % 2 == 0, -0.2, 0.2)  # a zigzag ending in a rise
+    noisy[-1] += 0.1
+    check = stats.convergence(steps, noisy, higher_is_better=True)
+    assert check.converged and check.drop > 0
+    assert check.describe().startswith("converged (no significant rise): rose ")
+
+
 def test_bad_input_is_named():
     with pytest.raises(ValueError, match="at least 2"):
         stats.over_seeds([1.0])

@@ -243,15 +243,18 @@ def loglog_fit(x: Sequence[float], y: Sequence[float]) -> tuple[float, float, fl
 
 @dataclass(frozen=True)
 class Convergence:
-    """Is a curve still falling at its end? (see :func:`convergence`)."""
+    """Is a curve still improving at its end? (see :func:`convergence`). For a loss (``higher_is_better``
+    False) improving means falling; for a reward or success rate, rising. ``drop`` and ``still_falling``
+    count the improvement in the curve's own direction, so one check serves both."""
 
     slope: Estimate  # change of the value per step over the tail, with a t interval
     tail_steps: tuple[int, int]  # first and last step of the tail
-    drop: float  # fitted decrease over the tail (value units); > 0 means falling
+    drop: float  # fitted improvement over the tail (value units): a decrease, or a rise if higher_is_better
     level: float  # mean value over the tail
-    tolerance: float  # relative drop (of level) below which a fall is negligible
-    still_falling: bool
-    floor: float = 0.0  # absolute drop (value units) below which a fall is negligible
+    tolerance: float  # relative improvement (of level) below which it is negligible
+    still_falling: bool  # still improving: still falling, or still rising if higher_is_better
+    floor: float = 0.0  # absolute improvement (value units) below which it is negligible
+    higher_is_better: bool = False
 
     @property
     def converged(self) -> bool:
@@ -260,19 +263,20 @@ class Convergence:
     def describe(self) -> str:
         """The verdict and the fitted change over the tail, with the reason a fall did not count: the curve
         rose, the fall is under the tolerance (or floor), or it is not significant (noise)."""
-        change = "fell" if self.drop > 0 else "rose"
+        improved, worsened = ("rose", "fell") if self.higher_is_better else ("fell", "rose")
+        change = improved if self.drop > 0 else worsened
         share = f"{100 * abs(self.drop) / abs(self.level):.2g}% of {self.level:.3g}" if self.level else ""
         reason = ""
         if self.still_falling:
-            state = "still falling"
+            state = "still rising" if self.higher_is_better else "still falling"
         elif self.drop <= 0:
             state = "converged"
         elif self.drop <= max(self.tolerance * abs(self.level), self.floor):
             state = "converged"
             reason = (f"under the {self.floor:g} floor" if self.floor > self.tolerance * abs(self.level)
                       else f"under the {100 * self.tolerance:g}% that counts")
-        else:  # a fall larger than the tolerance, but the slope's interval reaches zero
-            state = "converged (no significant fall)"
+        else:  # an improvement larger than the tolerance, but the slope's interval reaches zero
+            state = f"converged (no significant {'rise' if self.higher_is_better else 'fall'})"
             reason = "the slope's 95% interval includes 0"
         detail = "; ".join(part for part in (share, reason) if part)
         return (f"{state}: {change} {abs(self.drop):.3g} over steps {self.tail_steps[0]}-{self.tail_steps[1]}"
@@ -284,8 +288,12 @@ CONVERGENCE_MIN_EVALUATIONS = 5  # the fewest evaluations it fits its line to (3
 
 
 def convergence(steps: Sequence[int], values: Sequence[float], *, tail: float = CONVERGENCE_TAIL,
-                tolerance: float = 0.005, floor: float = 0.0) -> Convergence:
+                tolerance: float = 0.005, floor: float = 0.0, higher_is_better: bool = False) -> Convergence:
     """Fit a line to the last ``tail`` fraction of a curve (a validation loss) and ask if it still falls.
+
+    With ``higher_is_better`` the curve is a score to raise (a reward, a success rate) and the same check
+    asks whether it still *rises*: it runs on the negated curve, and reports the level, slope and rise in
+    the curve's own units.
 
     Still falling means both: the slope's 95% interval lies below zero (the fall is not noise), and the
     fitted decrease over the tail exceeds both ``tolerance`` times the curve's level there (0.5% by
@@ -318,7 +326,10 @@ def convergence(steps: Sequence[int], values: Sequence[float], *, tail: float = 
     half = float(_scipy_stats.t.ppf(0.5 + CONFIDENCE / 2, df=tx.size - 2)) * fit.stderr
     slope = Estimate(fit.slope, fit.slope - half, fit.slope + half, int(tx.size),
                      f"least squares over the last {tx.size} evaluations")
-    drop = float(-fit.slope * (tx[-1] - tx[0]))
+    sign = -1.0 if higher_is_better else 1.0  # an improvement is a fall of sign * value
+    drop = float(-sign * fit.slope * (tx[-1] - tx[0]))
     level = float(ty.mean())
-    falling = bool(slope.high < 0 and drop > max(tolerance * abs(level), floor))
-    return Convergence(slope, (int(tx[0]), int(tx[-1])), drop, level, tolerance, falling, floor)
+    improving = (slope.low > 0) if higher_is_better else (slope.high < 0)  # not noise
+    falling = bool(improving and drop > max(tolerance * abs(level), floor))
+    return Convergence(slope, (int(tx[0]), int(tx[-1])), drop, level, tolerance, falling, floor,
+                       higher_is_better)

@@ -218,18 +218,10 @@ def _summary(trajectories: list[Trajectory], config: AgentGymConfig) -> dict:
 
 
 def success_trend(history: TrainResult) -> stats.Convergence:
-    """The convergence check (:func:`paperlab.stats.convergence`) on the validation success rate, turned
-    upside down: "still falling" here means the success rate is still rising over the last fifth."""
+    """The convergence check (:func:`paperlab.stats.convergence`) on the validation success rate, a score
+    to raise: "still rising" means it still rises over the last fifth."""
     steps, success = history.eval_history("val_success")
-    return stats.convergence(steps, [-value for value in success])
-
-
-def describe_success(check: stats.Convergence) -> str:
-    """:func:`success_trend`'s check in words (a rise of the success rate is a fall of its negative)."""
-    state = "still rising" if check.still_falling else "not rising"
-    change = "rose" if check.drop > 0 else "fell"
-    first, last = check.tail_steps
-    return f"success {state}: {change} {abs(check.drop):.3f} over steps {first}-{last}"
+    return stats.convergence(steps, success, higher_is_better=True)
 
 
 def _record(name: str, model: GPT, history: TrainResult, config: AgentGymConfig, n_train: int,
@@ -243,7 +235,7 @@ def _record(name: str, model: GPT, history: TrainResult, config: AgentGymConfig,
             "n_trajectories": n_train, "steps": history.steps[-1], "kept_step": kept_step,
             "val_loss": kept["val_loss"], "val_success": kept["val_success"],
             "converged": loss_check.converged and success_check.converged,
-            "convergence": loss_check.describe(), "success_trend": describe_success(success_check),
+            "convergence": loss_check.describe(), "success_trend": f"success {success_check.describe()}",
             "history": {"steps": history.steps, "loss": history.loss, "evals": history.evals},
             "train_seconds": history.seconds, "examples": [t.to_dict() for t in test[:: config.n_test]]}
 
