@@ -269,8 +269,8 @@ def summary(config: NLLBExperimentConfig, name: str) -> dict[str, list]:
     - ``low_chrf`` / ``high_chrf``: chrF++ of greedy translations, averaged the same way;
     - ``converged``: the validation loss averaged over each group of directions (low and high-resource
       separately, so that one group turning up cannot hide the other still falling) is not still falling
-      over its last fifth by more than ``CONVERGENCE_FLOOR`` (:func:`paperlab.stats.convergence`); for bilingual models, each model's own
-      curve; ``best_step``: the step of the weights kept.
+      over its last fifth by more than ``CONVERGENCE_FLOOR`` (:func:`paperlab.stats.convergence`); for
+      bilingual models, each model's own curve; ``best_step``: the step of the weights kept.
     """
     if name == "bilingual":
         out = {key: [] for key in ("low_loss", "low_chrf", "low_loss_best", "low_chrf_best", "low_best_step",
