@@ -335,5 +335,6 @@ def test_identical_outputs_are_counted_per_seed_and_left_out_on_request():
     assert analysis.needed_where_different(0.9, 0.55) > 1  # out of reach
     with pytest.raises(ValueError, match="one scored run per run"):
         analysis.identical_shares_by_seed(runs[:2], scores, "A", "B")
+    assert analysis.needed_where_different(1.0, 0.55) == math.inf  # every output a tie
     with pytest.raises(ValueError, match="share_identical"):
-        analysis.needed_where_different(1.0, 0.55)
+        analysis.needed_where_different(1.5, 0.55)

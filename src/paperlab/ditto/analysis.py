@@ -122,7 +122,10 @@ def win_rates_where_different(runs: Sequence[dict], scores: Sequence[dict], a: s
 def needed_where_different(share_identical: float, win_rate: float) -> float:
     """The win rate on the differing outputs that a total win rate of ``win_rate`` needs when a share
     ``share_identical`` of the outputs are identical (ties, one half each): ``0.5 + (win_rate - 0.5) /
-    (1 - share_identical)``; above 1 means that total is out of reach."""
-    if not 0 <= share_identical < 1:
-        raise ValueError(f"share_identical must be in [0, 1), got {share_identical}")
+    (1 - share_identical)``; above 1 (infinite when every output is identical) means that total is out of
+    reach."""
+    if not 0 <= share_identical <= 1:
+        raise ValueError(f"share_identical must be in [0, 1], got {share_identical}")
+    if share_identical == 1:
+        return 0.5 if win_rate == 0.5 else float("inf")
     return 0.5 + (win_rate - 0.5) / (1 - share_identical)
