@@ -293,3 +293,48 @@ def test_both_judges_tell_authors_apart_far_above_chance():
         judges["word"].score([own], 99)
     with pytest.raises(ValueError, match="unknown judge kind 'gpt4'"):
         judge.StyleJudge("gpt4", config)
+
+
+# --------------------------------------------------------------------------------------------------
+# The tuning's selection rule and the identical outputs
+# --------------------------------------------------------------------------------------------------
+def test_tuning_prefers_the_least_change_within_one_standard_error_of_the_best():
+    from paperlab.ditto.experiments import select
+
+    assert select([0.24, 0.24, 0.20], [0.04, 0.04, 0.04]) == 0  # an exact tie: the smallest rate
+    assert select([0.20, 0.26, 0.30], [0.01, 0.01, 0.05]) == 1  # 0.26 is within 0.05 of 0.30, 0.20 is not
+    assert select([0.20, 0.26, 0.30], [0.05, 0.05, 0.02]) == 2  # the best's own error decides
+    with pytest.raises(ValueError, match="one error per score"):
+        select([0.2, 0.3], [0.01])
+
+
+def test_tuning_seeds_must_be_distinct_and_apart_from_the_evaluation_seeds():
+    from paperlab.ditto.experiments import CONFIGS
+
+    full = CONFIGS["full"]
+    assert len(full.tune_seeds) >= 2
+    with pytest.raises(ValueError, match="tune_seeds"):
+        dataclasses.replace(full, tune_seeds=(full.seeds[0], 5_000))
+    with pytest.raises(ValueError, match="tune_seeds"):
+        dataclasses.replace(full, tune_seeds=(5_000, 5_000))
+
+
+def test_identical_outputs_are_counted_per_seed_and_left_out_on_request():
+    runs = [{"texts": {"A": ["x", "y", "z", "w"], "B": ["x", "y", "q", "r"]}},
+            {"texts": {"A": ["x", "y", "z", "w"], "B": ["x", "y", "z", "w"]}},
+            {"texts": {"A": ["x", "y", "z", "w"], "B": ["x", "q", "z", "w"]}}]
+    scores = [_scored(0, 0, [0, 0, 2, 0], [0, 0, 1, 1]), _scored(0, 1, [0, 0, 0, 0], [0, 0, 0, 0]),
+              _scored(1, 0, [0, 3, 0, 0], [0, 1, 0, 0])]
+    assert analysis.identical_shares_by_seed(runs, scores, "A", "B") == [0.75, 0.75]
+    # seed 0: A wins "z" and loses "w", the only differing prompts; seed 1: A wins the one differing prompt
+    assert analysis.win_rates_where_different(runs, scores, "A", "B") == [0.5, 1.0]
+    assert math.isnan(analysis.win_rates_where_different(runs[1:2], scores[1:2], "A", "B")[0])
+    # the ties pull the total win rate to one half: (0.5 * 3 + 1) / 4 for seed 1
+    assert analysis.win_rates_by_seed(scores, "A", "B")[1] == 0.625
+    assert analysis.needed_where_different(0.75, 0.625) == pytest.approx(1.0)
+    assert analysis.needed_where_different(0.9, 0.55) > 1  # out of reach
+    with pytest.raises(ValueError, match="one scored run per run"):
+        analysis.identical_shares_by_seed(runs[:2], scores, "A", "B")
+    assert analysis.needed_where_different(1.0, 0.55) == math.inf  # every output a tie
+    with pytest.raises(ValueError, match="share_identical"):
+        analysis.needed_where_different(1.5, 0.55)

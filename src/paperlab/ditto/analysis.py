@@ -17,7 +17,8 @@ import numpy as np
 from paperlab.ditto.judge import wins
 
 __all__ = ["win_matrix", "win_rates_by_seed", "win_rates_by_author", "seeds_of", "authors_of",
-           "identical_to_demonstration"]
+           "identical_to_demonstration", "identical_share", "identical_shares_by_seed",
+           "win_rates_where_different", "needed_where_different"]
 
 
 def seeds_of(scores: Sequence[dict]) -> list[int]:
@@ -77,3 +78,54 @@ def identical_to_demonstration(run: dict, method: str) -> float:
     messages = {d["message"] for d in run["demonstrations"]}
     texts = run["texts"][method]
     return sum(t in messages for t in texts) / len(texts)
+
+
+def identical_share(run: dict, a: str, b: str) -> float:
+    """Share of one run's held-out prompts on which ``a`` and ``b`` wrote the very same output."""
+    first, second = run["texts"][a], run["texts"][b]
+    return sum(x == y for x, y in zip(first, second)) / len(first)
+
+
+def _by_seed(runs: Sequence[dict], scores: Sequence[dict]) -> dict[int, list[tuple[dict, dict]]]:
+    """The runs (``run_target`` results) with their scores (same order, as ``score_runs`` returns them),
+    grouped by seed."""
+    if len(runs) != len(scores) or not scores:
+        raise ValueError(f"need one scored run per run, got {len(runs)} runs and {len(scores)} scores")
+    return {seed: [(r, s) for r, s in zip(runs, scores) if s["seed"] == seed] for seed in seeds_of(scores)}
+
+
+def identical_shares_by_seed(runs: Sequence[dict], scores: Sequence[dict], a: str, b: str) -> list[float]:
+    """Per seed (in :func:`seeds_of` order): the share of its held-out prompts, over all its target authors,
+    on which ``a`` and ``b`` wrote the same output. Such a pair is a tie: it counts one half in the win rate
+    whatever the judge, so a win rate of ``a`` over ``b`` lies within ``0.5 +- (1 - share) / 2``."""
+    _check(scores, a, b, judge="char")
+    return [float(np.mean([identical_share(r, a, b) for r, _ in pairs]))
+            for pairs in _by_seed(runs, scores).values()]
+
+
+def win_rates_where_different(runs: Sequence[dict], scores: Sequence[dict], a: str, b: str,
+                              judge: str = "char") -> list[float]:
+    """Per seed: ``a``'s win rate over ``b`` on only the held-out prompts where their outputs differ (NaN for
+    a seed where they never differ). A description of the informative comparisons, not a claim's metric."""
+    _check(scores, a, b, judge=judge)
+    out = []
+    for pairs in _by_seed(runs, scores).values():
+        won = []
+        for run, scored in pairs:
+            first, second = scored["methods"][a], scored["methods"][b]
+            each = wins(first["score"][judge], second["score"][judge], first["kept"], second["kept"])
+            won.extend(w for w, x, y in zip(each, run["texts"][a], run["texts"][b]) if x != y)
+        out.append(float(np.mean(won)) if won else float("nan"))
+    return out
+
+
+def needed_where_different(share_identical: float, win_rate: float) -> float:
+    """The win rate on the differing outputs that a total win rate of ``win_rate`` needs when a share
+    ``share_identical`` of the outputs are identical (ties, one half each): ``0.5 + (win_rate - 0.5) /
+    (1 - share_identical)``; above 1 (infinite when every output is identical) means that total is out of
+    reach."""
+    if not 0 <= share_identical <= 1:
+        raise ValueError(f"share_identical must be in [0, 1], got {share_identical}")
+    if share_identical == 1:
+        return 0.5 if win_rate == 0.5 else float("inf")
+    return 0.5 + (win_rate - 0.5) / (1 - share_identical)

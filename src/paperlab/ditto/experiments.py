@@ -6,8 +6,10 @@ with few-shot prompting, SFT, SPIN and DITTO, and judge the outputs head to head
    few-shot prompting needs). Its zero-shot output is the mixture of all pretraining styles.
 2. **Judges** (:func:`paperlab.ditto.judge.make_judges`): two style classifiers trained on separate
    messages of every author.
-3. **Tuning** (:func:`tune`): on the dev authors only, the same small grid of learning rates for every
-   trained method (and of steps for SFT), chosen by the win rate against the dev authors' own messages.
+3. **Tuning** (:func:`tune`): on the dev authors only (``tune_seeds``), the same small grid of learning
+   rates for every trained method (and of steps for SFT), scored by the win rate against the dev authors'
+   own messages and chosen by one declared rule (:func:`select`): the least change among the settings
+   within one standard error of the best.
 4. **Runs** (:func:`run_target`): for each seed and target author, ``n_demos`` demonstrations drawn with
    that seed; every method adapts to them and answers the author's held-out prompts; plus the sample-
    efficiency runs (fewer demonstrations), DITTO after each iteration and two ablations. Runs go through
@@ -71,8 +73,8 @@ from paperlab.utils import cpu_threads, parallel_map
 
 __all__ = [
     "BaseConfig", "DittoExperimentConfig", "RunSpec", "CONFIGS", "MAIN_METHODS", "load_base",
-    "pretraining_batch", "tune", "run_spec", "run_target", "run_all", "score_runs", "judge_accuracy", "run",
-    "EXPERIMENT",
+    "pretraining_batch", "select", "tune", "run_spec", "run_target", "run_all", "score_runs",
+    "judge_accuracy", "run", "EXPERIMENT",
 ]
 
 MAIN_METHODS = ("zero-shot", "few-shot", "SFT", "SPIN", "DITTO")
@@ -190,21 +192,22 @@ class DittoExperimentConfig:
     seeds: tuple[int, ...] = (0, 1, 2, 3)
     tune_lrs: tuple[float, ...] = (3e-5, 1e-4, 3e-4)
     tune_sft_steps: tuple[int, ...] = (60, 180)
-    tune_seed: int = 1_000
+    tune_seeds: tuple[int, ...] = (1_000, 1_001)
 
     def __post_init__(self):
         for name, cls in (("cast", CastConfig), ("judge", JudgeConfig), ("base", BaseConfig),
                           ("sft", TrainConfig), ("ditto", OnlineDPOConfig)):
             check_type(self, name, cls)
         check_ints(self, "n_demos", "n_eval", "max_tokens")
-        check_ints(self, "tune_seed", low=0)
+        check_int_tuple(self, "tune_seeds", low=0, high=2**20)
         check_int_tuple(self, "demo_counts", high=self.n_demos - 1, min_len=0)
         check_int_tuple(self, "seeds", low=0, high=2**20)
         check_int_tuple(self, "tune_sft_steps")
         check_number_tuple(self, "tune_lrs", low=0, open_low=True)
         check_that(self, len(set(self.seeds)) == len(self.seeds), "seeds", "distinct seeds")
-        check_that(self, self.tune_seed not in self.seeds, "tune_seed",
-                   "a seed not among the evaluation seeds")
+        check_that(self, not set(self.tune_seeds) & set(self.seeds), "tune_seeds",
+                   "seeds not among the evaluation seeds")
+        check_that(self, len(set(self.tune_seeds)) == len(self.tune_seeds), "tune_seeds", "distinct seeds")
         check_that(self, self.max_tokens < self.base.context_length, "max_tokens",
                    f"below the base model's context of {self.base.context_length} tokens")
 
@@ -222,7 +225,7 @@ CONFIGS = {
             steps=150, batch_size=16, lr=3e-3, warmup_steps=20, eval_every=50, seed=0)),
         sft=TrainConfig(steps=20, batch_size=8, lr=1e-3, min_lr_ratio=1.0, weight_decay=0.0),
         ditto=_ditto_fast(), n_demos=3, demo_counts=(1,), n_eval=8, max_tokens=30, seeds=(0, 1, 2),
-        tune_lrs=(1e-3,), tune_sft_steps=(20,)),
+        tune_lrs=(1e-3,), tune_sft_steps=(20,), tune_seeds=(1_000,)),
     "full": DittoExperimentConfig(),
 }
 
@@ -431,25 +434,45 @@ def judge_accuracy(cast: Cast, judges: dict, config: JudgeConfig) -> dict:
 # --------------------------------------------------------------------------------------------------
 # 5. Tuning on the dev authors, then the runs on the targets
 # --------------------------------------------------------------------------------------------------
+def select(scores: list[float], errors: list[float]) -> int:
+    """The tuning's selection rule, declared before any score is computed and the same for every method.
+
+    ``scores[i]``: setting i's mean win rate on the dev authors; ``errors[i]``: its standard error. The
+    settings are listed from the least change to the most (smallest learning rate first; for SFT, then
+    fewest steps). A setting whose score is within one standard error of the best (the best's own error:
+    the dev score's noise) is tied with it, and of the tied settings the first, the least change from the
+    starting model, wins (the one-standard-error rule). Returns its index."""
+    if not scores or len(scores) != len(errors):
+        raise ValueError(f"select needs one error per score, got {len(scores)} scores and "
+                         f"{len(errors)} errors")
+    best = int(np.argmax(scores))
+    return next(i for i, score in enumerate(scores) if score >= scores[best] - errors[best])
+
+
 def tune(config: DittoExperimentConfig, judges: dict, device=None) -> dict:
-    """The same small grid for every trained method, on the dev authors (seed ``tune_seed``): SFT over
-    ``tune_lrs`` x ``tune_sft_steps``; then, from the chosen SFT, DITTO and SPIN over ``tune_lrs``. Each
+    """The same small grid for every trained method, on the dev authors with each of ``tune_seeds``: SFT
+    over ``tune_lrs`` x ``tune_sft_steps``; then, from the chosen SFT, DITTO and SPIN over ``tune_lrs``. Each
     setting is scored by its win rate against the dev authors' own messages on their held-out prompts
-    (char judge, content first: :func:`paperlab.ditto.judge.wins`); the best wins. Returns the grids'
-    scores and the chosen configs."""
+    (char judge, content first: :func:`paperlab.ditto.judge.wins`), pooled over dev authors, seeds and
+    prompts, with the standard error of that mean; :func:`select` chooses. Returns the grids' scores and
+    errors and the chosen configs."""
     dev = range(len(make_cast(config.cast).dev))
 
-    def spec(author, **changes):
-        return run_spec(config, "dev", author, config.tune_seed, **changes)
+    def spec(author, seed, **changes):
+        return run_spec(config, "dev", author, seed, **changes)
 
-    def mean_scores(grids: list[list[list[RunSpec]]]) -> list[list[float]]:
-        """For each grid (a list of settings, each a run per dev author), each setting's win rate against the
-        dev authors' own messages; the runs of all the grids side by side in one pool."""
+    def setting_runs(**changes) -> list[RunSpec]:
+        return [spec(a, seed, **changes) for seed in config.tune_seeds for a in dev]
+
+    def mean_scores(grids: list[list[list[RunSpec]]]) -> list[tuple[list[float], list[float]]]:
+        """For each grid (a list of settings, each a run per dev author and seed), each setting's win rate
+        against the dev authors' own messages and its standard error; all the runs side by side in one
+        pool."""
         flat = [s for grid in grids for setting in grid for s in setting]
         scored = iter(score_runs(run_all(flat, device, desc="tuning"), flat, {"char": judges["char"]}))
         out = []
         for grid in grids:
-            scores = []
+            scores, errors = [], []
             for setting in grid:
                 won = []
                 for dev_run in setting:
@@ -458,22 +481,27 @@ def tune(config: DittoExperimentConfig, judges: dict, device=None) -> dict:
                     won.extend(wins(method["score"]["char"], author["score"]["char"], method["kept"],
                                     author["kept"]))
                 scores.append(float(np.mean(won)))
-            out.append(scores)
+                errors.append(float(np.std(won, ddof=1) / np.sqrt(len(won))) if len(won) > 1 else 0.0)
+            out.append((scores, errors))
         return out
 
-    sft_grid = [dataclasses.replace(config.sft, lr=lr, steps=steps)
-                for lr in config.tune_lrs for steps in config.tune_sft_steps]
-    [sft_scores] = mean_scores([[[spec(a, methods=("SFT",), sft=s) for a in dev] for s in sft_grid]])
-    best_sft = sft_grid[int(np.argmax(sft_scores))]
+    sft_grid = [dataclasses.replace(config.sft, lr=lr, steps=steps)  # least change first: lr, then steps
+                for lr in sorted(config.tune_lrs) for steps in sorted(config.tune_sft_steps)]
+    [(sft_scores, sft_errors)] = mean_scores([[setting_runs(methods=("SFT",), sft=s) for s in sft_grid]])
+    best_sft = sft_grid[select(sft_scores, sft_errors)]
+    lrs = sorted(config.tune_lrs)
     ditto_grid = [dataclasses.replace(config.ditto, train=dataclasses.replace(config.ditto.train, lr=lr))
-                  for lr in config.tune_lrs]
+                  for lr in lrs]
     grids = {"DITTO": ditto_grid, "SPIN": [spin_config(g) for g in ditto_grid]}
-    runs = [[[spec(a, methods=(method,), sft=best_sft, **{method.lower(): g}) for a in dev] for g in grid]
+    runs = [[setting_runs(methods=(method,), sft=best_sft, **{method.lower(): g}) for g in grid]
             for method, grid in grids.items()]
-    dpo_scores = dict(zip(grids, mean_scores(runs)))
-    chosen = {method: grid[int(np.argmax(dpo_scores[method]))] for method, grid in grids.items()}
+    scored = dict(zip(grids, mean_scores(runs)))
+    chosen = {method: grid[select(*scored[method])] for method, grid in grids.items()}
     return {"sft_grid": [[s.lr, s.steps] for s in sft_grid], "sft_scores": sft_scores,
-            "lrs": list(config.tune_lrs), "dpo_scores": dpo_scores,
+            "sft_errors": sft_errors, "lrs": lrs,
+            "dpo_scores": {m: scores for m, (scores, _) in scored.items()},
+            "dpo_errors": {m: errors for m, (_, errors) in scored.items()},
+            "n_dev_runs": len(config.tune_seeds) * len(dev),
             "sft": best_sft, "ditto": chosen["DITTO"], "spin": chosen["SPIN"]}
 
 
