@@ -167,6 +167,8 @@ def test_buffer_manager_compares_descriptions_as_retrieval_does():
     novel = buffer.write_template("evaluate an arithmetic expression", "arithmetic")
     assert manager.consider(novel).admitted and len(held) == 4
     assert buffer.write_template("write a sonnet about the sea", "poem") is None
+    decoded = buffer.write_template("work out a multi - step calculation", "as the tokenizer decodes it")
+    assert decoded.family == "arithmetic" and decoded.task == "work out a multi - step calculation"
     assert buffer.BufferManager(buffer.MetaBuffer()).novelty == buffer.DEFAULT_DELTA
     with pytest.raises(ValueError, match="novelty"):
         buffer.BufferManager(held, novelty=0.0)

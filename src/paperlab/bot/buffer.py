@@ -297,10 +297,12 @@ def write_template(distilled_task: str, name: str) -> Template | None:
     the task lines the chapter's distiller was trained to write, it returns that family's program and
     thought under the distilled task (so two phrasings of one family give one program under two descriptions);
     for any other task it returns None (it cannot write a template for a kind of problem it does not know).
+    Spacing is ignored in the match, as the word tokenizer decodes ``multi-step`` as ``multi - step``.
     Its output is never a model's work, and the chapter says so where it uses it.
     """
+    squashed = "".join(distilled_task.split())
     for family_name in tasks.FAMILIES:
-        if any(p.task == distilled_task.strip() for p in tasks.family(family_name).phrasings):
+        if any("".join(p.task.split()) == squashed for p in tasks.family(family_name).phrasings):
             _, thought, program, params = _BOOK[family_name]
             return Template(name, distilled_task.strip(), thought, program, params, family_name)
     return None
