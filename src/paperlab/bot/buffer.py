@@ -13,9 +13,12 @@ the problem counts as new. The embedding (:func:`embed`) is a hashed bag of char
 much weaker reader of meaning than the paper's ``text-embedding-3-large``.
 
 The **buffer manager** (:class:`BufferManager`, sec. 3.4) admits a new template only if it is not too
-similar to one already held: its similarity to the nearest template (whole text: task, thought and
-program) must be below ``novelty``. The authors' code asks the model whether the new template differs
-"fundamentally" from the nearest one; the paper frames it as a similarity gate, which is what this is.
+similar to one already held: the similarity of its description (its ``task``) to the nearest held
+template's description must be below ``novelty``. These are the embeddings retrieval compares, so the
+gate and retrieval read the same thing; with ``novelty`` equal to retrieval's ``delta`` (the paper uses
+one threshold for both), a problem that finds no template always brings its template in. The authors'
+code instead asks the model whether the new template differs "fundamentally" from the nearest one; the
+paper frames it as a similarity gate on descriptions, which is what this is.
 
 :func:`book_templates` are the templates written for this chapter's four families (the authors' code
 likewise hard-codes one template per benchmark). :func:`write_template` is the **stand-in** for the
@@ -79,11 +82,6 @@ class Template:
             raise ValueError(f"template {self.name!r}: the program's slots {sorted(slots)} differ from its "
                              f"params {sorted(self.params)}")
         tasks.family(self.family)  # an unknown family is an error
-
-    @property
-    def text(self) -> str:
-        """The whole template as text (what the buffer manager compares)."""
-        return f"task: {self.task}\nthought: {self.thought}\nprogram:\n{self.program}"
 
     def instantiate(self, values: dict) -> str:
         """The program with every ``${param}`` replaced by its value as a Python literal.
@@ -160,10 +158,11 @@ class Admission:
 
 
 class BufferManager:
-    """Admits a candidate template into ``buffer`` only if its similarity (whole template text) to the
-    nearest template held is below ``novelty``."""
+    """Admits a candidate template into ``buffer`` only if the similarity of its description (``task``)
+    to the nearest held template's description is below ``novelty`` (retrieval's keys, retrieval's
+    threshold by default)."""
 
-    def __init__(self, buffer: MetaBuffer, novelty: float = 0.9):
+    def __init__(self, buffer: MetaBuffer, novelty: float = DEFAULT_DELTA):
         if not 0 < novelty <= 1:
             raise ValueError(f"novelty must be in (0, 1], got {novelty!r}")
         self.buffer, self.novelty = buffer, novelty
@@ -172,7 +171,7 @@ class BufferManager:
         """Admit ``candidate`` if it is novel; eq. (eq-bot-manager) of book/08-bot.md (sec-bot-pipeline)."""
         held = self.buffer.templates
         if held:
-            scores = embed([t.text for t in held]) @ embed([candidate.text])[0]  # sim(f(T_new), f(T_i))
+            scores = self.buffer.similarities(candidate.task)  # sim(f(D_T_new), f(D_T_i)), as retrieval
             best = int(np.argmax(scores))
             nearest, score = held[best].name, float(scores[best])  # max_i sim(...)
         else:
@@ -296,12 +295,14 @@ def write_template(distilled_task: str, name: str) -> Template | None:
     The paper asks GPT-4 to write a high-level template from the problem and its solution. A tiny model
     cannot write a program it has never seen, so this rule plays the role: if ``distilled_task`` is one of
     the task lines the chapter's distiller was trained to write, it returns that family's program and
-    thought under the distilled task (so two phrasings of one family give two near-duplicate templates);
+    thought under the distilled task (so two phrasings of one family give one program under two descriptions);
     for any other task it returns None (it cannot write a template for a kind of problem it does not know).
+    Spacing is ignored in the match, as the word tokenizer decodes ``multi-step`` as ``multi - step``.
     Its output is never a model's work, and the chapter says so where it uses it.
     """
+    squashed = "".join(distilled_task.split())
     for family_name in tasks.FAMILIES:
-        if any(p.task == distilled_task.strip() for p in tasks.family(family_name).phrasings):
+        if any("".join(p.task.split()) == squashed for p in tasks.family(family_name).phrasings):
             _, thought, program, params = _BOOK[family_name]
             return Template(name, distilled_task.strip(), thought, program, params, family_name)
     return None

@@ -49,7 +49,7 @@ from paperlab.utils import parallel_map, usable_cores
 
 __all__ = ["BoTConfig", "CONFIGS", "EXPERIMENT", "load", "measure_seed", "run", "sweep_thresholds",
            "statements", "METHODS", "measure_small", "measure_large", "plan", "family_accuracy",
-           "mean_accuracy", "best_single_query", "cost_per_problem", "distiller_accuracy"]
+           "mean_accuracy", "best_single_query", "cost_per_problem", "distiller_accuracy", "stream_order"]
 
 METHODS = ("io", "cot", "tot", "bot", "io_large", "cot_large")
 
@@ -65,7 +65,8 @@ class BoTConfig:
         steps=3750, batch_size=32, lr=3e-3, warmup_steps=100, eval_every=150, weight_decay=0.01))
     seeds: tuple[int, ...] = (0, 1, 2)
     delta: float = DEFAULT_DELTA  # retrieval threshold
-    novelty: float = 0.9  # the buffer manager admits a template below this similarity to every held one
+    novelty: float = DEFAULT_DELTA  # the manager admits a template whose description is below this
+    # similarity to every held one (the paper: one threshold delta for retrieval and the manager)
     max_retries: int = 2  # inspector retries after a failed instantiation
     tot_breadth: int = 5
     tot_depth: int = 3
@@ -237,13 +238,20 @@ def _measure_small(seed: int, config: BoTConfig, device: str | None) -> dict:
     distilled = [r["distilled"] for r in out["bot_records"]]
     cot_answers = out["answers"]["cot"]
     out["sweep"] = sweep_thresholds(problems, distilled, cot_answers, config.deltas, runner)
-    order = random.Random(config.data.seed).sample(range(n), min(config.stream_length, n))
+    order = stream_order(n, config.stream_length, seed)
     out["stream"] = run_stream([problems[i] for i in order], [distilled[i] for i in order],
                                [cot_answers[i] for i in order], runner, delta=config.delta,
                                novelty=config.novelty)
     out["stream"]["order"] = order
     out["training"] = {"small": _training(small_history)}
     return out
+
+
+def stream_order(n: int, length: int, seed: int) -> list[int]:
+    """The test problems (indices below ``n``) of training seed ``seed``'s stream, in order: ``length`` of
+    them drawn without replacement from a generator of the seed's own, so each seed's stream is an
+    independent draw (which problems and in what order), not one shared order."""
+    return random.Random(f"bot stream {seed}").sample(range(n), min(length, n))
 
 
 def sweep_thresholds(problems, distilled, fallback_answers, deltas, runner) -> dict:

@@ -328,16 +328,18 @@ def run_stream(problems: Sequence[tasks.Problem], distilled: Sequence[str],
     For each problem in order: retrieve with threshold ``delta``; if a template is found, instantiate and
     run it (a failure falls back); otherwise answer with the fallback reasoner and ask ``writer`` to
     distil a template from the distilled problem, which the :class:`BufferManager` admits only if its
-    similarity to every held template is below ``novelty``. Returns JSON-able lists, one entry per
-    problem: templates held after it, whether it was answered correctly, the family of the template it used
-    (None: none), and the manager's decisions.
+    description's similarity to every held template's description is below ``novelty``. Returns JSON-able
+    lists, one entry per problem: templates held after it, whether it was answered correctly, the family
+    of the template it used (None: none), whether it found no template although the buffer held one of
+    its family (``missed``), and the manager's decisions.
     """
     buffer = MetaBuffer()
     manager = BufferManager(buffer, novelty)
-    held, correct, used, events = [], [], [], []
+    held, correct, used, missed, events = [], [], [], [], []
     for k, (problem, text, fallback) in enumerate(zip(problems, distilled, fallback_answers)):
         task = distilled_task(text)
         found = buffer.retrieve(task, delta)
+        missed.append(found.template is None and problem.family in {t.family for t in buffer.templates})
         answer = None
         if found.template is not None:
             try:
@@ -356,5 +358,5 @@ def run_stream(problems: Sequence[tasks.Problem], distilled: Sequence[str],
         held.append(len(buffer))
         correct.append(tasks.check(problem, answer))
         used.append(found.template.family if found.template is not None else None)
-    return {"held": held, "correct": correct, "used": used, "events": events,
+    return {"held": held, "correct": correct, "used": used, "missed": missed, "events": events,
             "families": [t.family for t in buffer.templates], "tasks": [t.task for t in buffer.templates]}
