@@ -62,7 +62,7 @@ class BoTConfig:
     small: ModelConfig = field(default_factory=ModelConfig)
     large: ModelConfig = field(default_factory=lambda: ModelConfig(d_model=96, n_layers=2, n_heads=4))
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        steps=3750, batch_size=32, lr=3e-3, warmup_steps=100, eval_every=150, weight_decay=0.01))
+        steps=3000, batch_size=32, lr=3e-3, warmup_steps=100, eval_every=150, weight_decay=0.01))
     seeds: tuple[int, ...] = (0, 1, 2)
     delta: float = DEFAULT_DELTA  # retrieval threshold
     novelty: float = DEFAULT_DELTA  # the manager admits a template whose description is below this
