@@ -319,7 +319,7 @@ def test_tuning_seeds_must_be_distinct_and_apart_from_the_evaluation_seeds():
         dataclasses.replace(full, tune_seeds=(5_000, 5_000))
 
 
-def test_identical_outputs_are_counted_per_seed_and_left_out_on_request():
+def test_identical_outputs_are_counted_per_seed_and_the_rest_scored_apart():
     runs = [{"texts": {"A": ["x", "y", "z", "w"], "B": ["x", "y", "q", "r"]}},
             {"texts": {"A": ["x", "y", "z", "w"], "B": ["x", "y", "z", "w"]}},
             {"texts": {"A": ["x", "y", "z", "w"], "B": ["x", "q", "z", "w"]}}]
