@@ -68,8 +68,12 @@ def test_convergence_tells_falling_from_flat_and_noisy():
     falling = stats.convergence(steps, 2.0 - steps / 4000)
     assert falling.still_falling and falling.drop > 0
     rng = np.random.default_rng(5)
-    flat = stats.convergence(steps, 1.5 + rng.normal(0, 0.01, steps.size))
-    assert flat.converged
+    flat = stats.convergence(steps, 1.5 + rng.normal(0, 0.001, steps.size))
+    assert flat.converged and flat.state == "converged"
+    assert stats.convergence(steps, np.full(steps.size, 0.3)).converged  # a constant tail: an exact fit
+    noisy = stats.convergence(steps, 1.5 + rng.normal(0, 0.01, steps.size))  # noise above the 0.5%
+    assert not noisy.still_falling and not noisy.converged and noisy.unresolved
+    assert noisy.state == "too noisy to tell" and noisy.drop_high > noisy.negligible
     rising = stats.convergence(steps, 1.5 + steps / 10000)
     assert rising.converged  # overfitting is not "still falling"
     tiny = stats.convergence(steps, 2.0 - steps * 1e-8)
@@ -101,9 +105,23 @@ def test_convergence_says_why_a_fall_did_not_count():
     noisy = 1.0 + np.where(np.arange(steps.size) % 2 == 0, 0.2, -0.2)  # a large zigzag ending in a fall
     noisy[-1] -= 0.1
     check = stats.convergence(steps, noisy)
-    assert check.converged and check.drop > 0.005 * check.level and check.slope.low < 0 < check.slope.high
-    assert check.describe().startswith("converged (no significant fall): fell ")
-    assert check.describe().endswith("the slope's 95% interval includes 0)")
+    assert not check.converged and check.drop > 0.005 * check.level and check.slope.low < 0 < check.slope.high
+    assert check.describe().startswith("too noisy to tell: fell ")
+    assert check.describe().endswith(f"allows a fall of up to {check.drop_high:.2g}, over the 0.5% that counts)")
+    # the largest fall the interval allows is the slope's low end times the tail's length
+    assert check.drop_high == pytest.approx(-check.slope.low * (2000 - 1600))
+
+
+def test_convergence_shown_flat_needs_the_whole_interval_under_the_tolerance():
+    """A fall within noise is not shown flat unless even the interval's largest fall is negligible: the
+    same small zigzag is too noisy to tell around a level of 1 and converged around a level of 100."""
+    steps = np.arange(100, 2100, 100)
+    zigzag = np.where(np.arange(steps.size) % 2 == 0, 0.02, -0.02)
+    small, large = stats.convergence(steps, 1.0 + zigzag), stats.convergence(steps, 100.0 + zigzag)
+    assert small.unresolved and not small.converged and not small.still_falling
+    assert large.converged and not large.unresolved
+    assert small.drop_high == pytest.approx(large.drop_high)  # the same interval; a different tolerance
+    assert stats.convergence(steps, 1.0 + zigzag, floor=1.0).converged  # under an absolute floor
 
 
 def test_convergence_of_a_score_to_raise_mirrors_the_loss_check():
@@ -120,8 +138,10 @@ def test_convergence_of_a_score_to_raise_mirrors_the_loss_check():
     noisy = 0.5 + np.where(np.arange(steps.size) % 2 == 0, -0.2, 0.2)  # a zigzag ending in a rise
     noisy[-1] += 0.1
     check = stats.convergence(steps, noisy, higher_is_better=True)
-    assert check.converged and check.drop > 0
-    assert check.describe().startswith("converged (no significant rise): rose ")
+    assert check.unresolved and check.drop > 0
+    assert check.describe().startswith("too noisy to tell: rose ")
+    assert "allows a rise of up to" in check.describe()
+    assert check.drop_high == pytest.approx(stats.convergence(steps, -noisy).drop_high)  # mirrored
 
 
 def test_bad_input_is_named():

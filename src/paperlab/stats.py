@@ -245,7 +245,11 @@ def loglog_fit(x: Sequence[float], y: Sequence[float]) -> tuple[float, float, fl
 class Convergence:
     """Is a curve still improving at its end? (see :func:`convergence`). For a loss (``higher_is_better``
     False) improving means falling; for a reward or success rate, rising. ``drop`` and ``still_falling``
-    count the improvement in the curve's own direction, so one check serves both."""
+    count the improvement in the curve's own direction, so one check serves both.
+
+    Three states (:attr:`state`): *still falling* (or *still rising*), *converged* (shown flat: even the
+    largest improvement the slope's 95% interval allows is negligible), and *too noisy to tell* (neither:
+    the curve may still be improving by an amount that counts). Only the second is :attr:`converged`."""
 
     slope: Estimate  # change of the value per step over the tail, with a t interval
     tail_steps: tuple[int, int]  # first and last step of the tail
@@ -255,31 +259,45 @@ class Convergence:
     still_falling: bool  # still improving: still falling, or still rising if higher_is_better
     floor: float = 0.0  # absolute improvement (value units) below which it is negligible
     higher_is_better: bool = False
+    drop_high: float = math.inf  # the largest improvement over the tail the slope's 95% interval allows
+
+    @property
+    def negligible(self) -> float:
+        """The improvement over the tail (value units) below which it does not count."""
+        return max(self.tolerance * abs(self.level), self.floor)
+
+    @property
+    def state(self) -> str:
+        """``"still falling"`` (``"still rising"``), ``"converged"`` or ``"too noisy to tell"``."""
+        if self.still_falling:
+            return "still rising" if self.higher_is_better else "still falling"
+        return "converged" if self.drop_high <= self.negligible else "too noisy to tell"
 
     @property
     def converged(self) -> bool:
-        return not self.still_falling
+        """Shown flat: the slope's 95% interval rules out an improvement that counts."""
+        return self.state == "converged"
+
+    @property
+    def unresolved(self) -> bool:
+        """Too noisy to tell: not shown to improve, nor shown flat."""
+        return self.state == "too noisy to tell"
 
     def describe(self) -> str:
-        """The verdict and the fitted change over the tail, with the reason a fall did not count: the curve
-        rose, the fall is under the tolerance (or floor), or it is not significant (noise)."""
+        """The state, the fitted change over the tail and the reason: the curve rose; the largest fall its
+        interval allows is under the tolerance (or floor); or that largest fall is over it (noise)."""
         improved, worsened = ("rose", "fell") if self.higher_is_better else ("fell", "rose")
         change = improved if self.drop > 0 else worsened
         share = f"{100 * abs(self.drop) / abs(self.level):.2g}% of {self.level:.3g}" if self.level else ""
+        counts = (f"the {self.floor:g} floor" if self.floor > self.tolerance * abs(self.level)
+                  else f"the {100 * self.tolerance:g}% that counts")
         reason = ""
-        if self.still_falling:
-            state = "still rising" if self.higher_is_better else "still falling"
-        elif self.drop <= 0:
-            state = "converged"
-        elif self.drop <= max(self.tolerance * abs(self.level), self.floor):
-            state = "converged"
-            reason = (f"under the {self.floor:g} floor" if self.floor > self.tolerance * abs(self.level)
-                      else f"under the {100 * self.tolerance:g}% that counts")
-        else:  # an improvement larger than the tolerance, but the slope's interval reaches zero
-            state = f"converged (no significant {'rise' if self.higher_is_better else 'fall'})"
-            reason = "the slope's 95% interval includes 0"
+        if not self.still_falling and self.drop_high > 0:
+            noun = "rise" if self.higher_is_better else "fall"
+            reason = (f"its 95% interval allows a {noun} of up to {self.drop_high:.2g}, "
+                      f"{'under' if self.converged else 'over'} {counts}")
         detail = "; ".join(part for part in (share, reason) if part)
-        return (f"{state}: {change} {abs(self.drop):.3g} over steps {self.tail_steps[0]}-{self.tail_steps[1]}"
+        return (f"{self.state}: {change} {abs(self.drop):.3g} over steps {self.tail_steps[0]}-{self.tail_steps[1]}"
                 + (f" ({detail})" if detail else ""))
 
 
@@ -295,12 +313,17 @@ def convergence(steps: Sequence[int], values: Sequence[float], *, tail: float = 
     asks whether it still *rises*: it runs on the negated curve, and reports the level, slope and rise in
     the curve's own units.
 
-    Still falling means both: the slope's 95% interval lies below zero (the fall is not noise), and the
-    fitted decrease over the tail exceeds both ``tolerance`` times the curve's level there (0.5% by
+    A fall *counts* when it exceeds both ``tolerance`` times the curve's level over the tail (0.5% by
     default: smaller gains would not change a comparison) and ``floor``, in the curve's own units (for a
     loss that can reach 0, such as a cross-entropy on a task with one right answer, a relative tolerance
-    alone would call a fall from 1e-6 to 1e-7 nats a fall). A curve that turns up (overfitting) counts
-    as converged in this sense: more steps at this learning rate would not lower it.
+    alone would call a fall from 1e-6 to 1e-7 nats a fall). Then the curve is
+
+    - *still falling* when the slope's 95% interval lies below zero (the fall is not noise) and the fitted
+      fall over the tail counts;
+    - *converged* when even the largest fall the slope's interval allows (its low end times the tail's
+      length) does not count: flat within the tolerance, or turned up (overfitting: more steps at this
+      learning rate would not lower it);
+    - *too noisy to tell* otherwise: not shown to fall, but not shown flat either.
 
     The line is fitted to at least ``CONVERGENCE_MIN_EVALUATIONS`` (5) evaluations: with 3, its slope's
     interval has one degree of freedom and is so wide that nearly every curve passes.
@@ -323,7 +346,8 @@ def convergence(steps: Sequence[int], values: Sequence[float], *, tail: float = 
         keep[-need:] = True
     tx, ty = x[keep], y[keep]
     fit = _scipy_stats.linregress(tx, ty)
-    half = float(_scipy_stats.t.ppf(0.5 + CONFIDENCE / 2, df=tx.size - 2)) * fit.stderr
+    stderr = fit.stderr if np.ptp(ty) > 0 else 0.0  # a constant tail: scipy gives nan; it is exact
+    half = float(_scipy_stats.t.ppf(0.5 + CONFIDENCE / 2, df=tx.size - 2)) * stderr
     slope = Estimate(fit.slope, fit.slope - half, fit.slope + half, int(tx.size),
                      f"least squares over the last {tx.size} evaluations")
     sign = -1.0 if higher_is_better else 1.0  # an improvement is a fall of sign * value
@@ -331,5 +355,7 @@ def convergence(steps: Sequence[int], values: Sequence[float], *, tail: float = 
     level = float(ty.mean())
     improving = (slope.low > 0) if higher_is_better else (slope.high < 0)  # not noise
     falling = bool(improving and drop > max(tolerance * abs(level), floor))
+    best_slope = slope.high if higher_is_better else -slope.low  # the interval's end that improves most
+    drop_high = float(best_slope * (tx[-1] - tx[0]))
     return Convergence(slope, (int(tx[0]), int(tx[-1])), drop, level, tolerance, falling, floor,
-                       higher_is_better)
+                       higher_is_better, drop_high)

@@ -250,10 +250,12 @@ def _rise(curve: list[float]) -> float:
     return curve[-1] - min(curve)
 
 
-def _still_falling(steps: list[int], curve: list[float]) -> bool:
-    """Still falling by more than ``CONVERGENCE_FLOOR`` nats/token: a well-learned high-resource loss near
-    0.07 would otherwise count a fall of 0.003 nats, 0.5% of its level, which no claim could notice."""
-    return convergence(steps, curve, floor=CONVERGENCE_FLOOR).still_falling
+def _converged(steps: list[int], curve: list[float]) -> bool:
+    """Shown flat (:func:`paperlab.stats.convergence`): even the largest fall over the last fifth that the
+    slope's 95% interval allows is under ``CONVERGENCE_FLOOR`` nats/token (or 0.5% of the level, if larger).
+    Without the floor a well-learned high-resource loss near 0.07 would count a fall of 0.0004 nats, 0.5% of
+    its level, which no claim could notice."""
+    return convergence(steps, curve, floor=CONVERGENCE_FLOOR).converged
 
 
 def summary(config: NLLBExperimentConfig, name: str) -> dict[str, list]:
@@ -268,9 +270,10 @@ def summary(config: NLLBExperimentConfig, name: str) -> dict[str, list]:
     - ``low_rise`` / ``high_rise``: final minus lowest mean validation loss of those directions;
     - ``low_chrf`` / ``high_chrf``: chrF++ of greedy translations, averaged the same way;
     - ``converged``: the validation loss averaged over each group of directions (low and high-resource
-      separately, so that one group turning up cannot hide the other still falling) is not still falling
-      over its last fifth by more than ``CONVERGENCE_FLOOR`` (:func:`paperlab.stats.convergence`); for
-      bilingual models, each model's own curve; ``best_step``: the step of the weights kept.
+      separately, so that one group turning up cannot hide the other still falling) is shown flat over its
+      last fifth: no fall larger than ``CONVERGENCE_FLOOR`` fits its slope's 95% interval
+      (:func:`paperlab.stats.convergence`); for bilingual models, each model's own curve; ``best_step``:
+      the step of the weights kept.
     """
     if name == "bilingual":
         out = {key: [] for key in ("low_loss", "low_chrf", "low_loss_best", "low_chrf_best", "low_best_step",
@@ -285,7 +288,7 @@ def summary(config: NLLBExperimentConfig, name: str) -> dict[str, list]:
             out["low_best_step"].append([b["step"] for b in best])
             per_model = [curves_of(r, r["directions"]) for r in records]
             out["low_rise"].append(_mean(_rise(c) for _, c in per_model))
-            out["converged"].append(all(not _still_falling(s, c) for s, c in per_model))
+            out["converged"].append(all(_converged(s, c) for s, c in per_model))
             out["best_step"].append([r["best_step"] for r in records])
         return out
     if name not in MULTILINGUAL:
@@ -302,7 +305,7 @@ def summary(config: NLLBExperimentConfig, name: str) -> dict[str, list]:
             out[f"{group}_loss"].append(_mean(r["test"][d]["loss"] for d in directions))
             out[f"{group}_chrf"].append(_mean(r["test"][d]["chrf"] for d in directions))
             out[f"{group}_rise"].append(_rise(curves_of(r, directions)[1]))
-        out["converged"].append(all(not _still_falling(*curves_of(r, directions))
+        out["converged"].append(all(_converged(*curves_of(r, directions))
                                     for directions in (low_directions(config), high_directions(config))))
         out["best_step"].append(r["best_step"])
     return out
