@@ -225,7 +225,8 @@ def test_success_trend_calls_a_rising_success_rate_not_converged():
     check = experiments.success_trend(rising)
     assert check.still_falling
     assert check.describe().startswith("still rising: rose ") and 0.2 < check.level < 0.3
-    flat = TrainResult(evals=[{"step": t, "val_success": 0.3 + (0.0002 if t % 40 else -0.0002)} for t in steps])
+    wobble = [0.0002 if t % 40 else -0.0002 for t in steps]
+    flat = TrainResult(evals=[{"step": t, "val_success": 0.3 + w} for t, w in zip(steps, wobble)])
     assert not experiments.success_trend(flat).still_falling
     assert experiments.success_trend(flat).describe().startswith("converged")
     zigzag = TrainResult(evals=[{"step": t, "val_success": 0.3 + (0.01 if t % 40 else -0.01)} for t in steps])

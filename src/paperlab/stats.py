@@ -297,8 +297,9 @@ class Convergence:
             reason = (f"its 95% interval allows a {noun} of up to {self.drop_high:.2g}, "
                       f"{'under' if self.converged else 'over'} {counts}")
         detail = "; ".join(part for part in (share, reason) if part)
-        return (f"{self.state}: {change} {abs(self.drop):.3g} over steps {self.tail_steps[0]}-{self.tail_steps[1]}"
-                + (f" ({detail})" if detail else ""))
+        first, last = self.tail_steps
+        said = f"{self.state}: {change} {abs(self.drop):.3g} over steps {first}-{last}"
+        return f"{said} ({detail})" if detail else said
 
 
 CONVERGENCE_TAIL = 0.2  # the share of training (in steps) at its end whose evaluations the check fits
