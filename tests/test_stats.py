@@ -107,7 +107,8 @@ def test_convergence_says_why_a_fall_did_not_count():
     check = stats.convergence(steps, noisy)
     assert not check.converged and check.drop > 0.005 * check.level and check.slope.low < 0 < check.slope.high
     assert check.describe().startswith("too noisy to tell: fell ")
-    assert check.describe().endswith(f"allows a fall of up to {check.drop_high:.2g}, over the 0.5% that counts)")
+    bound = f"allows a fall of up to {check.drop_high:.2g}, over the 0.5% that counts)"
+    assert check.describe().endswith(bound)
     # the largest fall the interval allows is the slope's low end times the tail's length
     assert check.drop_high == pytest.approx(-check.slope.low * (2000 - 1600))
 
