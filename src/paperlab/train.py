@@ -380,11 +380,13 @@ class TrainResult:
         return [e["step"] for e in rows], [e[name] for e in rows]
 
     def convergence(self, name: str = "val_loss", **kwargs: Any) -> Convergence:
-        """Is the evaluated metric ``name`` still falling over the last fifth of training?
+        """Is the evaluated metric ``name`` still falling over the last fifth of training, shown flat, or
+        too noisy to tell?
 
         See :func:`paperlab.stats.convergence` (slope with a 95% interval over >= 5 evaluations; "still
-        falling" when the fall is both real and larger than 0.5% of the level); ``kwargs`` go to it. A
-        comparison of runs that are still falling says so.
+        falling" when the fall is both real and larger than 0.5% of the level, "converged" when even the
+        interval's largest fall is smaller); ``kwargs`` go to it. A comparison of runs that are not
+        converged says so.
         """
         steps, values = self.eval_history(name)
         if len(steps) < CONVERGENCE_MIN_EVALUATIONS:

@@ -515,9 +515,9 @@ def _seed_job(kind: str, seed: int, config: GeometryConfig, device: str | None =
 
 
 def _convergence(record: dict) -> tuple[bool | None, str]:
-    """Has the LM's evaluation lemma loss stopped falling over its last fifth of training
-    (:func:`paperlab.stats.convergence`)? With the check's own words (how much it fell, as a share of its
-    level). None with fewer than 3 evaluations."""
+    """Is the LM's evaluation lemma loss shown flat over its last fifth of training
+    (:func:`paperlab.stats.convergence`: not still falling, nor too noisy to tell)? With the check's own
+    words (how much it fell, as a share of its level). None with fewer than 3 evaluations."""
     evals = record["history"]["evals"]
     if len(evals) < 3:
         return None, "too few evaluations"

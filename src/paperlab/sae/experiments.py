@@ -202,7 +202,7 @@ def _record(run: RunConfig, device=None) -> dict:
 
 
 def _summary(run: RunConfig, device=None) -> dict:
-    """The final evaluation of ``run`` with its settings and whether its NMSE had stopped falling."""
+    """The final evaluation of ``run`` with its settings and whether its NMSE was shown flat at the end."""
     record = _record(run, device)
     evals = record["history"]["evals"]
     converged = stats.convergence([e["step"] for e in evals], [e["nmse"] for e in evals]).converged
@@ -466,7 +466,7 @@ def downstream(config: SAEExperimentConfig, device=None) -> dict:
     useless reconstruction recovers part of the loss: ``splice_only`` is the fraction recovered when every
     token is reconstructed as one constant vector (the geometric median of 1024 layer-normalised training
     activations, the untrained SAEs' ``b_pre``). ``converged``: whether the trained SAE's validation NMSE
-    had stopped falling."""
+    was shown flat at the end (:func:`paperlab.stats.convergence`)."""
     dev = auto_device(device)
     model, _ = _lm(config, dev)
     data = lm_activations(config.lm)

@@ -21,8 +21,8 @@ from paperlab.train import seeded_batches, train
 from paperlab.utils import cpu_threads
 
 IGNORE = -100
-# nats: the smallest fall of MQAR's validation loss that counts as "still falling" in the convergence
-# check; the loss of a model that has solved the task tends to 0 and keeps halving there
+# nats: the smallest fall of MQAR's validation loss over the last fifth of training that counts in the
+# convergence check; the loss of a model that has solved the task tends to 0 and keeps halving there
 MQAR_LOSS_FLOOR = 1e-3
 
 
