@@ -327,7 +327,7 @@ def convergence(steps: Sequence[int], values: Sequence[float], *, tail: float = 
     - *too noisy to tell* otherwise: not shown to fall, but not shown flat either.
 
     The line is fitted to at least ``CONVERGENCE_MIN_EVALUATIONS`` (5) evaluations: with 3, its slope's
-    interval has one degree of freedom and is so wide that nearly every curve passes.
+    interval has one degree of freedom and is so wide that it settles nothing.
     :meth:`paperlab.train.TrainConfig.evaluation_steps` adds evaluations to the last fifth of training
     so that it holds five; a curve with fewer there is fitted over its last five, which reach further back.
     """
