@@ -319,6 +319,36 @@ def test_tuning_seeds_must_be_distinct_and_apart_from_the_evaluation_seeds():
         dataclasses.replace(full, tune_seeds=(5_000, 5_000))
 
 
+def test_tuning_gives_every_trained_method_the_same_learning_rates_and_takes_the_least_change(monkeypatch):
+    from paperlab.ditto import experiments
+
+    config = dataclasses.replace(experiments.CONFIGS["fast"], tune_lrs=(3e-4, 1e-5, 3e-5),
+                                 tune_sft_steps=(40, 20))
+    tried: dict[str, list[float]] = {"SFT": [], "SPIN": [], "DITTO": []}
+
+    def fake_runs(specs, device=None, desc=""):
+        for spec in specs:
+            method = spec.methods[-1]
+            tried[method].append({"SFT": spec.sft.lr, "SPIN": spec.spin.train.lr,
+                                  "DITTO": spec.ditto.train.lr}[method])
+        return [None] * len(specs)
+
+    def fake_scores(runs, specs, judges):  # every setting wins every comparison: an exact tie
+        n = specs[0].n_eval
+        return [{"methods": {spec.methods[-1]: {"score": {"char": [1.0] * n}, "kept": [True] * n},
+                             "author": {"score": {"char": [0.0] * n}, "kept": [True] * n}}} for spec in specs]
+
+    monkeypatch.setattr(experiments, "run_all", fake_runs)
+    monkeypatch.setattr(experiments, "score_runs", fake_scores)
+    tuned = experiments.tune(config, {"char": None})
+    assert sorted(set(tried["SFT"])) == sorted(set(tried["SPIN"])) == sorted(set(tried["DITTO"])) == [
+        1e-5, 3e-5, 3e-4]
+    assert tuned["lrs"] == [1e-5, 3e-5, 3e-4] and tuned["sft_grid"][:2] == [[1e-5, 20], [1e-5, 40]]
+    # a tie everywhere: the least change, the smallest rate and the fewest steps, for every method
+    assert (tuned["sft"].lr, tuned["sft"].steps) == (1e-5, 20)
+    assert tuned["ditto"].train.lr == tuned["spin"].train.lr == 1e-5
+
+
 def test_identical_outputs_are_counted_per_seed_and_the_rest_scored_apart():
     runs = [{"texts": {"A": ["x", "y", "z", "w"], "B": ["x", "y", "q", "r"]}},
             {"texts": {"A": ["x", "y", "z", "w"], "B": ["x", "y", "z", "w"]}},

@@ -190,7 +190,7 @@ class DittoExperimentConfig:
     n_eval: int = 24  # held-out prompts per author
     max_tokens: int = 30
     seeds: tuple[int, ...] = (0, 1, 2, 3)
-    tune_lrs: tuple[float, ...] = (3e-5, 1e-4, 3e-4)
+    tune_lrs: tuple[float, ...] = (1e-5, 3e-5, 1e-4, 3e-4)
     tune_sft_steps: tuple[int, ...] = (60, 180)
     tune_seeds: tuple[int, ...] = (1_000, 1_001)
 
