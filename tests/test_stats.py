@@ -1,3 +1,4 @@
+import json
 import math
 
 import numpy as np
@@ -143,6 +144,29 @@ def test_convergence_of_a_score_to_raise_mirrors_the_loss_check():
     assert check.describe().startswith("too noisy to tell: rose ")
     assert "allows a rise of up to" in check.describe()
     assert check.drop_high == pytest.approx(stats.convergence(steps, -noisy).drop_high)  # mirrored
+
+
+def test_a_checks_record_holds_its_state_and_numbers_for_a_chapter_to_assert_on():
+    steps = np.arange(100, 2100, 100)
+    zigzag = 1.0 + np.where(np.arange(steps.size) % 2 == 0, 0.02, -0.02)
+    check = stats.convergence(steps, zigzag)
+    record = check.record()
+    assert record["converged"] is False and record["convergence"] == check.describe()
+    fields = record["convergence_check"]
+    assert fields["state"] == "too noisy to tell" == check.state
+    assert [fields[k] for k in ("drop", "drop_high", "level")] == [check.drop, check.drop_high, check.level]
+    assert fields["negligible"] == pytest.approx(0.005 * check.level) and fields["tail_steps"] == [1600, 2000]
+    assert json.loads(json.dumps(record)) == record  # JSON-able, as the artifact cache stores it
+    named = stats.convergence(steps, 2.0 - steps / 4000, higher_is_better=True).record("success_")
+    assert set(named) == {"success_converged", "success_convergence", "success_convergence_check"}
+    assert named["success_convergence_check"]["state"] == "converged"  # a falling score is not improving
+
+
+def test_a_curve_that_did_not_move_says_so():
+    steps = np.arange(100, 2100, 100)
+    flat = stats.convergence(steps, np.full(steps.size, 0.5))
+    assert flat.converged and flat.drop == 0
+    assert flat.describe() == "converged: changed by 0 over steps 1600-2000 (0% of 0.5)"
 
 
 def test_bad_input_is_named():

@@ -283,11 +283,22 @@ class Convergence:
         """Too noisy to tell: not shown to improve, nor shown flat."""
         return self.state == "too noisy to tell"
 
+    def record(self, prefix: str = "") -> dict:
+        """The check as the JSON fields of a run's record: ``converged`` (shown flat), ``convergence`` (the
+        words of :meth:`describe`, to print) and ``convergence_check`` (the state and the numbers behind it:
+        the fitted and the largest allowed improvement over the tail, the level, what counts, the tail's
+        steps), so that a chapter asserts on the state and numbers instead of parsing the words. ``prefix``
+        names a second check in one record (``"success_"``: ``success_converged``, ...)."""
+        check = {"state": self.state, "drop": self.drop, "drop_high": self.drop_high, "level": self.level,
+                 "negligible": self.negligible, "tail_steps": list(self.tail_steps)}
+        return {f"{prefix}converged": self.converged, f"{prefix}convergence": self.describe(),
+                f"{prefix}convergence_check": check}
+
     def describe(self) -> str:
         """The state, the fitted change over the tail and the reason: the curve rose; the largest fall its
         interval allows is under the tolerance (or floor); or that largest fall is over it (noise)."""
         improved, worsened = ("rose", "fell") if self.higher_is_better else ("fell", "rose")
-        change = improved if self.drop > 0 else worsened
+        change = improved if self.drop > 0 else worsened if self.drop < 0 else "changed by"
         share = f"{100 * abs(self.drop) / abs(self.level):.2g}% of {self.level:.3g}" if self.level else ""
         counts = (f"the {self.floor:g} floor" if self.floor > self.tolerance * abs(self.level)
                   else f"the {100 * self.tolerance:g}% that counts")
