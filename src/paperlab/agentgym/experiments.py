@@ -234,8 +234,8 @@ def _record(name: str, model: GPT, history: TrainResult, config: AgentGymConfig,
     return {"name": name, "state_dict": state_of(model), "success": _summary(test, config),
             "n_trajectories": n_train, "steps": history.steps[-1], "kept_step": kept_step,
             "val_loss": kept["val_loss"], "val_success": kept["val_success"],
-            "converged": loss_check.converged and success_check.converged,
-            "convergence": loss_check.describe(), "success_trend": f"success {success_check.describe()}",
+            **loss_check.record(), **success_check.record("success_"),
+            "converged": loss_check.converged and success_check.converged,  # both curves shown flat
             "history": {"steps": history.steps, "loss": history.loss, "evals": history.evals},
             "train_seconds": history.seconds, "examples": [t.to_dict() for t in test[:: config.n_test]]}
 

@@ -152,8 +152,7 @@ def _merge(small: dict, large: dict) -> dict:
 
 def _training(history: TrainResult) -> dict:
     convergence = history.convergence("val_loss")
-    return {"convergence": convergence.describe(), "converged": convergence.converged,
-            "evals": history.evals, "seconds": history.seconds}
+    return {**convergence.record(), "evals": history.evals, "seconds": history.seconds}
 
 
 def _recorder(out: dict, problems: list[tasks.Problem]):

@@ -501,28 +501,26 @@ def _seed_job(kind: str, seed: int, config: GeometryConfig, device: str | None =
     replicate = for_seed(config, seed)
     if kind == "zipf":
         _, _, record = load_trained(replicate.zipf_lm, device)
-        converged, described = _convergence(record)
-        return {"anisotropy": anisotropy(replicate, device), "zipf_converged": converged,
-                "zipf_convergence": described}
+        return {"anisotropy": anisotropy(replicate, device), **_convergence(record, "zipf_")}
     _, _, record = load_lm(replicate, device)
-    converged, described = _convergence(record)
     return {
         "lemma_loss": record["history"]["evals"][-1]["lemma_loss"],
         "bayes_lemma_loss": record["bayes_lemma_loss"], "uniform_lemma_loss": record["uniform_lemma_loss"],
-        "converged": converged, "convergence": described,
+        **_convergence(record),
         "analysis": analysis(replicate, device), "intervention": intervention(replicate, device),
     }
 
 
-def _convergence(record: dict) -> tuple[bool | None, str]:
+def _convergence(record: dict, prefix: str = "") -> dict:
     """Is the LM's evaluation lemma loss shown flat over its last fifth of training
-    (:func:`paperlab.stats.convergence`: not still falling, nor too noisy to tell)? With the check's own
-    words (how much it fell, as a share of its level). None with fewer than 3 evaluations."""
+    (:func:`paperlab.stats.convergence`: not still falling, nor too noisy to tell)? The check's record
+    fields (:meth:`paperlab.stats.Convergence.record`), names led by ``prefix``; ``converged`` None with
+    too few evaluations to fit (a run without ``eval_every``)."""
     evals = record["history"]["evals"]
-    if len(evals) < 3:
-        return None, "too few evaluations"
-    check = stats.convergence([e["step"] for e in evals], [e["lemma_loss"] for e in evals])
-    return check.converged, check.describe()
+    if len(evals) < stats.CONVERGENCE_MIN_EVALUATIONS:
+        return {f"{prefix}converged": None, f"{prefix}convergence": "too few evaluations",
+                f"{prefix}convergence_check": None}
+    return stats.convergence([e["step"] for e in evals], [e["lemma_loss"] for e in evals]).record(prefix)
 
 
 def over_lm_seeds(config: GeometryConfig, device: str | None = None) -> dict:

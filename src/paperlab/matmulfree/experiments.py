@@ -290,7 +290,7 @@ def _train(run: RunConfig, device) -> dict:
         "n_non_embedding": count_parameters(model, exclude_embeddings=True),  # without embedding and head
         "sentence_loss": sentence_loss,
         "final_val_loss": result.evals[-1]["val_loss"],
-        "converged": convergence.converged, "convergence": convergence.describe(),
+        **convergence.record(),
         "flips": flips.summary() if flips else None,
     }
 
@@ -320,6 +320,7 @@ def summarise_run(run: RunConfig, device=None) -> dict:
             "n_parameters": result["n_parameters"], "n_non_embedding": result["n_non_embedding"],
             "sentence_loss": result["sentence_loss"], "final_val_loss": result["final_val_loss"],
             "converged": result["converged"], "convergence": result["convergence"],
+            "convergence_check": result["convergence_check"],
             "steps": history.steps, "train_loss": history.loss, "eval_steps": eval_steps, "val_loss": val,
             "flips": result["flips"], "train_seconds": history.seconds}
 
@@ -359,7 +360,7 @@ def mqar_run(run: MQARRun, device=None) -> dict:
         return {"kind": run.kind, "lr": tc.lr, "seed": tc.seed,
                 "val_accuracy": accuracy[-1], "test_accuracy": test_accuracy,
                 "test_accuracy_by_query": by_query, "val_curve": {"steps": steps, "val_accuracy": accuracy},
-                "converged": convergence.converged, "convergence": convergence.describe()}
+                **convergence.record()}
 
     return cache.cached("matmulfree-mqar-run", run, compute, seed=tc.seed)
 

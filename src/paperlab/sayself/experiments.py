@@ -290,8 +290,7 @@ def _evaluate_model(data: _Seed, model: GPT, seed: int, *, needs_reflection: boo
 
 def _sft_summary(history: TrainResult) -> dict:
     return {"steps": [e["step"] for e in history.evals], "val_loss": [e["val_loss"] for e in history.evals],
-            "converged": history.convergence("val_loss").converged,
-            "convergence": history.convergence("val_loss").describe()}
+            **history.convergence("val_loss").record()}
 
 
 # branch -> (the SFT model's name, the RL model's name or None, with rationale); the base model's branch
@@ -425,8 +424,7 @@ def run(config: SaySelfConfig, device=None) -> dict:
         "corpus_tokens": int(corpus_ids(world).numel()),
         "pretrain": {"steps": [e["step"] for e in history.evals],
                      "corpus_loss": [e["corpus_loss"] for e in history.evals],
-                     "converged": history.convergence("corpus_loss").converged,
-                     "convergence": history.convergence("corpus_loss").describe(),
+                     **history.convergence("corpus_loss").record(),
                      "seconds": history.seconds},
         "questions": {"id": describe_questions(test_id), "ood": describe_questions(test_ood)},
         "seeds": seeds,

@@ -416,7 +416,7 @@ def mqar_run(run: MQARRun, device: str | torch.device | None = None) -> dict:
                 "test_accuracy_by_query": by_query,
                 "curve": {"steps": steps, "val_accuracy": accuracy,
                           "val_loss": result.eval_history("val_loss")[1]},
-                "converged": convergence.converged, "convergence": convergence.describe(),
+                **convergence.record(),
                 "final_loss": result.final_loss, "parameters": count_parameters(model),
                 "seconds": result.seconds}
 

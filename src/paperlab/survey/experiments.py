@@ -488,8 +488,7 @@ def _compute_seed(config: SurveyConfig, seed: int, device) -> dict:
     convergence = history.convergence("val_loss")
     greedy = greedy_answers(base, task, task.test)  # the policy's answers at temperature 0
     out: dict = {"seed": seed, "base": {
-        "steps": steps, "val_loss": val_loss, "converged": convergence.converged,
-        "convergence": convergence.describe(), "seconds": history.seconds,
+        "steps": steps, "val_loss": val_loss, **convergence.record(), "seconds": history.seconds,
         "greedy_accuracy": sum(task.gold(q, a) for q, a in zip(task.test, greedy)) / len(task.test),
         "train_accuracy": greedy_accuracy(base, task, task.demos)}}
     out["vote"], samples = _self_consistency(s, greedy)
