@@ -368,3 +368,17 @@ def test_identical_outputs_are_counted_per_seed_and_the_rest_scored_apart():
     assert analysis.needed_where_different(1.0, 0.55) == math.inf  # every output a tie
     with pytest.raises(ValueError, match="share_identical"):
         analysis.needed_where_different(1.5, 0.55)
+
+
+def test_dpo_convergence_checks_each_runs_logged_loss_at_its_logged_steps():
+    from paperlab.ditto import experiments
+
+    steps = list(range(2, 82, 2))  # logged every other step
+    falling = [0.693 - 0.002 * t for t in steps]
+    flat = [0.65 + (1e-4 if k % 2 else -1e-4) for k in range(len(steps))]
+    runs = [{"logs": {"DITTO": {"steps": steps, "loss": curve}}} for curve in (falling, flat)]
+    checks = experiments.dpo_convergence(runs, "DITTO")
+    assert [c.state for c in checks] == ["still falling", "converged"]
+    assert checks[0].tail_steps == (66, 80)  # the last fifth of the logged steps, not of the list's indices
+    with pytest.raises(KeyError):
+        experiments.dpo_convergence(runs, "SPIN")

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from paperlab import cache
+from paperlab import cache, stats
 from paperlab.config import (
     check_int_tuple,
     check_ints,
@@ -74,7 +74,7 @@ from paperlab.utils import cpu_threads, parallel_map
 __all__ = [
     "BaseConfig", "DittoExperimentConfig", "RunSpec", "CONFIGS", "MAIN_METHODS", "load_base",
     "pretraining_batch", "select", "tune", "run_spec", "run_target", "run_all", "score_runs",
-    "judge_accuracy", "run", "EXPERIMENT",
+    "judge_accuracy", "dpo_convergence", "run", "EXPERIMENT",
 ]
 
 MAIN_METHODS = ("zero-shot", "few-shot", "SFT", "SPIN", "DITTO")
@@ -316,8 +316,10 @@ def _run_target(spec: RunSpec, device=None) -> dict:
     texts.update(adapted)
     for n in spec.demo_counts:  # sample efficiency: the first n demonstrations only
         fewer = dataclasses.replace(spec, methods=("SFT", "DITTO"))
-        more = _adapt(fewer, base, demos[:n], tokenizer, respond, prompts, {}, ablations=False)
+        fewer_logs: dict = {}
+        more = _adapt(fewer, base, demos[:n], tokenizer, respond, prompts, fewer_logs, ablations=False)
         texts[f"SFT n={n}"], texts[f"DITTO n={n}"] = more["SFT"], more["DITTO"]
+        logs[f"DITTO n={n}"] = fewer_logs["DITTO"]
     if spec.demo_counts:
         texts[f"SFT n={spec.n_demos}"], texts[f"DITTO n={spec.n_demos}"] = texts["SFT"], texts["DITTO"]
     return {"texts": texts, "prompts": prompts, "contents": [dataclasses.asdict(c) for c in contents],
@@ -350,7 +352,7 @@ def _adapt(spec: RunSpec, base: GPT, demos: list[Example], tokenizer: Tokenizer,
         result = train(policy, dpo.get_batch(policy), dpo.loss_fn, config.train, on_step=on_step,
                        device=_device(base), desc=name)
         out[name] = respond(policy, prompts)
-        logs[name] = {"loss": result.loss, "iterations": dpo.log}
+        logs[name] = {"steps": result.steps, "loss": result.loss, "iterations": dpo.log}
 
     if "SPIN" in spec.methods:
         online(spec.spin, "SPIN")
@@ -360,6 +362,15 @@ def _adapt(spec: RunSpec, base: GPT, demos: list[Example], tokenizer: Tokenizer,
         for name, config in ablation_configs(spec.ditto).items():
             online(config, name)
     return out
+
+
+def dpo_convergence(runs: list[dict], method: str) -> list[stats.Convergence]:
+    """The convergence check (:func:`paperlab.stats.convergence`) on ``method``'s DPO loss in each run
+    (``"DITTO"``, ``"SPIN"``, an ablation, ``"DITTO n=2"``): the loss of every step, fitted over the last
+    fifth of the steps. There is no held-out loss: the pairs are drawn online from the policy's own samples,
+    so this is the training loss on the last iteration's comparisons, which stay fixed between resamplings.
+    A run too short to hold 5 logged steps in its last fifth is fitted over its last 5."""
+    return [stats.convergence(run["logs"][method]["steps"], run["logs"][method]["loss"]) for run in runs]
 
 
 def _copy(model: GPT) -> GPT:
