@@ -376,9 +376,14 @@ def test_dpo_convergence_checks_each_runs_logged_loss_at_its_logged_steps():
     steps = list(range(2, 82, 2))  # logged every other step
     falling = [0.693 - 0.002 * t for t in steps]
     flat = [0.65 + (1e-4 if k % 2 else -1e-4) for k in range(len(steps))]
-    runs = [{"logs": {"DITTO": {"steps": steps, "loss": curve}}} for curve in (falling, flat)]
+    drew = [{"iteration": 1, "steps_without_pairs": 0}]
+    runs = [{"logs": {"DITTO": {"steps": steps, "loss": curve, "iterations": drew}}}
+            for curve in (falling, flat)]
+    none_left = [0.69] * 20 + [0.0] * 20  # the last iteration drew no comparisons: a loss of 0, no gradient
+    runs.append({"logs": {"DITTO": {"steps": steps, "loss": none_left, "iterations": drew + [
+        {"iteration": 2, "steps_without_pairs": 20}]}}})
     checks = experiments.dpo_convergence(runs, "DITTO")
-    assert [c.state for c in checks] == ["still falling", "converged"]
+    assert [c.state for c in checks[:2]] == ["still falling", "converged"] and checks[2] is None
     assert checks[0].tail_steps == (66, 80)  # the last fifth of the logged steps, not of the list's indices
     with pytest.raises(KeyError):
         experiments.dpo_convergence(runs, "SPIN")

@@ -364,13 +364,22 @@ def _adapt(spec: RunSpec, base: GPT, demos: list[Example], tokenizer: Tokenizer,
     return out
 
 
-def dpo_convergence(runs: list[dict], method: str) -> list[stats.Convergence]:
+def dpo_convergence(runs: list[dict], method: str) -> list[stats.Convergence | None]:
     """The convergence check (:func:`paperlab.stats.convergence`) on ``method``'s DPO loss in each run
-    (``"DITTO"``, ``"SPIN"``, an ablation, ``"DITTO n=2"``): the loss of every step, fitted over the last
-    fifth of the steps. There is no held-out loss: the pairs are drawn online from the policy's own samples,
-    so this is the training loss on the last iteration's comparisons, which stay fixed between resamplings.
-    A run too short to hold 5 logged steps in its last fifth is fitted over its last 5."""
-    return [stats.convergence(run["logs"][method]["steps"], run["logs"][method]["loss"]) for run in runs]
+    (``"DITTO"``, ``"SPIN"``, an ablation, ``"DITTO n=2"``): the loss of every logged step, fitted over the
+    last fifth of the steps. There is no held-out loss: the pairs are drawn online from the policy's own
+    samples, so this is the training loss on the last iteration's comparisons, which stay fixed between
+    resamplings. A run too short to hold 5 logged steps in its last fifth is fitted over its last 5.
+
+    None for a run whose last iteration drew no comparisons: every sample equalled its demonstration, so
+    every pair was identical and left out, each step logged a loss of 0 with no gradient, and the loop had
+    reached its fixed point (nothing left to learn from); there is no curve to check."""
+    checks: list[stats.Convergence | None] = []
+    for run in runs:
+        log = run["logs"][method]
+        no_comparisons = log["iterations"][-1]["steps_without_pairs"] > 0  # all of the iteration's or none
+        checks.append(None if no_comparisons else stats.convergence(log["steps"], log["loss"]))
+    return checks
 
 
 def _copy(model: GPT) -> GPT:
