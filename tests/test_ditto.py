@@ -385,5 +385,5 @@ def test_dpo_convergence_checks_each_runs_logged_loss_at_its_logged_steps():
     checks = experiments.dpo_convergence(runs, "DITTO")
     assert [c.state for c in checks[:2]] == ["still falling", "converged"] and checks[2] is None
     assert checks[0].tail_steps == (66, 80)  # the last fifth of the logged steps, not of the list's indices
-    with pytest.raises(KeyError):
-        experiments.dpo_convergence(runs, "SPIN")
+    with pytest.raises(ValueError, match=r"no DPO log named 'DITTO n=7'.*\['DITTO'\]"):
+        experiments.dpo_convergence(runs, "DITTO n=7")  # the main run is logged as "DITTO"

@@ -373,7 +373,12 @@ def dpo_convergence(runs: list[dict], method: str) -> list[stats.Convergence | N
 
     None for a run whose last iteration drew no comparisons: every sample equalled its demonstration, so
     every pair was identical and left out, each step logged a loss of 0 with no gradient, and the loop had
-    reached its fixed point (nothing left to learn from); there is no curve to check."""
+    reached its fixed point (nothing left to learn from); there is no curve to check. A ``method`` that a
+    run did not log is a ValueError naming the ones it did, before any fit."""
+    for run in runs:
+        logged = [name for name, log in run["logs"].items() if isinstance(log, dict) and "loss" in log]
+        if method not in logged:
+            raise ValueError(f"no DPO log named {method!r} in a run; it logged {logged}")
     checks: list[stats.Convergence | None] = []
     for run in runs:
         log = run["logs"][method]
