@@ -82,8 +82,9 @@ if HAS_NUMBA:
 
     def _forward_numba_kernel_py(f, c, h, block):  # pragma: no cover - jitted
         """f, c, h: (batch, seq, d) float32, channels last. One (batch, block of channels) per prange job,
-        walking t = 0..seq-1 with the block's states in a small array; the loop over channels is
-        contiguous, so it vectorises, and nothing is transposed."""
+        walking t = 0..seq-1 with the block's states in a small array. Each step reads the block as 1-D
+        contiguous slices, so that the loop over channels is a unit-stride loop that LLVM vectorises
+        (indexing the 3-D arrays element by element inside it does not vectorise: about 10x slower)."""
         batch, seq, d = f.shape
         n_blocks = (d + block - 1) // block
         for job in prange(batch * n_blocks):
@@ -92,16 +93,19 @@ if HAS_NUMBA:
             j1 = min(d, j0 + block)
             state = np.zeros(j1 - j0, dtype=np.float32)
             for t in range(seq):
-                for j in range(j0, j1):
-                    s = f[b, t, j] * state[j - j0] + (np.float32(1.0) - f[b, t, j]) * c[b, t, j]
-                    state[j - j0] = s
-                    h[b, t, j] = s
+                ft, ct, ht = f[b, t, j0:j1], c[b, t, j0:j1], h[b, t, j0:j1]
+                for j in range(j1 - j0):
+                    # h_t = f_t h_{t-1} + (1 - f_t) c_t
+                    s = ft[j] * state[j] + (np.float32(1.0) - ft[j]) * ct[j]
+                    state[j] = s
+                    ht[j] = s
 
     _forward_numba_kernel = njit(parallel=True, cache=True)(_forward_numba_kernel_py)
     _forward_numba_kernel_serial = njit(cache=True)(_forward_numba_kernel_py)  # small calls: one thread
 
     def _backward_numba_kernel_py(f, c, h, g, df, dc, block):  # pragma: no cover - jitted
-        """The recurrence in reverse (see the module docstring), same layout and jobs as the forward."""
+        """The recurrence in reverse (see the module docstring), same layout, jobs and 1-D slices as the
+        forward."""
         batch, seq, d = f.shape
         n_blocks = (d + block - 1) // block
         for job in prange(batch * n_blocks):
@@ -109,13 +113,16 @@ if HAS_NUMBA:
             j0 = (job % n_blocks) * block
             j1 = min(d, j0 + block)
             delta = np.zeros(j1 - j0, dtype=np.float32)  # carries f_{t+1} * delta_{t+1}
+            h_0 = np.zeros(j1 - j0, dtype=np.float32)
             for t in range(seq - 1, -1, -1):
-                for j in range(j0, j1):
-                    dl = g[b, t, j] + delta[j - j0]
-                    previous = h[b, t - 1, j] if t > 0 else np.float32(0.0)
-                    df[b, t, j] = dl * (previous - c[b, t, j])
-                    dc[b, t, j] = dl * (np.float32(1.0) - f[b, t, j])
-                    delta[j - j0] = dl * f[b, t, j]
+                ft, ct, gt = f[b, t, j0:j1], c[b, t, j0:j1], g[b, t, j0:j1]
+                dft, dct = df[b, t, j0:j1], dc[b, t, j0:j1]
+                previous = h[b, t - 1, j0:j1] if t > 0 else h_0
+                for j in range(j1 - j0):
+                    dl = gt[j] + delta[j]  # delta_t = g_t + f_{t+1} delta_{t+1}
+                    dft[j] = dl * (previous[j] - ct[j])  # dL/df_t = delta_t (h_{t-1} - c_t)
+                    dct[j] = dl * (np.float32(1.0) - ft[j])  # dL/dc_t = delta_t (1 - f_t)
+                    delta[j] = dl * ft[j]
 
     _backward_numba_kernel = njit(parallel=True, cache=True)(_backward_numba_kernel_py)
     _backward_numba_kernel_serial = njit(cache=True)(_backward_numba_kernel_py)  # small calls: one thread

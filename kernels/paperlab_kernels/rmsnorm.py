@@ -177,24 +177,32 @@ if HAS_NUMBA:
     _FASTMATH = {"reassoc"}
 
     def _forward_kernel(x, w, has_weight, eps, mode, y, q, scale, rstd):  # pragma: no cover - jitted
-        """One row per prange iteration. x: (n, d) float32 -> y (modes 0, 2) or q, scale (mode 1), rstd."""
+        """One row per prange iteration. x: (n, d) float32 -> y (modes 0, 2) or q, scale (mode 1), rstd.
+        Each row is read and written through 1-D slices (``x[i]``), unit-stride loops that LLVM vectorises
+        (with ``x[i, j]`` inside the loops the quantising modes ran about 3.5x slower), and the weight's
+        branch sits outside the loops of mode 0."""
         n, d = x.shape
         inv_d = np.float32(1.0 / d)
         for i in prange(n):
+            xi = x[i]
             acc = np.float32(0.0)  # float32 accumulation, as on the GPU
             for j in range(d):
-                acc += x[i, j] * x[i, j]
-            r = np.float32(1.0) / np.sqrt(acc * inv_d + eps)
+                acc += xi[j] * xi[j]
+            r = np.float32(1.0) / np.sqrt(acc * inv_d + eps)  # 1 / rms(x)
             rstd[i] = r
             if mode == 0:
-                for j in range(d):
-                    v = x[i, j] * r
-                    y[i, j] = v * w[j] if has_weight else v
+                yi = y[i]
+                if has_weight:
+                    for j in range(d):
+                        yi[j] = (xi[j] * r) * w[j]  # y = x / rms(x) * w
+                else:
+                    for j in range(d):
+                        yi[j] = xi[j] * r
             else:
                 m = np.float32(0.0)  # absmax of the row, recomputing y (the row is in cache)
                 poison = np.float32(0.0)  # 0 unless some y is NaN or inf (0 * NaN = 0 * inf = NaN)
                 for j in range(d):
-                    v = x[i, j] * r
+                    v = xi[j] * r
                     if has_weight:
                         v = v * w[j]
                     m = max(m, abs(v))  # (max drops a NaN, hence the poison sum)
@@ -203,16 +211,22 @@ if HAS_NUMBA:
                 s = np.float32(127.0) / max(m, np.float32(1e-5)) if finite else np.float32(np.nan)
                 if mode == 1:
                     scale[i] = s
-                for j in range(d):
-                    v = x[i, j] * r
-                    if has_weight:
-                        v = v * w[j]
-                    qv = min(max(np.rint(v * s), np.float32(-128.0)), np.float32(127.0))  # rint: half to even
-                    qv = qv if finite else np.float32(0.0)
-                    if mode == 1:
-                        q[i, j] = np.int8(qv)
-                    else:
-                        y[i, j] = qv / s
+                    qi = q[i]
+                    for j in range(d):
+                        v = xi[j] * r
+                        if has_weight:
+                            v = v * w[j]
+                        # rint: half to even
+                        qv = min(max(np.rint(v * s), np.float32(-128.0)), np.float32(127.0))
+                        qi[j] = np.int8(qv if finite else np.float32(0.0))
+                else:
+                    yi = y[i]
+                    for j in range(d):
+                        v = xi[j] * r
+                        if has_weight:
+                            v = v * w[j]
+                        qv = min(max(np.rint(v * s), np.float32(-128.0)), np.float32(127.0))
+                        yi[j] = (qv if finite else np.float32(0.0)) / s
 
     _forward_numba_kernel = njit(parallel=True, cache=True, fastmath=_FASTMATH)(_forward_kernel)
     _forward_numba_kernel_serial = njit(cache=True, fastmath=_FASTMATH)(_forward_kernel)  # small inputs
@@ -220,7 +234,8 @@ if HAS_NUMBA:
     @njit(parallel=True, cache=True, fastmath=_FASTMATH)
     def _backward_numba_kernel(dy, x, w, has_weight, rstd, dx, dw_partial):  # pragma: no cover - jitted
         """Rows split into ``dw_partial.shape[0]`` contiguous chunks, one per prange iteration; each chunk
-        accumulates its own part of dw (summed by the caller), so threads never write the same memory."""
+        accumulates its own part of dw (summed by the caller), so threads never write the same memory.
+        Rows through 1-D slices, as in the forward."""
         n, d = x.shape
         n_chunks = dw_partial.shape[0]
         inv_d = np.float32(1.0 / d)
@@ -228,17 +243,24 @@ if HAS_NUMBA:
         for c in prange(n_chunks):
             for i in range(c * rows_per_chunk, min((c + 1) * rows_per_chunk, n)):
                 r = rstd[i]
-                acc = np.float32(0.0)  # sum_j g_j * xhat_j
-                for j in range(d):
-                    g = dy[i, j] * w[j] if has_weight else dy[i, j]
-                    acc += g * (x[i, j] * r)
-                mean_gx = acc * inv_d
-                for j in range(d):
-                    xhat = x[i, j] * r
-                    g = dy[i, j] * w[j] if has_weight else dy[i, j]
-                    dx[i, j] = (g - xhat * mean_gx) * r
-                    if has_weight:
-                        dw_partial[c, j] += dy[i, j] * xhat
+                xi, dyi, dxi = x[i], dy[i], dx[i]
+                acc = np.float32(0.0)  # sum_j g_j * xhat_j, with g = dy * w
+                if has_weight:
+                    dw_c = dw_partial[c]
+                    for j in range(d):
+                        acc += (dyi[j] * w[j]) * (xi[j] * r)
+                    mean_gx = acc * inv_d
+                    for j in range(d):
+                        xhat = xi[j] * r
+                        dxi[j] = (dyi[j] * w[j] - xhat * mean_gx) * r  # dx = r (g - xhat mean(g xhat))
+                        dw_c[j] += dyi[j] * xhat  # dw = sum over rows of dy xhat
+                else:
+                    for j in range(d):
+                        acc += dyi[j] * (xi[j] * r)
+                    mean_gx = acc * inv_d
+                    for j in range(d):
+                        xhat = xi[j] * r
+                        dxi[j] = (dyi[j] - xhat * mean_gx) * r
 
 
 _EMPTY_F32_2D = np.zeros((0, 0), dtype=np.float32)

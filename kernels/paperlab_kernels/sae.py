@@ -143,10 +143,12 @@ if HAS_NUMBA:
                 if i < 0 or i >= n_latents:
                     acc[:] = np.nan
                     break
+                w_i = weight[i]  # a 1-D row: the loop over c is unit-stride and vectorises
                 for c in range(d):
-                    acc[c] += v * weight[i, c]
+                    acc[c] += v * w_i[c]
+            out_r = out[r]
             for c in range(d):
-                out[r, c] = acc[c]
+                out_r[c] = acc[c]
 
     _forward_numba_kernel = njit(parallel=True, cache=True, fastmath=False)(_forward_numba_kernel_py)
     _forward_numba_kernel_serial = njit(cache=True, fastmath=False)(_forward_numba_kernel_py)  # small calls
@@ -191,14 +193,16 @@ if HAS_NUMBA:
     def _grad_weight_numba_kernel_py(grad_out, flat_values, offsets, order, k, grad_weight):
         n_latents, d = grad_weight.shape
         for i in prange(n_latents):
+            gw_i = grad_weight[i]  # 1-D rows, as in the forward
             for c in range(d):
-                grad_weight[i, c] = 0.0
+                gw_i[c] = 0.0
             for p in range(offsets[i], offsets[i + 1]):
                 e = order[p]
                 r = e // k
                 v = flat_values[e]
+                g_r = grad_out[r]
                 for c in range(d):
-                    grad_weight[i, c] += v * grad_out[r, c]
+                    gw_i[c] += v * g_r[c]
 
     _grad_weight_numba_kernel = njit(parallel=True, cache=True)(_grad_weight_numba_kernel_py)
     _grad_weight_numba_kernel_serial = njit(cache=True)(_grad_weight_numba_kernel_py)  # small calls
