@@ -73,7 +73,8 @@ bench: $(STAMP)
 ## book/jupytext.toml so that saving leaves a chapter byte-identical), MyST renders (jupyterlab-myst),
 ## and each chapter's explorer is live (ipywidgets).
 lab: $(STAMP) $(LAB_SETTINGS)
-	$(BIN)/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root,) book/
+	$(BIN)/python -c 'import os, sys; from paperlab.utils import reuse_freed_memory; reuse_freed_memory(); \
+		os.execv(sys.argv[1], sys.argv[1:])' $(BIN)/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root,) book/
 
 ## Regenerate the lock file from the current venv (after changing pyproject.toml's pins).
 lock: $(STAMP)

@@ -1,6 +1,12 @@
+import os
+import platform
+import subprocess
+import sys
+
 import pytest
 import torch
 
+from paperlab import utils
 from paperlab.utils import peak_cpu_allocation
 
 
@@ -146,3 +152,22 @@ def test_show_source_shows_a_package_function_as_a_markdown_code_block():
     assert shown._repr_markdown_() == shown.data
     with pytest.raises(TypeError, match="show_source needs a function"):
         show_source(3)
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's allocator")
+def test_reuse_freed_memory_sets_glibc_tunables_here_and_for_child_processes(monkeypatch):
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.top_pad=1048576")  # a reader's own setting stays
+    assert utils.reuse_freed_memory()
+    tunables = os.environ["GLIBC_TUNABLES"].split(":")
+    assert "glibc.malloc.mmap_max=0" in tunables and "glibc.malloc.trim_threshold=1073741824" in tunables
+    assert "glibc.malloc.top_pad=1048576" in tunables and len(tunables) == 3
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.environ['GLIBC_TUNABLES'])"],
+                           capture_output=True, text=True, check=True)
+    assert child.stdout.strip() == os.environ["GLIBC_TUNABLES"]
+
+
+def test_reuse_freed_memory_changes_nothing_without_glibc(monkeypatch):
+    monkeypatch.setattr(platform, "libc_ver", lambda: ("", ""))
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    assert not utils.reuse_freed_memory()
+    assert "GLIBC_TUNABLES" not in os.environ

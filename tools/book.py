@@ -171,6 +171,9 @@ def execute_chapter(chapter: Chapter, timeout: int) -> tuple[Path, float, bool]:
     notebook = read_notebook(chapter.path)
     os.environ["PAPERLAB_PROGRESS"] = "0"  # no progress bars in the rendered pages
     os.environ["PAPERLAB_STATIC"] = "1"  # explorers render their static view (no kernel behind a page)
+    from paperlab.utils import reuse_freed_memory
+
+    reuse_freed_memory()  # the kernel and its workers keep freed memory for reuse (no numbers change)
     start = time.perf_counter()
     client = NotebookClient(notebook, timeout=timeout, kernel_name="python3",
                             resources={"metadata": {"path": str(chapter.path.parent)}})

@@ -22,6 +22,7 @@ import time
 from paperlab import cli, experiments, registry
 from paperlab.config import DEFAULT_PROFILE, PROFILES, check_profile, config_to_dict
 from paperlab.train import distributed_info
+from paperlab.utils import reuse_freed_memory
 
 
 def _epilog() -> str:
@@ -77,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err.args[0] if err.args else err}", file=sys.stderr)
         return 2
     os.environ["PAPERLAB_PROFILE"] = profile
+    reuse_freed_memory()  # this process and its workers keep freed memory for reuse (no numbers change)
     if args.no_cache:
         os.environ["PAPERLAB_CACHE_DISABLE"] = "1"
     start = time.perf_counter()

@@ -1,7 +1,7 @@
 """Small shared utilities: progress bars that stay quiet when nobody is watching, the one helper that
 runs tiny models on few CPU threads (a context manager and a decorator), a process pool for independent
-tiny runs, a measure of peak CPU memory, and :func:`show_source`, which shows a package function in a
-chapter."""
+tiny runs, the allocator setting that keeps freed memory for reuse, a measure of peak CPU memory, and
+:func:`show_source`, which shows a package function in a chapter."""
 
 from __future__ import annotations
 
@@ -173,6 +173,44 @@ def usable_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
+
+
+# glibc's malloc tunables that keep freed memory for reuse, with their mallopt parameter numbers
+REUSE_FREED_MEMORY = {"glibc.malloc.mmap_max": (0, -4), "glibc.malloc.trim_threshold": (1 << 30, -1),
+                      "glibc.malloc.top_pad": (64 << 20, -2)}
+
+
+def reuse_freed_memory() -> bool:
+    """Keep freed memory in this process, and in the processes it starts, for the next allocation.
+
+    glibc's ``malloc`` serves a block above its mmap threshold (128 KiB at first, at most 32 MiB) with
+    fresh pages from the kernel and returns them when the block is freed, so a loop that allocates and
+    frees the same large tensors takes a page fault per 4 KiB on every pass. On the 2-core machine that
+    builds this book, filling a fresh 32 MiB tensor took about 9 ms against under 1 ms for a reused one,
+    several times the RMSNorm of it, and the AgentGym chapter's exploration ran about 20% faster with
+    this setting. (PyTorch's performance tuning guide recommends a caching allocator, jemalloc or TCMalloc,
+    for the same reason.)
+
+    Sets glibc's tunables so that no block is served by ``mmap`` (every block comes from the heap and
+    goes back to it), the heap keeps up to 1 GiB of free memory at its top and grows 64 MiB at a time: in
+    this process through ``mallopt``, and through ``GLIBC_TUNABLES`` in every process started from here
+    (the workers of :func:`parallel_map`, a notebook's kernel), tunables already set there kept. The
+    numbers computed do not change (PyTorch aligns every tensor to 64 bytes either way); the peak memory
+    a process has used stays with it until it ends. Returns False, changing nothing, where the C library
+    is not glibc."""
+    import ctypes
+    import ctypes.util
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        return False
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    applied = all(libc.mallopt(code, value) == 1 for value, code in REUSE_FREED_MEMORY.values())
+    existing = [item for item in os.environ.get("GLIBC_TUNABLES", "").split(":") if item]
+    named = {item.split("=")[0] for item in existing}
+    ours = [f"{name}={value}" for name, (value, _) in REUSE_FREED_MEMORY.items() if name not in named]
+    os.environ["GLIBC_TUNABLES"] = ":".join(existing + ours)
+    return applied
 
 
 def _dead_workers(processes: list) -> str:

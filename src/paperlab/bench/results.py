@@ -25,6 +25,7 @@ from paperlab.bench import Context, _cpu_name, machine_info, measure_machine, re
 from paperlab.config import pick
 from paperlab.report import Claim, Row
 from paperlab.stats import bootstrap
+from paperlab.utils import reuse_freed_memory
 
 __all__ = ["KERNELS", "BookBenchConfig", "CONFIGS", "config_for", "run_cpu", "load_gpu", "GPU_RESULTS",
            "find", "speedup", "speed_rows", "SPEED_TARGETS"]
@@ -82,11 +83,14 @@ def config_for(profile: str | None = None) -> BookBenchConfig:
 
 
 def run_cpu(config: BookBenchConfig) -> dict:
-    """Every benchmark on the CPU (``{"machine": ..., "rows": [...]}``, as ``--out`` writes it), cached."""
+    """Every benchmark on the CPU (``{"machine": ..., "rows": [...]}``, as ``--out`` writes it), cached;
+    measured, as by ``python -m paperlab.bench``, with freed memory kept for reuse
+    (:func:`paperlab.utils.reuse_freed_memory`)."""
 
     benches = registry()
 
     def compute() -> dict:
+        reuse_freed_memory()
         ctx = Context(device=torch.device("cpu"), quick=config.quick, repeats=config.repeats)
         machine = {**machine_info(ctx.device), "quick": config.quick, "repeats": config.repeats}
         rows = measure_machine(ctx)
