@@ -205,12 +205,12 @@ def reuse_freed_memory() -> bool:
     if platform.libc_ver()[0] != "glibc":
         return False
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    applied = all(libc.mallopt(code, value) == 1 for value, code in REUSE_FREED_MEMORY.values())
+    accepted = [libc.mallopt(code, value) for value, code in REUSE_FREED_MEMORY.values()]  # 1: accepted
     existing = [item for item in os.environ.get("GLIBC_TUNABLES", "").split(":") if item]
     named = {item.split("=")[0] for item in existing}
     ours = [f"{name}={value}" for name, (value, _) in REUSE_FREED_MEMORY.items() if name not in named]
     os.environ["GLIBC_TUNABLES"] = ":".join(existing + ours)
-    return applied
+    return all(result == 1 for result in accepted)
 
 
 def _dead_workers(processes: list) -> str:
