@@ -176,6 +176,18 @@ if HAS_NUMBA:
     # Allow re-association (only): LLVM may then vectorise the row sums, as the GPU reduction tree does.
     _FASTMATH = {"reassoc"}
 
+    @njit(cache=True, fastmath=_FASTMATH, inline="always")
+    def _normed(x_ij, r, w, j, has_weight):  # pragma: no cover - jitted
+        """One entry of y = x / rms(x) (* w)."""
+        v = x_ij * r
+        return v * w[j] if has_weight else v
+
+    @njit(cache=True, fastmath=_FASTMATH, inline="always")
+    def _quantised(v, s, finite):  # pragma: no cover - jitted
+        """round(v s) (rint: half to even) clipped to int8's range; 0 in a row with a NaN or inf."""
+        qv = min(max(np.rint(v * s), np.float32(-128.0)), np.float32(127.0))
+        return qv if finite else np.float32(0.0)
+
     def _forward_kernel(x, w, has_weight, eps, mode, y, q, scale, rstd):  # pragma: no cover - jitted
         """One row per prange iteration. x: (n, d) float32 -> y (modes 0, 2) or q, scale (mode 1), rstd.
         Each row is read and written through 1-D slices (``x[i]``), unit-stride loops that LLVM vectorises
@@ -202,9 +214,7 @@ if HAS_NUMBA:
                 m = np.float32(0.0)  # absmax of the row, recomputing y (the row is in cache)
                 poison = np.float32(0.0)  # 0 unless some y is NaN or inf (0 * NaN = 0 * inf = NaN)
                 for j in range(d):
-                    v = xi[j] * r
-                    if has_weight:
-                        v = v * w[j]
+                    v = _normed(xi[j], r, w, j, has_weight)
                     m = max(m, abs(v))  # (max drops a NaN, hence the poison sum)
                     poison += np.float32(0.0) * v
                 finite = poison == np.float32(0.0)
@@ -213,20 +223,11 @@ if HAS_NUMBA:
                     scale[i] = s
                     qi = q[i]
                     for j in range(d):
-                        v = xi[j] * r
-                        if has_weight:
-                            v = v * w[j]
-                        # rint: half to even
-                        qv = min(max(np.rint(v * s), np.float32(-128.0)), np.float32(127.0))
-                        qi[j] = np.int8(qv if finite else np.float32(0.0))
+                        qi[j] = np.int8(_quantised(_normed(xi[j], r, w, j, has_weight), s, finite))
                 else:
                     yi = y[i]
                     for j in range(d):
-                        v = xi[j] * r
-                        if has_weight:
-                            v = v * w[j]
-                        qv = min(max(np.rint(v * s), np.float32(-128.0)), np.float32(127.0))
-                        yi[j] = (qv if finite else np.float32(0.0)) / s
+                        yi[j] = _quantised(_normed(xi[j], r, w, j, has_weight), s, finite) / s
 
     _forward_numba_kernel = njit(parallel=True, cache=True, fastmath=_FASTMATH)(_forward_kernel)
     _forward_numba_kernel_serial = njit(cache=True, fastmath=_FASTMATH)(_forward_kernel)  # small inputs
