@@ -154,16 +154,37 @@ def test_show_source_shows_a_package_function_as_a_markdown_code_block():
         show_source(3)
 
 
-@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's allocator")
-def test_reuse_freed_memory_sets_glibc_tunables_here_and_for_child_processes(monkeypatch):
+# A child process mallocs four 64 MiB blocks and prints how many memory regions that added: glibc serves
+# such blocks by mmap (a new region) unless the tunables keep every block on the heap.
+_NEW_REGIONS = """
+import ctypes
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+def regions():
+    return len(open("/proc/self/maps").read().splitlines())
+before = regions()
+blocks = [libc.malloc(64 << 20) for _ in range(4)]
+print(regions() - before)
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc" or not os.path.exists("/proc/self/maps"),
+                    reason="glibc's allocator, Linux's /proc")
+def test_reuse_freed_memory_keeps_big_blocks_on_the_heap_in_child_processes(monkeypatch):
     monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.top_pad=1048576")  # a reader's own setting stays
     assert utils.reuse_freed_memory()
     tunables = os.environ["GLIBC_TUNABLES"].split(":")
     assert "glibc.malloc.mmap_max=0" in tunables and "glibc.malloc.trim_threshold=1073741824" in tunables
     assert "glibc.malloc.top_pad=1048576" in tunables and len(tunables) == 3
-    child = subprocess.run([sys.executable, "-c", "import os; print(os.environ['GLIBC_TUNABLES'])"],
-                           capture_output=True, text=True, check=True)
-    assert child.stdout.strip() == os.environ["GLIBC_TUNABLES"]
+
+    def new_regions(env):
+        child = subprocess.run([sys.executable, "-c", _NEW_REGIONS], env=env, capture_output=True, text=True,
+                               check=True)
+        return int(child.stdout)
+
+    assert new_regions(dict(os.environ)) == 0  # the setting reached the child: no mmap
+    plain = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    assert new_regions(plain) > 0  # the control: without it, the blocks are mapped
 
 
 def test_reuse_freed_memory_changes_nothing_without_glibc(monkeypatch):

@@ -388,22 +388,21 @@ if HAS_NUMBA:
         n_rows, d = out.shape
         for r in prange(n_rows):
             i = inv[r]
-            out_r = out[r]  # 1-D rows: unit-stride loops over c, which LLVM vectorises
             if poisoned:
                 for c in range(d):
-                    out_r[c] = np.nan
+                    out[r, c] = np.nan
             elif i < 0:
                 for c in range(d):
-                    out_r[c] = 0.0
+                    out[r, c] = 0.0
             elif use_weight:
+                t = i // k
                 w = weight[i]
-                src_t = src[i // k]
                 for c in range(d):
-                    out_r[c] = w * src_t[c]
+                    out[r, c] = w * src[t, c]
             else:
-                src_t = src[i // k]
+                t = i // k
                 for c in range(d):
-                    out_r[c] = src_t[c]
+                    out[r, c] = src[t, c]
 
     _scatter_numba_kernel = njit(parallel=True, cache=True)(_scatter_numba_kernel_py)
     _scatter_numba_kernel_serial = njit(cache=True)(_scatter_numba_kernel_py)  # small calls: one thread
@@ -414,24 +413,22 @@ if HAS_NUMBA:
         n_tokens, k = flat.shape
         d = out.shape[1]
         for t in prange(n_tokens):
-            out_t = out[t]  # 1-D rows, as in the scatter
             for c in range(d):
-                out_t[c] = 0.0
+                out[t, c] = 0.0
             for j in range(k):
                 r = flat[t, j]
                 if r >= 0:
-                    src_r = src[r]
                     if use_weight:
                         w = weight[t, j]
                         for c in range(d):
-                            out_t[c] += w * src_r[c]
+                            out[t, c] += w * src[r, c]
                     else:
                         for c in range(d):
-                            out_t[c] += src_r[c]
+                            out[t, c] += src[r, c]
             for j in range(k):
                 if flat[t, j] == -2:  # an out-of-range pair: the token's row is NaN
                     for c in range(d):
-                        out_t[c] = np.nan
+                        out[t, c] = np.nan
 
     _gather_numba_kernel = njit(parallel=True, cache=True)(_gather_numba_kernel_py)
     _gather_numba_kernel_serial = njit(cache=True)(_gather_numba_kernel_py)  # small calls: one thread

@@ -143,7 +143,7 @@ if HAS_NUMBA:
                 if i < 0 or i >= n_latents:
                     acc[:] = np.nan
                     break
-                w_i = weight[i]  # a 1-D row: the loop over c is unit-stride and vectorises
+                w_i = weight[i]  # a 1-D row: the loop over c is unit-stride
                 for c in range(d):
                     acc[c] += v * w_i[c]
             out_r = out[r]
