@@ -58,7 +58,24 @@ def test_table_shape_escapes_pipes_and_legacy_rows():
     assert "single run, not judged: yes" in lines[3]
     assert "1 single-run rows not judged" in summary(rows)
     assert "effect = A - B, counts if > 0.05" in lines[2]
-    show(rows[0])
+
+
+def test_show_displays_every_row_wherever_it_is_called(monkeypatch, capsys):
+    rows = [GREATER.judge(estimate(0.06, 0.1), setting="first"),
+            GREATER.judge(estimate(0.1, 0.2), setting="second")]
+    assert show(rows[0]) is None  # outside IPython: printed
+    printed = capsys.readouterr().out
+    assert "first" in printed and "**held**" in printed
+    shown = []
+    import IPython
+    import IPython.display
+
+    monkeypatch.setattr(IPython, "get_ipython", lambda: object())  # as in a notebook's kernel
+    monkeypatch.setattr(IPython.display, "display", lambda obj: shown.append(obj))
+    for row in rows:  # in a loop, and not the cell's last value: each row must still be displayed
+        assert show(row) is None
+    assert [type(obj).__name__ for obj in shown] == ["Markdown", "Markdown"]
+    assert "first" in shown[0].data and "second" in shown[1].data
 
 
 def test_bad_claims_and_rows_are_rejected():

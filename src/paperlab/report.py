@@ -228,6 +228,17 @@ def scorecard(rows: list[Row | SingleRunRow], header: tuple[str, ...] = HEADER):
     return _display(scorecard_markdown(rows, header) + f"\n\n{summary(rows)}.")
 
 
-def show(row: Row | SingleRunRow):
-    """One row as a one-row table: shown in the section that computes it."""
-    return _display(scorecard_markdown([row]))
+def show(row: Row | SingleRunRow) -> None:
+    """Display one row as a one-row table, in the section that computes it: in a notebook wherever the call
+    stands (in a loop, or before other lines of its cell, where a returned table would not be shown);
+    printed as Markdown outside IPython."""
+    text = scorecard_markdown([row])
+    try:
+        from IPython import get_ipython
+        from IPython.display import Markdown, display
+    except ImportError:  # pragma: no cover - IPython is installed with the book extras
+        get_ipython = None
+    if get_ipython is None or get_ipython() is None:
+        print(text)
+        return
+    display(Markdown(text))
