@@ -123,6 +123,42 @@ def test_mqar_config_gives_both_families_the_same_tuning():
         experiments.MQARRun(experiments.MQARConfig(), "rnn", None, experiments.MQARConfig().train)
 
 
+def _tried(*rates_and_accuracies):
+    return [{"lr": lr, "val_accuracy": a, "curve": {"val_loss": [1.0]}} for lr, a in rates_and_accuracies]
+
+
+def test_next_rate_extends_the_grid_until_the_best_rate_is_bracketed():
+    ladder = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+    assert experiments.next_rate(_tried((3e-3, 0.5), (1e-2, 0.9), (3e-2, 0.6)), ladder) is None  # inside
+    assert experiments.next_rate(_tried((3e-3, 0.5), (1e-2, 0.6), (3e-2, 0.9)), ladder) == 1e-1  # top edge
+    assert experiments.next_rate(_tried((3e-3, 0.9), (1e-2, 0.6), (3e-2, 0.5)), ladder) == 1e-3  # bottom
+    assert experiments.next_rate(_tried((3e-2, 0.6), (1e-1, 0.9)), ladder) is None  # the ladder ends
+    assert experiments.next_rate(_tried((1e-2, 0.9)), ladder) == 3e-2  # one rate: above first, then below
+    assert experiments.next_rate(_tried((1e-2, 0.9), (3e-2, 0.8)), ladder) == 3e-3
+    off_ladder = r"MQARConfig.mamba_lrs must be rates on lr_ladder .*not on it: \[0.02\]"
+    with pytest.raises(ValueError, match=off_ladder):
+        experiments.MQARConfig(mamba_lrs=(1e-2, 2e-2, 3e-2))
+
+
+def test_mqar_sweep_tries_a_further_rate_when_the_best_is_at_the_edge(tmp_path, monkeypatch):
+    monkeypatch.setenv("PAPERLAB_CACHE", str(tmp_path))
+    monkeypatch.setenv("PAPERLAB_PROGRESS", "0")
+    ladder = (1e-4, 1e-3, 3e-2)
+    config = experiments.MQARConfig(
+        seq_len=8, n_pairs=2, vocab_size=32, width=16, state_sizes=(2,), seeds=(0, 1),
+        mamba_lrs=(1e-3,), attention_lrs=(1e-3,), lr_ladder=ladder, n_val=16, n_test=16,
+        train=experiments.TrainConfig(steps=6, batch_size=4, warmup_steps=1, eval_every=1))
+    result = experiments.mqar_sweep(config, workers=1)
+    models = [(result["sweep"]["attention"], result["lr"]["attention"], result["attention"]),
+              (result["sweep"]["mamba"]["2"], result["lr"]["mamba"]["2"], result["mamba"]["2"])]
+    for sweep, chosen, runs in models:
+        rates = [r["lr"] for r in sweep]
+        assert len(rates) >= 2 and rates == sorted(rates) and set(rates) <= set(ladder)  # the grid grew
+        assert experiments.next_rate(sweep, ladder) is None  # and stopped only once the best is bracketed
+        assert chosen in (ladder[0], ladder[-1]) or min(rates) < chosen < max(rates)
+        assert [r["seed"] for r in runs] == [0, 1] and {r["lr"] for r in runs} == {chosen}
+
+
 def test_mqar_scores_loss_and_accuracy():
     x, y = mqar_batch(4, 24, 3, 32, torch.Generator().manual_seed(1))
 
@@ -143,7 +179,7 @@ def test_mqar_sweep_tunes_then_trains_the_other_seeds(tmp_path, monkeypatch):
     monkeypatch.setenv("PAPERLAB_PROGRESS", "0")
     config = experiments.MQARConfig(
         seq_len=8, n_pairs=2, vocab_size=32, width=16, state_sizes=(1, 2), seeds=(0, 1, 2),
-        mamba_lrs=(1e-3, 1e-2), attention_lrs=(1e-3, 1e-2), n_val=16, n_test=16,
+        mamba_lrs=(1e-3, 1e-2), attention_lrs=(1e-3, 1e-2), lr_ladder=(1e-3, 1e-2), n_val=16, n_test=16,
         train=experiments.TrainConfig(steps=6, batch_size=4, warmup_steps=1, eval_every=1))
     result = experiments.mqar_sweep(config, workers=1)
     assert [r["lr"] for r in result["sweep"]["attention"]] == [1e-3, 1e-2]

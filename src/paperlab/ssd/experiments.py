@@ -84,11 +84,14 @@ class MQARConfig(MQARTask):
     ``B, C``; attention (:class:`paperlab.nn.GPT`, with its MLPs) has heads of 16 channels.
 
     Tuning, the same rule for both families: each gets ``len(lrs)`` learning rates (``mamba_lrs``,
-    ``attention_lrs``, equally many) with the first seed; the rate with the best accuracy on a validation
-    set (``n_val`` sequences from ``val_seed``) is then trained with the other seeds. Mamba-2's rate is
-    chosen at each state size separately. Every run trains ``train.steps`` steps (``train.lr`` and
-    ``train.seed`` are replaced by the run's rate and seed); the test set (``n_test`` sequences from
-    ``test_seed``) scores each final model once.
+    ``attention_lrs``, equally many, all on ``lr_ladder``) with the first seed; the rate with the best
+    accuracy on a validation set (``n_val`` sequences from ``val_seed``) is then trained with the other
+    seeds. A model whose best rate is the highest (lowest) it has tried first tries the next rate of
+    ``lr_ladder`` above (below) it, with the first seed, until its best rate has a tried rate on each side
+    or the ladder ends (:func:`next_rate`), so that no model is judged at a rate chosen at the edge of its
+    grid. Mamba-2's rate is chosen at each state size separately. Every run trains ``train.steps`` steps
+    (``train.lr`` and ``train.seed`` are replaced by the run's rate and seed); the test set (``n_test``
+    sequences from ``test_seed``) scores each final model once.
 
     Batches of 128 sequences, not fewer: every model first learns a shortcut that needs no recall
     (:func:`accuracy_by_query`), and with batches of 32 attention left it on some seeds and not others
@@ -101,8 +104,9 @@ class MQARConfig(MQARTask):
     chunk_size: int = 8
     n_layers: int = 2
     seeds: tuple[int, ...] = (0, 1, 2)
-    mamba_lrs: tuple[float, ...] = (3e-3, 1e-2, 3e-2)
-    attention_lrs: tuple[float, ...] = (3e-3, 1e-2, 3e-2)
+    mamba_lrs: tuple[float, ...] = (1e-2, 3e-2)
+    attention_lrs: tuple[float, ...] = (1e-2, 3e-2)
+    lr_ladder: tuple[float, ...] = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         steps=1500, batch_size=128, lr=1e-3, warmup_steps=150, weight_decay=0.0, eval_every=50))
 
@@ -116,6 +120,10 @@ class MQARConfig(MQARTask):
         check_that(self, len(set(self.seeds)) == len(self.seeds), "seeds", "distinct seeds")
         check_number_tuple(self, "mamba_lrs", low=0, open_low=True)
         check_number_tuple(self, "attention_lrs", low=0, open_low=True)
+        check_number_tuple(self, "lr_ladder", low=0, open_low=True)
+        for name in ("mamba_lrs", "attention_lrs"):
+            off = [lr for lr in getattr(self, name) if lr not in self.lr_ladder]
+            check_that(self, not off, name, f"rates on lr_ladder {self.lr_ladder} (not on it: {off})")
         check_that(self, len(self.mamba_lrs) == len(self.attention_lrs), "attention_lrs",
                    f"as many learning rates as mamba_lrs ({len(self.mamba_lrs)}): both families get the "
                    "same tuning")
@@ -152,7 +160,7 @@ CONFIGS = {
         cost=CostConfig(lengths=(128, 256, 512), quadratic_max_length=512, recurrent_max_length=256,
                         state_sizes=(16, 32, 64), state_length=256, repeats=3),
         mqar=MQARConfig(seq_len=8, n_pairs=2, vocab_size=32, width=16, state_sizes=(1, 4),
-                        mamba_lrs=(1e-2,), attention_lrs=(1e-2,),
+                        mamba_lrs=(1e-2,), attention_lrs=(1e-2,), lr_ladder=(1e-2,),
                         train=TrainConfig(steps=30, batch_size=16, lr=1e-2, warmup_steps=3, weight_decay=0.0,
                                           eval_every=10),
                         n_val=64, n_test=128),
@@ -366,6 +374,7 @@ def _task_key(config: MQARConfig) -> MQARConfig:
     """The task part of the config only, so that a run's cache key does not change with the sweep around
     it (other seeds, other learning rates, other state sizes)."""
     return dataclasses.replace(config, state_sizes=(1,), seeds=(0,), mamba_lrs=(1.0,), attention_lrs=(1.0,),
+                               lr_ladder=(1.0,),
                                train=dataclasses.replace(config.train, lr=1.0, seed=0))
 
 
@@ -447,39 +456,64 @@ def _best(results: list[dict]) -> dict:
     return max(results, key=lambda r: (r["val_accuracy"], -r["curve"]["val_loss"][-1]))
 
 
+def next_rate(tried: list[dict], ladder) -> float | None:
+    """The rate a model tries next while tuning, or ``None`` when its tuning is done: the next rate of
+    ``ladder`` above its best when its best (:func:`_best` of the ``tried`` runs) is the highest rate it
+    has tried, else the next below when its best is the lowest; ``None`` when the best has a tried rate on
+    each side, or the ladder has no rate beyond it."""
+    best, rates = _best(tried)["lr"], [r["lr"] for r in tried]
+    above = [lr for lr in ladder if lr > best]
+    below = [lr for lr in ladder if lr < best]
+    if best == max(rates) and above:
+        return min(above)
+    if best == min(rates) and below:
+        return max(below)
+    return None
+
+
 def mqar_sweep(config: MQARConfig, device: str | torch.device | None = None,
                workers: int | None = None) -> dict:
     """Tune and train every model of the MQAR experiment (the rule is in :class:`MQARConfig`).
 
-    First each family's learning rates with the first seed (Mamba-2 at every state size), then the other
-    seeds at the rate with the best validation accuracy. On a CPU the models train in ``workers``
-    processes at once (default: one per core), one thread each; on a GPU, in turn. Each run is cached on
-    its own, and its result does not depend on which process trained it.
+    First each family's learning rates with the first seed (Mamba-2 at every state size), then, round by
+    round, a further rate (:func:`next_rate`) for each model whose best rate is at the edge of the rates it
+    has tried, and the other seeds at the best rate of each model whose tuning is done. On a CPU the runs
+    of a round train in ``workers`` processes at once (default: one per core), one thread each; on a GPU,
+    in turn. Each run is cached on its own, and its result does not depend on which process trained it.
 
     Returns ``{"lr": {"attention": lr, "mamba": {N: lr}}, "sweep": {"attention": [run per lr],
     "mamba": {N: [run per lr]}}, "attention": [run per seed], "mamba": {N: [run per seed]}}`` (state sizes
-    as strings), each run as :func:`mqar_run` returns it.
+    as strings; the rates of a sweep in increasing order), each run as :func:`mqar_run` returns it.
     """
     dev = auto_device(device)
     first, others = config.seeds[0], config.seeds[1:]
-    sweep = [(None, _runs(config, "attention", None, config.attention_lrs, [first]))]
-    sweep += [(n, _runs(config, "mamba", n, config.mamba_lrs, [first])) for n in config.state_sizes]
-    flat = _train_all([r for _, runs in sweep for r in runs], dev, workers)
-    tuned, start = {}, 0
-    for n, runs in sweep:
-        tuned[n] = flat[start:start + len(runs)]
-        start += len(runs)
-    best = {n: _best(results) for n, results in tuned.items()}
-    kinds = {n: ("attention" if n is None else "mamba") for n in best}
-    rest = [r for n in best for r in _runs(config, kinds[n], n, [best[n]["lr"]], others)]
-    trained = _train_all(rest, dev, workers)
-    by_seed = {n: [best[n]] + [t for r, t in zip(rest, trained) if r.d_state == n and r.kind == kinds[n]]
-               for n in best}
+    models = [("attention", None)] + [("mamba", n) for n in config.state_sizes]
+    grid = {"attention": config.attention_lrs, "mamba": config.mamba_lrs}
+    tuned = {model: [] for model in models}  # the first seed's runs, one per rate tried
+    seeded = {model: [] for model in models}  # the other seeds' runs at the chosen rate
+    jobs = [(model, run) for model in models for run in _runs(config, *model, grid[model[0]], [first])]
+    done = set()
+    while jobs:
+        for (model, run), result in zip(jobs, _train_all([run for _, run in jobs], dev, workers)):
+            (tuned if run.train.seed == first else seeded)[model].append(result)
+        jobs = []
+        for model in [m for m in models if m not in done]:
+            lr = next_rate(tuned[model], config.lr_ladder)
+            if lr is None:
+                done.add(model)
+                jobs += [(model, run) for run in _runs(config, *model, [_best(tuned[model])["lr"]], others)]
+            else:
+                jobs += [(model, run) for run in _runs(config, *model, [lr], [first])]
+    best = {model: _best(tuned[model]) for model in models}
+    sweep = {model: sorted(tuned[model], key=lambda r: r["lr"]) for model in models}
+    by_seed = {model: [best[model]] + seeded[model] for model in models}
+    sizes = config.state_sizes
     return {
-        "lr": {"attention": best[None]["lr"], "mamba": {str(n): best[n]["lr"] for n in config.state_sizes}},
-        "sweep": {"attention": tuned[None], "mamba": {str(n): tuned[n] for n in config.state_sizes}},
-        "attention": by_seed[None],
-        "mamba": {str(n): by_seed[n] for n in config.state_sizes},
+        "lr": {"attention": best["attention", None]["lr"],
+               "mamba": {str(n): best["mamba", n]["lr"] for n in sizes}},
+        "sweep": {"attention": sweep["attention", None], "mamba": {str(n): sweep["mamba", n] for n in sizes}},
+        "attention": by_seed["attention", None],
+        "mamba": {str(n): by_seed["mamba", n] for n in sizes},
     }
 
 
