@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import platform
 import subprocess
 import sys
 
@@ -23,6 +24,7 @@ def test_quick_json_rows(capsys):
     machine, rows = lines[0]["machine"], lines[1:]
     assert MACHINE_KEYS <= set(machine) and machine["device"] == "cpu"
     assert machine["versions"]["torch"] == torch.__version__ and machine["date"].endswith("Z")
+    assert machine["freed_memory_reused"] is (platform.libc_ver()[0] == "glibc")  # the run says how it ran
     assert rows and all(KEYS <= set(row) for row in rows)
     limits = {row["impl"]: row for row in rows if row["bench"] == "machine"}
     assert limits["memcpy"]["gbps"] > 0 and limits["matmul"]["gflops"] > 0

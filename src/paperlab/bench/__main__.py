@@ -74,9 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.out is not None and not Path(args.out).parent.is_dir():
         parser.error(f"--out: folder {str(Path(args.out).parent)!r} does not exist")
     repeats = args.repeats if args.repeats is not None else (5 if args.quick else 20)
-    reuse_freed_memory()  # kernels and references alike allocate their outputs from reused memory
+    reused = reuse_freed_memory()  # kernels and references alike allocate their outputs from reused memory
     ctx = Context(device=device, quick=args.quick, repeats=repeats)
-    machine = {**machine_info(device), "quick": args.quick, "repeats": repeats}
+    machine = {**machine_info(device), "quick": args.quick, "repeats": repeats, "freed_memory_reused": reused}
 
     def emit(rows: list[Row]) -> None:
         if args.json:

@@ -90,9 +90,10 @@ def run_cpu(config: BookBenchConfig) -> dict:
     benches = registry()
 
     def compute() -> dict:
-        reuse_freed_memory()
+        reused = reuse_freed_memory()
         ctx = Context(device=torch.device("cpu"), quick=config.quick, repeats=config.repeats)
-        machine = {**machine_info(ctx.device), "quick": config.quick, "repeats": config.repeats}
+        machine = {**machine_info(ctx.device), "quick": config.quick, "repeats": config.repeats,
+                   "freed_memory_reused": reused}
         rows = measure_machine(ctx)
         for bench in benches.values():
             rows += bench.fn(ctx)
