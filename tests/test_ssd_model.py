@@ -157,6 +157,16 @@ def test_mqar_sweep_tries_a_further_rate_when_the_best_is_at_the_edge(tmp_path, 
         assert experiments.next_rate(sweep, ladder) is None  # and stopped only once the best is bracketed
         assert chosen in (ladder[0], ladder[-1]) or min(rates) < chosen < max(rates)
         assert [r["seed"] for r in runs] == [0, 1] and {r["lr"] for r in runs} == {chosen}
+    # two processes, each taking the next run as it frees, and a fresh cache: the same sweep
+    monkeypatch.setenv("PAPERLAB_CACHE", str(tmp_path / "two-workers"))
+    parallel = experiments.mqar_sweep(config, workers=2)
+
+    def without_times(value):
+        if isinstance(value, dict):
+            return {k: without_times(v) for k, v in value.items() if k != "seconds"}
+        return [without_times(v) for v in value] if isinstance(value, list) else value
+
+    assert without_times(parallel) == without_times(result)
 
 
 def test_mqar_scores_loss_and_accuracy():

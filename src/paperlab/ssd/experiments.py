@@ -32,7 +32,7 @@ from paperlab.ssd.core import random_inputs, segsum, segsum_naive, ssd_chunked, 
 from paperlab.ssd.model import Mamba2Config, Mamba2LM
 from paperlab.ssd.mqar import IGNORE, MQAR_LOSS_FLOOR, MQARTask, train_mqar
 from paperlab.train import TrainConfig, auto_device, check_convergence_evaluations
-from paperlab.utils import cpu_threads, parallel_map
+from paperlab.utils import cpu_threads, progress, usable_cores, worker_pool
 from paperlab_kernels import ssd as kernels
 
 # The largest difference between two algorithms that still counts as "the same layer": rounding error of
@@ -443,12 +443,51 @@ def _cost(run: MQARRun) -> float:
     return (3.0 + run.d_state / 16 if run.kind == "mamba" else 1.5) * run.train.steps
 
 
-def _train_all(runs: list[MQARRun], dev: torch.device, workers: int | None) -> list[dict]:
-    order = sorted(range(len(runs)), key=lambda i: -_cost(runs[i]))
-    n_workers = 1 if dev.type != "cpu" else workers
-    results = parallel_map(mqar_run, [(runs[i], dev) for i in order], workers=n_workers, desc="MQAR models")
-    by_index = dict(zip(order, results))
-    return [by_index[i] for i in range(len(runs))]
+def _train_adaptively(jobs: list[tuple], then, dev: torch.device, workers: int | None) -> None:
+    """Train the runs of ``jobs`` (``(model, run)`` pairs) and every run that ``then(model, run, result)``
+    returns as each one finishes, the longest waiting run first, so that no core idles while a run is
+    waiting. On a CPU, ``workers`` processes at once (default: one per core), one thread each; on a GPU,
+    or with one worker, one run after another in this process."""
+    import concurrent.futures
+
+    n_workers = 1 if dev.type != "cpu" else (usable_cores() if workers is None else workers)
+    waiting = list(jobs)
+    bar = progress(total=len(waiting), desc="MQAR models")
+
+    def next_job() -> tuple:
+        waiting.sort(key=lambda job: -_cost(job[1]))
+        return waiting.pop(0)
+
+    def finished(model, run: MQARRun, result: dict) -> None:
+        more = then(model, run, result)
+        waiting.extend(more)
+        bar.total += len(more)
+        bar.update()
+
+    try:
+        if n_workers == 1:
+            while waiting:
+                model, run = next_job()
+                with cpu_threads(1):
+                    finished(model, run, mqar_run(run, dev))
+            return
+        with worker_pool(n_workers, "ssd.experiments.mqar_sweep") as submit:
+            running: dict = {}
+            try:
+                while waiting or running:
+                    while waiting and len(running) < n_workers:
+                        model, run = next_job()
+                        running[submit(mqar_run, run, dev)] = (model, run)
+                    done, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
+                    for future in done:
+                        model, run = running.pop(future)
+                        finished(model, run, future.result())  # a run's error ends the sweep
+            except BaseException:
+                for future in running:
+                    future.cancel()
+                raise
+    finally:
+        bar.close()
 
 
 def _best(results: list[dict]) -> dict:
@@ -475,11 +514,12 @@ def mqar_sweep(config: MQARConfig, device: str | torch.device | None = None,
                workers: int | None = None) -> dict:
     """Tune and train every model of the MQAR experiment (the rule is in :class:`MQARConfig`).
 
-    First each family's learning rates with the first seed (Mamba-2 at every state size), then, round by
-    round, a further rate (:func:`next_rate`) for each model whose best rate is at the edge of the rates it
-    has tried, and the other seeds at the best rate of each model whose tuning is done. On a CPU the runs
-    of a round train in ``workers`` processes at once (default: one per core), one thread each; on a GPU,
-    in turn. Each run is cached on its own, and its result does not depend on which process trained it.
+    First each family's learning rates with the first seed (Mamba-2 at every state size); as soon as a
+    model's tuning runs are all back, a further rate (:func:`next_rate`) if its best rate is at the edge of
+    the rates it has tried, else the other seeds at its best rate. On a CPU the runs train in ``workers``
+    processes at once (default: one per core), one thread each, each process taking the longest waiting
+    run as it frees (:func:`_train_adaptively`); on a GPU, in turn. Each run is cached on its own, and
+    neither its result nor the sweep's depends on which process trained it or when.
 
     Returns ``{"lr": {"attention": lr, "mamba": {N: lr}}, "sweep": {"attention": [run per lr],
     "mamba": {N: [run per lr]}}, "attention": [run per seed], "mamba": {N: [run per seed]}}`` (state sizes
@@ -491,27 +531,36 @@ def mqar_sweep(config: MQARConfig, device: str | torch.device | None = None,
     grid = {"attention": config.attention_lrs, "mamba": config.mamba_lrs}
     tuned = {model: [] for model in models}  # the first seed's runs, one per rate tried
     seeded = {model: [] for model in models}  # the other seeds' runs at the chosen rate
-    jobs = [(model, run) for model in models for run in _runs(config, *model, grid[model[0]], [first])]
-    done = set()
-    while jobs:
-        for (model, run), result in zip(jobs, _train_all([run for _, run in jobs], dev, workers)):
-            (tuned if run.train.seed == first else seeded)[model].append(result)
-        jobs = []
-        for model in [m for m in models if m not in done]:
-            lr = next_rate(tuned[model], config.lr_ladder)
-            if lr is None:
-                done.add(model)
-                jobs += [(model, run) for run in _runs(config, *model, [_best(tuned[model])["lr"]], others)]
-            else:
-                jobs += [(model, run) for run in _runs(config, *model, [lr], [first])]
+    unfinished = {model: len(grid[model[0]]) for model in models}  # tuning runs not back yet
+
+    def then(model, run: MQARRun, result: dict) -> list[tuple]:
+        """The runs a finished run makes ready: once a model's tuning runs are all back, a further rate
+        (:func:`next_rate`) or, when its tuning is done, the other seeds at its best rate."""
+        if run.train.seed != first:
+            seeded[model].append(result)
+            return []
+        tuned[model].append(result)
+        tuned[model].sort(key=lambda r: r["lr"])  # the order runs come back in changes nothing
+        unfinished[model] -= 1
+        if unfinished[model]:
+            return []
+        lr = next_rate(tuned[model], config.lr_ladder)
+        if lr is None:
+            return [(model, r) for r in _runs(config, *model, [_best(tuned[model])["lr"]], others)]
+        unfinished[model] = 1
+        return [(model, r) for r in _runs(config, *model, [lr], [first])]
+
+    start = [(model, run) for model in models for run in _runs(config, *model, grid[model[0]], [first])]
+    _train_adaptively(start, then, dev, workers)
+    for runs in seeded.values():
+        runs.sort(key=lambda r: config.seeds.index(r["seed"]))
     best = {model: _best(tuned[model]) for model in models}
-    sweep = {model: sorted(tuned[model], key=lambda r: r["lr"]) for model in models}
     by_seed = {model: [best[model]] + seeded[model] for model in models}
     sizes = config.state_sizes
     return {
         "lr": {"attention": best["attention", None]["lr"],
                "mamba": {str(n): best["mamba", n]["lr"] for n in sizes}},
-        "sweep": {"attention": sweep["attention", None], "mamba": {str(n): sweep["mamba", n] for n in sizes}},
+        "sweep": {"attention": tuned["attention", None], "mamba": {str(n): tuned["mamba", n] for n in sizes}},
         "attention": by_seed["attention", None],
         "mamba": {str(n): by_seed["mamba", n] for n in sizes},
     }
