@@ -63,10 +63,9 @@ def test_models_train_on_the_device_given(name, monkeypatch):
         raise Stop
 
     # Runs that would go to worker processes (several seeds or models at once on a CPU) stay in this one,
-    # where the stand-ins above apply.
+    # where the stand-ins above apply. (SSD's sweep runs in this process on any device but the CPU.)
     serial = lambda fn, jobs, workers=None, desc="": [fn(*job) for job in jobs]  # noqa: E731
-    for module_name in ("paperlab.experiments", "paperlab.ssd.experiments", "paperlab.bot.experiments",
-                        "paperlab.geometry.experiments"):
+    for module_name in ("paperlab.experiments", "paperlab.bot.experiments", "paperlab.geometry.experiments"):
         monkeypatch.setattr(importlib.import_module(module_name), "parallel_map", serial)
     if name == "ssd":  # the equivalence checks and the cost sweep time CPU code by design
         ssd = importlib.import_module("paperlab.ssd.experiments")

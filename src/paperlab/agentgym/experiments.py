@@ -56,9 +56,10 @@ from paperlab.config import (
 from paperlab.experiments import Experiment
 from paperlab.llm import TinyLM
 from paperlab.nn import GPT
+from paperlab.scheduling import run_as_ready
 from paperlab.stats import CONVERGENCE_MIN_EVALUATIONS
 from paperlab.train import TrainConfig, TrainResult, auto_device
-from paperlab.utils import cpu_threads, parallel_map, progress, usable_cores, worker_pool
+from paperlab.utils import cpu_threads, parallel_map
 
 __all__ = ["AgentGymConfig", "CONFIGS", "EXPERIMENT", "run", "run_job", "base_agent", "load_agent",
            "evaluate", "explore", "random_agent"]
@@ -355,9 +356,8 @@ def _piece(kind: str, seed: int, m: int, config: AgentGymConfig, device, payload
 def _run_scheduled(config: AgentGymConfig, device, workers: int | None = None) -> list[dict]:
     """The results of every job (AgentEvol chains, then BC_large, seed by seed): from the cache where
     stored; the rest computed piece by piece on ``workers`` processes (default: one per core), the piece
-    with the longest work still behind it first (a critical-path list schedule), then stored."""
-    import concurrent.futures
-
+    with the longest work still behind it first (a critical-path list schedule,
+    :func:`paperlab.scheduling.run_as_ready`), then stored."""
     names = [("agentevol", s) for s in config.seeds] + [("bc_large", s) for s in config.seeds]
     results: dict = {}
     for job, seed in names:
@@ -367,8 +367,6 @@ def _run_scheduled(config: AgentGymConfig, device, workers: int | None = None) -
     todo = [(job, seed) for job, seed in names if (job, seed) not in results]
     if not todo:
         return [results[n] for n in names]
-    if workers is None:
-        workers = usable_cores()
     # estimated remaining work (in units of one training run) from the start of a piece to the end of its job
     train, explore_, evaluate_ = 1.0, 0.7, 0.1
 
@@ -378,63 +376,45 @@ def _run_scheduled(config: AgentGymConfig, device, workers: int | None = None) -
                 "bc_large": train + evaluate_}[kind]
 
     expert = expert_data(config, range(config.n_base))
-    ready: list[tuple] = []  # (kind, seed, m, payload)
     chains: dict[int, dict] = {}
+    first = []  # pieces, as the arguments of _piece: (kind, seed, m, config, device, payload)
     for job, seed in todo:
         if job == "agentevol":
             chains[seed] = {"models": {}, "rounds": {}}
-            ready.append(("train", seed, 0, []))
+            first.append(("train", seed, 0, config, device, []))
         else:
-            ready.append(("bc_large", seed, 0, None))
-    total = len(ready) + sum(2 * config.iterations + 1 for _ in chains)
+            first.append(("bc_large", seed, 0, config, device, None))
 
-    def finished(kind: str, seed: int, m: int, out: dict) -> None:
-        """Record a finished piece; queue the pieces it made ready; store a job once it is complete."""
+    def finished(piece: tuple, out: dict) -> list[tuple]:
+        """Record a finished piece; store a job once it is complete; return the pieces it made ready."""
+        kind, seed, m = piece[:3]
         if kind == "bc_large":
             results["bc_large", seed] = out
             cache.store("agentgym-bc_large", config, out, seed, _CODE)
-            return
+            return []
         chain = chains[seed]
         if kind == "train":
-            ready.append(("evaluate", seed, m, out))
+            ready = [("evaluate", seed, m, config, device, out)]
             if m < config.iterations:
-                ready.append(("explore", seed, m + 1, out["state_dict"]))
-        elif kind == "explore":
+                ready.append(("explore", seed, m + 1, config, device, out["state_dict"]))
+            return ready
+        if kind == "explore":
             sampled = out["sampled"]
             kept = filter_trajectories(sampled, threshold=config.success_threshold, existing=expert)
             chain["rounds"][m] = {"iteration": m, "explored": _summary(sampled, config),
                                   "kept": {env: sum(t.env == env for t in kept) for env in config.envs}}
-            ready.append(("train", seed, m, kept))
-        else:
-            chain["models"][m] = out
-            if len(chain["models"]) == config.iterations + 1:
-                iterations = range(1, config.iterations + 1)
-                value = {"seed": seed, "models": [chain["models"][i] for i in range(config.iterations + 1)],
-                         "exploration": [chain["rounds"][i] for i in iterations]}
-                results["agentevol", seed] = value
-                cache.store("agentgym-agentevol", config, value, seed, _CODE)
+            return [("train", seed, m, config, device, kept)]
+        chain["models"][m] = out  # an evaluation
+        if len(chain["models"]) == config.iterations + 1:
+            iterations = range(1, config.iterations + 1)
+            value = {"seed": seed, "models": [chain["models"][i] for i in range(config.iterations + 1)],
+                     "exploration": [chain["rounds"][i] for i in iterations]}
+            results["agentevol", seed] = value
+            cache.store("agentgym-agentevol", config, value, seed, _CODE)
+        return []
 
-    bar = progress(total=total, desc="AgentGym jobs (pieces)")
-    workers = max(1, min(workers, total))
-    with worker_pool(workers, "agentgym.experiments.run") as submit:
-        running: dict = {}
-        try:
-            while ready or running:
-                ready.sort(key=lambda piece: (-remaining(piece[0], piece[2]), piece[1]))
-                while ready and len(running) < workers:
-                    piece = ready.pop(0)
-                    running[submit(_piece, *piece[:3], config, device, piece[3])] = piece
-                done, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
-                for future in done:
-                    kind, seed, m, _ = running.pop(future)
-                    finished(kind, seed, m, future.result())  # a piece's error ends the run
-                    bar.update()
-        except BaseException:
-            for future in running:
-                future.cancel()
-            raise
-        finally:
-            bar.close()
+    run_as_ready(_piece, first, finished, order=lambda piece: (-remaining(piece[0], piece[2]), piece[1]),
+                 workers=workers, name="agentgym.experiments.run", desc="AgentGym jobs (pieces)")
     return [results[n] for n in names]
 
 

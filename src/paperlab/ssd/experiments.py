@@ -28,11 +28,12 @@ from paperlab.config import (
 )
 from paperlab.experiments import Experiment
 from paperlab.nn import GPT, GPTConfig, count_parameters
+from paperlab.scheduling import run_as_ready
 from paperlab.ssd.core import random_inputs, segsum, segsum_naive, ssd_chunked, ssd_quadratic, ssd_recurrent
 from paperlab.ssd.model import Mamba2Config, Mamba2LM
 from paperlab.ssd.mqar import IGNORE, MQAR_LOSS_FLOOR, MQARTask, train_mqar
 from paperlab.train import TrainConfig, auto_device, check_convergence_evaluations
-from paperlab.utils import cpu_threads, progress, usable_cores, worker_pool
+from paperlab.utils import cpu_threads
 from paperlab_kernels import ssd as kernels
 
 # The largest difference between two algorithms that still counts as "the same layer": rounding error of
@@ -443,53 +444,6 @@ def _cost(run: MQARRun) -> float:
     return (3.0 + run.d_state / 16 if run.kind == "mamba" else 1.5) * run.train.steps
 
 
-def _train_adaptively(jobs: list[tuple], then, dev: torch.device, workers: int | None) -> None:
-    """Train the runs of ``jobs`` (``(model, run)`` pairs) and every run that ``then(model, run, result)``
-    returns as each one finishes, the longest waiting run first, so that no core idles while a run is
-    waiting. On a CPU, ``workers`` processes at once (default: one per core), one thread each; on a GPU,
-    or with one worker, one run after another in this process."""
-    import concurrent.futures
-
-    n_workers = 1 if dev.type != "cpu" else (usable_cores() if workers is None else workers)
-    waiting = list(jobs)
-    bar = progress(total=len(waiting), desc="MQAR models")
-
-    def next_job() -> tuple:
-        waiting.sort(key=lambda job: -_cost(job[1]))
-        return waiting.pop(0)
-
-    def finished(model, run: MQARRun, result: dict) -> None:
-        more = then(model, run, result)
-        waiting.extend(more)
-        bar.total += len(more)
-        bar.update()
-
-    try:
-        if n_workers == 1:
-            while waiting:
-                model, run = next_job()
-                with cpu_threads(1):
-                    finished(model, run, mqar_run(run, dev))
-            return
-        with worker_pool(n_workers, "ssd.experiments.mqar_sweep") as submit:
-            running: dict = {}
-            try:
-                while waiting or running:
-                    while waiting and len(running) < n_workers:
-                        model, run = next_job()
-                        running[submit(mqar_run, run, dev)] = (model, run)
-                    done, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
-                    for future in done:
-                        model, run = running.pop(future)
-                        finished(model, run, future.result())  # a run's error ends the sweep
-            except BaseException:
-                for future in running:
-                    future.cancel()
-                raise
-    finally:
-        bar.close()
-
-
 def _best(results: list[dict]) -> dict:
     """The run with the best validation accuracy (ties: the lower final validation loss)."""
     return max(results, key=lambda r: (r["val_accuracy"], -r["curve"]["val_loss"][-1]))
@@ -518,8 +472,8 @@ def mqar_sweep(config: MQARConfig, device: str | torch.device | None = None,
     model's tuning runs are all back, a further rate (:func:`next_rate`) if its best rate is at the edge of
     the rates it has tried, else the other seeds at its best rate. On a CPU the runs train in ``workers``
     processes at once (default: one per core), one thread each, each process taking the longest waiting
-    run as it frees (:func:`_train_adaptively`); on a GPU, in turn. Each run is cached on its own, and
-    neither its result nor the sweep's depends on which process trained it or when.
+    run as it frees (:func:`paperlab.scheduling.run_as_ready`); on a GPU, in turn. Each run is cached on
+    its own, and neither its result nor the sweep's depends on which process trained it or when.
 
     Returns ``{"lr": {"attention": lr, "mamba": {N: lr}}, "sweep": {"attention": [run per lr],
     "mamba": {N: [run per lr]}}, "attention": [run per seed], "mamba": {N: [run per seed]}}`` (state sizes
@@ -533,9 +487,11 @@ def mqar_sweep(config: MQARConfig, device: str | torch.device | None = None,
     seeded = {model: [] for model in models}  # the other seeds' runs at the chosen rate
     unfinished = {model: len(grid[model[0]]) for model in models}  # tuning runs not back yet
 
-    def then(model, run: MQARRun, result: dict) -> list[tuple]:
+    def then(job: tuple, result: dict) -> list[tuple]:
         """The runs a finished run makes ready: once a model's tuning runs are all back, a further rate
         (:func:`next_rate`) or, when its tuning is done, the other seeds at its best rate."""
+        run = job[0]
+        model = (run.kind, run.d_state)
         if run.train.seed != first:
             seeded[model].append(result)
             return []
@@ -546,12 +502,14 @@ def mqar_sweep(config: MQARConfig, device: str | torch.device | None = None,
             return []
         lr = next_rate(tuned[model], config.lr_ladder)
         if lr is None:
-            return [(model, r) for r in _runs(config, *model, [_best(tuned[model])["lr"]], others)]
+            return [(r, dev) for r in _runs(config, *model, [_best(tuned[model])["lr"]], others)]
         unfinished[model] = 1
-        return [(model, r) for r in _runs(config, *model, [lr], [first])]
+        return [(r, dev) for r in _runs(config, *model, [lr], [first])]
 
-    start = [(model, run) for model in models for run in _runs(config, *model, grid[model[0]], [first])]
-    _train_adaptively(start, then, dev, workers)
+    start = [(run, dev) for model in models for run in _runs(config, *model, grid[model[0]], [first])]
+    run_as_ready(mqar_run, start, then, order=lambda job: -_cost(job[0]),
+                 workers=1 if dev.type != "cpu" else workers, name="ssd.experiments.mqar_sweep",
+                 desc="MQAR models")
     for runs in seeded.values():
         runs.sort(key=lambda r: config.seeds.index(r["seed"]))
     best = {model: _best(tuned[model]) for model in models}
