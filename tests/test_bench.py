@@ -91,6 +91,13 @@ def test_time_interleaved_counts_every_function():
     assert "fast" in format_table(rows)
 
 
+def test_time_interleaved_rotates_the_order_from_round_to_round():
+    order = []
+    time_interleaved({name: (lambda name=name: order.append(name)) for name in "abc"}, torch.device("cpu"),
+                     repeats=3, warmup=0, min_sample_s=0.0)
+    assert "".join(order) == "abc" + "abc" + "bca" + "cab"  # calibration, then rounds 0, 1, 2
+
+
 def test_fraction_is_of_the_roofline():
     """At intensity I the attainable rate is min(peak, I * bandwidth); the fraction is against that."""
     ctx = Context(device=torch.device("cpu"), limits={"gbps": 10.0, "gflops": 100.0})
@@ -139,6 +146,32 @@ def test_speed_targets_are_judged_on_paired_timing_rounds():
     quick = R.speed_rows(_fake_run(kernel_ms=1.0, baseline_ms=9.0, quick=True), None)
     assert "4096x4096" in quick[0].setting  # the ternary product keeps its shape in the fast profile
     assert "T1024" in quick[2].setting  # the SSD scan's stand-in shape is named in its row
+
+
+def test_a_speedup_is_the_ratio_of_medians_and_a_target_needs_its_own_shape():
+    from paperlab.bench import results as R
+
+    run = _fake_run(kernel_ms=1.0, baseline_ms=9.0)
+    kernel = next(row for row in run["rows"] if row["impl"] == "numba")
+    kernel["samples"] = [1.0] * 9 + [50.0]  # one slow round moves the mean (5.9 ms), not the median
+    row = R.speed_rows(run, None)[0]
+    assert row.estimate.value == pytest.approx(9.0) and row.verdict == "held"
+    batch16 = R.speed_rows(run, None)[1]  # the run has no batch-16 rows
+    assert batch16.verdict == "not testable here" and "batch 16" in batch16.notes[0]
+
+
+def test_gpu_bandwidth_target_is_the_fraction_of_the_gpus_copy_rate():
+    from paperlab.bench import results as R
+
+    gpu = _fake_run(kernel_ms=1.0, baseline_ms=9.0, device_name="test GPU")
+    rounds = [1.0, 0.97, 1.03, 0.99, 1.02, 1.01, 0.98, 1.0, 1.01, 0.99]
+    gpu["rows"].append({"bench": "rmsnorm", "op": "fwd", "shape": "16384x4096 bf16", "impl": "triton",
+                        "ms": 100.0, "samples": [100.0 * r for r in rounds], "bytes": 0.8e9})
+    rows = R.speed_rows(_fake_run(1.0, 9.0), gpu)
+    (fraction,) = [row for row, target in zip(rows, R.SPEED_TARGETS) if target.baseline is None]
+    # 0.8 GB in 100 ms is 8 GB/s, against the document's copy rate of 10 GB/s
+    assert fraction.estimate.value == pytest.approx(0.8) and fraction.verdict == "held"
+    assert "test GPU" in fraction.setting
 
 
 def test_gpu_targets_are_not_testable_without_a_results_file(tmp_path):

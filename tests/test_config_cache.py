@@ -326,3 +326,37 @@ def test_temporaries_of_killed_writers_are_removed(tmp_cache):
     os.utime(old, (day_ago, day_ago))
     cache.cached("t", Outer(steps=2), lambda: 2)  # the next write to the folder cleans up
     assert not killed.exists() and not old.exists() and alive.exists()
+
+
+def test_source_hash_follows_the_bytes_of_the_code(tmp_path, monkeypatch):
+    dirs = {top: tmp_path / top for top in cache.PACKAGES}
+    for directory in dirs.values():
+        directory.mkdir()
+        (directory / "__init__.py").write_text("")
+    (dirs["paperlab"] / "a.py").write_text("x = 1\n")
+    monkeypatch.setattr(cache, "_package_dirs", lambda: dirs)
+    cache.source_hash.cache_clear()
+    try:
+        before, whole_before = cache.source_hash(("paperlab.a",)), cache.source_hash()
+        (dirs["paperlab"] / "a.py").write_text("x = 2\n")  # same length, other bytes
+        cache.source_hash.cache_clear()
+        assert cache.source_hash(("paperlab.a",)) != before and cache.source_hash() != whole_before
+    finally:
+        cache.source_hash.cache_clear()  # forget the temporary packages' hashes
+
+
+def test_relative_imports_resolve_against_the_importing_module():
+    assert cache.imported_modules("from ._dispatch import x", "paperlab_kernels.rmsnorm") == {
+        "paperlab_kernels", "paperlab_kernels._dispatch"}
+    assert cache.imported_modules("from .. import cache", "paperlab.ssd.model") == {
+        "paperlab", "paperlab.cache"}
+    assert "_dispatch.py" in {p.name for p in cache.code_closure(["paperlab_kernels.rmsnorm"])}
+
+
+def test_an_entry_stored_again_as_another_kind_replaces_the_old_file(tmp_cache):
+    cache.store("k", {"a": 1}, [1])  # JSON
+    cache.store("k", {"a": 1}, {"w": torch.ones(1)})  # a tensor: torch.save
+    found, value = cache.lookup("k", {"a": 1})
+    assert found and torch.equal(value["w"], torch.ones(1))
+    cache.store("k", {"a": 1}, [2])
+    assert cache.lookup("k", {"a": 1}) == (True, [2])

@@ -112,6 +112,8 @@ def test_capacity_for():
     assert M.capacity_for(8192, 8, 2, 1.25) == 2560  # the benchmark shape
     assert M.capacity_for(10, 4, 2, 1.0) == 5
     assert M.capacity_for(0, 4) == 1
+    assert M.capacity_for(10, 4, 2, 1.25) == 7  # ceil(6.25): a fraction of a slot rounds up
+    assert M.capacity_for(10, 3) == 7  # ceil(20 / 3)
     with pytest.raises(ValueError, match="capacity_factor"):
         M.capacity_for(10, 4, 2, 0.0)
 

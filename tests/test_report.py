@@ -46,7 +46,7 @@ def test_planted_untestable_and_unconverged_are_marked():
     assert "(planted)" in text and "not a reproduction" in text and "runs not converged" in text
     untestable = GREATER.untestable("needs a GPU")
     assert untestable.verdict == "not testable here" and untestable.held is None
-    assert "held" in summary([row, untestable]) and "1 planted" in summary([row, untestable])
+    assert summary([row, untestable]) == "1 held, 1 not testable here (1 planted)"
 
 
 def test_table_shape_escapes_pipes_and_legacy_rows():
@@ -91,3 +91,27 @@ def test_bad_claims_and_rows_are_rejected():
         scorecard_markdown([])
     with pytest.raises(TypeError, match="report.Row"):
         scorecard_markdown(["not a row"])
+
+
+def test_within_is_not_held_on_either_side():
+    within = Claim("unchanged", metric="acc", effect="after - before", smallest_effect=0.02,
+                   direction="within")
+    assert within.judge(estimate(-0.05, -0.03), setting="s").verdict == "not held"
+    assert within.judge(estimate(-0.03, 0.01), setting="s").verdict == "inconclusive"
+
+
+def test_three_seeds_are_enough_and_two_paired_or_welch_seeds_are_not():
+    assert GREATER.judge(stats.over_seeds([0.2, 0.21, 0.22]), setting="s").verdict == "held"
+    for two in (stats.paired([0.5, 0.5001], [0.1, 0.1]), stats.difference([0.5, 0.5001], [0.1, 0.1001])):
+        row = GREATER.judge(two, setting="s")
+        assert row.verdict == "inconclusive" and any("fewer than 3 seeds" in n for n in row.notes), two.method
+
+
+def test_convergence_unknown_or_shown_adds_no_mark_and_inconclusive_is_neither():
+    assert GREATER.judge(estimate(0.06, 0.1), setting="s").notes == ()  # converged=None: not checked
+    assert GREATER.judge(estimate(0.06, 0.1), setting="s", converged=True).notes == ()
+    assert GREATER.judge(estimate(0.06, 0.1), setting="s", converged=False).notes != ()
+    inconclusive = GREATER.judge(estimate(0.02, 0.08), setting="s")
+    assert inconclusive.verdict == "inconclusive" and inconclusive.held is None
+    assert GREATER.judge(estimate(0.06, 0.1), setting="s").held is True
+    assert GREATER.judge(estimate(-0.1, 0.01), setting="s").held is False

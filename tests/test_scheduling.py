@@ -35,3 +35,15 @@ def test_processes_run_every_job_made_ready_and_a_jobs_error_ends_the_run(monkey
                      desc="t")
     with pytest.raises(ValueError, match="workers must be a positive number"):
         run_as_ready(pow, [(2, 1)], _powers([]), order=lambda job: job, workers=0, name="t", desc="t")
+
+
+def test_a_job_can_make_several_jobs_ready(monkeypatch):
+    monkeypatch.setenv("PAPERLAB_PROGRESS", "0")
+    seen: list = []
+
+    def then(job, result):
+        seen.append(job)
+        return [(2, 2), (2, 3)] if job == (2, 1) else []
+
+    run_as_ready(pow, [(2, 1)], then, order=lambda job: job, workers=1, name="t", desc="t")
+    assert seen == [(2, 1), (2, 2), (2, 3)]

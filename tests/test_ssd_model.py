@@ -135,6 +135,13 @@ def test_next_rate_extends_the_grid_until_the_best_rate_is_bracketed():
     assert experiments.next_rate(_tried((3e-2, 0.6), (1e-1, 0.9)), ladder) is None  # the ladder ends
     assert experiments.next_rate(_tried((1e-2, 0.9)), ladder) == 3e-2  # one rate: above first, then below
     assert experiments.next_rate(_tried((1e-2, 0.9), (3e-2, 0.8)), ladder) == 3e-3
+    assert experiments.next_rate(_tried((1e-1, 0.9)), ladder) == 3e-2  # one rate, at the ladder's top
+    # equal accuracy: the lower final validation loss wins (here 0.01, inside the rates tried)
+    tie = [{"lr": lr, "val_accuracy": a, "curve": {"val_loss": [0.9, loss]}}
+           for lr, a, loss in ((3e-3, 0.9, 0.5), (1e-2, 0.9, 0.3), (3e-2, 0.5, 1.0))]
+    assert experiments.next_rate(tie, ladder) is None
+    tie[0]["curve"]["val_loss"][-1] = 0.2  # now 0.003 wins the tie, at the bottom edge
+    assert experiments.next_rate(tie, ladder) == 1e-3
     off_ladder = r"MQARConfig.mamba_lrs must be rates on lr_ladder .*not on it: \[0.02\]"
     with pytest.raises(ValueError, match=off_ladder):
         experiments.MQARConfig(mamba_lrs=(1e-2, 2e-2, 3e-2))

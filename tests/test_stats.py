@@ -199,3 +199,60 @@ def test_train_result_convergence_needs_evaluations():
     assert falling.convergence().still_falling
     with pytest.raises(ValueError, match="eval_every"):
         TrainResult(evals=[{"step": 1, "val_loss": 1.0}]).convergence()
+
+
+def test_difference_is_a_minus_b_with_welchs_interval():
+    from scipy.stats import ttest_ind  # an independent implementation of Welch's interval
+    a, b = [1.0, 2.0, 3.0], [0.0, 0.0, 1.0]
+    est = stats.difference(a, b)
+    welch = ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+    assert est.value == pytest.approx(5 / 3) and est.n == 3
+    assert (est.low, est.high) == pytest.approx((welch.low, welch.high))  # (-0.382, 3.715)
+    flipped = stats.difference(b, a)
+    assert (flipped.value, flipped.low, flipped.high) == pytest.approx((-est.value, -est.high, -est.low))
+
+
+def test_proportion_is_the_wilson_interval():
+    z = 1.959963984540054  # the normal's 97.5% quantile
+    n, p = 10, 0.3
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    est = stats.proportion(3, 10)
+    assert est.value == 0.3  # its interval: 0.108 to 0.603
+    assert (est.low, est.high) == pytest.approx((centre - half, centre + half))
+
+
+def test_against_null_uses_the_nulls_mean_and_quantiles():
+    est = stats.against_null(5.0, [0.0] * 30 + [10.0] * 10)  # mean 2.5; 2.5% quantile 0, 97.5% quantile 10
+    assert (est.value, est.low, est.high) == (2.5, -5.0, 5.0)
+
+
+def test_convergence_fits_the_last_fifth_with_n_minus_2_degrees_of_freedom():
+    steps = np.arange(0, 2600, 100)
+    assert stats.convergence(steps, 2.0 - steps / 4000).tail_steps == (2000, 2500)  # from 2500 - 0.2 * 2500
+    assert stats.convergence(steps, 2.0 - steps / 4000).slope.n == 6
+    # 20 evaluations, 4 in the last fifth: the last five are fitted; a zigzag around a flat line
+    steps = np.arange(100, 2100, 100)
+    values = 1.0 + np.where(np.arange(steps.size) % 2 == 0, 0.02, -0.02)
+    x, y = steps[-5:].astype(float), values[-5:]
+    sxx = ((x - x.mean()) ** 2).sum()
+    slope = ((x - x.mean()) * (y - y.mean())).sum() / sxx
+    residuals = y - y.mean() - slope * (x - x.mean())
+    se = math.sqrt((residuals**2).sum() / (5 - 2) / sxx)
+    half = 3.182446305284263 * se  # t_{0.975, 3}
+    check = stats.convergence(steps, values)
+    assert check.tail_steps == (1600, 2000) and check.slope.n == 5
+    assert (check.slope.low, check.slope.high) == pytest.approx((slope - half, slope + half))
+
+
+def test_bootstrap_keeps_its_value_inside_its_interval():
+    # every resample repeats some item, so each resample's statistic is below the full sample's 1.0
+    est = stats.bootstrap(np.arange(50.0), lambda v: len(np.unique(v)) / v.size)
+    assert est.value == 1.0 and est.low <= est.high == 1.0
+
+
+def test_scaled_by_a_negative_factor_swaps_the_ends():
+    est = stats.Estimate(1.0, 0.5, 2.0, 3, "m").scaled(-1)
+    assert (est.value, est.low, est.high) == (-1.0, -2.0, -0.5)
+    percent = stats.Estimate(1.0, 0.5, 2.0, 3, "m").scaled(100)
+    assert (percent.value, percent.low, percent.high) == (100.0, 50.0, 200.0)

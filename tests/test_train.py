@@ -138,6 +138,14 @@ def test_same_seed_same_losses_and_different_seed_differs():
     assert a.loss != c.loss
 
 
+def test_each_replica_seeds_with_the_run_seed_plus_its_rank(monkeypatch):
+    monkeypatch.setattr(train_module, "distributed_info", lambda: (1, 1, 0))  # rank 1, no process group
+    seeds = []
+    fit(make_model(), seeded_batch, mse, TrainConfig(steps=1, batch_size=8, seed=5),
+        on_step=lambda t, m: seeds.append(torch.initial_seed()))
+    assert seeds == [6]
+
+
 def test_seed_everything_seeds_python_numpy_torch():
     import random
 
@@ -203,13 +211,17 @@ def test_log_every_records_window_means():
 
 
 @pytest.mark.parametrize("steps, eval_every", [(800, 100), (3000, 250), (220, 20), (1000, 100), (30, 10),
-                                               (1500, 50), (3750, 150)])
+                                               (1500, 50), (3750, 150), (185, 10)])
 def test_evaluation_steps_give_the_convergence_check_five_in_its_window(steps, eval_every):
     config = TrainConfig(steps=steps, batch_size=8, eval_every=eval_every)
     due = config.evaluation_steps()
     if (steps, eval_every) == (800, 100):  # 3 of every 100 in the last fifth (620-800): 660-765 added
         assert due == (100, 200, 300, 400, 500, 600, 660, 695, 700, 730, 765, 800)
+    if (steps, eval_every) == (1500, 50):  # the window 1210-1500 holds 6 regular evaluations: none added
+        assert due == tuple(range(50, 1501, 50))
     assert set(range(eval_every, steps + 1, eval_every)) <= set(due) and due[-1] == steps
+    if (steps, eval_every) == (185, 10):  # exactly 5 in the window 150-185, its start included: none added
+        assert due == tuple(range(10, 181, 10)) + (185,)
     check = stats.convergence(due, np.linspace(2.0, 1.0, len(due)))
     assert check.slope.n >= 5 and check.tail_steps[0] >= steps - 0.2 * (steps - due[0])  # in the last fifth
 
