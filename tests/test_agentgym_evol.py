@@ -201,6 +201,16 @@ def test_scheduled_pieces_give_exactly_the_jobs_results(tmp_path, monkeypatch):
 
     assert [comparable(r) for r in scheduled] == [comparable(r) for r in whole]
     assert [m["name"] for m in scheduled[0]["models"]] == ["BC_base", "AgentEvol 1", "AgentEvol 2"]
+    # PAPERLAB_CACHE_DISABLE (python -m paperlab run --no-cache): every job computed again, none looked up
+    monkeypatch.setenv("PAPERLAB_CACHE_DISABLE", "1")
+
+    def no_lookup(*args, **kwargs):
+        raise AssertionError(f"looked up {args[0]} with the cache disabled")
+
+    monkeypatch.setattr(experiments.cache, "lookup", no_lookup)
+    with cpu_threads(1):
+        again = experiments._run_scheduled(config, None, workers=1)
+    assert [comparable(r) for r in again] == [comparable(r) for r in whole]
 
 
 def test_pretraining_corpus_is_random_play_and_every_token_is_a_target():

@@ -67,11 +67,18 @@ def test_unknown_name_lists_valid_ones(capsys):
     (["--device", "tpu"], "is not a device"),
     (["--device", "meta"], "only cpu and cuda are supported"),
     (["--out", "/no/such/folder/run.json"], "does not exist"),
+    (["--out", "/proc/run.json"], "is not a writable folder"),
 ])
 def test_bad_arguments_are_one_line_errors(args, message, capsys):
     with pytest.raises(SystemExit) as err:
         main(["rmsnorm", "--quick", *args])
     assert err.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_an_out_that_is_a_folder_is_refused_before_measuring(tmp_path, capsys):
+    with pytest.raises(SystemExit) as err:
+        main(["rmsnorm", "--quick", "--out", str(tmp_path)])
+    assert err.value.code == 2 and "is a folder" in capsys.readouterr().err
 
 
 def test_time_interleaved_counts_every_function():

@@ -165,7 +165,7 @@ def test_override_nested_fields_with_type_checks():
     assert experiments.override(Outer(), ["name=hello"]).name == "hello"
     with pytest.raises(ValueError, match="unknown config field 'stepz'"):
         experiments.override(Outer(), ["stepz=1"])
-    with pytest.raises(ValueError, match="steps must be a int"):
+    with pytest.raises(ValueError, match="steps must be an int"):
         experiments.override(Outer(), ["steps=1.5"])
     with pytest.raises(ValueError, match="not of the form"):
         experiments.override(Outer(), ["steps"])
@@ -360,3 +360,16 @@ def test_an_entry_stored_again_as_another_kind_replaces_the_old_file(tmp_cache):
     assert found and torch.equal(value["w"], torch.ones(1))
     cache.store("k", {"a": 1}, [2])
     assert cache.lookup("k", {"a": 1}) == (True, [2])
+
+
+@pytest.mark.parametrize("value, disabled", [("", False), ("0", False), ("false", False), (" No ", False),
+                                             ("1", True), ("true", True), ("YES", True), ("on", True)])
+def test_cache_disable_reads_the_usual_spellings(monkeypatch, value, disabled):
+    monkeypatch.setenv("PAPERLAB_CACHE_DISABLE", value)
+    assert cache.disabled() is disabled
+
+
+def test_cache_disable_rejects_other_values(monkeypatch):
+    monkeypatch.setenv("PAPERLAB_CACHE_DISABLE", "sometimes")
+    with pytest.raises(ValueError, match="PAPERLAB_CACHE_DISABLE must be 1/true/yes/on or 0/false/no/off"):
+        cache.disabled()

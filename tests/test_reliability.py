@@ -89,8 +89,12 @@ def test_run_rejects_a_results_path_that_is_a_folder(dummy, capsys, tmp_path):
     assert code == 2 and not dummy and len(err) == 1 and "is a folder" in err[0]
 
 
-@pytest.mark.parametrize("env, value, message", [("RANK", "x", "RANK must be an integer"),
-                                                  ("PAPERLAB_PROFILE", "turbo", "unknown profile")])
+@pytest.mark.parametrize("env, value, message", [
+    ("RANK", "x", "RANK must be an integer"),
+    ("PAPERLAB_PROFILE", "turbo", "unknown profile"),
+    ("PAPERLAB_CACHE_DISABLE", "false-ish", "PAPERLAB_CACHE_DISABLE must be 1/true/yes/on"),
+    ("PAPERLAB_CACHE", __file__, "(PAPERLAB_CACHE) is a file; point PAPERLAB_CACHE at a folder"),
+])
 def test_run_rejects_a_bad_environment_before_running(dummy, capsys, monkeypatch, tmp_path, env, value,
                                                       message):
     monkeypatch.setenv(env, value)
@@ -232,7 +236,11 @@ def _nllb_model(**kw):
 
 
 def _cases():
+    from paperlab.bot.experiments import BoTConfig
+    from paperlab.bot.model import DataConfig as BoTData
+    from paperlab.bot.model import ModelConfig as BoTModel
     from paperlab.data import GrammarConfig
+    from paperlab.ditto.methods import OnlineDPOConfig
     from paperlab.geometry.experiments import GeometryConfig
     from paperlab.geometry.lm import CorpusConfig, LMConfig
     from paperlab.geometry.synthetic import PlantedConfig
@@ -246,6 +254,8 @@ def _cases():
     from paperlab.sae.data import LMDataConfig, SyntheticConfig
     from paperlab.sae.experiments import SAEExperimentConfig
     from paperlab.sae.train import RunConfig as SAERun
+    from paperlab.sayself.base import BaseConfig as SaySelfBase
+    from paperlab.sayself.experiments import SaySelfConfig
     from paperlab.ssd.experiments import CostConfig, MQARConfig, SSDConfig
     from paperlab.ssd.model import Mamba2Config
     from paperlab.toolkit import ToolkitConfig
@@ -318,6 +328,35 @@ def _cases():
         (lambda: GeometryConfig(plane=("animal.n.01",)), "GeometryConfig.plane must be a tuple of 2"),
         (lambda: GeometryConfig(alphas=(1.0,)), "GeometryConfig.alphas"),
         (lambda: GeometryConfig(held_out_fraction=1.0), "GeometryConfig.held_out_fraction"),
+        (lambda: GeometryConfig(simplex=("mammal.n.01", "bogus.n.01", "fish.n.01")),
+         "GeometryConfig.simplex must be synsets of the shipped WordNet .*unknown synset 'bogus.n.01'"),
+        (lambda: GeometryConfig(lm=LMConfig(corpus=CorpusConfig(roots=("plant.n.02",)))),
+         "GeometryConfig.plane .*'animal.n.01' is not under the corpus roots plant.n.02"),
+        (lambda: CorpusConfig(roots=("animal",)), "CorpusConfig.roots must be synsets .*unknown synset"),
+        # seeds: a repeated seed would count one run twice (SAE, Buffer of Thoughts, SaySelf)
+        (lambda: SAEExperimentConfig(seeds=(0, 0)), "SAEExperimentConfig.seeds must be distinct seeds"),
+        (lambda: BoTConfig(seeds=(1, 1)), "BoTConfig.seeds must be distinct seeds"),
+        (lambda: SaySelfConfig(seeds=(2, 2)), "SaySelfConfig.seeds must be distinct seeds"),
+        (lambda: BoTConfig(seeds=()), r"BoTConfig.seeds must be a non-empty tuple of seeds \(integers in"),
+        (lambda: SaySelfConfig(seeds=(-1,)), r"SaySelfConfig.seeds must be a non-empty tuple of seeds"),
+        # Buffer of Thoughts
+        (lambda: BoTConfig(delta=float("nan")), r"BoTConfig.delta must be a finite number in \[0, 1\]"),
+        (lambda: BoTConfig(novelty=1.5), r"BoTConfig.novelty must be a finite number in \[0, 1\]"),
+        (lambda: BoTConfig(deltas=()), "BoTConfig.deltas must be a non-empty tuple"),
+        (lambda: BoTConfig(tot_breadth=0), "BoTConfig.tot_breadth must be a positive integer"),
+        (lambda: BoTConfig(sandbox_memory_mb=-1), "BoTConfig.sandbox_memory_mb must be a positive integer"),
+        (lambda: BoTConfig(claim_gain=float("inf")), "BoTConfig.claim_gain must be a finite number >= 0"),
+        (lambda: BoTModel(d_model=64, n_heads=3), "ModelConfig: GPTConfig.n_heads must be a divisor"),
+        (lambda: BoTData(n_test=0), "DataConfig.n_test must be a positive integer"),
+        # SaySelf
+        (lambda: SaySelfConfig(temperature=-1.0), "SaySelfConfig.temperature must be a finite number > 0"),
+        (lambda: SaySelfConfig(kl_coef=float("nan")), "SaySelfConfig.kl_coef must be a finite number >= 0"),
+        (lambda: SaySelfConfig(sft_val_fraction=1.0), r"SaySelfConfig.sft_val_fraction must be a finite"),
+        (lambda: SaySelfConfig(rl_prompts=64, rl_samples=1), "SaySelfConfig.rl_samples must be an integer"),
+        (lambda: SaySelfBase(n_heads=0), "BaseConfig: GPTConfig.n_heads must be a positive integer"),
+        (lambda: SaySelfBase(dropout=1.0), "BaseConfig: GPTConfig.dropout"),
+        # DITTO
+        (lambda: OnlineDPOConfig(mix=(0.5, 0.5, 0.5)), "OnlineDPOConfig.mix must be 3 fractions .* sum to 1"),
     ]
 
 

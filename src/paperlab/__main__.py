@@ -19,7 +19,7 @@ import os
 import sys
 import time
 
-from paperlab import cli, experiments, registry
+from paperlab import cache, cli, experiments, registry
 from paperlab.config import DEFAULT_PROFILE, PROFILES, check_profile, config_to_dict
 from paperlab.train import distributed_info
 from paperlab.utils import reuse_freed_memory
@@ -59,6 +59,11 @@ def _prepare(args: argparse.Namespace):
     experiment = registry.get(args.experiment)
     profile = check_profile(args.profile or os.environ.get("PAPERLAB_PROFILE", "").strip() or DEFAULT_PROFILE)
     cli.check_device(args.device)
+    cache.disabled()  # PAPERLAB_CACHE_DISABLE spelt as a yes or a no
+    folder = cache.cache_dir()
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"the cache folder {str(folder)!r} (PAPERLAB_CACHE) is a file; point PAPERLAB_CACHE "
+                         f"at a folder")
     rank = distributed_info()[0]  # also checks RANK / WORLD_SIZE, which decide who writes the results
     config = experiments.override(experiment.config(profile), args.overrides)
     if experiment.check is not None:

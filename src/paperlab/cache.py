@@ -68,6 +68,18 @@ def repository_root() -> Path | None:
     return root if (root / "pyproject.toml").is_file() else None
 
 
+def disabled() -> bool:
+    """Whether ``PAPERLAB_CACHE_DISABLE`` asks to bypass the cache: ``1``, ``true``, ``yes`` or ``on`` do;
+    unset, empty, ``0``, ``false``, ``no`` or ``off`` do not; anything else is an error naming it."""
+    value = os.environ.get("PAPERLAB_CACHE_DISABLE", "").strip().lower()
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    if value in ("1", "true", "yes", "on"):
+        return True
+    raise ValueError(f"PAPERLAB_CACHE_DISABLE must be 1/true/yes/on or 0/false/no/off (or unset), "
+                     f"got {value!r}")
+
+
 def cache_dir() -> Path:
     """Where entries live: ``$PAPERLAB_CACHE``, else ``<repo>/.cache/paperlab``."""
     env = os.environ.get("PAPERLAB_CACHE")
@@ -365,15 +377,15 @@ def cached(name: str, config: Any, compute: Callable[[], R], *, seed: int | None
     (warned about, deleted, recomputed), e.g. ``check=has_keys("state_dict", "history")``.
     """
     code = (code,) if isinstance(code, str) else (tuple(code) if code is not None else _caller_code(1))
-    disabled = os.environ.get("PAPERLAB_CACHE_DISABLE", "").strip() not in ("", "0")
-    if not (refresh or disabled):
+    off = disabled()
+    if not (refresh or off):
         found, value = lookup(name, config, seed, code, check)
         if found:
             return value
     value = compute()
     if _is_json_value(value):
         value = json.loads(json.dumps(value))  # same types (lists, str keys) as a later cache hit
-    if not disabled:
+    if not off:
         try:
             store(name, config, value, seed, code)
         except OSError as err:  # never lose a finished computation to the cache

@@ -198,6 +198,15 @@ def check_number_tuple(config: Any, name: str, *, low: float | None = None, high
     _check_tuple(config, name, lambda v: _number_ok(v, low, high, open_low, open_high), what, min_len)
 
 
+def check_seeds(config: Any, name: str = "seeds", *, min_len: int = 1) -> None:
+    """Field ``name`` is a tuple of at least ``min_len`` distinct seeds (ints in ``[0, 2**32)``): a repeated
+    seed would count one run twice as if it were two independent ones."""
+    value = _check_tuple(config, name, lambda v: _int_ok(v, 0, 2**32 - 1), "seeds (integers in [0, 2**32))",
+                         min_len)
+    check_that(config, len(set(value)) == len(value), name,
+               "distinct seeds (a repeated seed counts one run twice)")
+
+
 def check_str_tuple(config: Any, name: str, *, min_len: int = 1, length: int | None = None) -> None:
     """Field ``name`` is a tuple of at least ``min_len`` (or exactly ``length``) non-empty strings."""
     ok = lambda v: isinstance(v, str) and v != ""  # noqa: E731

@@ -78,9 +78,9 @@ def _replace_path(config: Any, parts: list[str], value: Any, full: str) -> Any:
     elif isinstance(current, tuple) and isinstance(value, list):
         value = tuple(value)
     if current is not None and type(value) is not type(current):
-        raise ValueError(
-            f"{full} must be a {type(current).__name__} (current value {current!r}), got {value!r}"
-        )
+        kind = type(current).__name__
+        article = "an" if kind[0] in "aeiou" else "a"
+        raise ValueError(f"{full} must be {article} {kind} (current value {current!r}), got {value!r}")
     return dataclasses.replace(config, **{head: value})
 
 

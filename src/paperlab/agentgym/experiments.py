@@ -360,7 +360,7 @@ def _run_scheduled(config: AgentGymConfig, device, workers: int | None = None) -
     :func:`paperlab.scheduling.run_as_ready`), then stored."""
     names = [("agentevol", s) for s in config.seeds] + [("bc_large", s) for s in config.seeds]
     results: dict = {}
-    for job, seed in names:
+    for job, seed in names if not cache.disabled() else ():  # PAPERLAB_CACHE_DISABLE: compute every job
         found, value = cache.lookup(f"agentgym-{job}", config, seed, _CODE)
         if found:
             results[job, seed] = value

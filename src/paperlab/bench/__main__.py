@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from paperlab.bench import Context, Row, machine_info, measure_machine, registry
-from paperlab.cli import UsageError, check_device
+from paperlab.cli import UsageError, check_device, prepare_output, write_json
 from paperlab.utils import reuse_freed_memory
 
 
@@ -71,8 +71,14 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if args.repeats is not None and args.repeats < 1:
         parser.error(f"--repeats must be >= 1, got {args.repeats}")
+    out = None
     if args.out is not None and not Path(args.out).parent.is_dir():
         parser.error(f"--out: folder {str(Path(args.out).parent)!r} does not exist")
+    if args.out is not None:  # a file can be written there: checked before anything is measured
+        try:
+            out = prepare_output(Path(args.out).parent, Path(args.out).name)
+        except UsageError as err:
+            parser.error(str(err))
     repeats = args.repeats if args.repeats is not None else (5 if args.quick else 20)
     reused = reuse_freed_memory()  # kernels and references alike allocate their outputs from reused memory
     ctx = Context(device=device, quick=args.quick, repeats=repeats)
@@ -91,9 +97,11 @@ def main(argv: list[str] | None = None) -> int:
         new = benches[name].fn(ctx)
         emit(new)
         rows += new
-    if args.out is not None:
+    if out is not None:
         document = {"machine": machine, "rows": [row.to_dict() for row in rows]}
-        Path(args.out).write_text(json.dumps(document, indent=1) + "\n")
+        written = write_json(out, document)
+        if written != out:
+            print(f"error: could not write {out}; the results are in {written}", file=sys.stderr)
     if not args.json:
         print(f"device: {device} ({machine['device_name']}, {machine['threads']} threads); torch "
               f"{torch.__version__}; {machine['date']}; median of {repeats} interleaved rounds")

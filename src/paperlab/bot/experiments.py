@@ -42,6 +42,13 @@ from paperlab.bot.model import (
 )
 from paperlab.bot.prompts import TinyPrompts
 from paperlab.bot.sandbox import Limits
+from paperlab.config import (
+    check_ints,
+    check_number_tuple,
+    check_numbers,
+    check_seeds,
+    check_type,
+)
 from paperlab.experiments import Experiment
 from paperlab.nn import count_parameters
 from paperlab.train import TrainConfig, TrainResult, auto_device
@@ -84,6 +91,21 @@ class BoTConfig:
     claim_phrasing_drop: float = 0.05  # accuracy lost on a phrasing never seen in training
     claim_scale_gain: float = 0.0  # small model with BoT over the large model's best single-query method
     claim_buffer_slack: float = 1.0  # templates held minus families seen, within +-
+
+    def __post_init__(self) -> None:
+        for name, cls in (("data", DataConfig), ("small", ModelConfig), ("large", ModelConfig),
+                          ("train", TrainConfig)):
+            check_type(self, name, cls)
+        check_seeds(self)
+        check_numbers(self, "delta", "novelty", low=0, high=1)  # cosine similarities
+        check_number_tuple(self, "deltas", low=0, high=1)
+        check_ints(self, "max_retries", low=0)
+        check_ints(self, "tot_breadth", "tot_depth", "n_propose", "n_value", "stream_length",
+                   "sandbox_cpu_seconds", "sandbox_memory_mb")
+        check_numbers(self, "sandbox_wall_seconds", low=0, open_low=True)
+        check_numbers(self, "claim_gain", "claim_tot_gain", "claim_phrasing_drop", "claim_scale_gain",
+                      "claim_buffer_slack", low=0)
+        check_numbers(self, "claim_cost_fraction", low=0, open_low=True)
 
     @property
     def limits(self) -> Limits:

@@ -28,6 +28,7 @@ import torch
 from paperlab import align, cache, llm
 from paperlab.bot import tasks
 from paperlab.bot.prompts import TinyPrompts
+from paperlab.config import check_ints
 from paperlab.nn import GPT, GPTConfig
 from paperlab.tokenizers import WordTokenizer
 from paperlab.train import TrainConfig, TrainResult, auto_device, seed_everything, seeded_batches, train
@@ -53,6 +54,10 @@ class DataConfig:
     n_test: int = 48
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        check_ints(self, "n_train", "n_val", "n_test")
+        check_ints(self, "seed", low=0)
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -64,6 +69,14 @@ class ModelConfig:
     context_length: int = 128  # a prompt and its longest reply (up to 31 + 72 tokens) fit
     pack_length: int = 96  # training rows: the longest example (75 tokens) fits; shorter rows than the
     # context waste less of the block-diagonal attention
+
+    def __post_init__(self) -> None:
+        try:  # the GPT's own checks (sizes, heads dividing the width), before anything is built
+            GPTConfig(vocab_size=1, context_length=self.context_length, d_model=self.d_model,
+                      n_layers=self.n_layers, n_heads=self.n_heads)
+        except ValueError as err:
+            raise ValueError(f"{type(self).__name__}: {err}") from None
+        check_ints(self, "pack_length", low=2)
 
 
 # --------------------------------------------------------------------------------------------------

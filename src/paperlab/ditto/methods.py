@@ -214,8 +214,8 @@ class OnlineDPOConfig:
         check_ints(self, "n_samples", "resample_every", "pairs_per_prompt", "max_new_tokens")
         check_numbers(self, "beta", "temperature", low=0, open_low=True)
         check_number_tuple(self, "mix", low=0)
-        check_that(self, len(self.mix) == len(KINDS) and sum(self.mix) > 0, "mix",
-                   f"{len(KINDS)} fractions for {KINDS}, not all 0")
+        check_that(self, len(self.mix) == len(KINDS) and abs(sum(self.mix) - 1) < 1e-6, "mix",
+                   f"{len(KINDS)} fractions for {KINDS} that sum to 1")
         check_choice(self, "reference", ("sft", "previous"))
 
     @property

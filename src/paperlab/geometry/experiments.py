@@ -45,7 +45,7 @@ from paperlab.geometry.estimate import (
     random_pairs,
     sibling_orthogonality,
 )
-from paperlab.geometry.hierarchy import Concepts, Hierarchy, extract_concepts, load_hierarchy
+from paperlab.geometry.hierarchy import Concepts, Hierarchy, extract_concepts, load_hierarchy, unknown_synsets
 from paperlab.geometry.lm import CorpusConfig, HierarchyCorpus, LMConfig, load_trained, representation
 from paperlab.geometry.synthetic import PlantedConfig, planted_unembeddings
 from paperlab.utils import cpu_threads, parallel_map
@@ -111,6 +111,10 @@ class GeometryConfig:
         for name in ("plane", "parent_pair", "child_pair"):
             check_str_tuple(self, name, length=2)
         check_str_tuple(self, "simplex", length=3)
+        for name in ("plane", "parent_pair", "child_pair", "simplex"):
+            problem = unknown_synsets(getattr(self, name), self.lm.corpus.roots)
+            check_that(self, problem is None, name, f"synsets of the shipped WordNet subset under the LM "
+                                                    f"corpus's roots ({problem})")
         check_number_tuple(self, "alphas", min_len=2)  # the intervention's slope runs first to last
         check_that(self, self.alphas[0] < self.alphas[-1], "alphas", "from a smaller to a larger alpha")
 

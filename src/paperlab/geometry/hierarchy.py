@@ -17,11 +17,11 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cache, cached_property
 from pathlib import Path
 
-__all__ = ["DATA_FILE", "Hierarchy", "Concepts", "load_hierarchy", "extract_concepts", "concept_tokens",
-           "MERGE_MARGIN"]
+__all__ = ["DATA_FILE", "Hierarchy", "Concepts", "load_hierarchy", "shipped_hierarchy", "unknown_synsets",
+           "extract_concepts", "concept_tokens", "MERGE_MARGIN"]
 
 DATA_FILE = Path(__file__).resolve().parents[3] / "data" / "wordnet" / "nouns.tsv"
 
@@ -105,6 +105,27 @@ class Hierarchy:
     @cached_property
     def all_lemmas(self) -> list[str]:
         return sorted({lemma for lemmas in self.lemmas.values() for lemma in lemmas})
+
+
+@cache
+def shipped_hierarchy() -> Hierarchy:
+    """The shipped subset (:func:`load_hierarchy` with its default path), read once per process: the
+    configs check the synsets they name against it before any work starts."""
+    return load_hierarchy()
+
+
+def unknown_synsets(synsets: Iterable[str], roots: Iterable[str] = ()) -> str | None:
+    """Why some of ``synsets`` cannot be used, or None: not in the shipped subset, or (when ``roots`` are
+    given) not under any of them."""
+    hierarchy, roots = shipped_hierarchy(), tuple(roots)
+    for synset in synsets:
+        try:
+            hierarchy.check(synset)
+        except KeyError as err:
+            return err.args[0]
+        if roots and not set(roots) & set(hierarchy.ancestors(synset)):
+            return f"{synset!r} is not under the corpus roots {', '.join(roots)}"
+    return None
 
 
 def load_hierarchy(path: str | Path | None = None) -> Hierarchy:

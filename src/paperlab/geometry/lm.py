@@ -39,8 +39,8 @@ import torch
 import torch.nn.functional as F
 
 from paperlab import cache
-from paperlab.config import check_ints, check_numbers, check_str_tuple, check_type
-from paperlab.geometry.hierarchy import Concepts, Hierarchy, extract_concepts, load_hierarchy
+from paperlab.config import check_ints, check_numbers, check_str_tuple, check_that, check_type
+from paperlab.geometry.hierarchy import Concepts, Hierarchy, extract_concepts, load_hierarchy, unknown_synsets
 from paperlab.nn import GPT, GPTConfig, rope_cos_sin
 from paperlab.tokenizers import SPECIAL_TOKENS, WordTokenizer
 from paperlab.train import TrainConfig, auto_device, seed_everything, seeded_batches, train
@@ -73,6 +73,8 @@ class CorpusConfig:
 
     def __post_init__(self):
         check_str_tuple(self, "roots")
+        problem = unknown_synsets(self.roots)
+        check_that(self, problem is None, "roots", f"synsets of the shipped WordNet subset ({problem})")
         check_ints(self, "min_tokens", low=2)  # a concept's covariance needs two tokens
         check_ints(self, "words_per_concept", "n_context")
         check_numbers(self, "p_noise", low=0, high=1, open_high=True)

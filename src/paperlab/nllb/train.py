@@ -23,7 +23,6 @@ the cache key of :func:`run_cached`. A run:
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass
 
 import sacrebleu
@@ -504,7 +503,7 @@ def prefetch(runs: list[RunConfig], workers: int = 2, device: str | torch.device
     separate processes (:func:`paperlab.utils.parallel_map`: one CPU thread each, so two workers use two
     cores), longest first. On a GPU (``device`` not the CPU) the runs train one after the other here."""
     missing = []
-    disabled = os.environ.get("PAPERLAB_CACHE_DISABLE", "").strip() not in ("", "0")
+    disabled = cache.disabled()
     for run in dict.fromkeys(runs):
         if run in _MEMO:
             continue

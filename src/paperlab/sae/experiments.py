@@ -28,6 +28,7 @@ from paperlab.config import (
     check_ints,
     check_number_tuple,
     check_numbers,
+    check_seeds,
     check_type,
 )
 from paperlab.experiments import Experiment
@@ -92,7 +93,7 @@ class SAEExperimentConfig:
         check_type(self, "train", TrainConfig)  # TrainConfig checks its own fields
         check_ints(self, "lr_reference_latents", "dead_tokens", "frontier_size", "lm_size", "lm_steps",
                    "random_dictionaries")
-        check_int_tuple(self, "seeds", low=0)
+        check_seeds(self)
         check_ints(self, "k_aux", low=0)
         check_numbers(self, "steps_exponent", low=0, high=1)
         check_numbers(self, "topk_lr_multiplier", "relu_lr_multiplier", "sweep_l1", low=0, open_low=True)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import torch
 
 from paperlab import cache
+from paperlab.config import check_type
 from paperlab.data import lm_batches
 from paperlab.nn import GPT, GPTConfig
 from paperlab.sayself.world import World, WorldConfig
@@ -31,6 +32,15 @@ class BaseConfig:
     dropout: float = 0.0
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         steps=3000, batch_size=32, lr=3e-3, warmup_steps=100, eval_every=100, seed=0))
+
+    def __post_init__(self) -> None:
+        check_type(self, "world", WorldConfig)
+        check_type(self, "train", TrainConfig)
+        try:  # the GPT's own checks (sizes, heads dividing the width, dropout), before anything is built
+            GPTConfig(vocab_size=1, context_length=self.context_length, d_model=self.d_model,
+                      n_layers=self.n_layers, n_heads=self.n_heads, dropout=self.dropout)
+        except ValueError as err:
+            raise ValueError(f"{type(self).__name__}: {err}") from None
 
 
 def corpus_ids(world: World) -> torch.Tensor:

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from paperlab import align, cache, llm
+from paperlab.config import check_ints, check_numbers, check_seeds, check_type
 from paperlab.experiments import Experiment
 from paperlab.nn import GPT, count_parameters
 from paperlab.sayself import method
@@ -89,14 +90,22 @@ class SaySelfConfig:
     seeds: tuple[int, ...] = (0, 1, 2)
 
     def __post_init__(self) -> None:
+        check_type(self, "base", BaseConfig)
+        check_type(self, "sft", TrainConfig)
+        check_type(self, "rl", TrainConfig)
         if isinstance(self.n_samples, bool) or not isinstance(self.n_samples, int) or self.n_samples < 2:
             raise ValueError(f"SaySelfConfig.n_samples (N) must be an integer >= 2: consistency compares "
                              f"several samples, got {self.n_samples!r}")
+        check_seeds(self)
+        check_numbers(self, "temperature", low=0, open_low=True)
+        check_numbers(self, "sft_val_fraction", low=0, high=1, open_low=True, open_high=True)
+        check_numbers(self, "kl_coef", low=0)
+        check_ints(self, "replay_windows", low=0)
+        check_ints(self, "rl_prompts")
+        check_ints(self, "rl_samples", low=2)  # the leave-one-out baseline needs another response
         if self.rl.batch_size != self.rl_prompts * self.rl_samples:
             raise ValueError(f"SaySelfConfig.rl.batch_size ({self.rl.batch_size}) must be rl_prompts * "
                              f"rl_samples = {self.rl_prompts * self.rl_samples}")
-        if not self.seeds:
-            raise ValueError("SaySelfConfig.seeds is empty: give at least one seed")
 
 
 CONFIGS = {
