@@ -431,6 +431,9 @@ def test_toolkit_checks_its_streams_before_training(monkeypatch):
                                    train=TrainConfig(steps=3, batch_size=2, eval_every=1))
     with pytest.raises(ValueError, match=r"the validation stream has \d+ tokens, fewer than context_length"):
         toolkit.train_model(config, device="cpu")
+    # python -m paperlab run checks the streams up front, before the seeds' worker processes start
+    with pytest.raises(ValueError, match="the train stream has .* lower val_fraction"):
+        toolkit.check_runnable(dataclasses.replace(toolkit.CONFIGS["fast"], val_fraction=0.999))
 
 
 def test_matmulfree_lm_rejects_a_mask_of_another_shape():

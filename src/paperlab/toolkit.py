@@ -133,11 +133,13 @@ def build_corpus(config: ToolkitConfig) -> Corpus:
 def check_streams(corpus: Corpus, config: ToolkitConfig) -> None:
     """Both token streams hold at least one window of ``context_length + 1`` tokens (else a ValueError
     naming the fields to change, raised before training rather than at the first evaluation)."""
-    for split, ids in (("train", corpus.train_ids), ("validation", corpus.val_ids)):
+    streams = (("train", corpus.train_ids, "lower"), ("validation", corpus.val_ids, "raise"))
+    for split, ids, fraction in streams:
         if ids.numel() < config.context_length + 1:
             raise ValueError(
                 f"the {split} stream has {ids.numel()} tokens, fewer than context_length + 1 = "
-                f"{config.context_length + 1}; raise n_sentences (or val_fraction) or lower context_length")
+                f"{config.context_length + 1}; raise n_sentences, {fraction} val_fraction or lower "
+                f"context_length")
 
 
 def make_model(config: ToolkitConfig, vocab_size: int) -> GPT:
@@ -240,8 +242,10 @@ def measure_seed(seed: int, config: ToolkitConfig, device: str | None = None) ->
 
 def check_runnable(config: ToolkitConfig) -> None:
     """What :func:`run` needs beyond a valid config: >= 5 evaluations per training run, for the
-    convergence check (a ValueError before any training; ``python -m paperlab run`` calls it up front)."""
+    convergence check, and token streams long enough for a window (:func:`check_streams`); a ValueError
+    before any training (``python -m paperlab run`` calls it up front)."""
     check_convergence_evaluations(config, "train", config.train)
+    check_streams(build_corpus(config), config)
 
 
 def run(config: ToolkitConfig, device: str | torch.device | None = None) -> dict:
