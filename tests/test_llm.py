@@ -359,6 +359,10 @@ def test_client_arguments_checked(monkeypatch):
             llm.OpenAIClient("http://127.0.0.1:1/v1", "m", **kwargs)
     with pytest.raises(ValueError, match="must start with http"):
         llm.OpenAIClient("127.0.0.1:1/v1", "m")
+    with pytest.raises(ValueError, match="must start with http"):
+        llm.OpenAIClient(5, "m")
+    with pytest.raises(ValueError, match="needs model"):
+        llm.OpenAIClient("http://127.0.0.1:1/v1", 5)
     monkeypatch.setenv("PAPERLAB_LLM_BASE_URL", "http://127.0.0.1:1/v1")
     monkeypatch.setenv("PAPERLAB_LLM_MODEL", "env-model")
     assert llm.OpenAIClient().model == "env-model"

@@ -91,6 +91,17 @@ def test_bad_claims_and_rows_are_rejected():
         scorecard_markdown([])
     with pytest.raises(TypeError, match="report.Row"):
         scorecard_markdown(["not a row"])
+    with pytest.raises(ValueError, match="Claim.planted must be True or False"):
+        Claim("c", "m", "e", 0.1, planted="no")  # a non-empty string would have counted as planted
+    with pytest.raises(ValueError, match="Claim.fmt must be a format spec"):
+        Claim("c", "m", "e", 0.1, fmt=5)
+    with pytest.raises(ValueError, match="converged must be True, False or None"):
+        GREATER.judge(estimate(0.06, 0.1), setting="s", converged="no")  # would have been ignored
+    with pytest.raises(ValueError, match="say why"):
+        GREATER.untestable(5)
+    import numpy as np
+    assert GREATER.judge(estimate(0.06, 0.1), setting="s", converged=np.bool_(False)).notes == (
+        "runs not converged",)
 
 
 def test_within_is_not_held_on_either_side():

@@ -377,10 +377,11 @@ class OpenAIClient(LLM):
         model = model or os.environ.get("PAPERLAB_LLM_MODEL")
         if not base_url:
             raise ValueError("OpenAIClient needs base_url (or $PAPERLAB_LLM_BASE_URL), e.g. http://127.0.0.1:8080/v1")
-        if not base_url.startswith(("http://", "https://")):
+        if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
             raise ValueError(f"base_url must start with http:// or https://, got {base_url!r}")
-        if not model:
-            raise ValueError("OpenAIClient needs model (or $PAPERLAB_LLM_MODEL): the server's model name")
+        if not model or not isinstance(model, str):
+            raise ValueError(f"OpenAIClient needs model (or $PAPERLAB_LLM_MODEL): the server's model name, "
+                             f"got {model!r}")
         if endpoint not in ("chat", "completions"):
             raise ValueError(f"endpoint must be 'chat' or 'completions', got {endpoint!r}")
         if not (isinstance(timeout, (int, float)) and timeout > 0):

@@ -40,6 +40,8 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from paperlab.stats import Estimate
 
 __all__ = ["VERDICTS", "Claim", "Row", "SingleRunRow", "scorecard", "scorecard_markdown", "show",
@@ -84,6 +86,10 @@ class Claim:
             raise ValueError(f"Claim.smallest_effect must be a finite number, got {self.smallest_effect!r}")
         if self.direction == "within" and self.smallest_effect <= 0:
             raise ValueError("a 'within' claim needs smallest_effect > 0 (the half-width of 'no change')")
+        if not isinstance(self.planted, bool):
+            raise ValueError(f"Claim.planted must be True or False, got {self.planted!r}")
+        if not isinstance(self.fmt, str):
+            raise ValueError(f"Claim.fmt must be a format spec such as '.3g', got {self.fmt!r}")
         format(1.0, self.fmt)  # raises ValueError for a bad format spec
 
     @property
@@ -110,13 +116,17 @@ class Claim:
         """
         if not isinstance(estimate, Estimate):
             raise TypeError(f"judge needs a paperlab.stats.Estimate, got {type(estimate).__name__}")
+        if not (converged is None or isinstance(converged, (bool, np.bool_))):
+            raise ValueError(f"converged must be True, False or None (not checked), got {converged!r}")
+        if not isinstance(setting, str) or not isinstance(note, str):
+            raise ValueError(f"setting and note must be strings, got {setting!r} and {note!r}")
         verdict = self.verdict_for(estimate)
         notes = []
         if estimate.method.startswith(("t over", "paired t over", "Welch t")) and estimate.n < MIN_SEEDS:
             if verdict != INCONCLUSIVE:
                 notes.append(f"would be '{verdict}', but fewer than {MIN_SEEDS} seeds")
             verdict = INCONCLUSIVE
-        if converged is False:
+        if converged is not None and not converged:  # (numpy's False too)
             notes.append("runs not converged")
         if self.planted:
             notes.append("planted by the synthetic data: not a reproduction")
@@ -126,8 +136,10 @@ class Claim:
 
     def untestable(self, reason: str, *, setting: str = "") -> Row:
         """A row for a claim this setting cannot test; ``reason`` says why."""
-        if not reason:
-            raise ValueError("say why the claim is not testable here")
+        if not isinstance(reason, str) or not reason.strip():
+            raise ValueError(f"say why the claim is not testable here (a non-empty string), got {reason!r}")
+        if not isinstance(setting, str):
+            raise ValueError(f"setting must be a string, got {setting!r}")
         return Row(self, setting, None, UNTESTABLE, (reason,))
 
 
