@@ -130,6 +130,18 @@ def test_vocabulary_not_larger_than_width_raises(corpus):
 
 
 # -------------------------------------------------------------------------------------- estimator
+def test_ledoit_wolf_is_scikit_learns():
+    from sklearn.covariance import ledoit_wolf as sklearn_ledoit_wolf
+
+    generator = torch.Generator().manual_seed(3)
+    for n, d in ((12, 5), (40, 8), (6, 10)):  # fewer tokens than dimensions too, as for small concepts
+        x = torch.randn(n, d, generator=generator, dtype=torch.float64) * torch.linspace(0.2, 3.0, d)
+        covariance, shrinkage = ledoit_wolf(x)
+        expected, expected_shrinkage = sklearn_ledoit_wolf(x.numpy())
+        assert shrinkage == pytest.approx(expected_shrinkage, rel=1e-9)
+        torch.testing.assert_close(covariance, torch.from_numpy(expected), rtol=1e-9, atol=1e-12)
+
+
 def test_ledoit_wolf_shrinks_towards_scaled_identity():
     x = torch.randn(10, 30, generator=torch.Generator().manual_seed(1), dtype=torch.float64)  # n < d
     covariance, shrinkage = ledoit_wolf(x)
