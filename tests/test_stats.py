@@ -56,6 +56,11 @@ def test_against_null_excludes_zero_only_outside_the_null():
     assert inside.low < 0 < inside.high
 
 
+def test_loglog_fit_needs_two_distinct_x():
+    with pytest.raises(ValueError, match="at least 2 distinct x"):
+        stats.loglog_fit([2.0, 2.0], [3.0, 3.0])  # used to return an exponent with R^2 = 1
+
+
 def test_loglog_fit_recovers_a_power_law():
     x = np.array([1, 2, 4, 8, 16.0])
     slope, prefactor, r2 = stats.loglog_fit(x, 3 * x ** -0.5)

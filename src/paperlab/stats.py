@@ -233,6 +233,9 @@ def loglog_fit(x: Sequence[float], y: Sequence[float]) -> tuple[float, float, fl
         raise ValueError(f"loglog_fit needs equally many x and y, got {x_array.size} and {y_array.size}")
     if np.any(x_array <= 0) or np.any(y_array <= 0):
         raise ValueError("loglog_fit needs positive x and y")
+    if np.unique(x_array).size < 2:
+        raise ValueError(f"loglog_fit needs at least 2 distinct x to fit a slope, got "
+                         f"{np.unique(x_array).tolist()}")
     log_x, log_y = np.log(x_array), np.log(y_array)
     slope, intercept = np.polyfit(log_x, log_y, 1)
     residual = log_y - (slope * log_x + intercept)
