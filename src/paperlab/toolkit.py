@@ -27,7 +27,7 @@ from functools import cached_property
 import torch
 
 from paperlab import cache
-from paperlab.config import check_int_tuple, check_ints, check_numbers, check_that, check_type
+from paperlab.config import check_ints, check_numbers, check_seeds, check_that, check_type
 from paperlab.data import Grammar, GrammarConfig, lm_batches, split_train_val
 from paperlab.experiments import Experiment, over_seeds
 from paperlab.nn import GPT, GPTConfig, count_parameters, generate, sequence_logprob
@@ -67,8 +67,7 @@ class ToolkitConfig:
         check_ints(self, "n_sentences", "context_length", "d_model", "n_layers", "n_heads", "eval_windows")
         check_ints(self, "data_seed", low=0)
         check_ints(self, "n_val_sentences", "n_samples")
-        check_int_tuple(self, "seeds", low=0, high=2**32 - 1)
-        check_that(self, len(set(self.seeds)) == len(self.seeds), "seeds", "distinct training seeds")
+        check_seeds(self)
         check_numbers(self, "val_fraction", low=0, high=1, open_low=True, open_high=True)
         n_val = round(self.n_sentences * self.val_fraction)
         check_that(self, 0 < n_val < self.n_sentences, "n_sentences",

@@ -45,9 +45,9 @@ from paperlab.agentgym.envs import ENVS
 from paperlab.agentgym.evol import AgentModelConfig, filter_trajectories, initial_model, state_of, train_agent
 from paperlab.agentgym.pretrain import PretrainConfig, pretrain, random_play
 from paperlab.config import (
-    check_int_tuple,
     check_ints,
     check_numbers,
+    check_seeds,
     check_str_tuple,
     check_that,
     check_type,
@@ -101,8 +101,7 @@ class AgentGymConfig:
         check_type(self, "train", TrainConfig)  # TrainConfig checks its own fields
         check_that(self, (self.train.steps, self.train.warmup_steps) == (1, 0), "train",
                    "a TrainConfig with steps=1 and warmup_steps=0 (each run's steps come from epochs)")
-        check_int_tuple(self, "seeds", low=0)
-        check_that(self, len(set(self.seeds)) == len(self.seeds), "seeds", "distinct")
+        check_seeds(self)
         check_that(self, self.n_base <= self.n_large, "n_base", f"at most n_large = {self.n_large}")
         for name in self.envs:
             cls = ENVS[name]

@@ -35,6 +35,7 @@ from paperlab.config import (
     check_int_tuple,
     check_ints,
     check_number_tuple,
+    check_seeds,
     check_that,
     check_type,
 )
@@ -113,8 +114,7 @@ class MQARSettings(MQARTask):
         check_type(self, "train", TrainConfig)
         check_convergence_evaluations(self, "train", self.train)
         check_ints(self, "width", "n_layers")
-        check_int_tuple(self, "seeds", low=0)
-        check_that(self, len(set(self.seeds)) == len(self.seeds), "seeds", "distinct seeds")
+        check_seeds(self)
         check_number_tuple(self, "lrs", low=0, open_low=True)
         check_that(self, self.width % 8 == 0, "width", "a multiple of 8 (4 attention heads of even size)")
 
@@ -159,8 +159,7 @@ class MatMulFreeExperimentConfig:
         check_type(self, "corpus", toolkit.ToolkitConfig)
         check_type(self, "mqar", MQARSettings)
         check_int_tuple(self, "sizes")
-        check_int_tuple(self, "seeds", low=0)
-        check_that(self, len(set(self.seeds)) == len(self.seeds), "seeds", "distinct seeds")
+        check_seeds(self)
         check_number_tuple(self, "sweep_lrs", low=0, open_low=True)
         check_number_tuple(self, "transformer_lrs", low=0, open_low=True)
         check_that(self, len(self.transformer_lrs) == len(self.sweep_lrs), "transformer_lrs",

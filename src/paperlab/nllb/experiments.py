@@ -31,7 +31,7 @@ import math
 import random
 from dataclasses import dataclass
 
-from paperlab.config import check_int_tuple, check_ints, check_numbers, check_that, check_type
+from paperlab.config import check_ints, check_numbers, check_seeds, check_that, check_type
 from paperlab.experiments import Experiment
 from paperlab.nllb.data import (
     FAMILIES,
@@ -122,8 +122,7 @@ class NLLBExperimentConfig:
         check_ints(self, "d_model", "n_heads", "n_layers", "d_hidden", "n_experts", "workers")
         check_numbers(self, "capacity_factor", low=0, open_low=True)
         check_numbers(self, "eom_p", "dropout", low=0, high=1, open_high=True)
-        check_int_tuple(self, "seeds", low=0, high=2**32 - 1)
-        check_that(self, len(set(self.seeds)) == len(self.seeds), "seeds", "distinct training seeds")
+        check_seeds(self)
         for name in ("train", "bilingual_train"):
             schedule = getattr(self, name)
             check_that(self, schedule.eval_every > 0 and schedule.steps // schedule.eval_every >= 3, name,

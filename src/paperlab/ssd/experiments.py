@@ -23,6 +23,7 @@ from paperlab.config import (
     check_int_tuple,
     check_ints,
     check_number_tuple,
+    check_seeds,
     check_that,
     check_type,
 )
@@ -117,8 +118,7 @@ class MQARConfig(MQARTask):
         check_convergence_evaluations(self, "train", self.train)
         check_ints(self, "width", "headdim", "chunk_size", "n_layers")
         check_int_tuple(self, "state_sizes")
-        check_int_tuple(self, "seeds", low=0)
-        check_that(self, len(set(self.seeds)) == len(self.seeds), "seeds", "distinct seeds")
+        check_seeds(self)
         check_number_tuple(self, "mamba_lrs", low=0, open_low=True)
         check_number_tuple(self, "attention_lrs", low=0, open_low=True)
         check_number_tuple(self, "lr_ladder", low=0, open_low=True)
