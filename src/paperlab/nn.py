@@ -32,6 +32,7 @@ from torch import nn
 from paperlab.config import check_flags, check_ints, check_numbers, check_that
 
 __all__ = [
+    "check_gpt_sizes",
     "RMSNorm",
     "rope_cos_sin",
     "apply_rope",
@@ -299,6 +300,17 @@ class GPTConfig:
         check_numbers(self, "dropout", low=0, high=1, open_high=True)
         check_numbers(self, "rope_base", low=1, open_low=True)
         check_flags(self, "tie_embeddings")
+
+
+def check_gpt_sizes(owner: object, **sizes: object) -> None:
+    """GPTConfig's own checks (sizes, heads dividing the width, an even head size for RoPE, dropout) of
+    the GPT sizes a chapter's config holds, before anything is built: ``sizes`` are GPTConfig fields
+    (``context_length``, ``d_model``, ``n_layers``, ``n_heads``, ...; the vocabulary comes later). A
+    ValueError names the owner: ``"BaseConfig: GPTConfig.n_heads must be ..."``."""
+    try:
+        GPTConfig(**{"vocab_size": 1, "context_length": 1, **sizes})
+    except ValueError as err:
+        raise ValueError(f"{type(owner).__name__}: {err}") from None
 
 
 class GPT(nn.Module):

@@ -30,7 +30,7 @@ from paperlab import cache
 from paperlab.config import check_ints, check_numbers, check_seeds, check_that, check_type
 from paperlab.data import Grammar, GrammarConfig, lm_batches, split_train_val
 from paperlab.experiments import Experiment, over_seeds
-from paperlab.nn import GPT, GPTConfig, count_parameters, generate, sequence_logprob
+from paperlab.nn import GPT, GPTConfig, check_gpt_sizes, count_parameters, generate, sequence_logprob
 from paperlab.tokenizers import WordTokenizer
 from paperlab.train import (
     TrainConfig,
@@ -72,11 +72,8 @@ class ToolkitConfig:
         n_val = round(self.n_sentences * self.val_fraction)
         check_that(self, 0 < n_val < self.n_sentences, "n_sentences",
                    f"large enough that val_fraction = {self.val_fraction} leaves sentences on both sides")
-        try:  # the architecture's own rules (heads divide the width, even head size for RoPE), in one home
-            GPTConfig(vocab_size=1, context_length=self.context_length, d_model=self.d_model,
-                      n_layers=self.n_layers, n_heads=self.n_heads)
-        except ValueError as err:
-            raise ValueError(f"ToolkitConfig: {err}") from None
+        check_gpt_sizes(self, context_length=self.context_length, d_model=self.d_model,
+                        n_layers=self.n_layers, n_heads=self.n_heads)  # the architecture's rules
 
 
 CONFIGS = {

@@ -29,7 +29,7 @@ from paperlab import align, cache, llm
 from paperlab.bot import tasks
 from paperlab.bot.prompts import TinyPrompts
 from paperlab.config import check_ints
-from paperlab.nn import GPT, GPTConfig
+from paperlab.nn import GPT, GPTConfig, check_gpt_sizes
 from paperlab.tokenizers import WordTokenizer
 from paperlab.train import TrainConfig, TrainResult, auto_device, seed_everything, seeded_batches, train
 
@@ -71,11 +71,8 @@ class ModelConfig:
     # context waste less of the block-diagonal attention
 
     def __post_init__(self) -> None:
-        try:  # the GPT's own checks (sizes, heads dividing the width), before anything is built
-            GPTConfig(vocab_size=1, context_length=self.context_length, d_model=self.d_model,
-                      n_layers=self.n_layers, n_heads=self.n_heads)
-        except ValueError as err:
-            raise ValueError(f"{type(self).__name__}: {err}") from None
+        check_gpt_sizes(self, context_length=self.context_length, d_model=self.d_model,
+                        n_layers=self.n_layers, n_heads=self.n_heads)
         check_ints(self, "pack_length", low=2)
 
 

@@ -58,7 +58,7 @@ from paperlab.ditto.methods import (
     sft,
 )
 from paperlab.experiments import Experiment
-from paperlab.nn import GPT, GPTConfig, count_parameters
+from paperlab.nn import GPT, GPTConfig, check_gpt_sizes, count_parameters
 from paperlab.tokenizers import Tokenizer
 from paperlab.train import (
     TrainConfig,
@@ -98,11 +98,8 @@ class BaseConfig:
     def __post_init__(self):
         check_ints(self, "context_length", "d_model", "n_layers", "n_heads", "n_val_documents")
         check_type(self, "train", TrainConfig)
-        try:  # the architecture's own rules, in one home
-            GPTConfig(vocab_size=1, context_length=self.context_length, d_model=self.d_model,
-                      n_layers=self.n_layers, n_heads=self.n_heads)
-        except ValueError as err:
-            raise ValueError(f"BaseConfig: {err}") from None
+        check_gpt_sizes(self, context_length=self.context_length, d_model=self.d_model,
+                        n_layers=self.n_layers, n_heads=self.n_heads)  # the architecture's rules
 
 
 def pretraining_document(cast: Cast, tokenizer: Tokenizer, length: int,

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from paperlab import cache
 from paperlab.config import check_ints, check_numbers, check_str_tuple, check_that, check_type
 from paperlab.geometry.hierarchy import Concepts, Hierarchy, extract_concepts, load_hierarchy, unknown_synsets
-from paperlab.nn import GPT, GPTConfig, rope_cos_sin
+from paperlab.nn import GPT, GPTConfig, check_gpt_sizes, rope_cos_sin
 from paperlab.tokenizers import SPECIAL_TOKENS, WordTokenizer
 from paperlab.train import TrainConfig, auto_device, seed_everything, seeded_batches, train
 from paperlab.utils import cpu_threads
@@ -104,11 +104,7 @@ class LMConfig:
         check_type(self, "corpus", CorpusConfig)
         check_type(self, "train", TrainConfig)
         check_ints(self, "d_model", "n_layers", "n_heads", "eval_sentences")
-        try:  # the architecture's own rules, in one home (the vocabulary comes from the corpus)
-            GPTConfig(vocab_size=1, context_length=1, d_model=self.d_model, n_layers=self.n_layers,
-                      n_heads=self.n_heads)
-        except ValueError as err:
-            raise ValueError(f"LMConfig: {err}") from None
+        check_gpt_sizes(self, d_model=self.d_model, n_layers=self.n_layers, n_heads=self.n_heads)
 
 
 def check_width(vocab_size: int, d_model: int, ratio: int = MIN_VOCAB_RATIO) -> None:

@@ -12,7 +12,7 @@ import torch
 from paperlab import cache
 from paperlab.config import check_type
 from paperlab.data import lm_batches
-from paperlab.nn import GPT, GPTConfig
+from paperlab.nn import GPT, GPTConfig, check_gpt_sizes
 from paperlab.sayself.world import World, WorldConfig
 from paperlab.train import TrainConfig, TrainResult, auto_device, seed_everything, seeded_batches, train
 from paperlab.utils import cpu_threads
@@ -36,11 +36,8 @@ class BaseConfig:
     def __post_init__(self) -> None:
         check_type(self, "world", WorldConfig)
         check_type(self, "train", TrainConfig)
-        try:  # the GPT's own checks (sizes, heads dividing the width, dropout), before anything is built
-            GPTConfig(vocab_size=1, context_length=self.context_length, d_model=self.d_model,
-                      n_layers=self.n_layers, n_heads=self.n_heads, dropout=self.dropout)
-        except ValueError as err:
-            raise ValueError(f"{type(self).__name__}: {err}") from None
+        check_gpt_sizes(self, context_length=self.context_length, d_model=self.d_model,
+                        n_layers=self.n_layers, n_heads=self.n_heads, dropout=self.dropout)
 
 
 def corpus_ids(world: World) -> torch.Tensor:
