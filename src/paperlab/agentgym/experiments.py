@@ -359,10 +359,11 @@ def _run_scheduled(config: AgentGymConfig, device, workers: int | None = None) -
     :func:`paperlab.scheduling.run_as_ready`), then stored."""
     names = [("agentevol", s) for s in config.seeds] + [("bc_large", s) for s in config.seeds]
     results: dict = {}
-    for job, seed in names if not cache.disabled() else ():  # PAPERLAB_CACHE_DISABLE: compute every job
-        found, value = cache.lookup(f"agentgym-{job}", config, seed, _CODE)
-        if found:
-            results[job, seed] = value
+    if not cache.disabled():  # PAPERLAB_CACHE_DISABLE (run --no-cache): compute every job
+        for job, seed in names:
+            found, value = cache.lookup(f"agentgym-{job}", config, seed, _CODE)
+            if found:
+                results[job, seed] = value
     todo = [(job, seed) for job, seed in names if (job, seed) not in results]
     if not todo:
         return [results[n] for n in names]

@@ -72,9 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.repeats is not None and args.repeats < 1:
         parser.error(f"--repeats must be >= 1, got {args.repeats}")
     out = None
-    if args.out is not None and not Path(args.out).parent.is_dir():
-        parser.error(f"--out: folder {str(Path(args.out).parent)!r} does not exist")
     if args.out is not None:  # a file can be written there: checked before anything is measured
+        if not Path(args.out).parent.is_dir():
+            parser.error(f"--out: folder {str(Path(args.out).parent)!r} does not exist")
         try:
             out = prepare_output(Path(args.out).parent, Path(args.out).name)
         except UsageError as err:
