@@ -91,6 +91,20 @@ def test_cached_stores_tensors_and_key_depends_on_source(tmp_cache, monkeypatch)
     assert cache.cache_key("weights", Outer())[0] != key
 
 
+def test_a_torchrun_launch_of_several_processes_has_keys_of_its_own(tmp_cache, monkeypatch):
+    """Data-parallel training on 2 processes is not the one-process run: neither may load the other's."""
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    alone = cache.cache_key("run", Outer(), seed=0)
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert cache.cache_key("run", Outer(), seed=0) == alone  # a launch of one is a plain run
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    two = cache.cache_key("run", Outer(), seed=0)
+    assert two[0] != alone[0] and two[1]["world_size"] == 2
+    cache.cached("run", Outer(), lambda: {"ranks": 2}, seed=0)
+    monkeypatch.delenv("WORLD_SIZE")
+    assert cache.cached("run", Outer(), lambda: {"ranks": 1}, seed=0) == {"ranks": 1}
+
+
 @pytest.mark.parametrize("suffix,garbage", [(".json", b'{"result": [1, 2'), (".pt", b"not a torch file")])
 def test_corrupt_entry_is_recomputed_with_a_warning(tmp_cache, suffix, garbage):
     value = [1, 2] if suffix == ".json" else {"w": torch.ones(2)}

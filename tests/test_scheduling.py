@@ -47,3 +47,19 @@ def test_a_job_can_make_several_jobs_ready(monkeypatch):
 
     run_as_ready(pow, [(2, 1)], then, order=lambda job: job, workers=1, name="t", desc="t")
     assert seen == [(2, 1), (2, 2), (2, 3)]
+
+
+def test_under_torchrun_every_job_runs_in_this_process_in_the_one_worker_order(monkeypatch):
+    from paperlab import scheduling
+
+    def no_pool(*args, **kwargs):
+        raise AssertionError("a worker pool started under torchrun")
+
+    monkeypatch.setenv("PAPERLAB_PROGRESS", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setattr(scheduling, "worker_pool", no_pool)
+    seen: list = []
+    run_as_ready(pow, [(2, 1), (3, 1)], _powers(seen), order=lambda job: -job[0], workers=2, name="t",
+                 desc="t")
+    assert [job for job, _ in seen] == [(3, 1), (3, 2), (3, 3), (2, 1), (2, 2), (2, 3)]

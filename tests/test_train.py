@@ -504,3 +504,22 @@ def test_batch_seeds_never_collide_within_the_stated_range():
     seeds, steps, ranks = np.meshgrid(np.arange(4), np.arange(-5, 9_895), np.arange(101), indexing="ij")
     values = batch_seed(seeds, steps, ranks).ravel()  # runs of < 9,900 steps (SAE also uses steps <= 0)
     assert np.unique(values).size == values.size
+
+
+@pytest.mark.slow
+def test_the_readme_torchrun_command_runs_an_experiment_to_its_end(tmp_path: Path):
+    """``torchrun -m paperlab run toolkit`` (README): the experiment's seeds run in each rank's own process
+    (a spawned worker pool waited forever for a rendezvous), and the results file says 2 processes."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PAPERLAB_PROGRESS": "0", "PAPERLAB_CACHE": str(tmp_path)}
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "PAPERLAB_CACHE_DISABLE"):
+        env.pop(name, None)
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
+               "-m", "paperlab", "run", "toolkit", "--profile", "fast", "--device", "cpu",
+               "--set", "train.steps=60", "--set", "train.warmup_steps=5", "--set", "train.eval_every=20",
+               "--out", str(tmp_path / "out")]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, f"torchrun failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    record = json.loads((tmp_path / "out" / "toolkit-fast.json").read_text())
+    assert record["processes"] == 2
+    stored = [json.loads(p.read_text()) for p in tmp_path.glob("*/*.meta.json")]
+    assert stored and all(meta["world_size"] == 2 for meta in stored)  # never taken for a one-process run

@@ -192,3 +192,23 @@ def test_reuse_freed_memory_changes_nothing_without_glibc(monkeypatch):
     monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
     assert not utils.reuse_freed_memory()
     assert "GLIBC_TUNABLES" not in os.environ
+
+
+def test_under_torchrun_parallel_map_runs_every_job_in_this_process(monkeypatch):
+    """A spawned worker would inherit torchrun's RANK and WORLD_SIZE and wait for a rendezvous forever."""
+    from paperlab.utils import launched_world_size, parallel_map, worker_pool
+
+    monkeypatch.setenv("PAPERLAB_PROGRESS", "0")
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert launched_world_size() == 1
+    assert parallel_map(os.getpid, [(), ()], workers=2) != [os.getpid()] * 2  # two spawned workers
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    assert launched_world_size() == 2
+    assert parallel_map(os.getpid, [(), ()], workers=2) == [os.getpid()] * 2
+    with pytest.raises(RuntimeError, match="cannot start under torchrun"):
+        with worker_pool(2, "pool"):
+            pass
+    monkeypatch.setenv("WORLD_SIZE", "two")
+    with pytest.raises(ValueError, match="WORLD_SIZE must be an integer"):
+        launched_world_size()

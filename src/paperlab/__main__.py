@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _prepare(args: argparse.Namespace):
-    """Everything checked before the run: (experiment, profile, config, output path or None off rank 0).
+    """Everything checked before the run: (experiment, profile, config, output path or None off rank 0,
+    the number of torchrun processes).
     Raises KeyError or ValueError with a one-line message."""
     experiment = registry.get(args.experiment)
     profile = check_profile(args.profile or os.environ.get("PAPERLAB_PROFILE", "").strip() or DEFAULT_PROFILE)
@@ -64,12 +65,12 @@ def _prepare(args: argparse.Namespace):
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"the cache folder {str(folder)!r} (PAPERLAB_CACHE) is a file; point PAPERLAB_CACHE "
                          f"at a folder")
-    rank = distributed_info()[0]  # also checks RANK / WORLD_SIZE, which decide who writes the results
+    rank, world_size, _ = distributed_info()  # also checks RANK / WORLD_SIZE (who writes the results)
     config = experiments.override(experiment.config(profile), args.overrides)
     if experiment.check is not None:
         experiment.check(config)
     path = cli.prepare_output(args.out, f"{experiment.name}-{profile}.json") if rank == 0 else None
-    return experiment, profile, config, path
+    return experiment, profile, config, path, world_size
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         print(_epilog())
         return 0
     try:
-        experiment, profile, config, path = _prepare(args)
+        experiment, profile, config, path, world_size = _prepare(args)
     except (KeyError, ValueError, TypeError) as err:
         print(f"error: {err.args[0] if err.args else err}", file=sys.stderr)
         return 2
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     if path is not None:
         results, timed = cli.split_timings(results, experiment.timings)
         record = {"experiment": experiment.name, "profile": profile, "device": args.device,
-                  "config": config_to_dict(config), "results": results,
+                  "processes": world_size, "config": config_to_dict(config), "results": results,
                   "timings": {"total_seconds": seconds, "results": timed}}
         written = cli.write_json(path, record)
         if written != path:

@@ -5,6 +5,8 @@ returns, later calls load it. The key hashes
 
 - the experiment ``name`` and its ``config`` (a dataclass, via :func:`paperlab.config.config_to_dict`),
 - the ``seed``,
+- the number of processes of a ``torchrun`` launch, when there are several (data-parallel training sees
+  each step's data split over them, so its result is not a one-process run's),
 - the source of the code the result depends on: the module that calls :func:`cached` (an experiment
   module such as ``paperlab.toolkit``) and, transitively, every module of ``paperlab`` and
   ``paperlab_kernels`` it imports (found by reading the ``import`` statements, see :func:`code_closure`).
@@ -57,6 +59,7 @@ from typing import Any, TypeVar
 import torch
 
 from paperlab.config import config_to_dict
+from paperlab.utils import launched_world_size
 
 R = TypeVar("R")
 FORMAT_VERSION = 1
@@ -193,6 +196,9 @@ def cache_key(name: str, config: Any, seed: int | None = None,
         "source": source_hash(code),
         "format": FORMAT_VERSION,
     }
+    world_size = launched_world_size()
+    if world_size > 1:  # data-parallel training on several processes computes another result
+        description["world_size"] = world_size
     blob = json.dumps(description, sort_keys=True, allow_nan=True).encode()
     return hashlib.sha256(blob).hexdigest()[:24], description
 

@@ -12,7 +12,7 @@ import concurrent.futures
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from paperlab.utils import cpu_threads, progress, usable_cores, worker_pool
+from paperlab.utils import cpu_threads, launched_world_size, progress, usable_cores, worker_pool
 
 __all__ = ["run_as_ready"]
 
@@ -27,14 +27,17 @@ def run_as_ready(fn: Callable[..., Any], jobs: Iterable[tuple], then: Callable[[
 
     ``workers`` spawned processes (default: one per usable core), one CPU thread each
     (:func:`paperlab.utils.worker_pool`, so ``fn`` must be importable by name); with one worker, every job
-    in this process, on one thread. ``then`` runs in this process, in the order the jobs finish; a job's
-    error ends the run (jobs not started are cancelled, running ones finish). ``desc`` names the progress
-    bar, whose total grows as jobs are made ready.
+    in this process, on one thread (so too under ``torchrun``: :func:`paperlab.utils.launched_world_size`).
+    ``then`` runs in this process, in the order the jobs finish; a job's error ends the run (jobs not
+    started are cancelled, running ones finish). ``desc`` names the progress bar, whose total grows as
+    jobs are made ready.
     """
     waiting = [tuple(job) for job in jobs]
     workers = usable_cores() if workers is None else workers
     if not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be a positive number of processes, got {workers!r}")
+    if launched_world_size() > 1:  # under torchrun: every job here, in the same order on every rank
+        workers = 1
     bar = progress(total=len(waiting), desc=desc)
 
     def next_job() -> tuple:

@@ -43,7 +43,7 @@ from torch import nn
 
 from paperlab.config import check_that
 from paperlab.stats import CONVERGENCE_MIN_EVALUATIONS, CONVERGENCE_TAIL, Convergence, convergence
-from paperlab.utils import progress, threads_pinned, usable_cores
+from paperlab.utils import env_int, progress, threads_pinned, usable_cores
 
 __all__ = [
     "BestWeights",
@@ -101,26 +101,16 @@ def seed_everything(seed: int) -> None:
         torch.cuda.manual_seed_all(seed)
 
 
-def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise ValueError(f"environment variable {name} must be an integer, got {raw!r}") from None
-
-
 def distributed_info() -> tuple[int, int, int]:
     """``(rank, world_size, local_rank)`` of this process.
 
     From the live process group when one is initialised, else from the variables ``torchrun`` sets
     (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``). A plain process gets ``(0, 1, 0)``.
     """
-    local_rank = _env_int("LOCAL_RANK", 0)
+    local_rank = env_int("LOCAL_RANK", 0)
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size(), local_rank
-    rank, world_size = _env_int("RANK", 0), _env_int("WORLD_SIZE", 1)
+    rank, world_size = env_int("RANK", 0), env_int("WORLD_SIZE", 1)
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"inconsistent RANK={rank} and WORLD_SIZE={world_size} in the environment")
     return rank, world_size, local_rank
@@ -144,7 +134,7 @@ def _configure_cpu_threads() -> None:
     if os.environ.get("OMP_NUM_THREADS"):
         return
     usable = usable_cores()
-    local_processes = max(1, _env_int("LOCAL_WORLD_SIZE", 1))
+    local_processes = max(1, env_int("LOCAL_WORLD_SIZE", 1))
     torch.set_num_threads(max(1, min(usable // local_processes, MAX_CPU_THREADS)))
 
 

@@ -167,6 +167,29 @@ def _check_main_is_guarded(desc: str) -> None:
         frame = frame.f_back
 
 
+def env_int(name: str, default: int) -> int:
+    """The integer in the environment variable ``name`` (``default`` when unset or blank); a one-line
+    ValueError naming the variable when it is not an integer."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"environment variable {name} must be an integer, got {raw!r}") from None
+
+
+def launched_world_size() -> int:
+    """How many processes ``torchrun`` started for this run (its ``WORLD_SIZE``; 1 in a plain run).
+
+    Under a launch of several, each process must run the same jobs in the same order, so that their
+    data-parallel training steps meet (:func:`paperlab.train.train`): :func:`parallel_map` and
+    :func:`paperlab.scheduling.run_as_ready` then run every job in this process. A spawned worker would
+    inherit the launch's ``RANK`` and ``WORLD_SIZE`` and wait forever for a rendezvous of processes that
+    are not part of it."""
+    return env_int("WORLD_SIZE", 1)
+
+
 def usable_cores() -> int:
     """The CPU cores this process may run on (its affinity mask where the OS has one, else all)."""
     try:
@@ -238,7 +261,8 @@ def parallel_map(fn: Callable[..., T], jobs: list[tuple], *, workers: int | None
 
     For independent tiny runs (a sweep of small models): one model per core on one thread each beats
     every model in turn on all cores. ``workers`` defaults to the number of usable cores, capped at the
-    number of jobs; ``workers=1`` runs in this process. ``fn`` must be importable by name (a module-level
+    number of jobs; ``workers=1`` runs in this process, as does every call under ``torchrun``
+    (:func:`launched_world_size`). ``fn`` must be importable by name (a module-level
     function) because the workers are started with ``spawn`` (a fresh interpreter, safe with the thread
     pools that PyTorch has already started here, unlike ``fork``); as with any ``spawn`` pool, a script
     that calls this must do so under ``if __name__ == "__main__":`` (notebooks need nothing): a call
@@ -257,6 +281,8 @@ def parallel_map(fn: Callable[..., T], jobs: list[tuple], *, workers: int | None
     if not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be a positive number of processes, got {workers!r}")
     workers = min(workers, max(len(jobs), 1))
+    if launched_world_size() > 1:  # under torchrun: every job here, in the same order on every rank
+        workers = 1
     bar = progress(total=len(jobs), desc=desc)
     if workers == 1:
         results = []
@@ -291,6 +317,10 @@ def worker_pool(workers: int, name: str) -> Iterator[Callable[..., Any]]:
     import multiprocessing
 
     _check_main_is_guarded(name)
+    if launched_world_size() > 1:
+        raise RuntimeError(f"{name}: worker processes cannot start under torchrun (WORLD_SIZE="
+                           f"{launched_world_size()}): they would wait for the launch's rendezvous; run the "
+                           "jobs in this process")
     context = multiprocessing.get_context("spawn")
     processes: list = []  # a broken pool forgets its processes: keep them as they start
 
