@@ -66,7 +66,7 @@ def _main(argv, capsys):
     return code, captured.err.strip().splitlines()
 
 
-@pytest.mark.parametrize("device", ["tpu", "bogus", "xla", "cuda:99"])
+@pytest.mark.parametrize("device", ["tpu", "bogus", "xla", "cuda:99", "cpu:1"])
 def test_run_rejects_a_device_before_running(dummy, capsys, tmp_path, device):
     code, err = _main(["run", "dummy", "--device", device, "--out", str(tmp_path / "o")], capsys)
     assert code == 2 and not dummy
@@ -211,6 +211,7 @@ def bench_spy(monkeypatch):
     (["--device", "bogus"], "--device 'bogus' is not a device"),
     (["--device", "tpu"], "--device 'tpu' is not a device"),
     (["--device", "cuda:99"], "--device 'cuda:99'"),
+    (["--device", "cpu:1"], "--device 'cpu:1': the CPU is one device (cpu)"),
 ])
 def test_bench_rejects_bad_arguments_before_measuring(bench_spy, capsys, argv, message):
     bench_main, seen = bench_spy

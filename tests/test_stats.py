@@ -261,3 +261,21 @@ def test_scaled_by_a_negative_factor_swaps_the_ends():
     assert (est.value, est.low, est.high) == (-1.0, -2.0, -0.5)
     percent = stats.Estimate(1.0, 0.5, 2.0, 3, "m").scaled(100)
     assert (percent.value, percent.low, percent.high) == (100.0, 50.0, 200.0)
+
+
+def test_a_table_of_runs_is_not_taken_for_one_value_per_seed():
+    with pytest.raises(ValueError, match=r"flat sequence .* shape \(2, 2\)"):
+        stats.over_seeds([[0.1, 0.2], [0.3, 0.4]])
+    with pytest.raises(ValueError, match="flat sequence"):
+        stats.paired(np.ones((3, 1)), np.zeros((3, 1)))
+    assert stats.over_seeds(np.array([0.1, 0.2, 0.3])).n == 3
+
+
+def test_an_estimate_holds_its_value_inside_its_interval():
+    with pytest.raises(ValueError, match="outside its interval"):
+        stats.Estimate(0.5, 0.0, 0.4, 3, "t")
+    with pytest.raises(ValueError, match="outside its interval"):
+        stats.Estimate(float("nan"), 0.0, 0.4, 3, "t")
+    assert stats.Estimate(0.4, 0.0, 0.4, 3, "t").value == 0.4
+    third = stats.over_seeds([0.1, 0.1, 0.1])  # zero width: the mean is both ends, whatever its rounding
+    assert third.low <= third.value <= third.high

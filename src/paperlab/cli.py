@@ -34,6 +34,8 @@ def check_device(name: str | None) -> str | None:
         raise UsageError(f"--device {name!r} is not a device; use cpu or cuda (cuda:N for GPU N)") from None
     if device.type not in DEVICE_TYPES:
         raise UsageError(f"--device {name!r}: only cpu and cuda are supported, not {device.type!r}")
+    if device.type == "cpu" and device.index not in (None, 0):  # torch would quietly use the one CPU device
+        raise UsageError(f"--device {name!r}: the CPU is one device (cpu); its cores are used by threads")
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise UsageError(f"--device {name!r}: CUDA is not available on this machine (no GPU, or a "

@@ -73,6 +73,10 @@ class Estimate:
         object.__setattr__(self, "values", tuple(float(v) for v in self.values))
         if self.low > self.high:
             raise ValueError(f"Estimate interval is reversed: low {self.low} > high {self.high}")
+        slack = 1e-9 * max(abs(self.low), abs(self.high), 1e-300)  # rounding in mean -+ half width
+        if not self.low - slack <= self.value <= self.high + slack:
+            raise ValueError(f"Estimate value {self.value} lies outside its interval "
+                             f"[{self.low}, {self.high}]")
 
     @property
     def half_width(self) -> float:
@@ -95,7 +99,9 @@ class Estimate:
 
 
 def _finite_array(values: Sequence[float], name: str, minimum: int) -> np.ndarray:
-    array = np.asarray(values, dtype=float).ravel()
+    array = np.asarray(values, dtype=float)
+    if array.ndim != 1:  # a table of runs flattened would count each of its cells as a seed
+        raise ValueError(f"{name} needs a flat sequence of values (one per unit), got shape {array.shape}")
     if array.size < minimum:
         raise ValueError(f"{name} needs at least {minimum} values, got {array.size}")
     if not np.all(np.isfinite(array)):
