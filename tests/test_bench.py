@@ -205,3 +205,42 @@ def test_the_catalogue_names_real_kernels_and_benchmarks():
         for function in kernel.name.split(".", 1)[1].split(" / "):
             assert callable(getattr(module, function.split(".")[-1]))
         assert kernel.bench in names
+
+
+@pytest.mark.slow
+def test_the_gpu_check_script_runs_its_stages_and_brings_back_few_files(tmp_path):
+    """tools/gpu-check.sh gets one try on a lent GPU: its plumbing is checked here, on the CPU (DEVICE=cpu).
+    The device tool brings back at most 8 files from $OUT, named in letters, digits, '.', '_' and '-', and
+    the budget must stop an experiment from starting when too little time is left."""
+    import os
+    import re
+    import tarfile
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    script = root / "tools" / "gpu-check.sh"
+    out = tmp_path / "out"
+    env = {**{k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")},
+           "OUT": str(out), "DEVICE": "cpu", "PROFILE": "fast", "STAGES": "bench experiments",
+           "EXPERIMENTS": "toolkit", "BENCH_ARGS": "rmsnorm --quick --repeats 1", "PY": sys.executable,
+           "PY_VENV": sys.executable, "WHEELS": str(tmp_path / "no-wheels")}
+    done = subprocess.run(["bash", str(script)], env=env, cwd=root, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert len(files) <= 8 and all(re.fullmatch(r"[A-Za-z0-9._-]+", name) for name in files), files
+    document = json.loads((out / "bench-gpu.json").read_text())
+    assert {row["bench"] for row in document["rows"]} == {"machine", "rmsnorm"}  # the roofs, one bench
+    assert "rmsnorm" in (out / "bench-gpu.txt").read_text()
+    rows = [line.split("\t") for line in (out / "experiments-gpu.tsv").read_text().splitlines()]
+    assert rows[0] == ["experiment", "device", "seconds", "status"]
+    assert rows[1][0:2] == ["toolkit", "cpu"] and rows[1][3] == "0" and float(rows[1][2]) > 0
+    with tarfile.open(out / "experiments-results.tar.gz") as archive:
+        record = json.load(archive.extractfile("./toolkit-fast.json"))
+    assert record["device"] == "cpu" and record["profile"] == "fast"
+
+    over = {**env, "STAGES": "experiments", "BUDGET_S": "30", "OUT": str(tmp_path / "over")}
+    done = subprocess.run(["bash", str(script)], env=over, cwd=root, capture_output=True, text=True,
+                          timeout=120)
+    rows = [line.split("\t") for line in (tmp_path / "over" / "experiments-gpu.tsv").read_text().splitlines()]
+    assert done.returncode == 0 and rows[1] == ["toolkit", "cpu", "-", "skipped (budget)"], rows
