@@ -201,7 +201,7 @@ def test_scheduled_pieces_give_exactly_the_jobs_results(tmp_path, monkeypatch):
 
     assert [comparable(r) for r in scheduled] == [comparable(r) for r in whole]
     assert [m["name"] for m in scheduled[0]["models"]] == ["BC_base", "AgentEvol 1", "AgentEvol 2"]
-    # PAPERLAB_CACHE_DISABLE (python -m paperlab run --no-cache): every job computed again, none looked up
+    # PAPERLAB_CACHE_DISABLE: every job computed again, none looked up
     monkeypatch.setenv("PAPERLAB_CACHE_DISABLE", "1")
 
     def no_lookup(*args, **kwargs):

@@ -66,6 +66,33 @@ def _main(argv, capsys):
     return code, captured.err.strip().splitlines()
 
 
+def test_no_cache_is_a_cold_run_in_a_fresh_cache_that_is_removed(dummy, monkeypatch, tmp_path, capsys):
+    """--no-cache recomputes everything, but what two pieces of the run share is computed once (with the
+    cache disabled, the SAE experiment retrained its language model for every SAE), and neither the
+    reader's cache nor the temporary one is left with anything."""
+    from paperlab import cache
+
+    computed, folders = [], []
+
+    def run(config, device=None):
+        for _ in range(2):  # two pieces that need the same shared result
+            cache.cached("shared", config, lambda: computed.append(1) or {"value": 3})
+        folders.append(Path(cache.cache_dir()))
+        return {"loss": 0.25}
+
+    exp = experiments.Experiment("dummy", "book/none.md", {"fast": Tiny(), "full": Tiny()}, run)
+    monkeypatch.setattr(registry, "get", lambda name: exp)
+    user_cache = tmp_path / "cache"
+    code, err = _main(["run", "dummy", "--no-cache", "--out", str(tmp_path / "o")], capsys)
+    assert code == 0, err
+    assert len(computed) == 1  # computed once in the run, not read from the reader's cache
+    assert folders[0] != user_cache and not folders[0].exists()  # the fresh cache is gone
+    assert not user_cache.exists() or not any(user_cache.rglob("*.json"))
+    assert cache.cache_dir() == user_cache  # the reader's setting is back
+    code, err = _main(["run", "dummy", "--no-cache", "--out", str(tmp_path / "o")], capsys)
+    assert code == 0 and len(computed) == 2  # a second cold run computes again
+
+
 @pytest.mark.parametrize("device", ["tpu", "bogus", "xla", "cuda:99", "cpu:1"])
 def test_run_rejects_a_device_before_running(dummy, capsys, tmp_path, device):
     code, err = _main(["run", "dummy", "--device", device, "--out", str(tmp_path / "o")], capsys)

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
+import tempfile
 import time
 
 from paperlab import cache, cli, experiments, registry
@@ -49,7 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", default="results", help="folder for the results JSON (default: results)")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                      help="override a config field, e.g. --set train.steps=5000 (repeatable)")
-    run.add_argument("--no-cache", action="store_true", help="recompute; do not read or write the cache")
+    run.add_argument("--no-cache", action="store_true",
+                     help="recompute everything, in a fresh temporary cache removed at the end (the "
+                          "run's own pieces are computed once); your cache is neither read nor written")
     return parser
 
 
@@ -85,10 +89,21 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     os.environ["PAPERLAB_PROFILE"] = profile
     reuse_freed_memory()  # this process and its workers keep freed memory for reuse (no numbers change)
-    if args.no_cache:
-        os.environ["PAPERLAB_CACHE_DISABLE"] = "1"
+    fresh, user_cache = None, os.environ.get("PAPERLAB_CACHE")
+    if args.no_cache:  # a cold run: a result that several pieces of the run share (a language model whose
+        # activations every SAE trains on) is computed once, not once per piece as with the cache disabled
+        fresh = tempfile.mkdtemp(prefix="paperlab-no-cache-")
+        os.environ["PAPERLAB_CACHE"] = fresh  # the workers inherit it
     start = time.perf_counter()
-    results = experiment.run(config, device=args.device)
+    try:
+        results = experiment.run(config, device=args.device)
+    finally:
+        if fresh is not None:
+            shutil.rmtree(fresh, ignore_errors=True)
+            if user_cache is None:
+                os.environ.pop("PAPERLAB_CACHE", None)
+            else:
+                os.environ["PAPERLAB_CACHE"] = user_cache
     seconds = time.perf_counter() - start
     if path is not None:
         results, timed = cli.split_timings(results, experiment.timings)
