@@ -359,7 +359,7 @@ def _run_scheduled(config: AgentGymConfig, device, workers: int | None = None) -
     :func:`paperlab.scheduling.run_as_ready`), then stored."""
     names = [("agentevol", s) for s in config.seeds] + [("bc_large", s) for s in config.seeds]
     results: dict = {}
-    if not cache.disabled():  # PAPERLAB_CACHE_DISABLE (run --no-cache): compute every job
+    if not cache.disabled():  # PAPERLAB_CACHE_DISABLE: compute every job
         for job, seed in names:
             found, value = cache.lookup(f"agentgym-{job}", config, seed, _CODE)
             if found:
