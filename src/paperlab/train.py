@@ -43,7 +43,7 @@ from torch import nn
 
 from paperlab.config import check_that
 from paperlab.stats import CONVERGENCE_MIN_EVALUATIONS, CONVERGENCE_TAIL, Convergence, convergence
-from paperlab.utils import env_int, progress, threads_pinned, usable_cores
+from paperlab.utils import env_int, launched_world_size, progress, threads_pinned, usable_cores
 
 __all__ = [
     "BestWeights",
@@ -110,7 +110,7 @@ def distributed_info() -> tuple[int, int, int]:
     local_rank = env_int("LOCAL_RANK", 0)
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size(), local_rank
-    rank, world_size = env_int("RANK", 0), env_int("WORLD_SIZE", 1)
+    rank, world_size = env_int("RANK", 0), launched_world_size()
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"inconsistent RANK={rank} and WORLD_SIZE={world_size} in the environment")
     return rank, world_size, local_rank
