@@ -231,7 +231,9 @@ def test_the_gpu_check_script_runs_its_stages_and_brings_back_few_files(tmp_path
     assert len(files) <= 8 and all(re.fullmatch(r"[A-Za-z0-9._-]+", name) for name in files), files
     document = json.loads((out / "bench-gpu.json").read_text())
     assert {row["bench"] for row in document["rows"]} == {"machine", "rmsnorm"}  # the roofs, one bench
-    assert "rmsnorm" in (out / "bench-gpu.txt").read_text()
+    lines = [json.loads(line) for line in (out / "bench-gpu.jsonl").read_text().splitlines()]
+    assert lines[0] == {"machine": document["machine"]} and lines[1:] == document["rows"]
+    assert "rmsnorm" in done.stdout  # the table
     rows = [line.split("\t") for line in (out / "experiments-gpu.tsv").read_text().splitlines()]
     assert rows[0] == ["experiment", "device", "seconds", "status"]
     assert rows[1][0:2] == ["toolkit", "cpu"] and rows[1][3] == "0" and float(rows[1][2]) > 0

@@ -12,9 +12,10 @@
 #                 tests/test_kernels_cuda_sync.py), then the kernel tests on the GPU (Triton on real
 #                 shapes), the benchmark harness and the experiments' device handling: $OUT/tests-gpu.txt;
 # 2. bench:       python -m paperlab.bench --device cuda --json at the GPU-sized shapes: the whole run as one
-#                 document (machine, date, library versions, every row) in $OUT/bench-gpu.json and as a
-#                 table in $OUT/bench-gpu.txt; commit bench-gpu.json as data/bench/gpu.json: the appendix
-#                 "Kernels and speed" reads it;
+#                 document (machine, date, library versions, every row) in $OUT/bench-gpu.json, its rows
+#                 as they come in $OUT/bench-gpu.jsonl (the machine first: what a cut-short run keeps),
+#                 and as a table on the output; commit bench-gpu.json as data/bench/gpu.json: the
+#                 appendix "Kernels and speed" reads it;
 # 3. experiments: each registered experiment (EXPERIMENTS="sae ssd" for some; SAE first, the one issue 19
 #                 names) in the full profile on the GPU, uncached, with its wall time and exit status in
 #                 $OUT/experiments-gpu.tsv (a row "skipped" for each the budget left no time for), the end
@@ -85,14 +86,16 @@ fi
 
 if [[ " $STAGES " == *" bench "* ]]; then
     echo "== bench ($(left) s left)"
+    # the rows as they are measured (a line each, the machine first), kept if the budget cuts the run short
     # shellcheck disable=SC2086  # BENCH_ARGS: several words
-    timeout "$(left)" $PY -m paperlab.bench --device "$DEVICE" --json --out "$OUT/bench-gpu.json" $BENCH_ARGS
-    [ $? -eq 0 ] || status=1
+    timeout "$(left)" $PY -m paperlab.bench --device "$DEVICE" --json --out "$OUT/bench-gpu.json" $BENCH_ARGS \
+        | tee "$OUT/bench-gpu.jsonl"
+    [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
     [ -f "$OUT/bench-gpu.json" ] && $PY -c "import json, sys
 from paperlab.bench.__main__ import format_table
 from paperlab.bench import Row
 doc = json.load(open(sys.argv[1])); print(doc['machine']); print(format_table([Row(**r) for r in doc['rows']]))" \
-        "$OUT/bench-gpu.json" 2>&1 | tee "$OUT/bench-gpu.txt"
+        "$OUT/bench-gpu.json"
 fi
 
 if [[ " $STAGES " == *" experiments "* ]]; then
