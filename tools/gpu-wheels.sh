@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The wheels the GPU machine lacks (issue 19), fetched here into .whl/ for the device tool to carry.
 #
-#   tools/gpu-wheels.sh        # then: run(command="tools/gpu-check.sh", carry=[".whl"])
+#   tools/gpu-wheels.sh        # then the device calls that tools/gpu-check.sh's header gives, carry=[".whl"]
 #
 # The lent H200's own Python (3.12, torch 2.11, triton, numba, pytest, hypothesis, scipy, scikit-learn,
 # sacrebleu, einops, httpx, tqdm, matplotlib: /work/.library/device/KINDS.md) has every dependency of the
@@ -32,8 +32,11 @@ done
 for pin in "${pins[@]}"; do
     if ! "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
             "${platforms[@]}" -d .whl "$pin" 2>/dev/null; then
-        # published as source only (python-chess): pure Python, so a wheel built here installs there
+        # published as source only (python-chess): a wheel built here installs there if it is pure Python
         "$PY" -m pip wheel -q --no-deps -w .whl "$pin"
+        name=${pin%%==*}
+        compgen -G ".whl/${name//-/_}-*-py3-none-any.whl" > /dev/null || compgen -G ".whl/${name}-*-py3-none-any.whl" \
+            > /dev/null || { echo "gpu-wheels: $pin has no CPython 3.12 wheel and is not pure Python" >&2; exit 1; }
     fi
 done
 ls .whl

@@ -317,10 +317,10 @@ def worker_pool(workers: int, name: str) -> Iterator[Callable[..., Any]]:
     import multiprocessing
 
     _check_main_is_guarded(name)
-    if launched_world_size() > 1:
-        raise RuntimeError(f"{name}: worker processes cannot start under torchrun (WORLD_SIZE="
-                           f"{launched_world_size()}): they would wait for the launch's rendezvous; run the "
-                           "jobs in this process")
+    world_size = launched_world_size()
+    if world_size > 1:
+        raise RuntimeError(f"{name}: worker processes cannot start under torchrun (WORLD_SIZE={world_size}): "
+                           "they would wait for the launch's rendezvous; run the jobs in this process")
     context = multiprocessing.get_context("spawn")
     processes: list = []  # a broken pool forgets its processes: keep them as they start
 

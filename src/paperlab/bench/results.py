@@ -225,7 +225,8 @@ def speed_rows(cpu: dict, gpu: dict | None) -> list[Row]:
             rows.append(_judge(target, cpu, target.quick_shape if quick else target.shape))
         elif gpu is None:
             rows.append(target.claim.untestable(
-                "no GPU results file yet: tools/gpu-check.sh on a GPU writes data/bench/gpu.json",
+                "no GPU results file yet: tools/gpu-check.sh on a GPU writes bench-gpu.json, to commit as "
+                "data/bench/gpu.json",
                 setting=f"{target.bench} {target.shape}"))
         else:
             rows.append(_judge(target, gpu, target.shape))
