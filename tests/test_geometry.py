@@ -153,6 +153,19 @@ def test_ledoit_wolf_shrinks_towards_scaled_identity():
     assert ledoit_wolf(big)[1] < 0.05  # anisotropic, plenty of data: little shrinkage
 
 
+def test_a_batch_of_token_sets_gives_each_sets_vector():
+    generator = torch.Generator().manual_seed(4)
+    for n, d in ((12, 5), (6, 10)):  # more tokens than dimensions, and fewer
+        g = torch.randn(7, n, d, generator=generator, dtype=torch.float64) + torch.linspace(0, 2, d)
+        for method in ("lda", "mean"):
+            batch = estimate_vector(g, method)
+            assert batch.shape == (7, d)
+            for i in range(7):
+                torch.testing.assert_close(batch[i], estimate_vector(g[i], method), rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="at least 2 tokens"):
+        estimate_vector(torch.randn(3, 1, 4, dtype=torch.float64))
+
+
 def test_training_projection_is_one_by_construction():
     g = torch.randn(40, 8, generator=torch.Generator().manual_seed(3), dtype=torch.float64) + 2.0
     for method in ("lda", "mean"):

@@ -31,6 +31,7 @@ __all__ = [
     "estimate_vectors",
     "projection",
     "cosine",
+    "cosines",
     "orthogonality",
     "random_pairs",
     "split_tokens",
@@ -89,34 +90,45 @@ def ledoit_wolf(x: torch.Tensor) -> tuple[torch.Tensor, float]:
     """Ledoit-Wolf shrunk covariance of the rows of ``x`` (n, d): ``(1 - s) S + s mu I`` with ``S`` the
     empirical covariance, ``mu = tr(S) / d`` and the shrinkage ``s`` of Ledoit & Wolf (2004), computed
     as scikit-learn's ``LedoitWolf``. Returns (covariance, s)."""
-    n, d = x.shape
-    x = x - x.mean(0)
-    s_emp = x.T @ x / n
-    mu = s_emp.trace() / d
-    x2 = x.pow(2)
-    beta_ = float((x2.T @ x2).sum()) / n
-    delta_ = float(s_emp.pow(2).sum())
+    covariance, shrinkage = _ledoit_wolf(x)
+    return covariance, float(shrinkage)
+
+
+def _ledoit_wolf(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`ledoit_wolf` of each (n, d) matrix of a batch ``x`` (..., n, d): covariances (..., d, d) and
+    shrinkages (...)."""
+    n, d = x.shape[-2:]
+    x = x - x.mean(-2, keepdim=True)
+    s_emp = x.mT @ x / n  # S
+    trace = s_emp.diagonal(dim1=-2, dim2=-1).sum(-1)
+    mu = trace / d  # tr(S) / d
+    beta_ = x.pow(2).sum(-1).pow(2).sum(-1) / n  # sum of the entries of (x^2)^T x^2, without forming it
+    delta_ = s_emp.pow(2).sum((-2, -1))
     beta = (beta_ - delta_) / (d * n)
-    delta = (delta_ - 2 * float(mu) * float(s_emp.trace()) + d * float(mu) ** 2) / d
-    shrinkage = 0.0 if delta == 0 else min(beta, delta) / delta
-    return (1 - shrinkage) * s_emp + shrinkage * mu * torch.eye(d, dtype=x.dtype), shrinkage
+    delta = (delta_ - 2 * mu * trace + d * mu**2) / d
+    shrinkage = torch.where(delta == 0, 0.0, torch.minimum(beta, delta) / torch.where(delta == 0, 1.0, delta))
+    eye = torch.eye(d, dtype=x.dtype, device=x.device)
+    covariance = (1 - shrinkage)[..., None, None] * s_emp + (shrinkage * mu)[..., None, None] * eye
+    return covariance, shrinkage  # (1 - s) S + s mu I
 
 
 def estimate_vector(g: torch.Tensor, method: str = "lda") -> torch.Tensor:
-    """The vector ``l_w`` of a feature from the canonical representations ``g: (n, d)`` of its tokens."""
+    """The vector ``l_w`` of a feature from the canonical representations ``g: (n, d)`` of its tokens;
+    for a batch of token sets of one size, ``g: (batch, n, d)`` gives ``(batch, d)``, one vector each."""
     if method not in ("lda", "mean"):
         raise ValueError(f"unknown method {method!r}; use 'lda' or 'mean'")
-    if g.dim() != 2 or g.shape[0] < 2:
+    if g.dim() not in (2, 3) or g.shape[-2] < 2:
         raise ValueError(
-            f"need the representations of at least 2 tokens as an (n, d) tensor, got {tuple(g.shape)}"
+            "need the representations of at least 2 tokens as an (n, d) tensor (or a (batch, n, d) one), "
+            f"got {tuple(g.shape)}"
         )
-    m = g.mean(0)  # mean of g(y) over Y(w)
+    m = g.mean(-2)  # mean of g(y) over Y(w)
     if method == "mean":
         return m  # l_w = m, the plain-mean variant
-    covariance, _ = ledoit_wolf(g)  # Sigma: the spread inside Y(w), shrunk
-    direction = torch.linalg.lstsq(covariance, m[:, None]).solution[:, 0]  # Sigma^+ m
-    u = direction / direction.norm()  # u = Sigma^+ m / ||Sigma^+ m||
-    return (m @ u) * u  # l_w = (m . u) u: mean projection g(y) . l_w / ||l_w||^2 over Y(w) is 1
+    covariance, _ = _ledoit_wolf(g)  # Sigma: the spread inside Y(w), shrunk
+    direction = torch.linalg.lstsq(covariance, m[..., None]).solution[..., 0]  # Sigma^+ m
+    u = direction / direction.norm(dim=-1, keepdim=True)  # u = Sigma^+ m / ||Sigma^+ m||
+    return (m * u).sum(-1, keepdim=True) * u  # l_w = (m . u) u: mean projection g(y) . l_w / ||l_w||^2 is 1
 
 
 def estimate_vectors(
@@ -139,7 +151,12 @@ def projection(g: torch.Tensor, l: torch.Tensor) -> torch.Tensor:
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(a.dot(b) / (a.norm() * b.norm()).clamp_min(1e-300))
+    return float(cosines(a, b))
+
+
+def cosines(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The cosine of each pair of rows of ``a`` and ``b`` (broadcast over leading dimensions)."""
+    return (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1)).clamp_min(1e-300)
 
 
 def orthogonality(vectors: dict[str, torch.Tensor], pairs: Sequence[tuple[str, str]]) -> list[float]:

@@ -37,6 +37,7 @@ from paperlab.geometry import lm as lm_module
 from paperlab.geometry.estimate import (
     Whitening,
     cosine,
+    cosines,
     estimate_vector,
     estimate_vectors,
     held_out_projections,
@@ -192,24 +193,24 @@ def _subset_nulls(g, sets, pairs, n_draws: int, generator: torch.Generator, meth
     - ``disjoint_mean``: mean over pairs of ``cos(l_{Y(z) \\ S}, l_S - l_{Y(z) \\ S})`` (against the
       disjoint statistic's mean; same pairs as :func:`_disjoint_orthogonality`).
 
-    One value per draw for each."""
+    One value per draw for each. The subsets are drawn draw by draw, pair by pair; the vectors are then
+    estimated a pair at a time, for all draws at once (its subsets have one size)."""
     parents = {z: estimate_vector(g[torch.tensor(sets[z])], method) for z, _ in pairs}
-    out = {"true_mean_abs": [], "disjoint_mean": []}
-    for _ in range(n_draws):
-        abs_cos, disjoint = [], []
-        for z, w in pairs:
-            index = sets[z]
-            order = torch.randperm(len(index), generator=generator).tolist()
-            subset = sorted(index[i] for i in order[: len(sets[w])])
-            l_subset = estimate_vector(g[torch.tensor(subset)], method)
-            abs_cos.append(abs(cosine(parents[z], l_subset - parents[z])))
-            rest = sorted(index[i] for i in order[len(sets[w]):])
-            if len(rest) >= 5:  # the pairs _disjoint_orthogonality keeps (Y(w) is a subset of Y(z))
-                l_rest = estimate_vector(g[torch.tensor(rest)], method)
-                disjoint.append(cosine(l_rest, l_subset - l_rest))
-        out["true_mean_abs"].append(_mean_abs(abs_cos))
-        out["disjoint_mean"].append(sum(disjoint) / max(len(disjoint), 1))
-    return out
+    orders = [[torch.randperm(len(sets[z]), generator=generator) for z, _ in pairs] for _ in range(n_draws)]
+    abs_cos = [[] for _ in range(n_draws)]
+    disjoint = [[] for _ in range(n_draws)]
+    for p, (z, w) in enumerate(pairs):
+        index, n_w = torch.tensor(sets[z]), len(sets[w])
+        tokens = index[torch.stack([orders[k][p] for k in range(n_draws)])]  # (n_draws, |Y(z)|), shuffled
+        l_subset = estimate_vector(g[tokens[:, :n_w].sort(1).values], method)  # (n_draws, d): each l_S
+        for k, value in enumerate(cosines(parents[z], l_subset - parents[z]).tolist()):
+            abs_cos[k].append(abs(value))
+        if len(index) - n_w >= 5:  # the pairs _disjoint_orthogonality keeps (Y(w) is a subset of Y(z))
+            l_rest = estimate_vector(g[tokens[:, n_w:].sort(1).values], method)
+            for k, value in enumerate(cosines(l_rest, l_subset - l_rest).tolist()):
+                disjoint[k].append(value)
+    return {"true_mean_abs": [_mean_abs(values) for values in abs_cos],
+            "disjoint_mean": [sum(values) / max(len(values), 1) for values in disjoint]}
 
 
 def _random_siblings(index: list[int], n_a: int, n_b: int, shared: int,
@@ -230,19 +231,19 @@ def _sibling_nulls(g, sets, triples, n_draws: int, generator: torch.Generator, m
     """The sibling statistic's null of the same kind: in each draw every sibling pair ``(a, b)`` of ``z``
     is replaced by random subsets of ``Y(z)`` of the siblings' sizes, sharing as many tokens as ``Y(a)``
     and ``Y(b)`` do (:func:`_random_siblings`), and the mean over triples of ``|cos(l_z, l_a - l_b)|`` is
-    recomputed (against the true siblings' mean |cos|). One value per draw."""
+    recomputed (against the true siblings' mean |cos|). One value per draw (drawn draw by draw, triple by
+    triple; estimated a triple at a time for all draws at once)."""
     parents = {z: estimate_vector(g[torch.tensor(sets[z])], method) for z, _, _ in triples}
-    out = []
-    for _ in range(n_draws):
-        abs_cos = []
-        for z, a, b in triples:
-            shared = len(set(sets[a]) & set(sets[b]))
-            s_a, s_b = _random_siblings(sets[z], len(sets[a]), len(sets[b]), shared, generator)
-            difference = estimate_vector(g[torch.tensor(s_a)], method) - estimate_vector(g[torch.tensor(s_b)],
-                                                                                          method)
-            abs_cos.append(abs(cosine(parents[z], difference)))
-        out.append(_mean_abs(abs_cos))
-    return out
+    shared = [len(set(sets[a]) & set(sets[b])) for _, a, b in triples]
+    draws = [[_random_siblings(sets[z], len(sets[a]), len(sets[b]), shared[t], generator)
+              for t, (z, a, b) in enumerate(triples)] for _ in range(n_draws)]
+    abs_cos = [[] for _ in range(n_draws)]
+    for t, (z, _, _) in enumerate(triples):
+        l_a = estimate_vector(g[torch.tensor([draws[k][t][0] for k in range(n_draws)])], method)
+        l_b = estimate_vector(g[torch.tensor([draws[k][t][1] for k in range(n_draws)])], method)
+        for k, value in enumerate(cosines(parents[z], l_a - l_b).tolist()):
+            abs_cos[k].append(abs(value))
+    return [_mean_abs(values) for values in abs_cos]
 
 
 def _matched_norms(shuffled: dict[str, torch.Tensor], reference: dict[str, torch.Tensor]) -> dict:
