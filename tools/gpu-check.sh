@@ -28,7 +28,12 @@
 # the command. The machine's own Python
 # (torch, triton, numba, pytest, hypothesis) is used unless a .venv is there; .whl/*.whl (WHEELS=.whl), when
 # carried, are installed into /tmp/site first. For a dry run of the plumbing on a CPU: DEVICE=cpu PROFILE=fast
-# BENCH_ARGS="--quick" (tests/test_book_tools.py runs one).
+# BENCH_ARGS="--quick" (tests/test_bench.py runs one). To try it against the machine's library versions
+# rather than the lock's (a 5 GB venv):
+#   python3.12 -m venv /tmp/v211 && /tmp/v211/bin/pip install torch==2.11.0 "triton==3.6.*" "numba==0.68.*" \
+#       einops tqdm matplotlib scipy scikit-learn sacrebleu httpx threadpoolctl pytest pytest-timeout hypothesis
+#   tools/gpu-wheels.sh && OUT=/tmp/gpuout PY_VENV=/tmp/v211/bin/python DEVICE=cpu PROFILE=fast \
+#       BENCH_ARGS="--quick" tools/gpu-check.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-out}
