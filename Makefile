@@ -31,18 +31,20 @@ $(LAB_SETTINGS): tools/jupyterlab-overrides.json $(STAMP)
 
 ## The book: execute every chapter (cached) and render _build/html: the Jupyter Book 2 site when its theme
 ## can be downloaded, else the offline book (Sphinx). The last line says which, and how to view it.
+## TIMEOUT: the seconds one cell may run (a slower machine may need more; finished runs stay cached).
+TIMEOUT ?= 900
 book: $(STAMP)
-	$(BIN)/python tools/book.py html
+	$(BIN)/python tools/book.py html --timeout $(TIMEOUT)
 
 ## The offline book (Sphinx) even when the web is reachable.
 book-offline: $(STAMP)
-	$(BIN)/python tools/book.py html --offline
+	$(BIN)/python tools/book.py html --offline --timeout $(TIMEOUT)
 
 ## One chapter: execute it (cached) and render the book, e.g. `make chapter CHAPTER=02-ssd` (or CHAPTER=02).
 ## Chapters not executed yet are shown without outputs.
 chapter: $(STAMP)
 	@test -n "$(CHAPTER)" || { echo "name the chapter: make chapter CHAPTER=02-ssd (its file name or number)"; exit 2; }
-	$(BIN)/python tools/book.py html --only "$(CHAPTER)"
+	$(BIN)/python tools/book.py html --only "$(CHAPTER)" --timeout $(TIMEOUT)
 
 ## Serve the built book on http://127.0.0.1:$(PORT)/ (its pages need a server, not file://).
 PORT ?= 8000

@@ -357,6 +357,36 @@ def test_execute_reports_a_missing_chapter_before_executing_any(monkeypatch, cap
     assert executed == [] and "book/99-missing.md" in capsys.readouterr().err
 
 
+def test_a_chapter_that_fails_does_not_stop_the_others(monkeypatch, capsys):
+    class CellTimeoutError(Exception):  # nbclient's, by name
+        pass
+
+    chapters = book.existing_chapters()[:3]
+    monkeypatch.setattr(book, "existing_chapters", lambda: chapters)
+    monkeypatch.setattr(book, "EXECUTED", Path("/nonexistent/never-written"))  # no timings.json on a failure
+    executed = []
+
+    def execute_chapter(chapter, timeout):
+        if chapter == chapters[1]:
+            raise CellTimeoutError(f"A cell timed out after {timeout} seconds.\nHere is a preview")
+        executed.append(chapter)
+        return None, 1.0, False
+
+    monkeypatch.setattr(book, "execute_chapter", execute_chapter)
+    assert book.main(["execute", "--timeout", "7"]) == 1
+    assert executed == [chapters[0], chapters[2]]  # the one after the failure ran too
+    err = capsys.readouterr().err
+    assert f"not executed: {chapters[1].name} (CellTimeoutError: A cell timed out after 7 seconds.)" in err
+    assert "resumes" in err and "TIMEOUT=" in err
+
+
+def test_a_timeout_that_is_not_a_positive_number_is_refused(capsys):
+    for value in ("0", "-5", "ten"):
+        with pytest.raises(SystemExit):
+            book.main(["execute", "--timeout", value])
+        assert "is not a positive number of seconds" in capsys.readouterr().err
+
+
 def test_an_unknown_chapter_lists_the_chapters(capsys):
     assert book.main(["html", "--only", "nope"]) == 2
     err = capsys.readouterr().err
