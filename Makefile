@@ -32,7 +32,7 @@ $(LAB_SETTINGS): tools/jupyterlab-overrides.json $(STAMP)
 ## The book: execute every chapter (cached) and render _build/html: the Jupyter Book 2 site when its theme
 ## can be downloaded, else the offline book (Sphinx). The last line says which, and how to view it.
 ## TIMEOUT: the seconds one cell may run (a slower machine may need more; finished runs stay cached).
-TIMEOUT ?= 900
+TIMEOUT ?= 1800
 book: $(STAMP)
 	$(BIN)/python tools/book.py html --timeout $(TIMEOUT)
 

@@ -211,7 +211,7 @@ def execute(selected: list[Chapter], timeout: int) -> int:
     if any(type(err).__name__ == "CellTimeoutError" for _, err in failed):
         print(f"A cell ran past the {timeout} s per-cell limit (a slower or busy machine): the runs it "
               "finished are in the artifact cache, so running the same command again resumes from them; "
-              "`make book TIMEOUT=1800` raises the limit.", file=sys.stderr)
+              "`make book TIMEOUT=3600` raises the limit.", file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -603,7 +603,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     for name in ("execute", "html"):
         p = sub.add_parser(name)
-        p.add_argument("--timeout", type=_positive_int, default=900, help="per-cell timeout in seconds")
+        p.add_argument("--timeout", type=_positive_int, default=1800, help="per-cell timeout in seconds")
         p.add_argument("--only", metavar="CHAPTER", help="one chapter: 02-ssd, 02 or book/02-ssd.md")
         if name == "html":
             p.add_argument("--offline", action="store_true", help="skip the Jupyter Book 2 attempt")
