@@ -93,6 +93,24 @@ def test_no_cache_is_a_cold_run_in_a_fresh_cache_that_is_removed(dummy, monkeypa
     assert code == 0 and len(computed) == 2  # a second cold run computes again
 
 
+def test_ctrl_c_during_a_run_says_what_is_kept_in_one_line(dummy, monkeypatch, tmp_path, capsys):
+    from paperlab import cache
+
+    def run(config, device=None):
+        cache.cached("finished", config, lambda: {"value": 3})
+        raise KeyboardInterrupt  # the reader presses Ctrl-C
+
+    exp = experiments.Experiment("dummy", "book/none.md", {"fast": Tiny(), "full": Tiny()}, run)
+    monkeypatch.setattr(registry, "get", lambda name: exp)
+    code, err = _main(["run", "dummy", "--out", str(tmp_path / "o")], capsys)
+    assert code == 130 and err == [f"interrupted: the runs that finished are in the cache "
+                                   f"({cache.cache_dir()}): the same command resumes from them"]
+    assert any(cache.cache_dir().rglob("*.json"))
+    code, err = _main(["run", "dummy", "--no-cache", "--out", str(tmp_path / "o")], capsys)
+    assert code == 130 and err == ["interrupted: nothing is kept (--no-cache)"]
+    assert not list((tmp_path / "o").glob("*.json"))  # no results file for an interrupted run
+
+
 @pytest.mark.parametrize("device", ["tpu", "bogus", "xla", "cuda:99", "cpu:1"])
 def test_run_rejects_a_device_before_running(dummy, capsys, tmp_path, device):
     code, err = _main(["run", "dummy", "--device", device, "--out", str(tmp_path / "o")], capsys)

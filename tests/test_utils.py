@@ -100,6 +100,47 @@ def test_worker_pool_gives_a_scheduler_of_its_own_the_same_one_line_report():
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.slow
+def test_ctrl_c_stops_the_workers_at_once_with_one_traceback(tmp_path):
+    """A terminal's Ctrl-C reaches every process of the group: the workers leave it to the parent, which
+    stops them at once. Before, each worker took its next queued job (an hour each, here) and the parent
+    waited for them all."""
+    import signal
+    import time
+
+    script = tmp_path / "sweep.py"
+    script.write_text("import sys, time\nfrom paperlab.utils import parallel_map\n\n"
+                      "def job(path):\n    open(path, 'w').close()\n    time.sleep(3600)\n\n"
+                      "if __name__ == '__main__':\n"
+                      "    jobs = [(f'{sys.argv[1]}/started-{i}',) for i in range(4)]\n"
+                      "    parallel_map(job, jobs, workers=2)\n")
+    process = subprocess.Popen([sys.executable, str(script), str(tmp_path)], stderr=subprocess.PIPE,
+                               text=True, start_new_session=True,  # a group of its own, as a terminal's job
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(tmp_path.glob("started-*"))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert len(list(tmp_path.glob("started-*"))) == 2  # both workers are in a job, two jobs queued
+        workers = subprocess.run(["pgrep", "-P", str(process.pid), "-f", "spawn_main"], capture_output=True,
+                                 text=True).stdout.split()
+        os.killpg(process.pid, signal.SIGINT)
+        _, err = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode != 0 and err.count("Traceback") == 1, err  # the parent's KeyboardInterrupt
+    assert err.rstrip().endswith("KeyboardInterrupt") and "SpawnProcess" not in err, err
+    assert len(list(tmp_path.glob("started-*"))) == 2  # no queued job started
+    time.sleep(0.5)
+    for pid in workers:  # gone, or a zombie waiting for init to reap it
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                assert stat.read().split(") ")[1][0] == "Z", pid
+        except FileNotFoundError:
+            pass
+
+
 def test_parallel_map_refuses_a_call_from_an_unguarded_script_before_starting_workers(tmp_path):
     import subprocess
     import sys

@@ -94,9 +94,16 @@ def main(argv: list[str] | None = None) -> int:
         # activations every SAE trains on) is computed once, not once per piece as with the cache disabled
         fresh = tempfile.mkdtemp(prefix="paperlab-no-cache-")
         os.environ["PAPERLAB_CACHE"] = fresh  # the workers inherit it
+    kept = ("nothing is kept (--no-cache)" if fresh is not None
+            else "nothing is kept (PAPERLAB_CACHE_DISABLE)" if cache.disabled()
+            else f"the runs that finished are in the cache ({cache.cache_dir()}): the same command "
+                 "resumes from them")
     start = time.perf_counter()
     try:
         results = experiment.run(config, device=args.device)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: {kept}", file=sys.stderr)
+        return 130
     finally:
         if fresh is not None:
             shutil.rmtree(fresh, ignore_errors=True)

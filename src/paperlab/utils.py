@@ -312,7 +312,8 @@ def worker_pool(workers: int, name: str) -> Iterator[Callable[..., Any]]:
     thread. As in :func:`parallel_map`: ``fn`` must be importable by name; a call from the unguarded top
     level of a script is refused in one line before any worker starts; a job's exception comes back as
     itself; a worker that dies ends the block with a one-line RuntimeError, named by ``name``, giving the
-    workers' exit codes."""
+    workers' exit codes. Ctrl-C stops the workers at once (they leave it to this process) and is raised
+    here."""
     import concurrent.futures
     import multiprocessing
 
@@ -324,7 +325,8 @@ def worker_pool(workers: int, name: str) -> Iterator[Callable[..., Any]]:
     context = multiprocessing.get_context("spawn")
     processes: list = []  # a broken pool forgets its processes: keep them as they start
 
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context,
+                                                initializer=_ignore_interrupt) as pool:
         def submit(fn: Callable[..., T], *args) -> concurrent.futures.Future:
             future = pool.submit(_call_on_one_thread, fn, args)
             started = list((getattr(pool, "_processes", None) or {}).values())
@@ -334,11 +336,24 @@ def worker_pool(workers: int, name: str) -> Iterator[Callable[..., Any]]:
 
         try:
             yield submit
+        except KeyboardInterrupt:  # Ctrl-C: stop the workers now, rather than wait for their jobs to end
+            for process in list((getattr(pool, "_processes", None) or {}).values()) or processes:
+                process.terminate()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
         except concurrent.futures.process.BrokenProcessPool:
             raise RuntimeError(
                 f"{name}: a worker process died before returning its job (exit codes of the workers: "
                 f"{_dead_workers(processes)}); -9 (SIGKILL) is usually the out-of-memory killer, and a "
                 "worker's own error, if it had one, is printed above") from None
+
+
+def _ignore_interrupt() -> None:
+    """A worker's first step: Ctrl-C (SIGINT, which a terminal sends to every process of the group) is the
+    parent's to handle: it stops the workers (:func:`worker_pool`), without a traceback from each."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 # Kineto (the profiler's backend) writes "USDT:... profiler_start" / "profiler_stop" lines straight to file
