@@ -31,7 +31,8 @@
 # BENCH_ARGS="--quick" (tests/test_bench.py runs one). To try it against the machine's library versions
 # rather than the lock's (a 5 GB venv):
 #   python3.12 -m venv /tmp/v211 && /tmp/v211/bin/pip install torch==2.11.0 "triton==3.6.*" "numba==0.68.*" \
-#       einops tqdm matplotlib scipy scikit-learn sacrebleu httpx threadpoolctl pytest pytest-timeout hypothesis
+#       einops tqdm matplotlib scipy scikit-learn sacrebleu httpx threadpoolctl pytest pytest-timeout hypothesis \
+#       anyio click h11 cloudpickle
 #   tools/gpu-wheels.sh && OUT=/tmp/gpuout PY_VENV=/tmp/v211/bin/python DEVICE=cpu PROFILE=fast \
 #       BENCH_ARGS="--quick" tools/gpu-check.sh
 set -uo pipefail

@@ -106,7 +106,7 @@ def _ledoit_wolf(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     delta_ = s_emp.pow(2).sum((-2, -1))
     beta = (beta_ - delta_) / (d * n)
     delta = (delta_ - 2 * mu * trace + d * mu**2) / d
-    shrinkage = torch.where(delta == 0, 0.0, torch.minimum(beta, delta) / torch.where(delta == 0, 1.0, delta))
+    shrinkage = torch.where(delta == 0, 0.0, torch.minimum(beta, delta) / delta)  # 0 / 0 is not taken
     eye = torch.eye(d, dtype=x.dtype, device=x.device)
     covariance = (1 - shrinkage)[..., None, None] * s_emp + (shrinkage * mu)[..., None, None] * eye
     return covariance, shrinkage  # (1 - s) S + s mu I
