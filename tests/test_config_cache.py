@@ -185,6 +185,15 @@ def test_override_nested_fields_with_type_checks():
         experiments.override(Outer(), ["steps"])
 
 
+def test_override_takes_the_spelling_the_config_prints():
+    # a tuple as Python prints it, as well as the JSON list; a wrong one names the form to write
+    assert experiments.override(Outer(), ["betas=(0.8, 0.9)"]).betas == (0.8, 0.9)
+    assert experiments.override(Outer(), ["betas=[0.8, 0.9]"]).betas == (0.8, 0.9)
+    with pytest.raises(ValueError, match=r"betas must be a tuple, written like \[0.9, 0.95\]"):
+        experiments.override(Outer(), ["betas=0.8"])
+    assert experiments.override(Outer(), ["name=(hello"]).name == "(hello"  # neither JSON nor a literal
+
+
 def test_cli_lists_and_rejects_unknown(capsys):
     from paperlab.__main__ import main
 

@@ -7,6 +7,7 @@ applies command-line ``--set field=value`` edits.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import json
 from collections.abc import Callable
@@ -48,19 +49,28 @@ class Experiment:
 def override(config: Any, assignments: list[str]) -> Any:
     """Apply ``field=value`` (or ``outer.inner=value``) assignments to a (nested) dataclass config.
 
-    Values are parsed as JSON when possible (``3``, ``1e-3``, ``true``, ``[1, 2]``), else kept as
-    strings; a value must have the type of the field's current value (ints are accepted for floats).
+    Values are parsed as JSON when possible (``3``, ``1e-3``, ``true``, ``[1, 2]``), else as a Python
+    literal (``(1, 2)``, ``True``: the spelling the config prints), else kept as strings; a value must have
+    the type of the field's current value (ints are accepted for floats, lists for tuples).
     """
     for assignment in assignments:
         if "=" not in assignment:
             raise ValueError(f"override {assignment!r} is not of the form field=value")
         path, raw = assignment.split("=", 1)
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        config = _replace_path(config, path.strip().split("."), value, path)
+        config = _replace_path(config, path.strip().split("."), _parse(raw), path)
     return config
+
+
+def _parse(raw: str) -> Any:
+    """An override's value: JSON, else a Python literal, else the string itself."""
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        pass
+    try:
+        return ast.literal_eval(raw.strip())
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return raw
 
 
 def _replace_path(config: Any, parts: list[str], value: Any, full: str) -> Any:
@@ -80,7 +90,8 @@ def _replace_path(config: Any, parts: list[str], value: Any, full: str) -> Any:
     if current is not None and type(value) is not type(current):
         kind = type(current).__name__
         article = "an" if kind[0] in "aeiou" else "a"
-        raise ValueError(f"{full} must be {article} {kind} (current value {current!r}), got {value!r}")
+        form = f", written like {list(current)!r}" if isinstance(current, tuple) and current else ""
+        raise ValueError(f"{full} must be {article} {kind}{form} (current value {current!r}), got {value!r}")
     return dataclasses.replace(config, **{head: value})
 
 
