@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 
 import pytest
@@ -351,21 +352,43 @@ def test_temporaries_of_killed_writers_are_removed(tmp_cache):
     assert not killed.exists() and not old.exists() and alive.exists()
 
 
-def test_source_hash_follows_the_bytes_of_the_code(tmp_path, monkeypatch):
+def test_source_hash_is_of_the_code_this_process_loaded(tmp_path, tmp_cache, monkeypatch):
     dirs = {top: tmp_path / top for top in cache.PACKAGES}
     for directory in dirs.values():
         directory.mkdir()
         (directory / "__init__.py").write_text("")
-    (dirs["paperlab"] / "a.py").write_text("x = 1\n")
+    a = dirs["paperlab"] / "a.py"
+    a.write_text("x = 1\n")
     monkeypatch.setattr(cache, "_package_dirs", lambda: dirs)
-    cache.source_hash.cache_clear()
+    monkeypatch.setattr(cache, "_LOADED", cache._snapshot())  # as if this process had just imported them
+    cache._code_files.cache_clear()
+
+    def later(path):  # a save a second later (a file system's clock may not tick between two writes)
+        os.utime(path, ns=(path.stat().st_mtime_ns + 10**9,) * 2)
+
     try:
         before, whole_before = cache.source_hash(("paperlab.a",)), cache.source_hash()
-        (dirs["paperlab"] / "a.py").write_text("x = 2\n")  # same length, other bytes
-        cache.source_hash.cache_clear()
-        assert cache.source_hash(("paperlab.a",)) != before and cache.source_hash() != whole_before
+        a.write_text("x = 2\n")  # same length, other bytes
+        later(a)
+        # this process runs x = 1: neither the old hash nor the new one may be given to what it computes
+        for roots in (("paperlab.a",), None):
+            with pytest.raises(cache.CodeChangedError, match=r"^paperlab/a.py changed on disk after this "
+                                                             r"process loaded it: restart the kernel"):
+                cache.source_hash(roots)
+        with pytest.raises(cache.CodeChangedError):
+            cache.cached("t", Outer(), lambda: pytest.fail("computed under a changed package"))
+        assert not any(tmp_cache.rglob("*.json"))  # nothing stored
+        on_disk = cache.source_hash(("paperlab.a",), on_disk=True)  # what tools/book.py's kernels will load
+        assert on_disk != before
+        monkeypatch.setattr(cache, "_LOADED", cache._snapshot())  # a fresh process hashes the new bytes
+        assert cache.source_hash(("paperlab.a",)) == on_disk and cache.source_hash() != whole_before
+        later(a)  # touched, the same bytes: nothing changed
+        assert cache.source_hash(("paperlab.a",)) == on_disk
+        a.unlink()
+        with pytest.raises(cache.CodeChangedError, match="^paperlab/a.py was deleted"):
+            cache.source_hash(("paperlab.a",))
     finally:
-        cache.source_hash.cache_clear()  # forget the temporary packages' hashes
+        cache._code_files.cache_clear()  # forget the temporary packages' files
 
 
 def test_relative_imports_resolve_against_the_importing_module():

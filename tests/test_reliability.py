@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from paperlab import cli, experiments, registry
+from paperlab import cache, cli, experiments, registry
 from paperlab.train import TrainConfig
 
 
@@ -152,6 +152,24 @@ def test_run_rejects_a_bad_override_before_running(dummy, capsys, tmp_path):
     assert code == 2 and not dummy and err == ["error: Tiny.steps must be a positive integer, got 0"]
     code, err = _main(["run", "dummy", "--set", "steps=2", "--out", str(tmp_path)], capsys)  # its check
     assert code == 2 and not dummy and err == ["error: Tiny.steps must not be 2 for run()"]
+
+
+def test_a_package_edited_during_a_run_ends_it_in_one_line_with_nothing_stored(dummy, monkeypatch, tmp_path,
+                                                                              capsys):
+    exp = registry.get("dummy")
+    edited = Path(cache.__file__)
+    mtime, size, _ = cache._LOADED[edited]
+
+    def run(config, device=None):  # a package file is saved (other bytes) while the run goes on
+        monkeypatch.setitem(cache._LOADED, edited, (mtime - 1, size, b"the bytes this process loaded"))
+        return cache.cached("dummy-piece", config, lambda: pytest.fail("computed under an edited package"))
+
+    monkeypatch.setattr(registry, "get", lambda name: dataclasses.replace(exp, run=run))
+    code, err = _main(["run", "dummy", "--out", str(tmp_path)], capsys)
+    assert code == 1 and err == ["error: paperlab/cache.py changed on disk after this process loaded it: "
+                                 "restart the kernel (or rerun the command) so that results are computed "
+                                 "and cached by the code on disk"]
+    assert not (tmp_path / "dummy-fast.json").exists() and not any((tmp_path / "cache").rglob("*.json"))
 
 
 def test_run_writes_timings_apart_so_reruns_compare_bitwise(dummy, capsys, tmp_path):

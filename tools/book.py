@@ -134,7 +134,7 @@ def execution_key(chapter: Chapter) -> str:
 
     digest = hashlib.sha256()
     digest.update(chapter.path.read_bytes())
-    digest.update(source_hash(chapter_code(chapter)).encode())
+    digest.update(source_hash(chapter_code(chapter), on_disk=True).encode())  # the kernels load it afresh
     digest.update(profile().encode())
     digest.update((ROOT / "constraints.txt").read_bytes())
     return digest.hexdigest()

@@ -104,6 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"\ninterrupted: {kept}", file=sys.stderr)
         return 130
+    except cache.CodeChangedError as err:  # the package was edited during the run: nothing stored from here
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     finally:
         if fresh is not None:
             shutil.rmtree(fresh, ignore_errors=True)

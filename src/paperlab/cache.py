@@ -13,7 +13,11 @@ returns, later calls load it. The key hashes
   Called from outside the package (a notebook), the whole of both packages counts.
 
 so editing code a result depends on recomputes it (stale results are never shown), while editing another
-chapter's code does not.
+chapter's code does not. The source hashed is the code as this process loaded it: each file's bytes are
+recorded when this module is imported (files added later, when first read). A file that has changed on disk
+since then is refused (:class:`CodeChangedError`, one line naming it) rather than hashed: the process (a
+notebook's kernel, with or without autoreload) may be running code that is neither the old file nor the new
+one, and a result computed by it must not be stored, or found, under either's key. Restarting it is the fix.
 
 Storage: ``$PAPERLAB_CACHE`` if set, else ``.cache/paperlab`` at the repository root (next to
 ``pyproject.toml``; ``~/.cache/paperlab`` for a non-editable install). Results made only of JSON types
@@ -162,16 +166,70 @@ def _all_files() -> list[Path]:
     return sorted(p for d in _package_dirs().values() for p in d.rglob("*.py"))
 
 
-@functools.lru_cache(maxsize=64)
-def source_hash(roots: tuple[str, ...] | None = None) -> str:
-    """SHA-256 over the path and bytes of the code that ``roots`` depend on (:func:`code_closure`), or
-    of every ``.py`` file of both packages when ``roots`` is None."""
+class CodeChangedError(RuntimeError):
+    """A file of our packages changed on disk after this process loaded it (see the module docstring)."""
+
+
+def _fingerprint(path: Path) -> tuple[int, int, bytes]:
+    """(mtime in ns, size, SHA-256 of the bytes) of ``path`` now."""
+    stat = path.stat()
+    return stat.st_mtime_ns, stat.st_size, hashlib.sha256(path.read_bytes()).digest()
+
+
+def _snapshot() -> dict[Path, tuple[int, int, bytes]]:
+    """Every ``.py`` file of both packages as it is now: taken when this module is imported."""
+    return {path: _fingerprint(path) for path in _all_files()}
+
+
+_LOADED = _snapshot()
+
+
+def _loaded_digest(path: Path) -> bytes:
+    """The SHA-256 of ``path``'s bytes as this process loaded them (a file not seen at import: as first
+    read here); CodeChangedError if the file on disk no longer has them. A file only touched (new mtime,
+    same bytes) is fine."""
+    try:
+        stat = path.stat()
+        if path not in _LOADED:
+            _LOADED[path] = _fingerprint(path)
+        mtime, size, digest = _LOADED[path]
+        if (stat.st_mtime_ns, stat.st_size) != (mtime, size):
+            now = _fingerprint(path)
+            if now[2] != digest:
+                raise CodeChangedError(f"{_name(path)} changed on disk after this process loaded it: "
+                                       "restart the kernel (or rerun the command) so that results are "
+                                       "computed and cached by the code on disk")
+            _LOADED[path] = now
+        return digest
+    except FileNotFoundError:
+        raise CodeChangedError(f"{_name(path)} was deleted after this process loaded it: restart the "
+                               "kernel (or rerun the command)") from None
+
+
+def _name(path: Path) -> str:
+    return str(path.relative_to(_top_dir(path)))
+
+
+def _named_files(roots: tuple[str, ...] | None) -> tuple[tuple[Path, str], ...]:
+    """(file, its name in the hash, e.g. ``paperlab/nn.py``) for the code of ``roots``."""
     files = _all_files() if roots is None else code_closure(roots)
+    return tuple((path, _name(path)) for path in files)
+
+
+_code_files = functools.lru_cache(maxsize=64)(_named_files)  # the files of roots, as first found here
+
+
+def source_hash(roots: tuple[str, ...] | None = None, *, on_disk: bool = False) -> str:
+    """SHA-256 over the path and bytes of the code that ``roots`` depend on (:func:`code_closure`), or
+    of every ``.py`` file of both packages when ``roots`` is None: the bytes this process loaded
+    (:class:`CodeChangedError` if a file has changed on disk since), or with ``on_disk=True`` the files as
+    they are now (for a tool that starts fresh processes on them, such as ``tools/book.py``)."""
+    files = _named_files(roots) if on_disk else _code_files(roots)
     digest = hashlib.sha256()
-    for path in files:
-        digest.update(str(path.relative_to(_top_dir(path))).encode())  # e.g. "paperlab/nn.py"
+    for path, name in files:
+        digest.update(name.encode())  # e.g. "paperlab/nn.py"
         digest.update(b"\0")
-        digest.update(path.read_bytes())
+        digest.update(_fingerprint(path)[2] if on_disk else _loaded_digest(path))
         digest.update(b"\0")
     return digest.hexdigest()
 
