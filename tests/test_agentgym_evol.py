@@ -18,9 +18,9 @@ from paperlab.agentgym.evol import (
     initial_model,
     train_agent,
 )
-from paperlab.agentgym.pretrain import PretrainConfig, corpus, encode_transcript
+from paperlab.agentgym.pretrain import PretrainConfig, corpus, encode_transcript, pretrain
 from paperlab.train import TrainConfig
-from paperlab.utils import cpu_threads
+from paperlab.utils import cpu_threads, usable_cores
 
 
 def _trajectory(env, instruction_id, texts, reward):
@@ -225,6 +225,35 @@ def test_pretraining_corpus_is_random_play_and_every_token_is_a_target():
     ((ids, trainable),) = encode_transcript(tokenizer, transcripts[0])
     assert trainable and ids[0] == tokenizer.bos_id and tokenizer.unk_id not in ids
     assert tokenizer.decode(ids) == transcripts[0].prompt().replace(" <eos>", "")
+
+
+@pytest.mark.skipif(usable_cores() < 2, reason="needs two cores to use two threads")
+def test_pretraining_on_two_threads_gives_the_one_thread_weights_and_the_main_process_uses_two(
+        tmp_path, monkeypatch):
+    # the full profile's model and batches, a few steps: base_agent pretrains on two threads in the main
+    # process on the promise that the weights do not depend on it
+    full = experiments.CONFIGS["full"].pretrain
+    config = dataclasses.replace(full, episodes_per_instruction=1,
+                                 train=dataclasses.replace(full.train, steps=12, warmup_steps=2))
+    weights = []
+    for threads in (1, 2):
+        with cpu_threads(threads):
+            model, _ = pretrain(config)
+        weights.append(model.state_dict())
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    seen = []
+
+    def recording(config, device=None):
+        seen.append(torch.get_num_threads())
+        return pretrain(config, device=device)
+
+    monkeypatch.setenv("PAPERLAB_CACHE", str(tmp_path))
+    monkeypatch.setattr(experiments, "pretrain", recording)
+    tiny = dataclasses.replace(config, train=dataclasses.replace(config.train, steps=2, warmup_steps=1))
+    with cpu_threads(1):
+        experiments.base_agent(tiny)
+    assert seen == [2]
 
 
 def test_success_trend_calls_a_rising_success_rate_not_converged():
