@@ -253,3 +253,36 @@ def test_under_torchrun_parallel_map_runs_every_job_in_this_process(monkeypatch)
     monkeypatch.setenv("WORLD_SIZE", "two")
     with pytest.raises(ValueError, match="WORLD_SIZE must be an integer"):
         launched_world_size()
+
+
+def test_alone_threads_are_two_in_the_main_process_and_one_in_a_worker():
+    assert utils.alone_threads() == min(2, utils.usable_cores())
+    assert utils.parallel_map(utils.alone_threads, [(), ()], workers=2) == [1, 1]
+
+
+@pytest.mark.skipif(utils.usable_cores() < 2, reason="needs two cores to use two threads")
+@pytest.mark.parametrize("chapter", ["ditto", "sayself"])
+def test_base_pretraining_gives_the_same_weights_on_one_thread_or_two(chapter):
+    # DITTO's and SaySelf's base models pretrain on utils.alone_threads() (two threads in the main process)
+    # on the promise that the weights do not depend on it: the full profile's model and batches, a few steps
+    import dataclasses
+
+    def steps(config):
+        return dataclasses.replace(config, train=dataclasses.replace(config.train, steps=6, warmup_steps=2,
+                                                                     eval_every=3))
+
+    if chapter == "ditto":
+        from paperlab.ditto import experiments
+
+        full = experiments.CONFIGS["full"]
+        pretrain = lambda: experiments._pretrain(steps(full.base), full.cast, torch.device("cpu"))  # noqa: E731
+    else:
+        from paperlab.sayself import base
+        from paperlab.sayself.experiments import CONFIGS
+
+        pretrain = lambda: base._pretrain_body(steps(CONFIGS["full"].base), torch.device("cpu"))  # noqa: E731
+    weights = []
+    for threads in (1, 2):
+        with utils.cpu_threads(threads):
+            weights.append(pretrain()["state_dict"])
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

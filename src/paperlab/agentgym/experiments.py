@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import multiprocessing
 import random
 from dataclasses import dataclass, field
 
@@ -60,7 +59,7 @@ from paperlab.nn import GPT
 from paperlab.scheduling import run_as_ready
 from paperlab.stats import CONVERGENCE_MIN_EVALUATIONS
 from paperlab.train import TrainConfig, TrainResult, auto_device
-from paperlab.utils import cpu_threads, parallel_map, usable_cores
+from paperlab.utils import alone_threads, cpu_threads, parallel_map
 
 __all__ = ["AgentGymConfig", "CONFIGS", "EXPERIMENT", "run", "run_job", "base_agent", "load_agent",
            "evaluate", "explore", "random_agent"]
@@ -144,12 +143,11 @@ CONFIGS = {
 def base_agent(config: PretrainConfig, device=None) -> tuple[GPT, TrainResult]:
     """The pretrained base model (from the cache, pretraining it first if needed) and its history.
 
-    Everything else starts from this model, so nothing runs beside its pretraining: in the main process
-    it uses two threads (on a machine with two cores or more), one in a worker process. The weights are
-    the same bit for bit on one thread or two (checked on the full profile's 800 steps: 99 s on one
-    thread, 68 s on two, on the 2-core machine the README's times come from;
-    ``tests/test_agentgym_evol.py`` checks a few steps)."""
-    threads = 1 if multiprocessing.parent_process() is not None else min(2, usable_cores())
+    Everything else starts from this model, so nothing runs beside its pretraining: it uses
+    :func:`paperlab.utils.alone_threads`. The weights are the same bit for bit on one thread or two
+    (checked on the full profile's 800 steps: 99 s on one thread, 68 s on two, on the 2-core machine the
+    README's times come from; ``tests/test_agentgym_evol.py`` checks a few steps)."""
+    threads = alone_threads()
 
     def compute() -> dict:
         with cpu_threads(threads, device=device):
