@@ -255,9 +255,12 @@ def test_under_torchrun_parallel_map_runs_every_job_in_this_process(monkeypatch)
         launched_world_size()
 
 
-def test_alone_threads_are_two_in_the_main_process_and_one_in_a_worker():
+def test_alone_threads_are_two_in_the_main_process_and_one_in_a_worker_or_under_torchrun(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
     assert utils.alone_threads() == min(2, utils.usable_cores())
     assert utils.parallel_map(utils.alone_threads, [(), ()], workers=2) == [1, 1]
+    monkeypatch.setenv("WORLD_SIZE", "2")  # each process of the launch already has a core
+    assert utils.alone_threads() == 1
 
 
 @pytest.mark.skipif(utils.usable_cores() < 2, reason="needs two cores to use two threads")

@@ -201,12 +201,14 @@ def usable_cores() -> int:
 def alone_threads() -> int:
     """CPU threads for work that nothing runs beside, such as a base model that every later job starts
     from: two in the main process on a machine with two cores or more (the other core would idle), one in
-    a worker process (its siblings use the other cores). Two threads, not one per core, so that the
-    numbers stay those of the book's 2-core machine; use it only where they do not depend on the count
-    (each caller says where that was checked)."""
+    a worker process (its siblings use the other cores) and in each process of a ``torchrun`` launch (one
+    per core already). Two threads, not one per core, so that the numbers stay those of the book's 2-core
+    machine; use it only where they do not depend on the count (each caller says where that was checked)."""
     import multiprocessing
 
-    return 1 if multiprocessing.parent_process() is not None else min(2, usable_cores())
+    if multiprocessing.parent_process() is not None or launched_world_size() > 1:
+        return 1
+    return min(2, usable_cores())
 
 
 # glibc's malloc tunables that keep freed memory for reuse, with their mallopt parameter numbers
