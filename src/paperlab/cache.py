@@ -15,9 +15,9 @@ returns, later calls load it. The key hashes
 so editing code a result depends on recomputes it (stale results are never shown), while editing another
 chapter's code does not. The source hashed is the code as this process loaded it: each file's bytes are
 recorded when this module is imported (files added later, when first read). A file that has changed on disk
-since then is refused (:class:`CodeChangedError`, one line naming it) rather than hashed: the process (a
-notebook's kernel, with or without autoreload) may be running code that is neither the old file nor the new
-one, and a result computed by it must not be stored, or found, under either's key. Restarting it is the fix.
+since then is refused (:class:`CodeChangedError`, one line naming it) rather than hashed: a notebook's
+kernel runs the old code, with autoreload the new, and a module imported after the edit the new beside the
+old, so no key can say which code computed a result. Restarting the process is the fix.
 
 Storage: ``$PAPERLAB_CACHE`` if set, else ``.cache/paperlab`` at the repository root (next to
 ``pyproject.toml``; ``~/.cache/paperlab`` for a non-editable install). Results made only of JSON types
