@@ -265,7 +265,7 @@ def test_alone_threads_are_two_in_the_main_process_and_one_in_a_worker_or_under_
 
 @pytest.mark.skipif(utils.usable_cores() < 2, reason="needs two cores to use two threads")
 @pytest.mark.parametrize("chapter", ["ditto", "sayself"])
-def test_base_pretraining_gives_the_same_weights_on_one_thread_or_two(chapter):
+def test_base_pretraining_gives_the_same_weights_on_one_thread_or_two_and_uses_two(chapter, monkeypatch):
     # DITTO's and SaySelf's base models pretrain on utils.alone_threads() (two threads in the main process)
     # on the promise that the weights do not depend on it: the full profile's model and batches, a few steps
     import dataclasses
@@ -289,3 +289,14 @@ def test_base_pretraining_gives_the_same_weights_on_one_thread_or_two(chapter):
         with utils.cpu_threads(threads):
             weights.append(pretrain()["state_dict"])
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    # and the chapter's own entry point, in this (main) process, pretrains on two threads
+    seen = []
+    if chapter == "ditto":
+        monkeypatch.setattr(experiments, "_pretrain", lambda *args: seen.append(torch.get_num_threads()))
+        with utils.cpu_threads(1):
+            experiments.pretrain(full.base, full.cast, "cpu")
+    else:
+        monkeypatch.setattr(base, "_pretrain_body", lambda *args: seen.append(torch.get_num_threads()))
+        with utils.cpu_threads(1):
+            base._pretrain(CONFIGS["full"].base, torch.device("cpu"))
+    assert seen == [2]
