@@ -382,7 +382,9 @@ def test_retries_back_off_exponentially_and_honour_retry_after_up_to_30_s(monkey
 # --------------------------------------------------------------------------------------------------
 # The Hugging Face backend (only where transformers is installed)
 # --------------------------------------------------------------------------------------------------
-def test_hf_backend_on_a_tiny_random_model(tmp_path):
+def _tiny_hf_folder(path):
+    """A random one-layer GPT-2 with a character tokenizer over digits, '+' and '=', saved in ``path``;
+    returns (model, tokenizer)."""
     transformers = pytest.importorskip("transformers")
     tokenizers = pytest.importorskip("tokenizers")
     vocabulary = {ch: i for i, ch in enumerate(["<unk>", "<eos>"] + list("0123456789+="))}
@@ -395,9 +397,13 @@ def test_hf_backend_on_a_tiny_random_model(tmp_path):
     model = transformers.GPT2LMHeadModel(transformers.GPT2Config(
         vocab_size=len(vocabulary), n_positions=32, n_embd=16, n_layer=1, n_head=2,
         eos_token_id=1, bos_token_id=1, pad_token_id=1)).eval()  # eval: no dropout
-    tokenizer.save_pretrained(tmp_path)
-    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(path)
+    model.save_pretrained(path)
+    return model, tokenizer
 
+
+def test_hf_backend_on_a_tiny_random_model(tmp_path):
+    model, tokenizer = _tiny_hf_folder(tmp_path)
     hf = llm.HFCausalLM(tmp_path, device="cpu", seed=0)
     out = hf.complete(["1+2=", "3+4="], n=2, temperature=1.0, max_tokens=4)
     assert len(out) == 2 and all(len(g) == 2 for g in out)
@@ -413,6 +419,21 @@ def test_hf_backend_on_a_tiny_random_model(tmp_path):
         expected = torch.log_softmax(model(ids).logits[0, -2], -1)[ids[0, -1]].item()
     assert value == pytest.approx(expected, abs=1e-4)
     assert hf.usage.calls == 3
+
+
+def test_hf_backend_samples_each_prompt_from_its_own_stream(tmp_path):
+    """The same prompt twice in one call draws different samples (one seed per call gave both the same);
+    a fresh backend with the same seed repeats them; the caller's global random state is untouched."""
+    _tiny_hf_folder(tmp_path)
+    hf = llm.HFCausalLM(tmp_path, device="cpu", seed=0)
+    state = torch.get_rng_state()
+    texts = [[c.text for c in group] for group in hf.complete(["1+2=", "1+2="], n=3, temperature=1.0,
+                                                              max_tokens=8)]
+    assert torch.equal(torch.get_rng_state(), state)
+    assert texts[0] != texts[1]
+    again = llm.HFCausalLM(tmp_path, device="cpu", seed=0)
+    assert [[c.text for c in g] for g in again.complete(["1+2=", "1+2="], n=3, temperature=1.0,
+                                                        max_tokens=8)] == texts
 
 
 def test_hf_backend_names_a_missing_folder(tmp_path):

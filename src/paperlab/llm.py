@@ -48,6 +48,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+import numpy as np
 import torch
 
 __all__ = [
@@ -578,11 +579,18 @@ def _transformers():
     return transformers
 
 
+def _stream_seed(*parts: int) -> int:
+    """One 63-bit seed from integers (``(seed, call, prompt)``): distinct parts give unrelated streams."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, dtype=np.uint64)[0] >> 1)
+
+
 class HFCausalLM(LLM):
     """A Hugging Face ``AutoModelForCausalLM`` saved in a local folder (``local_files_only``: no download).
 
     Sampling uses ``model.generate``; token log-probabilities are recomputed with one forward pass
-    (temperature 1). Reproducible: each call seeds torch with ``seed`` plus the call count.
+    (temperature 1). Reproducible: prompt ``i`` of call ``c`` samples from its own stream, seeded from
+    ``(seed, c, i)``, inside :func:`torch.random.fork_rng`, so prompts of one call (even the same prompt
+    twice) draw independent samples and the caller's global random state is left as it was.
     :meth:`logprob` counts as the continuation the tokens after the prompt's own tokenization (a token
     that merges the end of the prompt with the start of the continuation counts as the continuation's).
     """
@@ -617,17 +625,19 @@ class HFCausalLM(LLM):
     @torch.no_grad()
     def _complete(self, prompts, n, temperature, max_tokens, stop):
         out, prompt_tokens, generated = [], 0, 0
-        for prompt in prompts:
+        cuda = [self.device.index or 0] if self.device.type == "cuda" else []
+        for index, prompt in enumerate(prompts):
             ids = self._encode(prompt)
             if not ids:
                 raise ValueError("hf backend: a prompt encodes to no tokens; give a non-empty prompt")
-            torch.manual_seed(self.seed + self.usage.calls)
             sampling = {"do_sample": True, "temperature": temperature, "top_k": 0} if temperature > 0 \
                 else {"do_sample": False}
             inputs = torch.tensor([ids], device=self.device)
-            sequences = self.model.generate(
-                inputs, attention_mask=torch.ones_like(inputs), max_new_tokens=max_tokens,
-                num_return_sequences=n if temperature > 0 else 1, pad_token_id=self.pad_id, **sampling)
+            with torch.random.fork_rng(devices=cuda):  # generate() draws from the global generator
+                torch.manual_seed(_stream_seed(self.seed, self.usage.calls, index))
+                sequences = self.model.generate(
+                    inputs, attention_mask=torch.ones_like(inputs), max_new_tokens=max_tokens,
+                    num_return_sequences=n if temperature > 0 else 1, pad_token_id=self.pad_id, **sampling)
             rows = sequences.tolist() if temperature > 0 else sequences.tolist() * n  # greedy: one answer
             samples = []
             for row in rows:
