@@ -500,6 +500,22 @@ def test_toolkit_checks_its_streams_before_training(monkeypatch):
         toolkit.check_runnable(dataclasses.replace(toolkit.CONFIGS["fast"], val_fraction=0.999))
 
 
+def test_matmulfree_checks_its_streams_before_training(monkeypatch):
+    """A corpus too short for a window is refused before any training: up front by the experiment's
+    check (``python -m paperlab run matmulfree --set corpus.n_sentences=20``), and in each run."""
+    from paperlab.matmulfree import experiments as mmf
+
+    short = dataclasses.replace(mmf.CONFIGS["fast"].corpus, n_sentences=20)
+    config = dataclasses.replace(mmf.CONFIGS["fast"], corpus=short)
+    with pytest.raises(ValueError, match=r"the validation stream has \d+ tokens, fewer than context_length"):
+        mmf.EXPERIMENT.check(config)
+    monkeypatch.setattr(mmf, "train", lambda *a, **k: pytest.fail("trained before checking the data"))
+    with pytest.raises(ValueError, match=r"stream has \d+ tokens, fewer than context_length"):
+        mmf._train(config.run_config("matmulfree", config.sizes[0], config.sweep_lrs[0]), "cpu")
+    mmf.EXPERIMENT.check(mmf.CONFIGS["fast"])  # the book's own configs pass
+    mmf.EXPERIMENT.check(mmf.CONFIGS["full"])
+
+
 def test_matmulfree_lm_rejects_a_mask_of_another_shape():
     model = _mmf_lm()
     with pytest.raises(ValueError, match=r"attention_mask must have the shape of idx \(1, 4\), got \(2, 3\)"):

@@ -262,6 +262,7 @@ class FlipCounter:
 def _train(run: RunConfig, device) -> dict:
     device = auto_device(device)
     corpus = toolkit.build_corpus(run.corpus)
+    toolkit.check_streams(corpus, run.corpus)  # before training, not at the first evaluation
     train_ids = corpus.train_ids.to(device)
     torch.manual_seed(run.train.seed)
     model = make_model(run, corpus.tokenizer.vocab_size).to(device)
@@ -541,4 +542,12 @@ def run(config: MatMulFreeExperimentConfig, device=None) -> dict:
     }
 
 
-EXPERIMENT = Experiment(name="matmulfree", chapter="book/03-matmulfree.md", configs=CONFIGS, run=run)
+def check_runnable(config: MatMulFreeExperimentConfig) -> None:
+    """What :func:`run` needs beyond a valid config: token streams of the corpus long enough for a window
+    (:func:`paperlab.toolkit.check_streams`); a ValueError before any training (``python -m paperlab run``
+    calls it up front, and :func:`_train` again)."""
+    toolkit.check_streams(toolkit.build_corpus(config.corpus), config.corpus)
+
+
+EXPERIMENT = Experiment(name="matmulfree", chapter="book/03-matmulfree.md", configs=CONFIGS, run=run,
+                        check=check_runnable)
