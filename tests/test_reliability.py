@@ -539,3 +539,30 @@ def test_seq2seq_rejects_an_empty_sentence_in_one_line(side):
     inputs[side] = torch.zeros(1, 0, dtype=torch.long)
     with pytest.raises(ValueError, match=f"{side} has no tokens"):
         model(**inputs)
+
+
+@pytest.mark.parametrize("module", ["bot", "sayself"])
+def test_bot_and_sayself_need_three_seeds_and_evaluations_before_any_work(module, monkeypatch):
+    """Fewer than three seeds, or a training run with too few evaluations for its convergence check, is a
+    one-line error from run() (and from python -m paperlab run, up front) before any model is trained."""
+    import importlib
+
+    experiments = importlib.import_module(f"paperlab.{module}.experiments")
+    name = "BoTConfig" if module == "bot" else "SaySelfConfig"
+    monkeypatch.setattr(experiments, "auto_device", lambda device: pytest.fail("started work"))
+    config = experiments.CONFIGS["fast"]
+    with pytest.raises(ValueError, match=rf"{name}.seeds must be a tuple of >= 3 seeds"):
+        experiments.run(dataclasses.replace(config, seeds=(0, 1)), device="cpu")
+    field = "train" if module == "bot" else "sft"
+    few = dataclasses.replace(getattr(config, field), eval_every=0)
+    with pytest.raises(ValueError, match=rf"{name}.{field} must be a TrainConfig with >= 5 evaluations"):
+        experiments.run(dataclasses.replace(config, **{field: few}), device="cpu")
+    for profile in ("fast", "full"):
+        experiments.EXPERIMENT.check(experiments.CONFIGS[profile])
+
+
+def test_bot_refuses_a_novelty_of_zero_in_its_config():
+    from paperlab.bot.experiments import BoTConfig
+
+    with pytest.raises(ValueError, match=r"BoTConfig.novelty must be"):
+        BoTConfig(novelty=0.0)

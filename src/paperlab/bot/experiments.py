@@ -47,11 +47,12 @@ from paperlab.config import (
     check_number_tuple,
     check_numbers,
     check_seeds,
+    check_that,
     check_type,
 )
 from paperlab.experiments import Experiment
 from paperlab.nn import count_parameters
-from paperlab.train import TrainConfig, TrainResult, auto_device
+from paperlab.train import TrainConfig, TrainResult, auto_device, check_convergence_evaluations
 from paperlab.utils import parallel_map, usable_cores
 
 __all__ = ["BoTConfig", "CONFIGS", "EXPERIMENT", "load", "measure_seed", "run", "sweep_thresholds",
@@ -97,7 +98,8 @@ class BoTConfig:
                           ("train", TrainConfig)):
             check_type(self, name, cls)
         check_seeds(self)
-        check_numbers(self, "delta", "novelty", low=0, high=1)  # cosine similarities
+        check_numbers(self, "delta", low=0, high=1)  # cosine similarities
+        check_numbers(self, "novelty", low=0, high=1, open_low=True)  # 0 would admit no template at all
         check_number_tuple(self, "deltas", low=0, high=1)
         check_ints(self, "max_retries", low=0)
         check_ints(self, "tot_breadth", "tot_depth", "n_propose", "n_value", "stream_length",
@@ -370,6 +372,7 @@ def run(config: BoTConfig, device: str | None = None) -> dict:
     """Train every (size, seed) model and measure it (:func:`measure_seed`), in chains of work that keep
     every core busy (:func:`plan`, one process per core; CUDA: all in this process); plus what does not
     depend on the seed (data, vocabulary, model sizes)."""
+    check_runnable(config)
     device = None if device is None else str(auto_device(device))  # a bad device fails before any work
     data = build_data(config.data)
     tokenizer = make_tokenizer(config.data)
@@ -470,4 +473,12 @@ def _phrasings(problems: list[tasks.Problem]) -> list[int]:
     return out
 
 
-EXPERIMENT = Experiment(name="bot", chapter="book/08-bot.md", configs=CONFIGS, run=run)
+def check_runnable(config: BoTConfig) -> None:
+    """What :func:`run` needs beyond a valid config: >= 3 seeds (the scorecard's intervals over seeds) and
+    >= 5 evaluations per training run (the convergence check); a ValueError before any model is trained
+    (``python -m paperlab run`` calls it up front)."""
+    check_that(config, len(config.seeds) >= 3, "seeds", "a tuple of >= 3 seeds (95% intervals over seeds)")
+    check_convergence_evaluations(config, "train", config.train)
+
+
+EXPERIMENT = Experiment(name="bot", chapter="book/08-bot.md", configs=CONFIGS, run=run, check=check_runnable)

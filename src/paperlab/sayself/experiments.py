@@ -35,14 +35,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from paperlab import align, cache, llm
-from paperlab.config import check_ints, check_numbers, check_seeds, check_type
+from paperlab.config import check_ints, check_numbers, check_seeds, check_that, check_type
 from paperlab.experiments import Experiment
 from paperlab.nn import GPT, count_parameters
 from paperlab.sayself import method
 from paperlab.sayself.base import BaseConfig, corpus_ids, load_base, make_model
 from paperlab.sayself.calibration import auroc, binned_ece, parse, unbinned_ece
 from paperlab.sayself.world import ID_KINDS, OOD_KINDS, Question, World, WorldConfig
-from paperlab.train import TrainConfig, TrainResult, auto_device, train
+from paperlab.train import TrainConfig, TrainResult, auto_device, check_convergence_evaluations, train
 from paperlab.utils import cpu_threads, parallel_map
 
 __all__ = ["SaySelfConfig", "CONFIGS", "EXPERIMENT", "BRANCHES", "stage1_samples", "run_branch", "run_seed",
@@ -415,6 +415,7 @@ def run(config: SaySelfConfig, device=None) -> dict:
     """The base model (pretrained once); Stage 1's samples for every seed; then every branch of every seed
     (:func:`run_branch`), two jobs at a time (one per core; one after another on a GPU), assembled per
     seed as :func:`run_seed` does. JSON-able."""
+    check_runnable(config)
     device = None if device is None else str(auto_device(device))
     base, world, history = load_base(config.base, device)
     workers = 1 if device is not None and device.startswith("cuda") else None
@@ -440,4 +441,14 @@ def run(config: SaySelfConfig, device=None) -> dict:
     }
 
 
-EXPERIMENT = Experiment(name="sayself", chapter="book/09-sayself.md", configs=CONFIGS, run=run)
+def check_runnable(config: SaySelfConfig) -> None:
+    """What :func:`run` needs beyond a valid config: >= 3 seeds (the scorecard's intervals over seeds) and
+    >= 5 evaluations in the pretraining and in Stage-1 fine-tuning (their convergence checks); a
+    ValueError before any training (``python -m paperlab run`` calls it up front)."""
+    check_that(config, len(config.seeds) >= 3, "seeds", "a tuple of >= 3 seeds (95% intervals over seeds)")
+    check_convergence_evaluations(config, "base", config.base.train)
+    check_convergence_evaluations(config, "sft", config.sft)
+
+
+EXPERIMENT = Experiment(name="sayself", chapter="book/09-sayself.md", configs=CONFIGS, run=run,
+                        check=check_runnable)
