@@ -261,18 +261,28 @@ def _train(trajectories, config: AgentGymConfig, seed: int, device, desc: str):
                        select=lambda metrics: -metrics["val_success"], device=device, desc=desc)
 
 
+def model_name(m: int) -> str:
+    """The name of model ``m`` of an AgentEvol chain: ``"BC_base"`` (0), then ``"AgentEvol m"``."""
+    return "BC_base" if m == 0 else f"AgentEvol {m}"
+
+
+def model_names(config: AgentGymConfig) -> list[str]:
+    """Every trained model of a seed: the AgentEvol chain's (:func:`model_name`) and BC_large."""
+    return [model_name(m) for m in range(config.iterations + 1)] + ["BC_large"]
+
+
 def agentevol_chain(seed: int, config: AgentGymConfig, device=None) -> dict:
     """BC_base, then ``iterations`` rounds of explore, filter, merge with the expert data, retrain from
     the base model. Returns one record per model (iteration 0 is BC_base) and per exploration round."""
     expert = expert_data(config, range(config.n_base))
-    model, history, kept = _train(expert, config, seed, device, f"BC_base seed {seed}")
-    models = [_record("BC_base", model, history, config, len(expert), kept)]
+    model, history, kept = _train(expert, config, seed, device, f"{model_name(0)} seed {seed}")
+    models = [_record(model_name(0), model, history, config, len(expert), kept)]
     rounds = []
     for m in range(1, config.iterations + 1):
         sampled = explore(model, config, seed=1000 * seed + m)
         kept = filter_trajectories(sampled, threshold=config.success_threshold, existing=expert)
-        model, history, step = _train(expert + kept, config, seed, device, f"AgentEvol {m} seed {seed}")
-        models.append(_record(f"AgentEvol {m}", model, history, config, len(expert) + len(kept), step))
+        model, history, step = _train(expert + kept, config, seed, device, f"{model_name(m)} seed {seed}")
+        models.append(_record(model_name(m), model, history, config, len(expert) + len(kept), step))
         rounds.append({"iteration": m, "explored": _summary(sampled, config),
                        "kept": {env: sum(t.env == env for t in kept) for env in config.envs}})
     return {"seed": seed, "models": models, "exploration": rounds}
@@ -345,13 +355,11 @@ def _piece(kind: str, seed: int, m: int, config: AgentGymConfig, device, payload
         return bc_large(seed, config, device)
     if kind == "train":
         expert = expert_data(config, range(config.n_base))
-        desc = f"BC_base seed {seed}" if m == 0 else f"AgentEvol {m} seed {seed}"
-        model, history, kept = _train(expert + payload, config, seed, device, desc)
+        model, history, kept = _train(expert + payload, config, seed, device, f"{model_name(m)} seed {seed}")
         return {"state_dict": state_of(model), "history": history.to_dict(),
                 "n_train": len(expert) + len(payload), "kept_step": kept}
     if kind == "evaluate":
-        name = "BC_base" if m == 0 else f"AgentEvol {m}"
-        return _record(name, _model_from(payload["state_dict"], config, seed, device),
+        return _record(model_name(m), _model_from(payload["state_dict"], config, seed, device),
                        TrainResult.from_dict(payload["history"]), config, payload["n_train"],
                        payload["kept_step"])
     if kind == "explore":
@@ -448,12 +456,11 @@ def checks_config(profile: str | None = None) -> ChecksConfig:
 
 def load_agent(config: AgentGymConfig, seed: int, name: str, device=None) -> GPT:
     """The trained model ``name`` (``"BC_base"``, ``"AgentEvol 3"``, ``"BC_large"``) of ``seed``, from the
-    cache (training it first if needed)."""
+    cache (training it first if needed). An unknown name is refused before any training."""
+    if name not in model_names(config):
+        raise ValueError(f"no model {name!r}; the models are {', '.join(model_names(config))}")
     job = "bc_large" if name == "BC_large" else "agentevol"
-    result = run_job(job, seed, config, device)
-    record = next((m for m in result["models"] if m["name"] == name), None)
-    if record is None:
-        raise ValueError(f"no model {name!r}; have {[m['name'] for m in result['models']]}")
+    record = next(m for m in run_job(job, seed, config, device)["models"] if m["name"] == name)
     model = initial_model(config.pretrain.model, agent_tokenizer().vocab_size, seed)
     model.load_state_dict(record["state_dict"])
     return model.to(auto_device(device)).eval()
