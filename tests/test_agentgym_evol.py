@@ -169,8 +169,8 @@ def test_agentevol_chain_runs_end_to_end_on_a_tiny_setting(tmp_path, monkeypatch
     assert chain["models"][1]["n_trajectories"] == 4 + explored["kept"]["shop"]
     model = experiments.load_agent(config, 0, "AgentEvol 1")  # from the cache, no training
     assert model.config.d_model == 16
-    monkeypatch.setattr(experiments, "run_job", lambda *a, **k: pytest.fail("trained before checking the name"))
-    with pytest.raises(ValueError, match="no model 'AgentEvol 7'; the models are BC_base, AgentEvol 1, BC_large"):
+    monkeypatch.setattr(experiments, "run_job", lambda *a, **k: pytest.fail("trained before the name check"))
+    with pytest.raises(ValueError, match="no model 'AgentEvol 7'; the models are BC_base, AgentEvol 1, BC_"):
         experiments.load_agent(config, 0, "AgentEvol 7")
 
 
