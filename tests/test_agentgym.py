@@ -299,6 +299,7 @@ def test_many_concurrent_clients_on_separate_episodes(server):
     for thread in threads:
         thread.join(60)
     assert not errors
+    assert not any(thread.is_alive() for thread in threads) and sorted(results) == list(range(n_clients))
     for index, trajectory in results.items():
         assert trajectory.success
         assert trajectory.to_dict() == rollout(_ExpertLLM(), {"craft": LocalClient("craft")},
@@ -308,6 +309,9 @@ def test_many_concurrent_clients_on_separate_episodes(server):
 def test_load_test_is_bounded(server):
     out = load_test(server, 3, steps_per_client=20, time_limit=20)
     assert out["steps"] == 60 and out["steps_per_second"] > 0
+    # bounded in time too: far more steps than 0.5 s allows stop at the time limit
+    out = load_test(server, 2, steps_per_client=10**9, time_limit=0.5)
+    assert 0 < out["steps"] < 2 * 10**9 and out["seconds"] < 5
 
 
 def test_cli_server_in_a_subprocess():

@@ -314,9 +314,13 @@ def test_add_only_check_counts_agreement(tmp_path):
                                           d_model=16, n_layers=1)).eval()
     out = E.add_only_check(model, corpus, n_prompts=3)
     assert out["n_sentences"] == 3 and len(out["max_logit_difference"]) == 3
-    assert 0 < out["argmax_agree"] <= out["positions"]
-    assert 0 <= out["codes_changed"] <= out["codes_total"] and out["codes_total"] > 0
-    assert max(out["max_logit_difference"]) < 0.5
+    # the packed add-only path is the float model: every argmax, code and greedy generation the same
+    # (this untrained model's weights sit away from the rounding thresholds; the chapter shows a trained
+    # model's few codes that round the other way)
+    assert out["positions"] > 0 and out["argmax_agree"] == out["positions"]
+    assert out["codes_total"] > 0 and out["codes_changed"] == 0 and out["largest_code_change"] == 0
+    assert out["n_equal_generations"] == out["n_sentences"]
+    assert max(out["max_logit_difference"]) < 1e-5
 
 
 def test_best_rates_use_the_sentence_loss_for_every_family():

@@ -277,17 +277,21 @@ def test_bad_input_is_named(world):
 
 def test_faithfulness_against_a_shuffled_control(world):
     questions = world.questions(("born_in",), world.test_people[:3])
-    cities = [q.hops[0] for q in questions]
 
     def chains(q, values):
         return [method.read_chain(q, f"reasoning: {q.person} was born in {v}. answer: {v}.") for v in values]
 
-    others = [next(c for c in world.cities if c not in cities[i:i + 1]) for i in range(3)]
-    samples = [chains(q, [c, o]) for q, c, o in zip(questions, cities, others)]
-    reflections = [f"i am unsure of the birthplace: {c} or {o}" for c, o in zip(cities, others)]
+    # each question's samples and rationale name two cities of its own, disjoint from the others': every
+    # rationale names only its own samples' values, and another question's rationale names none of them
+    pairs = [tuple(world.cities[2 * i: 2 * i + 2]) for i in range(3)]
+    samples = [chains(q, pair) for q, pair in zip(questions, pairs)]
+    reflections = [f"i am unsure of the birthplace: {a} or {b}" for a, b in pairs]
     result = experiments.faithfulness(reflections, samples, questions, seed=0)
     assert result["own"] == [1.0, 1.0, 1.0] and result["n_named"] == 3
-    assert len(result["shuffled"]) == 3 and max(result["shuffled"]) <= 1.0
+    assert result["shuffled"] == [0.0, 0.0, 0.0]  # a rationale kept by its own question would score 1
+    # a rationale naming one sampled and one unsampled city scores 1/2
+    half = [f"i am unsure of the birthplace: {pairs[0][0]} or {pairs[1][0]}", *reflections[1:]]
+    assert experiments.faithfulness(half, samples, questions, seed=0)["own"][0] == 0.5
 
 
 # --------------------------------------------------------------------------------------------------
