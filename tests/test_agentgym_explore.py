@@ -46,13 +46,28 @@ def test_greedy_exploration_repeats_one_episode_per_instruction(agent):
     for env in ENVS:
         rows = grid[0.0][env]
         assert len(rows) == CONFIG.n_instructions and all(len(row) == CONFIG.samples for row in rows)
-        assert all(len({key for _, key in row}) == 1 for row in rows)  # temperature 0: the same episode
+        assert all(len({key for _, key, _ in row}) == 1 for row in rows)  # temperature 0: the same episode
+
+
+def test_trajectories_the_expert_data_holds_are_not_counted_as_kept(agent):
+    """AgentEvol's filter drops a sampled trajectory the expert data already holds: so does the explorer."""
+    from paperlab.agentgym.agent import rollout
+    from paperlab.agentgym.client import LocalClient
+    from paperlab.agentgym.experiments import as_llm
+
+    greedy = rollout(as_llm(agent), {"craft": LocalClient("craft")}, [("craft", 0, 0)], temperature=0.0)
+    config = ExploreConfig(temperatures=(0.0, 1.2), samples=2, n_instructions=1)
+    plain, held = (exploration_grid(agent, ENVS, config, existing=e)[0.0]["craft"] for e in ((), greedy))
+    assert [key for _, key, new in plain[0]] == [greedy[0].key()] * 2 and all(new for *_, new in plain[0])
+    assert not any(new for *_, new in held[0])  # the greedy episode is the expert's: nothing new
+    assert _found(held, 2)[2] == 0
 
 
 def test_found_counts_successes_coverage_and_distinct_trajectories():
-    rows = [[(True, "a"), (True, "a"), (False, "b")], [(False, "c"), (True, "d"), (True, "e")],
-            [(False, "f"), (False, "g"), (False, "h")]]
-    assert _found(rows, 3) == (4 / 9, 2 / 3, 3 / 3)
+    rows = [[(True, "a", True), (True, "a", True), (False, "b", True)],
+            [(False, "c", True), (True, "d", True), (True, "e", False)],  # "e" is the expert's
+            [(False, "f", True), (False, "g", True), (False, "h", True)]]
+    assert _found(rows, 3) == (4 / 9, 2 / 3, 2 / 3)
     assert _found(rows, 1) == (1 / 3, 1 / 3, 1 / 3)
 
 

@@ -3,18 +3,20 @@ number of samples per instruction (see :mod:`paperlab.explore` for the pattern, 
 (sec-agentgym-evolution) for the exploration rounds).
 
 An exploration round samples the current agent on training instructions and keeps what succeeded, once
-each (:func:`paperlab.agentgym.evol.filter_trajectories`). Two numbers say what a round can find: the
-share of instructions with at least one success among their samples (what the filter can keep at all), and
-the distinct successful trajectories kept per instruction (how much new data it adds). Greedy decoding
-(temperature 0) repeats one episode per instruction; a high temperature varies the episodes and, past
-some point, breaks them.
+each and only if the expert data does not already hold it
+(:func:`paperlab.agentgym.evol.filter_trajectories`). Two numbers say what a round can find: the share of
+instructions with at least one success among their samples (what the filter can keep at all), and the
+distinct successful trajectories kept per instruction (how much new data it adds: a copy of an expert
+trajectory adds none). Greedy decoding (temperature 0) repeats one episode per instruction; a high
+temperature varies the episodes and, past some point, breaks them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-from paperlab.agentgym.agent import rollout
+from paperlab.agentgym.agent import Trajectory, rollout
 from paperlab.agentgym.client import LocalClient
 from paperlab.config import check_ints, check_number_tuple, check_that, pick
 from paperlab.explore import Choice, Explorer, IntSlider
@@ -54,11 +56,13 @@ def explore_config(profile: str | None = None) -> ExploreConfig:
 
 
 def exploration_grid(model: GPT, envs: tuple[str, ...], config: ExploreConfig, *,
-                     max_tokens: int = 16) -> dict:
-    """Sample ``model`` on the grid of ``config``. Returns ``{temperature: {env: [[(success, key), ...]
-    per sample] per instruction]}}``, where ``key`` identifies the trajectory (for de-duplication)."""
+                     max_tokens: int = 16, existing: Iterable[Trajectory] = ()) -> dict:
+    """Sample ``model`` on the grid of ``config``. Returns ``{temperature: {env: [[(success, key, new),
+    ...] per sample] per instruction]}}``, where ``key`` identifies the trajectory (for de-duplication)
+    and ``new`` says that ``existing`` (the expert data the filter merges with) does not hold it."""
     from paperlab.agentgym.experiments import as_llm  # the agent's decoding, as in the experiment
 
+    held = {t.key() for t in existing}
     clients = {env: LocalClient(env) for env in envs}
     episodes = [(env, i, 0) for env in envs for i in range(config.n_instructions)
                 for _ in range(config.samples)]
@@ -67,7 +71,7 @@ def exploration_grid(model: GPT, envs: tuple[str, ...], config: ExploreConfig, *
         played = rollout(as_llm(model, config.seed), clients, episodes, temperature=temperature,
                          max_tokens=max_tokens)
         grid[temperature] = {
-            env: [[(t.success, t.key()) for t in played[k:k + config.samples]]
+            env: [[(t.success, t.key(), t.key() not in held) for t in played[k:k + config.samples]]
                   for k in range(e * config.n_instructions * config.samples,
                                  (e + 1) * config.n_instructions * config.samples, config.samples)]
             for e, env in enumerate(envs)}
@@ -76,18 +80,20 @@ def exploration_grid(model: GPT, envs: tuple[str, ...], config: ExploreConfig, *
 
 def _found(rows: list, samples: int) -> tuple[float, float, float]:
     """(share of the first ``samples`` episodes that succeeded, share of instructions with a success among
-    them, distinct successful trajectories per instruction) over one environment's instructions."""
+    them, distinct successful trajectories per instruction that the filter keeps: not in the expert data)
+    over one environment's instructions."""
     episodes = [row[:samples] for row in rows]
-    succeeded = sum(ok for row in episodes for ok, _ in row) / (len(rows) * samples)
-    covered = sum(any(ok for ok, _ in row) for row in episodes) / len(rows)
-    distinct = sum(len({key for ok, key in row if ok}) for row in episodes) / len(rows)
+    succeeded = sum(ok for row in episodes for ok, _, _ in row) / (len(rows) * samples)
+    covered = sum(any(ok for ok, _, _ in row) for row in episodes) / len(rows)
+    distinct = sum(len({key for ok, key, new in row if ok and new}) for row in episodes) / len(rows)
     return succeeded, covered, distinct
 
 
 def exploration_explorer(model: GPT, envs: tuple[str, ...], config: ExploreConfig | None = None, *,
-                         max_tokens: int = 16) -> Explorer:
+                         max_tokens: int = 16, existing: Iterable[Trajectory] = ()) -> Explorer:
     """Controls: the exploration ``temperature`` and the ``samples`` per instruction (the rounds of the
-    chapter use ``samples_per_instruction`` of them).
+    chapter use ``samples_per_instruction`` of them). ``existing``: the expert data the filter merges with
+    (its trajectories are not counted as kept).
 
     Left, per environment, the share of sampled episodes that succeed and the share of instructions with
     at least one success among their samples, at the chosen temperature; right, the distinct successful
@@ -95,7 +101,7 @@ def exploration_explorer(model: GPT, envs: tuple[str, ...], config: ExploreConfi
     explorer is built), the chosen temperature marked.
     """
     config = config or explore_config()
-    grid = exploration_grid(model, envs, config, max_tokens=max_tokens)
+    grid = exploration_grid(model, envs, config, max_tokens=max_tokens, existing=existing)
     temperatures = list(config.temperatures)
 
     def draw(fig, *, temperature: float, samples: int):
