@@ -14,7 +14,7 @@ validation loss has a floor to be measured against: ``loss >= H_token`` for any 
 4. samples sentences and parses them with the grammar;
 
 and does all of it for each of ``config.seeds`` (independent initialisations and data orders, trained
-side by side on both cores), so the chapter's scorecard can give intervals over seeds. The trained
+side by side, one per usable CPU core), so the chapter's scorecard can give intervals over seeds. The trained
 weights and the histories are stored in the artifact cache (:func:`paperlab.cache.cached`).
 """
 
@@ -245,7 +245,7 @@ def check_runnable(config: ToolkitConfig) -> None:
 
 
 def run(config: ToolkitConfig, device: str | torch.device | None = None) -> dict:
-    """Train (or load) one model per seed of ``config.seeds`` (two at a time, one per core) and measure
+    """Train (or load) one model per seed of ``config.seeds`` (one per usable CPU core at a time) and measure
     each (:func:`measure_seed`); returns JSON-able results: ``seeds`` (one dict per seed) and the
     seed-independent numbers of the corpus."""
     check_runnable(config)

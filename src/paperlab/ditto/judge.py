@@ -1,7 +1,7 @@
 """The judges: style classifiers standing in for the paper's GPT-4 judge, and pairwise win rates.
 
 The paper asks GPT-4 which of two outputs is closer to an author's writing. Here a classifier trained on
-separate messages of every author (pretraining, dev and target: 56 authors in the full profile) reads an
+separate messages of every author (pretraining, dev and target: 53 in the default cast) reads an
 output and gives ``p(author | text)``; of two outputs for the same prompt, one that keeps the prompt's
 content beats one that does not, and otherwise the one it finds more likely to be the target author's
 wins (:func:`wins`). Two classifiers with different features and models check

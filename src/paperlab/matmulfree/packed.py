@@ -61,9 +61,9 @@ def pack_model(model: nn.Module, *, impl: str = "auto") -> nn.Module:
 def weight_bytes(model: nn.Module) -> dict[str, int]:
     """Bytes of a MatMul-free LM's weights stored three ways (measured on its tensors):
 
-    - ``ternary_fp32`` / ``ternary_bf16`` / ``ternary_packed``: the BitLinear weight matrices only, as fp32,
-      bf16, and packed (uint8 bytes + one fp32 scale each);
-    - ``other``: everything else (embedding, LM head, norm gains) in fp32;
+    - ``ternary_fp32`` / ``ternary_bf16`` / ``ternary_packed``: the BitLinear weight matrices only (the
+      LM head is one), as fp32, bf16, and packed (uint8 bytes + one fp32 scale each);
+    - ``other_fp32``: everything else (the embedding, norm gains) in fp32;
     - ``model_fp32``, ``model_bf16``: the whole model in fp32 / bf16; ``model_packed``: packed ternary layers
       plus everything else in bf16 (as one would ship it).
     """

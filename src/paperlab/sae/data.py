@@ -90,12 +90,13 @@ def make_synthetic(config: SyntheticConfig) -> SyntheticData:
 @dataclass(frozen=True)
 class LMDataConfig:
     """Which GPT (a toolkit profile's), which layer, which activation, and how many tokens of fresh grammar
-    sentences. ``component``: ``"residual"`` (the residual stream ``h_layer`` after block ``layer - 1``) or
+    sentences. ``component``: ``"residual"`` (the residual stream ``h_layer`` after the first ``layer``
+    blocks) or
     ``"block"`` (what that block added to it, ``h_layer - h_{layer-1}``: the stream without the token's
     embedding, which carries the token's identity)."""
 
     toolkit_profile: str = "fast"
-    layer: int = 1  # residual stream after block 0 (of 2): the middle of the model
+    layer: int = 1  # the residual stream after block 1 of 2: the middle of the model
     component: str = "residual"
     n_train_sentences: int = 8_000
     n_val_sentences: int = 800

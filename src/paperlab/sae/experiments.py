@@ -124,7 +124,7 @@ CONFIGS = {
 # ------------------------------------------------------------------------------------------ runs
 def steps_for(config: SAEExperimentConfig, n_latents: int) -> int:
     """Training steps of a run with ``n_latents``: ``train.steps * (n / max(sizes)) ** steps_exponent``,
-    at least ``3 * train.eval_every`` (so that its convergence can be checked)."""
+    at least ``3 * min(train.eval_every, 50)`` steps (so that its convergence can be checked)."""
     steps = round(config.train.steps * (n_latents / max(config.sizes)) ** config.steps_exponent)
     return max(steps, 3 * min(config.train.eval_every, 50), 1)
 

@@ -128,8 +128,9 @@ def ssd_quadratic(x, dt, A, B, C, D=None, initial_state=None):
 
 def random_inputs(batch=2, seqlen=16, nheads=4, headdim=8, ngroups=1, d_state=8, *, dtype=torch.float64,
                   seed=0, with_D=True, with_initial_state=False, device="cpu"):
-    """Inputs like a trained Mamba-2 layer's: ``dt`` softplus of a normal (so in about (0.1, 3)), ``A`` in
-    ``-[1, 16]``... scaled to ``-[0.1, 1]`` so that decays neither vanish nor explode over short tests."""
+    """Random inputs of a Mamba-2 layer's shapes: ``dt = softplus(z - 1)`` for a standard normal ``z`` (95%
+    of it in about (0.05, 1.3)), ``A`` evenly spaced in ``[-1, -0.1]`` over the heads (Mamba-2 draws
+    ``-A`` from ``[1, 16]``; smaller here so that decays neither vanish nor explode over short tests)."""
     g = torch.Generator().manual_seed(seed)
 
     def rand(*shape):
