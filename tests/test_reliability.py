@@ -405,7 +405,7 @@ def _cases():
         (lambda: SaySelfConfig(seeds=(-1,)), r"SaySelfConfig.seeds must be a non-empty tuple of seeds"),
         # Buffer of Thoughts
         (lambda: BoTConfig(delta=float("nan")), r"BoTConfig.delta must be a finite number in \[0, 1\]"),
-        (lambda: BoTConfig(novelty=1.5), r"BoTConfig.novelty must be a finite number in \[0, 1\]"),
+        (lambda: BoTConfig(novelty=1.5), r"BoTConfig.novelty must be a finite number in \(0, 1\]"),
         (lambda: BoTConfig(deltas=()), "BoTConfig.deltas must be a non-empty tuple"),
         (lambda: BoTConfig(tot_breadth=0), "BoTConfig.tot_breadth must be a positive integer"),
         (lambda: BoTConfig(sandbox_memory_mb=-1), "BoTConfig.sandbox_memory_mb must be a positive integer"),
