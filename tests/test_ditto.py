@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from paperlab import llm
 from paperlab.ditto import analysis, data, judge, methods
 from paperlab.ditto.methods import KINDS, OnlineDPO, OnlineDPOConfig, Response
 from paperlab.nn import GPT, GPTConfig
@@ -387,3 +388,110 @@ def test_dpo_convergence_checks_each_runs_logged_loss_at_its_logged_steps():
     assert checks[0].tail_steps == (66, 80)  # the last fifth of the logged steps, not of the list's indices
     with pytest.raises(ValueError, match=r"no DPO log named 'DITTO n=7'.*\['DITTO'\]"):
         experiments.dpo_convergence(runs, "DITTO n=7")  # the main run is logged as "DITTO"
+
+
+# --------------------------------------------------------------------------------------------------
+# The prompted roles with a real model (paperlab.ditto.real), against a scripted model
+# --------------------------------------------------------------------------------------------------
+class _Scripted(llm.LLM):
+    """A model whose reply to each prompt is ``respond(prompt)``; it keeps the prompts it was asked."""
+
+    name = "scripted"
+
+    def __init__(self, respond):
+        super().__init__()
+        self.respond, self.prompts = respond, []
+
+    def _complete(self, prompts, n, temperature, max_tokens, stop):
+        self.prompts += prompts
+        return [[llm.Completion(self.respond(p))] * n for p in prompts], 0, 0
+
+    def _logprob(self, prompts, continuations):
+        return [0.0] * len(prompts), 0
+
+
+def _candidates(prompt: str) -> tuple[str, str]:
+    a = prompt.split("\nA: ")[1].split("\nB: ")[0]
+    b = prompt.split("\nB: ")[1].split("\nAnswer:")[0]
+    return a, b
+
+
+DEMOS = [data.Example("sam move_event meeting friday:", "hi sam, can you move the meeting to friday? best"),
+         data.Example("ana send_document report monday:", "hi ana, can you send the report by monday? best")]
+
+
+def test_the_llm_judge_counts_a_win_only_when_both_orders_agree():
+    from paperlab.ditto.real import LLMJudge
+
+    prompts = ["kim move_event lunch tuesday:"] * 3
+    good = ["hi kim, can you move lunch to tuesday? best"] * 3
+    bad = ["dear kim, kindly reschedule lunch. kind regards"] * 3
+    # a judge that reads: it picks the candidate that starts like the demonstrations, whichever its place
+    reader = _Scripted(lambda p: "A" if _candidates(p)[0].startswith("hi") else "B")
+    judge = LLMJudge(reader, DEMOS)
+    assert judge.wins(prompts, good, bad).tolist() == [1.0, 1.0, 1.0]
+    assert judge.win_rate(prompts, bad, good) == 0.0
+    assert len(reader.prompts) == 12
+    assert all("Request: sam move_event meeting friday:" in p for p in reader.prompts)
+    # a judge that always names the first place decides nothing: every pair is a tie
+    assert LLMJudge(_Scripted(lambda p: "A"), DEMOS).wins(prompts, good, bad).tolist() == [0.5] * 3
+    # replies that name neither letter are ties, and counted
+    mute = LLMJudge(_Scripted(lambda p: "I cannot tell."), DEMOS)
+    assert mute.win_rate(prompts, good, bad) == 0.5 and mute.unparsed == 6
+
+
+def test_the_real_few_shot_baseline_shows_the_demonstrations_and_keeps_the_message():
+    from paperlab.ditto.real import few_shot, parse_choice
+
+    model = _Scripted(lambda p: " Message: hi kim, can you move lunch to tuesday? best\n\nHope this helps!")
+    out = few_shot(model, DEMOS, ["kim move_event lunch tuesday:"])
+    assert out == ["hi kim, can you move lunch to tuesday? best"]
+    asked = model.prompts[0]
+    assert asked.index("Request: sam") < asked.index("Request: ana") < asked.index("Request: kim")
+    assert asked.endswith("Request: kim move_event lunch tuesday:\nMessage:")
+    replies = ("B", " A.", "Answer: B", "neither", "AB")
+    assert [parse_choice(t) for t in replies] == ["B", "A", "B", None, None]
+
+
+def test_the_real_roles_refuse_bad_input_before_asking():
+    from paperlab.ditto.real import LLMJudge, few_shot
+
+    model = _Scripted(lambda p: "A")
+    with pytest.raises(ValueError, match="at least one demonstration"):
+        few_shot(model, [], ["kim move_event lunch tuesday:"])
+    with pytest.raises(ValueError, match="one output of each method per prompt"):
+        LLMJudge(model, DEMOS).wins(["p:"], ["a", "b"], ["c"])
+    with pytest.raises(ValueError, match="needs a paperlab.llm.LLM"):
+        LLMJudge("gpt-4", DEMOS)
+    assert model.prompts == []
+
+
+def test_the_real_roles_through_the_openai_client(serve_app):
+    """Both roles through paperlab.llm's OpenAI client, against a fake chat server on 127.0.0.1."""
+    fastapi = pytest.importorskip("fastapi")
+    from fastapi.responses import JSONResponse
+
+    from paperlab.ditto.real import LLMJudge, few_shot
+
+    app = fastapi.FastAPI()
+
+    @app.post("/v1/chat/completions")
+    async def chat(body: dict = fastapi.Body(...)):  # noqa: B008 - FastAPI's way to read the JSON body
+        text = body["messages"][-1]["content"]
+        if text.endswith("Answer:"):  # the judge: prefers the candidate that greets like the demonstrations
+            reply = "A" if _candidates(text)[0].startswith("hi") else "B"
+        else:
+            reply = "hi kim, can you move lunch to tuesday? best"
+        return JSONResponse({"id": "x", "object": "chat.completion", "model": body["model"],
+                             "choices": [{"index": 0, "message": {"role": "assistant", "content": reply},
+                                          "finish_reason": "stop"}],
+                             "usage": {"prompt_tokens": len(text) // 4, "completion_tokens": 4}})
+
+    with serve_app(app) as url:
+        model = llm.from_env(spec=f"openai:{url}/v1/fake-7b", timeout=10.0, max_retries=1, backoff=0.01)
+        prompts = ["kim move_event lunch tuesday:"] * 2
+        written = few_shot(model, DEMOS, prompts)
+        assert written == ["hi kim, can you move lunch to tuesday? best"] * 2
+        worse = ["dear kim, kindly move lunch."] * 2
+        assert LLMJudge(model, DEMOS).wins(prompts, written, worse).tolist() == [1.0, 1.0]
+        assert model.usage.calls == 2

@@ -5,5 +5,6 @@
 - :mod:`paperlab.ditto.methods`: few-shot prompting, SFT, SPIN and DITTO on the toolkit's tiny GPT;
 - :mod:`paperlab.ditto.experiments`: the chapter's experiment (``book/10-ditto.md``);
 - :mod:`paperlab.ditto.analysis`: win rates from the scored runs, per seed, per author and method by method;
-- :mod:`paperlab.ditto.explore`: its live explorer.
+- :mod:`paperlab.ditto.explore`: its live explorer;
+- :mod:`paperlab.ditto.real`: the few-shot baseline and the pairwise judge with a reader's real model.
 """

@@ -284,8 +284,9 @@ def matched_l0(topk: list[dict], relu: list[dict], key: str = "nmse") -> list[di
 @cpu_threads(1)
 def scaling(config: SAEExperimentConfig, device=None) -> dict:
     """Final NMSE of every (n_latents, k, seed) of the grid; the joint law fitted to the means over seeds
-    (:func:`fit_scaling_law`, with and without its constraints) and to each seed alone; the held-out
-    test (:func:`holdout_prediction`); and the first seed's validation curves, keyed ``"n,k"``."""
+    (:func:`fit_scaling_law`, constrained: the figure's lines) and, without its constraints, to each seed
+    alone (whether the data determine the floor's ``eta``); the held-out test (:func:`holdout_prediction`);
+    and the first seed's validation curves, keyed ``"n,k"``."""
     points = [_summary(_topk_run(config, n, k, seed), device)
               for seed in config.seeds for k in config.ks for n in config.sizes]
     curves = {f"{n},{k}": _curve(_record(_topk_run(config, n, k, config.seeds[0]), device))
@@ -294,8 +295,9 @@ def scaling(config: SAEExperimentConfig, device=None) -> dict:
                                                   if p["n_latents"] == n and p["k"] == k) / len(config.seeds)}
              for k in config.ks for n in config.sizes]
     return {"points": points, "means": means, "curves": curves,
-            "fit": fit_scaling_law(means), "fit_unconstrained": fit_scaling_law(means, constrained=False),
-            "fits_per_seed": [fit_scaling_law([p for p in points if p["seed"] == s]) for s in config.seeds],
+            "fit": fit_scaling_law(means),
+            "fits_per_seed_unconstrained": [fit_scaling_law([p for p in points if p["seed"] == s],
+                                                            constrained=False) for s in config.seeds],
             "holdout": holdout_prediction(points, max(config.sizes))}
 
 

@@ -48,7 +48,7 @@ class BaseConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=1200, batch_size=64, lr=3e-3,
                                                                    warmup_steps=50, eval_every=100))
-    n_val: int = 256  # test questions whose answers measure the validation loss
+    n_val: int = 256  # the first test questions: their loss is the held-out ``val_loss`` (no selection)
 
     def __post_init__(self) -> None:
         check_type(self, "task", TaskConfig)
