@@ -28,6 +28,11 @@ def test_quick_json_rows(capsys):
     assert rows and all(KEYS <= set(row) for row in rows)
     limits = {row["impl"]: row for row in rows if row["bench"] == "machine"}
     assert limits["memcpy"]["gbps"] > 0 and limits["matmul"]["gflops"] > 0
+    if platform.libc_ver()[0] == "glibc":  # a new 32 MiB tensor: fresh pages against reused memory
+        fresh, reused = limits["fresh pages"], limits["reused memory"]
+        assert fresh["op"] == reused["op"] == "alloc"
+        assert len(fresh["samples"]) == len(reused["samples"]) == 10
+        assert reused["speedup"] == pytest.approx(fresh["ms"] / reused["ms"]) and reused["ms"] > 0
     kernel_rows = [row for row in rows if row["bench"] == "rmsnorm"]
     assert {row["op"] for row in kernel_rows} == {"fwd", "fwd+bwd", "quant"}
     assert {"reference", "numba"} <= {row["impl"] for row in kernel_rows}

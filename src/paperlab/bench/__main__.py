@@ -1,6 +1,7 @@
 """``python -m paperlab.bench [NAME ...] [--quick] [--json] [--out FILE] [--device cuda|cpu]``.
 
-See :mod:`paperlab.bench` for what is measured and how to add a benchmark.
+See :mod:`paperlab.bench` for what is measured and how to add a benchmark; on a CPU the machine rows
+also include :mod:`paperlab.bench._alloc`'s ``alloc`` rows (a new 32 MiB tensor, fresh pages vs reused).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 import torch
 
 from paperlab.bench import Context, Row, machine_info, measure_machine, registry
+from paperlab.bench._alloc import measure_allocation
 from paperlab.cli import UsageError, check_device, prepare_output, write_json
 from paperlab.utils import reuse_freed_memory
 
@@ -91,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.json:
         print(json.dumps({"machine": machine}), flush=True)
-    rows = measure_machine(ctx)
+    rows = measure_machine(ctx) + measure_allocation(ctx)
     emit(rows)
     for name in args.names or list(benches):
         new = benches[name].fn(ctx)

@@ -22,6 +22,7 @@ import torch
 
 from paperlab import cache
 from paperlab.bench import Context, _cpu_name, machine_info, measure_machine, registry
+from paperlab.bench._alloc import measure_allocation
 from paperlab.config import pick
 from paperlab.report import Claim, Row
 from paperlab.stats import bootstrap
@@ -94,7 +95,7 @@ def run_cpu(config: BookBenchConfig) -> dict:
         ctx = Context(device=torch.device("cpu"), quick=config.quick, repeats=config.repeats)
         machine = {**machine_info(ctx.device), "quick": config.quick, "repeats": config.repeats,
                    "freed_memory_reused": reused}
-        rows = measure_machine(ctx)
+        rows = measure_machine(ctx) + measure_allocation(ctx)
         for bench in benches.values():
             rows += bench.fn(ctx)
         return {"machine": machine, "rows": [row.to_dict() for row in rows]}
