@@ -256,3 +256,20 @@ def test_accuracy_by_query_tells_recall_from_the_shortcut():
     # values are drawn with replacement, so a repeated value makes the guess right a little more often
     for measured, expected in zip(shortcut, experiments.elimination_guess(3)):
         assert expected - 0.01 <= measured <= expected + 0.06, shortcut
+
+
+def test_set_algorithm_switches_every_block_and_refuses_unknown_names():
+    torch.manual_seed(0)
+    model = Mamba2LM(Mamba2Config(d_model=16, d_state=4, headdim=8, vocab_size=32, chunk_size=4,
+                                  n_layers=2)).double()
+    idx = torch.randint(0, 32, (2, 13))
+    logits = {}
+    for algorithm in ("chunked", "recurrent", "quadratic"):
+        model.set_algorithm(algorithm)
+        assert [block.algorithm for block in model.blocks] == [algorithm] * 2
+        logits[algorithm] = model(idx)
+    torch.testing.assert_close(logits["chunked"], logits["recurrent"], rtol=0, atol=1e-10)
+    torch.testing.assert_close(logits["quadratic"], logits["recurrent"], rtol=0, atol=1e-10)
+    with pytest.raises(ValueError, match="algorithm must be one of"):
+        model.set_algorithm("fft")
+    assert [block.algorithm for block in model.blocks] == ["quadratic"] * 2  # unchanged
