@@ -1,7 +1,8 @@
 r"""The SSD layer three ways: recurrence, quadratic (masked attention) and chunked.
 
-The selective state space model of Mamba-2 (Dao & Gu, 2024, eq. 1-2 and section 3) maps, per head, the
-input ``x_t: (P,)`` to ``y_t: (P,)`` through a state ``h_t: (P, N)``:
+The selective state space model of Mamba-2 (Dao & Gu, 2024, eq. 2, the time-varying form of the SSM of
+eq. 1; section 3) maps, per head, the input ``x_t: (P,)`` to ``y_t: (P,)`` through a state
+``h_t: (P, N)``:
 
 .. math::
 
@@ -15,8 +16,9 @@ Unrolled, ``y = M (dt\,x) + D x`` with the lower-triangular matrix
     M_{ts} = L_{ts}\, C_t^\top B_s, \qquad
     L_{ts} = \textstyle\prod_{r=s+1}^{t} a_r = e^{\mathrm{segsum}(\log a)_{ts}},
 
-a 1-semiseparable mask ``L`` times the "attention scores" ``C B^T``: linear attention with a decaying
-causal mask (section 4). All three functions share one signature and return ``(y, final_state)``:
+the matrix of eq. 3 with a scalar decay: a 1-semiseparable mask ``L`` (eq. 6) times the "attention
+scores" ``C B^T`` (section 5.1): linear attention with a decaying causal mask (section 4). All three
+functions share one signature and return ``(y, final_state)``:
 
 * :func:`ssd_recurrent`: the recurrence (linear time, sequential);
 * :func:`ssd_quadratic`: ``M`` materialised (quadratic time and memory, one big matmul);
@@ -102,7 +104,7 @@ def block_factors(dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.T
 
 
 def ssd_quadratic(x, dt, A, B, C, D=None, initial_state=None):
-    """The SSM as masked attention: ``y = (L o C B^T)(dt x) + D x``, ``T x T`` per head.
+    """The SSM as masked attention: ``y = (L o C B^T)(dt x) + D x``, ``T x T`` per head (section 5.1).
 
     An initial state adds ``exp(sum_{r<=t} log a_r) h_0 C_t`` to ``y_t``; the final state is
     ``h_T = exp(sum_r log a_r) h_0 + sum_s exp(sum_{r>s} log a_r) dt_s x_s B_s^T``.

@@ -139,12 +139,12 @@ class Mamba2Block(nn.Module):
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         (x, dt, A, B, C, D), z = self.ssd_inputs(u)
-        if self.algorithm == "chunked":  # the same layer three ways (eq. 1-2, sections 4 and 6)
+        if self.algorithm == "chunked":  # the same layer three ways (eq. 2; sections 5.1 and 6)
             y, _ = ssd_chunked(x, dt, A, B, C, D, chunk_size=self.config.chunk_size)
         elif self.algorithm == "recurrent":
-            y, _ = ssd_recurrent(x, dt, A, B, C, D)  # h_t = a_t h_{t-1} + Delta_t x_t B_t^T, eq. 1-2
+            y, _ = ssd_recurrent(x, dt, A, B, C, D)  # h_t = a_t h_{t-1} + Delta_t x_t B_t^T, eq. 2
         else:
-            y, _ = ssd_quadratic(x, dt, A, B, C, D)  # y = (L o C B^T)(Delta x) + D x, section 4
+            y, _ = ssd_quadratic(x, dt, A, B, C, D)  # y = (L o C B^T)(Delta x) + D x, section 5.1
         y = rearrange(y, "b t h p -> b t (h p)")
         return self.out_proj(self.norm(y * F.silu(z)))  # gated norm: RMSNorm(y * SiLU(z)), then W_out
 
