@@ -88,7 +88,7 @@ class BoTConfig:
     # the smallest effects that count, declared with the claims (book/08-bot.md, sec-bot-claims)
     claim_gain: float = 0.10  # BoT over the best single-query method, mean accuracy over families
     claim_tot_gain: float = 0.05  # BoT over ToT on the Game of 24
-    claim_cost_fraction: float = 0.12  # BoT's generated tokens as a fraction of ToT's
+    claim_cost_fraction: float = 0.12  # BoT's seconds per problem as a fraction of ToT's (paper, Figure 3)
     claim_phrasing_drop: float = 0.05  # accuracy lost on a phrasing never seen in training
     claim_scale_gain: float = 0.0  # small model with BoT over the large model's best single-query method
     claim_buffer_slack: float = 1.0  # templates held minus families seen, within +-
