@@ -8,8 +8,8 @@ import re
 
 import pytest
 import torch
+from fakes import Scripted
 
-from paperlab import llm
 from paperlab.bot import buffer, experiments, methods, tasks
 from paperlab.bot.prompts import TinyPrompts, read_step
 from paperlab.bot.sandbox import Limits, run_program
@@ -227,24 +227,6 @@ def test_sandbox_arguments_checked():
 # --------------------------------------------------------------------------------------------------
 # The methods, with a scripted model
 # --------------------------------------------------------------------------------------------------
-class Scripted(llm.LLM):
-    """A model whose replies come from ``respond(prompt, i) -> text`` (``i``: the sample's index)."""
-
-    name = "scripted"
-
-    def __init__(self, respond):
-        super().__init__()
-        self.respond, self.prompts = respond, []
-
-    def _complete(self, prompts, n, temperature, max_tokens, stop):
-        self.prompts += prompts
-        out = [[llm.Completion(self.respond(p, i)) for i in range(n)] for p in prompts]
-        return out, sum(len(p) for p in prompts), sum(len(c.text) for group in out for c in group)
-
-    def _logprob(self, prompts, continuations):
-        return [0.0] * len(prompts), 0
-
-
 def _oracle(problems, phrasing=0):
     """A perfect tiny-format model for ``problems``: distils, answers and searches without a mistake."""
     family = {p.statement(phrasing): p for p in problems}

@@ -9,6 +9,7 @@ import random
 import numpy as np
 import pytest
 import torch
+from fakes import Scripted
 
 from paperlab import llm
 from paperlab.ditto import analysis, data, judge, methods
@@ -393,23 +394,6 @@ def test_dpo_convergence_checks_each_runs_logged_loss_at_its_logged_steps():
 # --------------------------------------------------------------------------------------------------
 # The prompted roles with a real model (paperlab.ditto.real), against a scripted model
 # --------------------------------------------------------------------------------------------------
-class _Scripted(llm.LLM):
-    """A model whose reply to each prompt is ``respond(prompt)``; it keeps the prompts it was asked."""
-
-    name = "scripted"
-
-    def __init__(self, respond):
-        super().__init__()
-        self.respond, self.prompts = respond, []
-
-    def _complete(self, prompts, n, temperature, max_tokens, stop):
-        self.prompts += prompts
-        return [[llm.Completion(self.respond(p))] * n for p in prompts], 0, 0
-
-    def _logprob(self, prompts, continuations):
-        return [0.0] * len(prompts), 0
-
-
 def _candidates(prompt: str) -> tuple[str, str]:
     a = prompt.split("\nA: ")[1].split("\nB: ")[0]
     b = prompt.split("\nB: ")[1].split("\nAnswer:")[0]
@@ -427,23 +411,23 @@ def test_the_llm_judge_counts_a_win_only_when_both_orders_agree():
     good = ["hi kim, can you move lunch to tuesday? best"] * 3
     bad = ["dear kim, kindly reschedule lunch. kind regards"] * 3
     # a judge that reads: it picks the candidate that starts like the demonstrations, whichever its place
-    reader = _Scripted(lambda p: "A" if _candidates(p)[0].startswith("hi") else "B")
+    reader = Scripted(lambda p, i: "A" if _candidates(p)[0].startswith("hi") else "B")
     judge = LLMJudge(reader, DEMOS)
     assert judge.wins(prompts, good, bad).tolist() == [1.0, 1.0, 1.0]
     assert judge.win_rate(prompts, bad, good) == 0.0
     assert len(reader.prompts) == 12
     assert all("Request: sam move_event meeting friday:" in p for p in reader.prompts)
     # a judge that always names the first place decides nothing: every pair is a tie
-    assert LLMJudge(_Scripted(lambda p: "A"), DEMOS).wins(prompts, good, bad).tolist() == [0.5] * 3
+    assert LLMJudge(Scripted(lambda p, i: "A"), DEMOS).wins(prompts, good, bad).tolist() == [0.5] * 3
     # replies that name neither letter are ties, and counted
-    mute = LLMJudge(_Scripted(lambda p: "I cannot tell."), DEMOS)
+    mute = LLMJudge(Scripted(lambda p, i: "I cannot tell."), DEMOS)
     assert mute.win_rate(prompts, good, bad) == 0.5 and mute.unparsed == 6
 
 
 def test_the_real_few_shot_baseline_shows_the_demonstrations_and_keeps_the_message():
     from paperlab.ditto.real import few_shot, parse_choice
 
-    model = _Scripted(lambda p: " Message: hi kim, can you move lunch to tuesday? best\n\nHope this helps!")
+    model = Scripted(lambda p, i: " Message: hi kim, can you move lunch to tuesday? best\n\nHope this helps!")
     out = few_shot(model, DEMOS, ["kim move_event lunch tuesday:"])
     assert out == ["hi kim, can you move lunch to tuesday? best"]
     asked = model.prompts[0]
@@ -456,7 +440,7 @@ def test_the_real_few_shot_baseline_shows_the_demonstrations_and_keeps_the_messa
 def test_the_real_roles_refuse_bad_input_before_asking():
     from paperlab.ditto.real import LLMJudge, few_shot
 
-    model = _Scripted(lambda p: "A")
+    model = Scripted(lambda p, i: "A")
     with pytest.raises(ValueError, match="at least one demonstration"):
         few_shot(model, [], ["kim move_event lunch tuesday:"])
     with pytest.raises(ValueError, match="one output of each method per prompt"):
