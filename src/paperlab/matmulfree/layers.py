@@ -23,7 +23,7 @@ BITLINEAR_EPS = 1e-8
 
 
 class BitLinear(nn.Module):
-    r"""RMSNorm -> 8-bit absmax activations -> linear with ternary absmean weights (no bias).
+    r"""RMSNorm -> 8-bit absmax activations -> linear with ternary absmean weights, no bias (section 3.1).
 
     ``y = Q_a(RMSNorm(x)) Q_w(W)^T`` with both quantisers straight-through (see
     :mod:`paperlab.matmulfree.quant`). x: (..., in_features) -> (..., out_features).
@@ -99,7 +99,7 @@ SCANS = ("kernel", "sequential", "parallel")
 
 
 class MLGRU(nn.Module):
-    r"""MatMul-free linear gated recurrent unit (paper eq. 4-6; ``layers/hgrn_bit.py``).
+    r"""MatMul-free linear gated recurrent unit (paper section 3.3; ``layers/hgrn_bit.py``).
 
     For x: (batch, seq, d)::
 
@@ -147,7 +147,7 @@ class MLGRU(nn.Module):
 
 
 class GLU(nn.Module):
-    """Channel mixer: ``[g, u] = BitLinear_gate_up(x)``, ``BitLinear_down(SiLU(g) * u)``.
+    """Channel mixer (section 3.3): ``[g, u] = BitLinear_gate_up(x)``, ``BitLinear_down(SiLU(g) * u)``.
     x: (..., d) -> (..., d).
 
     As in the reference code (``HGRNBitMLP``), the gate and up projections are one BitLinear of width

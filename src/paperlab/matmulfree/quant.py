@@ -1,4 +1,5 @@
-r"""Ternary weights, 8-bit activations and the straight-through estimator (BitNet b1.58 recipe).
+r"""Ternary weights, 8-bit activations and the straight-through estimator (BitNet b1.58 recipe; the
+MatMul-free paper's section 3.1 and its training details, section 3.4).
 
 Weights, per tensor (absmean): :math:`s_w = 1 / \max(\operatorname{mean}|W|, 10^{-5})`,
 :math:`W_t = \operatorname{clip}(\operatorname{round}(W s_w), -1, 1) \in \{-1, 0, 1\}` and the dequantised
