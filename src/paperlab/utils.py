@@ -221,11 +221,10 @@ def reuse_freed_memory() -> bool:
 
     glibc's ``malloc`` serves a block above its mmap threshold (128 KiB at first, at most 32 MiB) with
     fresh pages from the kernel and returns them when the block is freed, so a loop that allocates and
-    frees the same large tensors takes a page fault per 4 KiB on every pass. On the 2-core machine that
-    builds this book, filling a fresh 32 MiB tensor took 9-10 ms against about 1 ms for a reused one,
-    several times the RMSNorm of it, and the AgentGym chapter's exploration ran about 20% faster with
-    this setting. (PyTorch's performance tuning guide recommends a caching allocator, jemalloc or TCMalloc,
-    for the same reason.)
+    frees the same large tensors takes a page fault per 4 KiB on every pass. ``python -m paperlab.bench``
+    measures what that costs (the machine's ``alloc`` rows, :mod:`paperlab.bench._alloc`: a new 32 MiB
+    tensor with fresh pages and with this setting). (PyTorch's performance tuning guide recommends a
+    caching allocator, jemalloc or TCMalloc, for the same reason.)
 
     Sets glibc's tunables so that no block is served by ``mmap`` (every block comes from the heap and
     goes back to it), the heap keeps up to 1 GiB of free memory at its top and grows 64 MiB at a time: in
