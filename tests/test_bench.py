@@ -110,6 +110,16 @@ def test_time_interleaved_rotates_the_order_from_round_to_round():
     assert "".join(order) == "abc" + "abc" + "bca" + "cab"  # calibration, then rounds 0, 1, 2
 
 
+def test_a_chapter_that_times_does_not_depend_on_the_benchmarks():
+    """The SSD experiment's cost sweep uses the benchmarks' timer from its own module, so that its cached
+    runs are not recomputed when a benchmark changes (the closure is what the cache keys on)."""
+    from paperlab import cache
+
+    closure = [p.as_posix() for p in cache.code_closure(("paperlab.ssd.experiments",))]
+    assert any(p.endswith("src/paperlab/timing.py") for p in closure), closure
+    assert not [p for p in closure if "/paperlab/bench/" in p]
+
+
 def test_fraction_is_of_the_roofline():
     """At intensity I the attainable rate is min(peak, I * bandwidth); the fraction is against that."""
     ctx = Context(device=torch.device("cpu"), limits={"gbps": 10.0, "gflops": 100.0})

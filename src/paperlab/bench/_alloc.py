@@ -4,8 +4,8 @@ glibc's ``malloc`` serves a block of 32 MiB with pages mapped fresh from the ker
 free, so a loop that allocates and frees such tensors faults in every 4 KiB page on every pass;
 :func:`paperlab.utils.reuse_freed_memory` keeps freed memory for the next allocation instead. Both runs
 of :mod:`paperlab.bench` (``python -m paperlab.bench`` and the appendix's cached run) add these two rows
-after :func:`paperlab.bench.measure_machine`'s. (A module of its own: ``paperlab.bench`` itself is code
-that the SSD experiment imports, so a change there would recompute its runs.)
+after :func:`paperlab.bench.measure_machine`'s. (Its name starts with ``_``: it is not a benchmark of the
+registry, which imports every other module of the package.)
 """
 
 from __future__ import annotations

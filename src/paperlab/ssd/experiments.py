@@ -18,7 +18,6 @@ import numpy as np
 import torch
 
 from paperlab import cache, stats
-from paperlab.bench import time_interleaved
 from paperlab.config import (
     check_int_tuple,
     check_ints,
@@ -33,6 +32,7 @@ from paperlab.scheduling import run_as_ready
 from paperlab.ssd.core import random_inputs, segsum, segsum_naive, ssd_chunked, ssd_quadratic, ssd_recurrent
 from paperlab.ssd.model import Mamba2Config, Mamba2LM
 from paperlab.ssd.mqar import IGNORE, MQAR_LOSS_FLOOR, MQARTask, train_mqar
+from paperlab.timing import time_interleaved
 from paperlab.train import TrainConfig, auto_device, check_convergence_evaluations
 from paperlab.utils import cpu_threads
 from paperlab_kernels import ssd as kernels
@@ -300,7 +300,7 @@ def cost_sweep(config: CostConfig) -> dict:
     One thread, because the chapter compares how the algorithms scale: on two threads a call waits for
     its slower thread, and on a shared machine that wait (another process holding the second core)
     dominates some calls and not others. Each size is timed in ``repeats`` interleaved rounds, every
-    algorithm once per round in rotating order (:func:`paperlab.bench.time_interleaved`, after a warm-up
+    algorithm once per round in rotating order (:func:`paperlab.timing.time_interleaved`, after a warm-up
     call), so a change of load falls on all algorithms alike. The load average at the start and end is
     kept with the times.
     """
