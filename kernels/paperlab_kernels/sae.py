@@ -1,9 +1,10 @@
 r"""Sparse decoder of a TopK sparse autoencoder: forward and backward without the dense latent matrix.
 
 A TopK SAE encodes each token into ``k`` (value, latent index) pairs. Its decoder (Gao et al., 2024,
-section 5 and the reference ``kernels.py``) is then a sparse-dense matmul: output row ``b`` sums ``k``
-rows of the decoder weight ``W: (n_latents, d)`` (row ``i`` is latent ``i``'s decoder direction, the
-paper's column ``i`` of ``W_dec``) weighted by the values:
+the second line of eq. 1 fed the latents of eq. 2; a sparse kernel as in the reference ``kernels.py``)
+is then a sparse-dense matmul: output row ``b`` sums ``k`` rows of the decoder weight ``W: (n_latents, d)``
+(row ``i`` is latent ``i``'s decoder direction, the paper's column ``i`` of ``W_dec``) weighted by the
+values:
 
 .. math::
 

@@ -215,7 +215,8 @@ def held_out_projections(
 ) -> dict[str, dict]:
     """For each feature: estimate ``l_w`` on ``fraction`` of its tokens; return the mean projection of the
     training tokens (1 by construction), of the held-out tokens, and of ``n_random`` random tokens outside
-    ``Y(w)``. The paper's check that ``l_w`` generalises (their Figure 3)."""
+    ``Y(w)``. The paper's check that ``l_w`` generalises (their Figure 3 in arXiv v3, the ICLR 2025 version;
+    Figure 4 in v1)."""
     generator = torch.Generator().manual_seed(seed)
     out = {}
     for name, index in token_sets.items():

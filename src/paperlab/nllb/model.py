@@ -1,5 +1,6 @@
 r"""An encoder-decoder transformer for many languages, with dense, sparsely gated MoE and conditional MoE
-feed-forward layers (NLLB Team, 2024; fairseq ``modules/moe/top2gate.py`` and ``moe_layer.py``).
+feed-forward layers (NLLB Team, 2024, in Nature; the longer report is arXiv 2207.04672, 2022; fairseq
+``modules/moe/top2gate.py`` and ``moe_layer.py``).
 
 Layout (pre-norm, no biases, one embedding matrix shared by encoder, decoder and output layer). Positions
 enter twice: a learned absolute position embedding is added to the token embeddings of both stacks, and
@@ -35,8 +36,9 @@ Dispatch and combine (grouping tokens by expert within capacity, scattering weig
 **Expert output masking (EOM)**: in training, each token's whole MoE output is zeroed with probability
 ``p`` (no rescaling); in eval the output is multiplied by ``1 - p``, the expected value seen in training.
 
-**Conditional MoE (CMoE)** (:class:`ConditionalMoE`): a gate ``g(x) = sigmoid(w^T x + b)`` mixes a dense
-FFN and a MoE, ``y = (1 - g) FFN(x) + g MoE(x)``, with the budget loss ``|mean g - b_target|``
+**Conditional MoE (CMoE)** (:class:`ConditionalMoE`; NLLB's Conditional MoE Routing, CMR, fairseq
+``modules/moe/moe_cmr_layer.py``): a gate ``g(x) = sigmoid(w^T x + b)`` mixes a dense FFN and a MoE,
+``y = (1 - g) FFN(x) + g MoE(x)``, with the budget loss ``|mean g - b_target|``
 (``b_target = 0.8``) so that a fixed share of the computation goes through the experts.
 """
 

@@ -5,12 +5,17 @@ Both map an activation ``x: (batch, d_model)`` to latents ``z: (batch, n_latents
 
 .. math::
 
-    \text{TopK (eq. 3):}\quad
+    \text{TopK (eq. 2):}\quad
     z = \operatorname{ReLU}(\operatorname{TopK}(W_\text{enc}(x - b_\text{pre}) + b_\text{enc})),
     \qquad
     \text{ReLU (eq. 1):}\quad z = \operatorname{ReLU}(W_\text{enc}(x - b_\text{pre}) + b_\text{enc}),
 
-    \hat x = W_\text{dec}\, z + b_\text{pre} \quad\text{(eq. 2)} .
+    \hat x = W_\text{dec}\, z + b_\text{pre} \quad\text{(eq. 1, second line)} .
+
+Equation numbers are the paper's (ICLR 2025 text): eq. 1 is the ReLU baseline's encoder and decoder under
+one number (section 2.2), eq. 2 the TopK encoder ``z = TopK(W_enc(x - b_pre))`` (section 2.3), whose
+decoder is eq. 1's. The TopK form above adds ``b_enc`` and a ReLU after the TopK, as the reference
+``model.py`` does (``TopK(k, postact_fn=ReLU())`` on ``encoder(x - pre_bias) + latent_bias``).
 
 Storage: ``W_enc: (n_latents, d_model)`` (row ``i`` reads latent ``i``) and ``W_dec: (n_latents, d_model)``
 (row ``i`` is latent ``i``'s decoder direction, i.e. the paper's **column** ``i`` of ``W_dec``; it is
@@ -130,7 +135,7 @@ class SparseAutoencoder(nn.Module):
         return (x - self.b_pre) @ self.W_enc.T + self.b_enc
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Dense decoder, eq. 2: ``x_hat = z W_dec + b_pre`` for ``z: (batch, n_latents)``."""
+        """Dense decoder, eq. 1 (second line): ``x_hat = z W_dec + b_pre`` for ``z: (batch, n_latents)``."""
         return z @ self.W_dec + self.b_pre
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -155,16 +160,17 @@ class SparseAutoencoder(nn.Module):
 
 
 class TopKSAE(SparseAutoencoder):
-    """TopK SAE (eq. 3) with AuxK (section A.2) and optional Multi-TopK (section 5.3).
+    """TopK SAE (eq. 2, section 2.3) with AuxK (section A.2) and optional Multi-TopK (section 5.3).
 
     k: active latents per token (1 <= k <= n_latents). k_aux: latents the auxiliary loss may use, chosen
     among the dead ones (0 disables AuxK); aux_coefficient: its weight alpha (1/32 in the paper).
     multi_topk: train with ``L(k) + L(4k) / 8`` so that the SAE also works at larger k at test time.
     decoder_impl: ``"auto"`` (sparse kernel: Numba on CPU, Triton on CUDA), ``"reference"`` (dense).
 
-    Loss (section 2.2 and A.2): ``NMSE(x_hat, x) + alpha * NMSE(e_hat, e)``, where ``e = x - x_hat`` (no
-    gradient) and ``e_hat`` decodes (without ``b_pre``) the top-``k_aux`` pre-activations among the dead
-    latents. With no dead latent the auxiliary term is exactly 0.
+    Loss (sections 2.3 and A.2, each squared error taken as an NMSE):
+    ``NMSE(x_hat, x) + alpha * NMSE(e_hat, e)``, where ``e = x - x_hat`` (no gradient) and ``e_hat`` decodes
+    (without ``b_pre``) the top-``k_aux`` pre-activations among the dead latents. With no dead latent the
+    auxiliary term is exactly 0.
     """
 
     def __init__(self, d_model: int, n_latents: int, k: int, *, k_aux: int = 0,
@@ -238,9 +244,9 @@ class TopKSAE(SparseAutoencoder):
         pre = self.pre_activations(x)  # W_enc (x - b_pre) + b_enc
         k_big = min(4 * self.k, self.n_latents) if self.multi_topk else self.k
         top = torch.topk(pre, k_big, dim=1, sorted=True)  # the k largest (4k for Multi-TopK), largest first
-        values, indices = torch.relu(top.values), top.indices  # z = ReLU(TopK(...)), eq. 3
-        x_hat = self.decode_sparse(values[:, : self.k], indices[:, : self.k])  # W_dec z + b_pre, eq. 2
-        main = nmse(x_hat, x)  # L(k) = ||x - x_hat||^2 / ||x - mean(x)||^2, sec. 2.2
+        values, indices = torch.relu(top.values), top.indices  # z = ReLU(TopK(...)), eq. 2
+        x_hat = self.decode_sparse(values[:, : self.k], indices[:, : self.k])  # W_dec z + b_pre, eq. 1
+        main = nmse(x_hat, x)  # L(k) = ||x - x_hat||^2 / ||x - mean(x)||^2, sec. 2.3
         loss = main
         info = {"nmse": float(main.detach())}
         if self.multi_topk:
@@ -258,7 +264,7 @@ class TopKSAE(SparseAutoencoder):
 
 
 class ReLUSAE(SparseAutoencoder):
-    """ReLU SAE with an L1 penalty (eq. 1, the baseline of section 2.3).
+    """ReLU SAE with an L1 penalty (eq. 1, the baseline of section 2.2).
 
     Loss: ``NMSE(x_hat, x) + lambda_t * E_b[sum_i z_bi] / sqrt(E_b ||x_b - mean(x)||^2)``; dividing by the
     root of the batch's total variance makes the penalty, like the NMSE, independent of the scale of
@@ -320,7 +326,8 @@ def normalise_decoder_(W_dec: torch.Tensor) -> None:
 
 
 class SAEAdam(torch.optim.Adam):
-    """Adam for an SAE (section A.1): betas (0.9, 0.999), eps 6.25e-10, no weight decay; each step
+    """Adam for an SAE (the paper's appendix A; the renormalisation after each step is section A.1's):
+    betas (0.9, 0.999), eps 6.25e-10, no weight decay; each step
 
     1. projects the parallel component out of the decoder's gradient (:func:`project_decoder_grad_`),
     2. takes the Adam step,
