@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -17,6 +19,7 @@ from paperlab.geometry.estimate import (
     estimate_vectors,
     held_out_projections,
     ledoit_wolf,
+    pinv_times,
     projection,
     sibling_orthogonality,
     whiten,
@@ -164,6 +167,36 @@ def test_a_batch_of_token_sets_gives_each_sets_vector():
                 torch.testing.assert_close(batch[i], estimate_vector(g[i], method), rtol=1e-10, atol=1e-12)
     with pytest.raises(ValueError, match="at least 2 tokens"):
         estimate_vector(torch.randn(3, 1, 4, dtype=torch.float64))
+
+
+def test_pinv_times_is_the_pseudo_inverse_for_definite_and_singular_matrices_in_one_batch():
+    """The batch on which torch.linalg.lstsq's default CPU driver (gelsy, PyTorch 2.13) reports rank 0 for the
+    singular matrix, from the pivots the definite one left behind, and returns zeros."""
+    sigma = torch.zeros(2, 3, 3, dtype=torch.float64)
+    sigma[0] = torch.eye(3)
+    sigma[1] = torch.diag(torch.tensor([0.0, 1.0, 2.0], dtype=torch.float64))  # singular, rank 2
+    m = torch.ones(2, 3, dtype=torch.float64)
+    expected = torch.tensor([[1.0, 1.0, 1.0], [0.0, 1.0, 0.5]], dtype=torch.float64)
+    torch.testing.assert_close(pinv_times(sigma, m), expected, rtol=0, atol=1e-12)
+    torch.testing.assert_close(pinv_times(sigma[1], m[1]), expected[1], rtol=0, atol=1e-12)  # unbatched
+
+
+_ONE_VECTOR = """
+import hashlib, sys
+import torch
+junk = [torch.empty(int(sys.argv[1])) for _ in range(3)]  # a different heap in each process
+from paperlab.geometry.estimate import estimate_vector
+g = torch.randn(57, 64, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+print(hashlib.sha256(estimate_vector(g).numpy().tobytes()).hexdigest())
+"""
+
+
+def test_an_estimated_vector_has_the_same_bits_in_every_process():
+    """gelsy's uncleared pivots changed the last bits of this vector from process to process (and with
+    them the geometry chapter's statistics, by up to 1e-13)."""
+    digests = {subprocess.run([sys.executable, "-c", _ONE_VECTOR, str(size)], capture_output=True, text=True,
+                              check=True).stdout for size in (1, 7, 100, 1001)}
+    assert len(digests) == 1, digests
 
 
 def test_training_projection_is_one_by_construction():

@@ -27,6 +27,7 @@ __all__ = [
     "Whitening",
     "whiten",
     "ledoit_wolf",
+    "pinv_times",
     "estimate_vector",
     "estimate_vectors",
     "projection",
@@ -112,6 +113,26 @@ def _ledoit_wolf(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return covariance, shrinkage  # (1 - s) S + s mu I
 
 
+def pinv_times(sigma: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """``Sigma^+ m`` for a symmetric positive semi-definite ``sigma (..., d, d)`` and ``m (..., d)``: a
+    Cholesky solve where ``sigma`` is positive definite (a Ledoit-Wolf estimate whose shrinkage is above 0,
+    as every concept of the chapter's has), else the least-squares solution of smallest norm (LAPACK's
+    SVD-based gelsd on the CPU), which leaves out ``sigma``'s null space.
+
+    Not ``torch.linalg.lstsq``'s default driver on the CPU, gelsy: PyTorch (2.13 included) hands it a
+    pivot array that is never cleared, so its result depends on what that memory held before: other last
+    bits from run to run, and for a singular matrix possibly a wrong rank and a wrong solution
+    (pytorch/pytorch#187411)."""
+    L, info = torch.linalg.cholesky_ex(sigma)
+    out = torch.cholesky_solve(m[..., None], L)[..., 0]
+    failed = info != 0  # not positive definite (to working precision)
+    if bool(failed.any()):
+        driver = "gelsd" if sigma.device.type == "cpu" else None  # CUDA has one driver, gels
+        smallest_norm = torch.linalg.lstsq(sigma, m[..., None], driver=driver).solution[..., 0]
+        out = torch.where(failed[..., None], smallest_norm, out)
+    return out
+
+
 def estimate_vector(g: torch.Tensor, method: str = "lda") -> torch.Tensor:
     """The vector ``l_w`` of a feature from the canonical representations ``g: (n, d)`` of its tokens;
     for a batch of token sets of one size, ``g: (batch, n, d)`` gives ``(batch, d)``, one vector each."""
@@ -126,7 +147,7 @@ def estimate_vector(g: torch.Tensor, method: str = "lda") -> torch.Tensor:
     if method == "mean":
         return m  # l_w = m, the plain-mean variant
     covariance, _ = _ledoit_wolf(g)  # Sigma: the spread inside Y(w), shrunk
-    direction = torch.linalg.lstsq(covariance, m[..., None]).solution[..., 0]  # Sigma^+ m
+    direction = pinv_times(covariance, m)  # Sigma^+ m
     u = direction / direction.norm(dim=-1, keepdim=True)  # u = Sigma^+ m / ||Sigma^+ m||
     return (m * u).sum(-1, keepdim=True) * u  # l_w = (m . u) u: mean projection g(y) . l_w / ||l_w||^2 is 1
 
