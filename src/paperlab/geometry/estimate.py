@@ -116,8 +116,8 @@ def _ledoit_wolf(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def pinv_times(sigma: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     """``Sigma^+ m`` for a symmetric positive semi-definite ``sigma (..., d, d)`` and ``m (..., d)``: a
     Cholesky solve where ``sigma`` is positive definite (a Ledoit-Wolf estimate whose shrinkage is above 0,
-    as every concept of the chapter's has), else the least-squares solution of smallest norm (LAPACK's
-    SVD-based gelsd on the CPU), which leaves out ``sigma``'s null space.
+    as every concept of the chapter's has), else the pseudo-inverse from ``sigma``'s eigendecomposition
+    (``torch.linalg.pinv(..., hermitian=True)``), which leaves out its null space.
 
     Not ``torch.linalg.lstsq``'s default driver on the CPU, gelsy: PyTorch (2.13 included) hands it a
     pivot array that is never cleared, so its result depends on what that memory held before: other last
@@ -127,9 +127,8 @@ def pinv_times(sigma: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     out = torch.cholesky_solve(m[..., None], L)[..., 0]
     failed = info != 0  # not positive definite (to working precision)
     if bool(failed.any()):
-        driver = "gelsd" if sigma.device.type == "cpu" else None  # CUDA has one driver, gels
-        smallest_norm = torch.linalg.lstsq(sigma, m[..., None], driver=driver).solution[..., 0]
-        out = torch.where(failed[..., None], smallest_norm, out)
+        pseudo = (torch.linalg.pinv(sigma, hermitian=True) @ m[..., None])[..., 0]
+        out = torch.where(failed[..., None], pseudo, out)
     return out
 
 
